@@ -1,0 +1,108 @@
+//! The cgroup v2 hierarchy: where it is mounted. On hybrid hosts (cgroup v1
+//! controllers plus v2) it is not at /sys/fs/cgroup, so it is read from the mount
+//! table rather than assumed.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {path}: {source}")]
+    MountTable {
+        path: &'static str,
+        source: std::io::Error,
+    },
+    #[error(
+        "cgroup v2 is not mounted (no cgroup2 file system in {0}); mount it, e.g. `mount -t cgroup2 none /sys/fs/cgroup/unified`"
+    )]
+    NotMounted(&'static str),
+}
+
+const MOUNTINFO: &str = "/proc/self/mountinfo";
+
+/// The mount point of the cgroup v2 hierarchy, as this process sees it.
+pub fn v2_mount_point() -> Result<PathBuf, Error> {
+    let table = std::fs::read_to_string(MOUNTINFO).map_err(|source| Error::MountTable {
+        path: MOUNTINFO,
+        source,
+    })?;
+    find_cgroup2(&table).ok_or(Error::NotMounted(MOUNTINFO))
+}
+
+/// The first cgroup2 mount point in a /proc/<pid>/mountinfo listing.
+fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
+    mountinfo.lines().find_map(|line| {
+        // Fields: id parent major:minor root mount-point options [optional...] - fstype source super-options
+        let (left, right) = line.split_once(" - ")?;
+        let fstype = right.split_whitespace().next()?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (fstype == "cgroup2").then(|| PathBuf::from(unescape_octal(mount_point)))
+    })
+}
+
+/// Undoes the kernel's octal escapes in mountinfo paths (`\040` for a space).
+fn unescape_octal(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escape = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)));
+        match escape {
+            Some(d) => {
+                out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HYBRID: &str = "\
+24 30 0:22 / /sys rw,nosuid,nodev,noexec,relatime shared:7 - sysfs sysfs rw
+31 24 0:26 / /sys/fs/cgroup ro,nosuid,nodev,noexec shared:9 - tmpfs tmpfs ro,mode=755
+32 31 0:27 / /sys/fs/cgroup/unified rw,nosuid,nodev,noexec,relatime shared:10 - cgroup2 cgroup2 rw,nsdelegate
+33 31 0:28 / /sys/fs/cgroup/memory rw,nosuid,nodev,noexec,relatime shared:11 - cgroup cgroup rw,memory
+";
+
+    #[test]
+    fn finds_cgroup2_on_a_hybrid_host() {
+        assert_eq!(
+            find_cgroup2(HYBRID),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn finds_cgroup2_on_a_unified_host() {
+        let unified = "30 24 0:26 / /sys/fs/cgroup rw,nosuid shared:4 - cgroup2 cgroup2 rw\n";
+        assert_eq!(find_cgroup2(unified), Some(PathBuf::from("/sys/fs/cgroup")));
+    }
+
+    #[test]
+    fn v1_only_host_has_none() {
+        let v1 = "33 31 0:28 / /sys/fs/cgroup/memory rw shared:11 - cgroup cgroup rw,memory\n";
+        assert_eq!(find_cgroup2(v1), None);
+    }
+
+    #[test]
+    fn escaped_mount_points_are_decoded() {
+        let odd = "40 24 0:30 / /mnt/my\\040cgroups rw - cgroup2 none rw\n";
+        assert_eq!(find_cgroup2(odd), Some(PathBuf::from("/mnt/my cgroups")));
+    }
+
+    #[test]
+    fn this_host_has_a_cgroup2_mount() {
+        // The tests run on Linux with cgroup v2 mounted (a requirement of skiff).
+        let path = v2_mount_point().expect("cgroup v2 mounted");
+        assert!(path.join("cgroup.procs").exists(), "{}", path.display());
+    }
+}

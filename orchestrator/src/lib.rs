@@ -1,0 +1,14 @@
+//! skiff: the node agent of a small container orchestrator whose service network is
+//! load-balanced by eBPF at connect() time.
+//!
+//! The library holds every concern of the agent, one module each; the `skiff`
+//! binary (main.rs) is only the command line around it.
+//!
+//! - [`cgroup`]: finding the cgroup v2 hierarchy the dataplane attaches to.
+//! - [`dataplane`]: loading and attaching the eBPF programs, and keeping the
+//!   service maps they read.
+//! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
+
+pub mod agent;
+pub mod cgroup;
+pub mod dataplane;

@@ -1,0 +1,54 @@
+//! Helpers for skiff's integration tests: uniquely named network namespaces and
+//! cgroups that clean up after themselves (also when a test panics), processes
+//! placed inside them, TCP backends that answer with their name, and what the
+//! kernel reports (through bpftool) about attached programs.
+//!
+//! The tests run as root against the real kernel, in parallel, so every resource
+//! gets a name no other test (or test run) uses.
+
+pub mod backend;
+pub mod cgroup;
+pub mod kernel;
+pub mod lab;
+pub mod netns;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+/// A name unique to this process and call, e.g. `skt-4242-7`.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A binary of the workspace, built next to the test executables
+/// (`cargo xtask test` builds every binary before running the tests).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let bin = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .map(|profile| profile.join(name))
+        .expect("test executable lives in target/<profile>/deps");
+    assert!(
+        bin.exists(),
+        "{} is missing: build the workspace binaries first (cargo xtask test does)",
+        bin.display()
+    );
+    bin
+}
+
+/// Fails the test early, with a clear reason, when not running as root.
+pub fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "skiff's integration tests need root (real namespaces, cgroups and eBPF)"
+    );
+}

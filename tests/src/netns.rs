@@ -1,0 +1,89 @@
+//! Network namespaces made with iproute2 (`ip netns add`), so they are visible to
+//! `ip netns` while a test runs and removed when the guard drops.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::unique_name;
+
+/// A named network namespace with its loopback up; deleted on drop.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    pub fn new() -> Self {
+        let name = unique_name("skt");
+        run(Command::new("ip").args(["netns", "add", &name]));
+        let ns = Self { name };
+        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    /// `program`, set up to start inside this namespace.
+    pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
+        let ns = File::open(self.path()).expect("open netns");
+        let mut cmd = Command::new(program);
+        // SAFETY: only an async-signal-safe system call on an fd opened before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        cmd
+    }
+
+    /// Runs `f` on a thread that has entered this namespace. Sockets made there stay
+    /// in the namespace when used from other threads.
+    pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        let file = File::open(self.path()).expect("open netns");
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                // SAFETY: setns on this thread only; the fd is a network namespace.
+                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+fn run(cmd: &mut Command) {
+    let out = cmd.output().expect("run ip");
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

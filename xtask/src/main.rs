@@ -1,0 +1,103 @@
+//! `cargo xtask`: provisions a machine, builds the eBPF objects and the binaries,
+//! runs a node and runs every test. The README's two commands live here.
+
+mod build;
+mod setup;
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Build, run and test skiff")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install the Debian packages and bpf-linker that building and testing need (root).
+    Setup,
+    /// Build the eBPF object, then the release binaries that embed it.
+    Build,
+    /// Set up if needed, build, then run `skiff agent` in the foreground (root).
+    Run {
+        /// Arguments passed on to `skiff agent`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        agent_args: Vec<String>,
+    },
+    /// Set up if needed, build, check formatting and lints, then run every test (root).
+    Test {
+        /// Arguments passed on to `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        test_args: Vec<String>,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ws = Workspace::locate();
+    match cli.command {
+        Cmd::Setup => setup::run(&ws),
+        Cmd::Build => {
+            let ebpf = build::ebpf(&ws)?;
+            build::user_space(&ws, &ebpf, build::Profile::Release)
+        }
+        Cmd::Run { agent_args } => {
+            setup::run(&ws)?;
+            let ebpf = build::ebpf(&ws)?;
+            build::user_space(&ws, &ebpf, build::Profile::Release)?;
+            let agent = ws.target.join("release/skiff");
+            eprintln!("[run] {} agent {}", agent.display(), agent_args.join(" "));
+            // exec, so that Ctrl-C and SIGTERM reach the agent itself.
+            let err = Command::new(&agent).arg("agent").args(&agent_args).exec();
+            Err(err).with_context(|| format!("exec {}", agent.display()))
+        }
+        Cmd::Test { test_args } => {
+            setup::run(&ws)?;
+            let ebpf = build::ebpf(&ws)?;
+            build::lint(&ws, &ebpf)?;
+            build::user_space(&ws, &ebpf, build::Profile::Debug)?;
+            build::test(&ws, &ebpf, &test_args)
+        }
+    }
+}
+
+/// Where the workspace and its build outputs are.
+pub struct Workspace {
+    pub root: PathBuf,
+    pub target: PathBuf,
+}
+
+impl Workspace {
+    fn locate() -> Self {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("xtask lives one level below the workspace root")
+            .to_path_buf();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| root.join("target"));
+        Self { root, target }
+    }
+
+    /// Project-local tools (bpf-linker), so nothing is installed into the user's cargo home.
+    pub fn tools(&self) -> PathBuf {
+        self.target.join("tools")
+    }
+}
+
+/// Runs a command to completion, failing with the command line when it does not succeed.
+pub fn run_checked(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("failed to start {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
