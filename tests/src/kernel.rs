@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 /// An eBPF program attached to a cgroup.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -49,4 +50,14 @@ pub fn program_loaded(id: u32) -> bool {
         .expect("run bpftool")
         .status
         .success()
+}
+
+/// Waits (up to 5 s: the kernel frees programs asynchronously) until none of `ids` is
+/// loaded, and fails the test otherwise.
+pub fn assert_unloaded(ids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while ids.iter().any(|&id| program_loaded(id)) {
+        assert!(Instant::now() < deadline, "programs {ids:?} still loaded");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
 use skiff_tests::cgroup::Cgroup;
-use skiff_tests::kernel::{cgroup_programs, program_loaded};
+use skiff_tests::kernel::{assert_unloaded, cgroup_programs};
 use skiff_tests::{require_root, workspace_bin};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,15 +97,6 @@ impl Drop for Agent {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Polls until the kernel has released every program of the agent.
-fn assert_unloaded(ids: &[u32]) {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while ids.iter().any(|&id| program_loaded(id)) {
-        assert!(Instant::now() < deadline, "programs {ids:?} still loaded");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 
 use skiff::dataplane::Frontend;
+use skiff_tests::kernel::{assert_unloaded, cgroup_programs};
 use skiff_tests::lab::{Lab, tally};
 
 const ENETUNREACH: &str = "error 101";
@@ -130,4 +131,26 @@ fn invalid_service_is_rejected_and_nothing_is_published() {
         .expect_err("an IPv4 backend for an IPv6 VIP");
     assert!(err.to_string().contains("backends[0]: 127.0.0.1:"), "{err}");
     assert_eq!(lab.connect(vip, 1), [ENETUNREACH]);
+}
+
+#[test]
+fn dropping_the_dataplane_detaches_and_unloads_its_programs() {
+    let lab = Lab::new();
+    let mut ids: Vec<u32> = lab.dataplane.attached().map(|p| p.id).collect();
+    ids.sort();
+    let mut attached: Vec<u32> = cgroup_programs(lab.cgroup.path())
+        .iter()
+        .map(|p| p.id)
+        .collect();
+    attached.sort();
+    assert_eq!(attached, ids);
+
+    let Lab {
+        dataplane,
+        cgroup,
+        netns: _netns,
+    } = lab;
+    drop(dataplane);
+    assert_eq!(cgroup_programs(cgroup.path()), vec![]);
+    assert_unloaded(&ids);
 }

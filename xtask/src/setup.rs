@@ -38,22 +38,46 @@ pub fn run(ws: &Workspace) -> Result<()> {
     Ok(())
 }
 
+/// What setup needs to know about the host before touching it.
+struct Host {
+    linux: bool,
+    euid: u32,
+    btf: bool,
+    apt: bool,
+}
+
+impl Host {
+    fn this() -> Self {
+        Self {
+            linux: cfg!(target_os = "linux"),
+            // SAFETY: geteuid has no preconditions and cannot fail.
+            euid: unsafe { libc::geteuid() },
+            btf: Path::new("/sys/kernel/btf/vmlinux").exists(),
+            apt: Path::new("/usr/bin/apt-get").exists(),
+        }
+    }
+}
+
 fn preflight() -> Result<()> {
-    if !cfg!(target_os = "linux") {
+    check_host(&Host::this())
+}
+
+fn check_host(host: &Host) -> Result<()> {
+    if !host.linux {
         bail!("skiff needs a Linux host (eBPF, cgroup v2, network namespaces)");
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    if unsafe { libc::geteuid() } != 0 {
+    if host.euid != 0 {
         bail!(
-            "`cargo xtask setup` must run as root: it installs Debian packages and loads eBPF programs"
+            "`cargo xtask setup` must run as root (euid is {}): it installs Debian packages, and skiff loads eBPF programs",
+            host.euid
         );
     }
-    if !Path::new("/sys/kernel/btf/vmlinux").exists() {
+    if !host.btf {
         bail!(
             "this kernel exposes no BTF (/sys/kernel/btf/vmlinux is missing): skiff's eBPF programs need a kernel built with CONFIG_DEBUG_INFO_BTF=y"
         );
     }
-    if !Path::new("/usr/bin/apt-get").exists() {
+    if !host.apt {
         bail!(
             "setup provisions Debian hosts (apt-get not found); install the packages of shared/TOOLCHAIN.md by hand on other distributions"
         );
@@ -155,4 +179,47 @@ fn bpf_linker(ws: &Workspace) -> Result<()> {
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: Host = Host {
+        linux: true,
+        euid: 0,
+        btf: true,
+        apt: true,
+    };
+
+    #[test]
+    fn a_debian_root_host_with_btf_passes() {
+        assert!(check_host(&GOOD).is_ok());
+    }
+
+    #[test]
+    fn each_missing_requirement_is_named() {
+        let cases = [
+            (
+                Host {
+                    linux: false,
+                    ..GOOD
+                },
+                "needs a Linux host",
+            ),
+            (
+                Host { euid: 1000, ..GOOD },
+                "must run as root (euid is 1000)",
+            ),
+            (
+                Host { btf: false, ..GOOD },
+                "/sys/kernel/btf/vmlinux is missing",
+            ),
+            (Host { apt: false, ..GOOD }, "apt-get not found"),
+        ];
+        for (host, expected) in cases {
+            let err = check_host(&host).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err:?} lacks {expected:?}");
+        }
+    }
 }
