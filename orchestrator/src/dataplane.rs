@@ -103,14 +103,7 @@ impl Dataplane {
         let mut links = Vec::with_capacity(SOCK_LB_PROGRAMS.len());
         for name in SOCK_LB_PROGRAMS {
             let program_error = |source| Error::Program { name, source };
-            let program: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(Error::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(program_error)?;
+            let program = sock_addr_program(&mut ebpf, name)?;
             program.load().map_err(program_error)?;
             let id = program.info().map_err(program_error)?.id();
             // bpf links: attached in multi-program mode, so an agent at the root and a
@@ -163,22 +156,26 @@ impl Dataplane {
         let mut detached = Vec::with_capacity(self.links.len());
         for (program, link) in std::mem::take(&mut self.links) {
             let name = program.name;
-            let sock_addr: &mut CgroupSockAddr = self
-                .ebpf
-                .program_mut(name)
-                .ok_or(Error::Missing {
-                    kind: "program",
-                    name,
-                })?
-                .try_into()
-                .map_err(|source| Error::Program { name, source })?;
-            sock_addr
+            sock_addr_program(&mut self.ebpf, name)?
                 .detach(link)
                 .map_err(|source| Error::Program { name, source })?;
             detached.push(program);
         }
         Ok(detached)
     }
+}
+
+fn sock_addr_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut CgroupSockAddr, Error> {
+    ebpf.program_mut(name)
+        .ok_or(Error::Missing {
+            kind: "program",
+            name,
+        })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }
 
 /// The kernel maps of the socket load balancer.

@@ -130,11 +130,7 @@ impl Backend {
         if self.family == AF_INET {
             SocketAddr::new(Ipv4Addr::from(self.addr[0].to_ne_bytes()).into(), port)
         } else {
-            let mut octets = [0u8; 16];
-            for (chunk, word) in octets.chunks_exact_mut(4).zip(self.addr) {
-                chunk.copy_from_slice(&word.to_ne_bytes());
-            }
-            SocketAddr::new(Ipv6Addr::from(octets).into(), port)
+            SocketAddr::new(Ipv6Addr::from(raw_octets(self.addr)).into(), port)
         }
     }
 }
@@ -149,6 +145,16 @@ pub fn raw_addr(ip: IpAddr) -> (RawAddr, u8) {
             ([word(0), word(4), word(8), word(12)], AF_INET6)
         }
     }
+}
+
+/// The 16 bytes of an address in the kernel's form, in network order.
+#[inline(always)]
+pub fn raw_octets(addr: RawAddr) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    for (chunk, word) in out.chunks_exact_mut(4).zip(addr) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    out
 }
 
 /// What a connect() to a frontend should do.

@@ -17,7 +17,7 @@ use aya_ebpf::programs::SockAddrContext;
 use aya_log_ebpf::debug;
 use skiff_ebpf_common::{
     AF_INET, AF_INET6, Backend, BackendSlotKey, MAX_BACKEND_SLOTS, MAX_SERVICES, RawAddr, Service,
-    ServiceKey, Verdict, select_backend,
+    ServiceKey, Verdict, raw_octets, select_backend,
 };
 
 // Not preallocated: elements are then freed through RCU, so a value a program is
@@ -89,9 +89,9 @@ pub fn skiff_connect6(ctx: SockAddrContext) -> i32 {
             debug!(
                 &ctx,
                 "connect6 [{:i}]:{} -> [{:i}]:{}",
-                octets(ip),
+                raw_octets(ip),
                 u16::from_be(port as u16),
-                octets(backend.addr),
+                raw_octets(backend.addr),
                 u16::from_be(backend.port)
             );
             // SAFETY: as in connect4.
@@ -138,15 +138,6 @@ unsafe fn read_ip6(sa: *mut bpf_sock_addr) -> RawAddr {
         *word = unsafe { read_volatile(addr_of!((*sa).user_ip6[i])) };
     }
     ip
-}
-
-#[inline(always)]
-fn octets(addr: RawAddr) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    for (chunk, word) in out.chunks_exact_mut(4).zip(addr) {
-        chunk.copy_from_slice(&word.to_ne_bytes());
-    }
-    out
 }
 
 #[cfg(not(test))]

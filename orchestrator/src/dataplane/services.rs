@@ -125,13 +125,6 @@ impl ServiceTable {
                 })
             }
         };
-        let map_error = |map| {
-            move |source| ServiceError::Map {
-                frontend: *frontend,
-                map,
-                source,
-            }
-        };
 
         let table = entry.published.map_or(0, |t| 1 - t);
         let count = backends.len() as u16; // validate() bounds it by MAX_BACKENDS_PER_SERVICE
@@ -139,11 +132,11 @@ impl ServiceTable {
         entry.slots[usize::from(table)] = stale.max(count);
         for (index, backend) in (0..count).zip(&backends) {
             maps.put_backend(&BackendSlotKey::new(entry.id, table, index), backend)
-                .map_err(map_error(BACKENDS_MAP))?;
+                .map_err(map_error(frontend, BACKENDS_MAP))?;
         }
         for index in count..stale {
             maps.remove_backend(&BackendSlotKey::new(entry.id, table, index))
-                .map_err(map_error(BACKENDS_MAP))?;
+                .map_err(map_error(frontend, BACKENDS_MAP))?;
         }
         entry.slots[usize::from(table)] = count;
 
@@ -154,7 +147,7 @@ impl ServiceTable {
             _pad: 0,
         };
         maps.put_service(&key, &service)
-            .map_err(map_error(SERVICES_MAP))?;
+            .map_err(map_error(frontend, SERVICES_MAP))?;
         entry.published = Some(table);
         Ok(())
     }
@@ -169,23 +162,17 @@ impl ServiceTable {
         let Some(entry) = self.entries.get_mut(&key) else {
             return Ok(false);
         };
-        let map_error = |map| {
-            move |source| ServiceError::Map {
-                frontend: *frontend,
-                map,
-                source,
-            }
-        };
         // Unpublish first: from then on no program looks at the slots.
         if entry.published.is_some() {
-            maps.remove_service(&key).map_err(map_error(SERVICES_MAP))?;
+            maps.remove_service(&key)
+                .map_err(map_error(frontend, SERVICES_MAP))?;
             entry.published = None;
         }
         for table in 0..2u8 {
             while entry.slots[usize::from(table)] > 0 {
                 let index = entry.slots[usize::from(table)] - 1;
                 maps.remove_backend(&BackendSlotKey::new(entry.id, table, index))
-                    .map_err(map_error(BACKENDS_MAP))?;
+                    .map_err(map_error(frontend, BACKENDS_MAP))?;
                 entry.slots[usize::from(table)] = index;
             }
         }
@@ -196,6 +183,16 @@ impl ServiceTable {
     /// How many services (frontends) are in the maps or being written.
     pub fn service_count(&self) -> usize {
         self.entries.len()
+    }
+}
+
+/// Wraps a failed write to `map` for `frontend`.
+fn map_error(frontend: &Frontend, map: &'static str) -> impl FnOnce(io::Error) -> ServiceError {
+    let frontend = *frontend;
+    move |source| ServiceError::Map {
+        frontend,
+        map,
+        source,
     }
 }
 
