@@ -7,8 +7,13 @@
 //! - [`cgroup`]: finding the cgroup v2 hierarchy the dataplane attaches to.
 //! - [`dataplane`]: loading and attaching the eBPF programs, and keeping the
 //!   service maps they read.
+//! - [`model`]: the Kubernetes-shaped resources, their validation, and manifests.
+//! - [`store`]: the revisioned key-value store (embedded file, or etcd) and its
+//!   conformance tests.
 //! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
 
 pub mod agent;
 pub mod cgroup;
 pub mod dataplane;
+pub mod model;
+pub mod store;

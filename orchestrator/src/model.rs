@@ -1,0 +1,1 @@
+//! The Kubernetes-shaped resources skiff serves: types, defaults, validation, manifests.

@@ -1,0 +1,1 @@
+//! The embedded store: a single crash-safe redb file on local disk.
