@@ -42,9 +42,14 @@ pub enum Compare {
 /// A write inside a transaction.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
-    Put { key: String, value: Vec<u8> },
+    Put {
+        key: String,
+        value: Vec<u8>,
+    },
     /// Deleting an absent key is not an error and produces no event.
-    Delete { key: String },
+    Delete {
+        key: String,
+    },
 }
 
 /// Conditions, then writes, applied atomically.
