@@ -102,3 +102,14 @@ impl Store for EmbeddedStore {
         Ok(self.db.run(|db| db.revisions()).await?.compacted)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::store_conformance_tests!(async {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = EmbeddedStore::open(&dir.path().join("store.redb")).expect("open the store");
+        (store, dir)
+    });
+}
