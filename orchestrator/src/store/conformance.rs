@@ -4,7 +4,7 @@
 //! [`store_conformance_tests!`](crate::store_conformance_tests) turns them into tests
 //! for one backend:
 //!
-//! ```ignore
+//! ```text
 //! skiff::store_conformance_tests!(async {
 //!     let dir = tempfile::tempdir().unwrap();
 //!     let store = EmbeddedStore::open(&dir.path().join("store.redb")).unwrap();
