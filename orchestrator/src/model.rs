@@ -17,6 +17,7 @@
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: quantities, int-or-string and base64 values.
 //! - [`validation`]: field errors and the shared checks.
+//! - [`manifest`]: reading YAML/JSON manifests from files, directories and stdin.
 
 pub mod apps;
 pub mod autoscaling;
@@ -24,6 +25,7 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod manifest;
 pub mod meta;
 pub mod object;
 pub mod pod;
