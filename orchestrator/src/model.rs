@@ -34,6 +34,9 @@ pub mod selector;
 pub mod service;
 pub mod validation;
 
+#[cfg(test)]
+mod tests;
+
 pub use apps::*;
 pub use autoscaling::*;
 pub use batch::*;
