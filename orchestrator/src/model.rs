@@ -1,1 +1,54 @@
 //! The Kubernetes-shaped resources skiff serves: types, defaults, validation, manifests.
+//!
+//! The types carry the field names a Kubernetes user knows (camelCase on the wire)
+//! and decode strictly, like `kubectl apply --validate=strict`: an unknown field, a
+//! wrong type or an unsupported enum value is an error naming its field path. An
+//! [`Object`] is one value of any kind; it decodes from JSON by apiVersion and kind,
+//! gets the defaults the Kubernetes API server would give it, and validates with
+//! every problem reported as a [`FieldError`] (`spec.replicas: -1 must be greater
+//! than or equal to 0`).
+//!
+//! - [`object`]: [`Kind`], [`Object`], strict decoding.
+//! - [`meta`]: [`ObjectMeta`] and conditions.
+//! - [`pod`], [`service`], [`cluster`] (Namespace, Node), [`config`] (ConfigMap,
+//!   Secret), [`apps`]
+//!   (Deployment, ReplicaSet), [`batch`] (Job), [`autoscaling`]
+//!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice): the kinds.
+//! - [`selector`]: label and field selectors.
+//! - [`quantity`]: quantities, int-or-string and base64 values.
+//! - [`validation`]: field errors and the shared checks.
+//! - [`manifest`]: reading YAML/JSON manifests from files, directories and stdin.
+
+pub mod apps;
+pub mod autoscaling;
+pub mod batch;
+pub mod cluster;
+pub mod config;
+pub mod discovery;
+pub mod manifest;
+pub mod meta;
+pub mod object;
+pub mod pod;
+pub mod quantity;
+pub mod selector;
+pub mod service;
+pub mod validation;
+
+#[cfg(test)]
+mod tests;
+
+pub use apps::*;
+pub use autoscaling::*;
+pub use batch::*;
+pub use cluster::*;
+pub use config::*;
+pub use discovery::*;
+pub use meta::{Condition, ConditionStatus, ObjectMeta, OwnerReference};
+pub use object::{Kind, Object};
+pub use pod::*;
+pub use quantity::{ByteString, IntOrString, ParsedQuantity, Quantity};
+pub use selector::{
+    FieldSelector, LabelSelector, LabelSelectorRequirement, Selector, SelectorOperator,
+};
+pub use service::*;
+pub use validation::{FieldError, FieldErrors};
