@@ -1,0 +1,444 @@
+//! The gRPC face of the [`Registry`]: a unix socket (mode 0600) by default and,
+//! optionally, TCP with TLS; every request must carry the bearer token.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+
+use futures::{Stream, StreamExt};
+use prost::Message;
+use serde_json::Value;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tonic::metadata::MetadataMap;
+use tonic::transport::{Identity, Server, ServerTlsConfig};
+use tonic::{Code, Request, Response, Status};
+
+use super::proto::{self, api_server};
+use super::registry::{ApiError, EventType, ObjectRef, Outcome, Propagation, Registry, Violation};
+use crate::model::{FieldSelector, Kind, Selector};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} exists and is not a socket; refusing to replace it")]
+    NotASocket { path: String },
+    #[error("serving the API on {listener}: {source}")]
+    Transport {
+        listener: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// TCP with TLS, for clients on other hosts.
+#[derive(Clone, Debug)]
+pub struct TlsListener {
+    pub addr: SocketAddr,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub socket: PathBuf,
+    pub tls: Option<TlsListener>,
+    pub token: String,
+}
+
+/// The API's listening sockets, bound before serving so that a client may connect
+/// as soon as the agent says it is ready.
+pub struct Listeners {
+    socket: PathBuf,
+    unix: UnixListener,
+    tls: Option<(TcpListener, Identity)>,
+    token: String,
+}
+
+/// Binds the unix socket (mode 0600) and the TLS listener, if any.
+pub fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
+    let unix = bind_socket(&config.socket)?;
+    let tls = match &config.tls {
+        None => None,
+        Some(tls) => {
+            let read = |path: &Path| {
+                std::fs::read(path).map_err(|source| ServerError::Io {
+                    path: path.to_path_buf(),
+                    source,
+                })
+            };
+            let identity = Identity::from_pem(read(&tls.cert)?, read(&tls.key)?);
+            let listener = std::net::TcpListener::bind(tls.addr)
+                .and_then(|l| {
+                    l.set_nonblocking(true)?;
+                    TcpListener::from_std(l)
+                })
+                .map_err(|source| ServerError::Io {
+                    path: PathBuf::from(tls.addr.to_string()),
+                    source,
+                })?;
+            Some((listener, identity))
+        }
+    };
+    Ok(Listeners {
+        socket: config.socket.clone(),
+        unix,
+        tls,
+        token: config.token.clone(),
+    })
+}
+
+/// Serves until `shutdown` resolves, then removes the socket file.
+pub async fn serve(
+    registry: Registry,
+    listeners: Listeners,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let auth = BearerAuth {
+        expected: format!("Bearer {}", listeners.token),
+    };
+    let service = api_server::ApiServer::with_interceptor(ApiService { registry }, auth);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<()>| async move {
+        let _ = rx.changed().await;
+    };
+    let socket = listeners.socket.display().to_string();
+    let unix = Server::builder()
+        .add_service(service.clone())
+        .serve_with_incoming_shutdown(
+            UnixListenerStream::new(listeners.unix),
+            stopped(stop_rx.clone()),
+        );
+    let tcp = async {
+        let Some((listener, identity)) = listeners.tls else {
+            return Ok(());
+        };
+        let addr = listener
+            .local_addr()
+            .map_or_else(|_| "tcp".to_string(), |a| a.to_string());
+        let transport = |source| ServerError::Transport {
+            listener: addr.clone(),
+            source,
+        };
+        Server::builder()
+            .tls_config(ServerTlsConfig::new().identity(identity))
+            .map_err(transport)?
+            .add_service(service.clone())
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            )
+            .await
+            .map_err(transport)
+    };
+    let (unix, tcp) = tokio::join!(unix, tcp);
+    let _ = std::fs::remove_file(&listeners.socket);
+    unix.map_err(|source| ServerError::Transport {
+        listener: socket,
+        source,
+    })?;
+    tcp
+}
+
+/// Binds the unix socket with mode 0600, replacing a stale socket left by a
+/// crashed agent (but never another kind of file).
+fn bind_socket(path: &Path) -> Result<UnixListener, ServerError> {
+    let io = |source| ServerError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ServerError::NotASocket {
+                path: path.display().to_string(),
+            });
+        }
+        std::fs::remove_file(path).map_err(io)?;
+    }
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).map_err(io)?;
+    }
+    let listener = UnixListener::bind(path).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    Ok(listener)
+}
+
+/// Refuses requests without the agent's bearer token.
+#[derive(Clone)]
+struct BearerAuth {
+    expected: String,
+}
+
+impl tonic::service::Interceptor for BearerAuth {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        check_token(request.metadata(), &self.expected)?;
+        Ok(request)
+    }
+}
+
+fn check_token(metadata: &MetadataMap, expected: &str) -> Result<(), Status> {
+    let Some(given) = metadata.get("authorization") else {
+        return Err(Status::unauthenticated(
+            "missing bearer token: pass --token or set the token in the skiff config",
+        ));
+    };
+    let given = given.as_bytes();
+    // Constant time over the expected length, so timing does not leak a prefix.
+    let same = given.len() == expected.len()
+        && given
+            .iter()
+            .zip(expected.as_bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(Status::unauthenticated("invalid bearer token"))
+    }
+}
+
+struct ApiService {
+    registry: Registry,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl api_server::Api for ApiService {
+    async fn apply(
+        &self,
+        request: Request<proto::ApplyRequest>,
+    ) -> Result<Response<proto::ApplyResponse>, Status> {
+        let mut values = Vec::new();
+        for (index, bytes) in request.into_inner().objects.iter().enumerate() {
+            values.push(serde_json::from_slice::<Value>(bytes).map_err(|e| {
+                status(ApiError::Invalid(vec![Violation {
+                    index,
+                    field: String::new(),
+                    reason: format!("not a JSON object: {e}"),
+                }]))
+            })?);
+        }
+        let applied = self.registry.apply(values).await.map_err(status)?;
+        Ok(Response::new(proto::ApplyResponse {
+            objects: applied
+                .into_iter()
+                .map(|a| proto::AppliedObject {
+                    object: json_bytes(&a.object),
+                    outcome: match a.outcome {
+                        Outcome::Created => proto::ApplyOutcome::Created,
+                        Outcome::Configured => proto::ApplyOutcome::Configured,
+                        Outcome::Unchanged => proto::ApplyOutcome::Unchanged,
+                    } as i32,
+                })
+                .collect(),
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<proto::GetRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let reference = object_ref(request.into_inner().key)?;
+        let object = self.registry.get(&reference).await.map_err(status)?;
+        Ok(Response::new(proto::ObjectResponse {
+            object: json_bytes(&object),
+        }))
+    }
+
+    async fn list(
+        &self,
+        request: Request<proto::ListRequest>,
+    ) -> Result<Response<proto::ListResponse>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.kind)?;
+        let (labels, fields) = selectors(&request.label_selector, &request.field_selector)?;
+        let namespace = non_empty(&request.namespace);
+        let (objects, revision) = self
+            .registry
+            .list(kind, namespace, &labels, &fields)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::ListResponse {
+            objects: objects.iter().map(json_bytes).collect(),
+            resource_version: revision.to_string(),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        request: Request<proto::DeleteRequest>,
+    ) -> Result<Response<proto::DeleteResponse>, Status> {
+        let request = request.into_inner();
+        let propagation = match request.propagation() {
+            proto::Propagation::Background => Propagation::Background,
+            proto::Propagation::Foreground => Propagation::Foreground,
+            proto::Propagation::Orphan => Propagation::Orphan,
+        };
+        let reference = object_ref(request.key)?;
+        let deleted = self
+            .registry
+            .delete(&reference, request.grace_period_seconds, propagation)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(proto::DeleteResponse {
+            object: json_bytes(&deleted.object),
+            terminating: deleted.terminating,
+        }))
+    }
+
+    type WatchStream = EventStream;
+
+    async fn watch(
+        &self,
+        request: Request<proto::WatchRequest>,
+    ) -> Result<Response<EventStream>, Status> {
+        let request = request.into_inner();
+        let kind = kind(&request.kind)?;
+        let (labels, fields) = selectors(&request.label_selector, &request.field_selector)?;
+        let events = self
+            .registry
+            .watch(
+                kind,
+                non_empty(&request.namespace),
+                labels,
+                fields,
+                &request.resource_version,
+            )
+            .await
+            .map_err(status)?;
+        let events = events.map(|event| {
+            let event = event.map_err(status)?;
+            Ok(proto::WatchEvent {
+                r#type: match event.event_type {
+                    EventType::Added => proto::EventType::Added,
+                    EventType::Modified => proto::EventType::Modified,
+                    EventType::Deleted => proto::EventType::Deleted,
+                } as i32,
+                object: json_bytes(&event.object),
+            })
+        });
+        Ok(Response::new(Box::pin(events)))
+    }
+
+    async fn update_status(
+        &self,
+        request: Request<proto::UpdateStatusRequest>,
+    ) -> Result<Response<proto::ObjectResponse>, Status> {
+        let value: Value = serde_json::from_slice(&request.into_inner().object)
+            .map_err(|e| Status::invalid_argument(format!("object is not JSON: {e}")))?;
+        let object = self.registry.update_status(value).await.map_err(status)?;
+        Ok(Response::new(proto::ObjectResponse {
+            object: json_bytes(&object),
+        }))
+    }
+}
+
+fn json_bytes(value: &Value) -> Vec<u8> {
+    // Serialising a Value cannot fail: its keys are strings.
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+fn kind(name: &str) -> Result<Kind, Status> {
+    Kind::from_cli_name(name)
+        .ok_or_else(|| Status::invalid_argument(format!("unknown kind \"{name}\"")))
+}
+
+fn non_empty(text: &str) -> Option<&str> {
+    (!text.is_empty()).then_some(text)
+}
+
+fn object_ref(key: Option<proto::ObjectKey>) -> Result<ObjectRef, Status> {
+    let key = key.ok_or_else(|| Status::invalid_argument("key is required"))?;
+    let kind = kind(&key.kind)?;
+    if key.name.is_empty() {
+        return Err(Status::invalid_argument("key.name is required"));
+    }
+    Ok(ObjectRef {
+        kind,
+        namespace: kind
+            .namespaced()
+            .then(|| non_empty(&key.namespace).unwrap_or("default").to_string()),
+        name: key.name,
+    })
+}
+
+fn selectors(labels: &str, fields: &str) -> Result<(Selector, FieldSelector), Status> {
+    let labels = Selector::parse(labels)
+        .map_err(|e| Status::invalid_argument(format!("label selector: {e}")))?;
+    let fields = FieldSelector::parse(fields)
+        .map_err(|e| Status::invalid_argument(format!("field selector: {e}")))?;
+    Ok((labels, fields))
+}
+
+/// The gRPC status of an API error; validation problems also travel as structured
+/// details so the CLI can name the file and document of each.
+fn status(error: ApiError) -> Status {
+    let message = error.to_string();
+    match error {
+        ApiError::Invalid(violations) => {
+            let details = proto::ValidationFailure {
+                violations: violations
+                    .into_iter()
+                    .map(|v| proto::FieldViolation {
+                        object_index: u32::try_from(v.index).unwrap_or(u32::MAX),
+                        field: v.field,
+                        reason: v.reason,
+                    })
+                    .collect(),
+            };
+            Status::with_details(
+                Code::InvalidArgument,
+                message,
+                details.encode_to_vec().into(),
+            )
+        }
+        ApiError::NotFound { .. } => Status::not_found(message),
+        ApiError::Conflict { .. } => Status::aborted(message),
+        ApiError::Expired { .. } => Status::out_of_range(message),
+        ApiError::BadRequest(_) => Status::invalid_argument(message),
+        ApiError::Exhausted(_) => Status::resource_exhausted(message),
+        ApiError::Corrupt { .. } | ApiError::Store(_) => Status::internal(message),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn metadata(token: Option<&str>) -> MetadataMap {
+        let mut map = MetadataMap::new();
+        if let Some(token) = token {
+            map.insert("authorization", token.parse().unwrap());
+        }
+        map
+    }
+
+    #[test]
+    fn only_the_exact_bearer_token_passes() {
+        let expected = "Bearer s3cret";
+        assert!(check_token(&metadata(Some("Bearer s3cret")), expected).is_ok());
+        for (given, message) in [
+            (None, "missing bearer token"),
+            (Some("Bearer s3cre"), "invalid bearer token"),
+            (Some("Bearer s3creT"), "invalid bearer token"),
+            (Some("s3cret"), "invalid bearer token"),
+        ] {
+            let err = check_token(&metadata(given), expected).unwrap_err();
+            assert_eq!(err.code(), Code::Unauthenticated);
+            assert!(
+                err.message().contains(message),
+                "{given:?}: {}",
+                err.message()
+            );
+        }
+    }
+}
