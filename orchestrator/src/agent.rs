@@ -1,15 +1,31 @@
-//! The node agent's lifecycle: attach the dataplane, serve until SIGINT or SIGTERM,
-//! then detach everything it attached so nothing is left behind on the host.
+//! The node agent's lifecycle: open the state store, serve the API, attach the
+//! dataplane, run until SIGINT or SIGTERM, then stop serving (removing the socket)
+//! and detach everything it attached, so nothing it created at run time stays on
+//! the host. The state directory (store, token, encryption key) persists by design.
 
 use std::io;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use aya_log::EbpfLogger;
 use log::{LevelFilter, info, warn};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
+use crate::api::allocator::ServiceNetworks;
+use crate::api::credentials::{self, CredentialError};
+use crate::api::encryption::{self, SecretBox};
+use crate::api::registry::{ApiError, Registry};
+use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
+use crate::store::embedded::EmbeddedStore;
+use crate::store::{Store, StoreError};
 use crate::{cgroup, dataplane};
+
+const STORE_FILE: &str = "store.redb";
+const TOKEN_FILE: &str = "token";
+const ENCRYPTION_KEY_FILE: &str = "encryption.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -17,6 +33,18 @@ pub enum Error {
     Cgroup(#[from] cgroup::Error),
     #[error(transparent)]
     Dataplane(#[from] dataplane::Error),
+    #[error("state directory {}: {source}", path.display())]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("encryption key: {0}")]
+    Encryption(#[from] encryption::EncryptionError),
+    #[error("opening the store: {0}")]
+    Store(#[from] StoreError),
+    #[error("preparing the API: {0}")]
+    Api(#[from] ApiError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
     #[error("installing the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -32,11 +60,21 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// Kernel-side eBPF log level (off by default).
     pub ebpf_log: LevelFilter,
+    /// Store file, API token and encryption key (created at first start, 0700).
+    pub state_dir: PathBuf,
+    /// The API's unix socket (0600).
+    pub socket: PathBuf,
+    /// The API over TCP with TLS as well.
+    pub tls: Option<TlsListener>,
+    pub networks: ServiceNetworks,
+    /// How much watch history to keep: every interval, history older than one
+    /// interval is compacted (the Kubernetes API server's default is 5 minutes).
+    pub compaction_interval: Duration,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> Result<(), Error> {
-    let cgroup = match config.cgroup {
+    let cgroup = match config.cgroup.clone() {
         Some(path) => path,
         None => cgroup::v2_mount_point()?,
     };
@@ -50,6 +88,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
 
+    // From here on an early return drops the dataplane, which detaches it.
     let mut dataplane = dataplane::Dataplane::load(&dataplane::Config {
         cgroup,
         ebpf_log: config.ebpf_log,
@@ -65,15 +104,46 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let log_reader = dataplane
         .take_logger()
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
+
+    let (registry, store) = open_registry(&config).await?;
+    let compactor = tokio::spawn(compact_history(store, config.compaction_interval));
+    let listeners = server::bind(&ServerConfig {
+        socket: config.socket.clone(),
+        tls: config.tls.clone(),
+        token: credentials::load_or_create_token(&config.state_dir.join(TOKEN_FILE))?,
+    })?;
+    let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mut api = tokio::spawn(server::serve(registry, listeners, async {
+        let _ = api_stopped.await;
+    }));
+    info!("API listening on unix://{}", config.socket.display());
+    if let Some(tls) = &config.tls {
+        info!("API listening on https://{}", tls.addr);
+    }
     info!("skiff agent ready");
 
     let received = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
+        served = &mut api => {
+            // The API stopped by itself: it failed.
+            return Err(match served {
+                Ok(Err(e)) => e.into(),
+                Ok(Ok(())) | Err(_) => Error::Server(ServerError::Io {
+                    path: config.socket.clone(),
+                    source: io::Error::other("the API server stopped unexpectedly"),
+                }),
+            });
+        }
     };
     info!("{received} received, shutting down");
+    compactor.abort();
     if let Some(task) = log_reader {
         task.abort();
+    }
+    let _ = stop_api.send(());
+    if let Ok(Err(e)) = api.await {
+        warn!("API server: {e}");
     }
     let cgroup = dataplane.cgroup().to_path_buf();
     for program in dataplane.detach()? {
@@ -86,6 +156,48 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     info!("skiff agent stopped");
     Ok(())
+}
+
+/// Opens the state directory and store, and the registry over them.
+async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>), Error> {
+    let dir = &config.state_dir;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| Error::StateDir {
+            path: dir.clone(),
+            source,
+        })?;
+    let key = credentials::load_or_create_key(&dir.join(ENCRYPTION_KEY_FILE), encryption::KEY_LEN)?;
+    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?);
+    let registry = Registry::new(
+        store.clone(),
+        SecretBox::new(&key)?,
+        config.networks.clone(),
+    );
+    registry.bootstrap().await?;
+    Ok((registry, store))
+}
+
+/// Every `interval`, drops the history older than the revision seen one interval
+/// before, so watches can resume within an interval and the file stays bounded.
+async fn compact_history(store: Arc<dyn Store>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut previous = None;
+    loop {
+        ticker.tick().await;
+        if let Some(revision) = previous
+            && let Err(e) = store.compact(revision).await
+        {
+            warn!("compacting the store to revision {revision}: {e}");
+        }
+        match store.revision().await {
+            Ok(revision) => previous = Some(revision),
+            Err(e) => warn!("reading the store revision: {e}"),
+        }
+    }
 }
 
 /// Forwards kernel-side log records to the `log` crate as they arrive.

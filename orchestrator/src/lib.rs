@@ -10,10 +10,14 @@
 //! - [`model`]: the Kubernetes-shaped resources, their validation, and manifests.
 //! - [`store`]: the revisioned key-value store (embedded file, or etcd) and its
 //!   conformance tests.
+//! - [`api`]: the gRPC API over the store (registry rules, server, client).
+//! - [`cli`]: the `skiff` command line.
 //! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
 
 pub mod agent;
+pub mod api;
 pub mod cgroup;
+pub mod cli;
 pub mod dataplane;
 pub mod model;
 pub mod store;

@@ -1,0 +1,678 @@
+//! The `skiff` command line: the node agent, and kubectl's everyday verbs against
+//! the API (apply, get, describe, delete, create namespace).
+//!
+//! - [`config`]: where the API and token come from (flags, config file, defaults).
+//! - [`print`]: tables and output formats.
+
+pub mod config;
+pub mod print;
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+use futures::StreamExt;
+use log::LevelFilter;
+use prost::Message;
+use serde_json::Value;
+use tonic::Code;
+
+use crate::agent;
+use crate::api::allocator::ServiceNetworks;
+use crate::api::client::{self, ApiClient, ClientError};
+use crate::api::proto;
+use crate::api::server::TlsListener;
+use crate::model::{Kind, manifest};
+use config::{ConfigError, Overrides, Settings};
+use print::{Format, Table};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "skiff",
+    version,
+    about = "A small container orchestrator with an eBPF service network"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    global: GlobalArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// Config file [default: $SKIFF_CONFIG or ~/.skiff/config.yaml]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// API address: unix:///path/to/skiff.sock or https://host:port
+    #[arg(long, global = true, value_name = "URL")]
+    server: Option<String>,
+    /// Bearer token for the API
+    #[arg(long, global = true)]
+    token: Option<String>,
+    /// File holding the bearer token
+    #[arg(long, global = true, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// CA certificate (PEM) of an https API server
+    #[arg(long, global = true, value_name = "FILE")]
+    certificate_authority: Option<PathBuf>,
+    /// Namespace [default: the config's, else "default"]
+    #[arg(short, long, global = true)]
+    namespace: Option<String>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the node agent in the foreground (root): the API, the state store and the
+    /// eBPF dataplane; SIGINT or SIGTERM stops it and detaches the dataplane.
+    Agent(AgentArgs),
+    /// Create or update objects from manifests (files, directories, or - for stdin)
+    Apply {
+        #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Descend into subdirectories
+        #[arg(short = 'R', long)]
+        recursive: bool,
+    },
+    /// List objects of a kind, or show the named ones
+    Get {
+        kind: String,
+        names: Vec<String>,
+        /// Across all namespaces
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Label selector, e.g. app=web,tier!=db
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
+        /// Field selector, e.g. spec.nodeName=node-1
+        #[arg(long)]
+        field_selector: Option<String>,
+        #[arg(short = 'o', long, value_enum)]
+        output: Option<Format>,
+        /// After listing, follow changes
+        #[arg(short = 'w', long)]
+        watch: bool,
+    },
+    /// Show objects in detail
+    Describe {
+        kind: String,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Delete the named objects, or those in manifests
+    Delete {
+        kind: Option<String>,
+        names: Vec<String>,
+        #[arg(short = 'f', long = "filename", value_name = "PATH")]
+        files: Vec<PathBuf>,
+        /// Seconds a pod gets to stop (0 removes it at once)
+        #[arg(long)]
+        grace_period: Option<i64>,
+        /// What happens to owned objects: background, foreground or orphan
+        #[arg(long, value_enum, default_value = "background")]
+        cascade: Cascade,
+        /// Succeed when an object does not exist
+        #[arg(long)]
+        ignore_not_found: bool,
+    },
+    /// Create an object from arguments
+    #[command(subcommand)]
+    Create(CreateCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum CreateCommand {
+    /// Create a namespace
+    #[command(alias = "ns")]
+    Namespace { name: String },
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Cascade {
+    Background,
+    Foreground,
+    Orphan,
+}
+
+#[derive(Args, Debug)]
+struct AgentArgs {
+    /// cgroup v2 directory to attach the socket load balancer to [default: the
+    /// root of the cgroup v2 hierarchy]
+    #[arg(long, value_name = "DIR")]
+    cgroup: Option<PathBuf>,
+    /// Kernel-side eBPF log level: off, error, warn, info, debug or trace
+    #[arg(long, value_name = "LEVEL", default_value = "off")]
+    ebpf_log: LevelFilter,
+    /// Where the store, the API token and the encryption key live
+    #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// The API's unix socket
+    #[arg(long, value_name = "PATH", default_value = config::DEFAULT_SOCKET)]
+    socket: PathBuf,
+    /// Also serve the API over TCP with TLS on this address (needs --tls-cert and --tls-key)
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    listen: Option<std::net::SocketAddr>,
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    tls_cert: Option<PathBuf>,
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    tls_key: Option<PathBuf>,
+    /// IPv4 service CIDR
+    #[arg(long, value_name = "CIDR", default_value = "10.96.0.0/12")]
+    service_cidr_v4: ipnet::Ipv4Net,
+    /// IPv6 service CIDR
+    #[arg(long, value_name = "CIDR", default_value = "fd00:10:96::/112")]
+    service_cidr_v6: ipnet::Ipv6Net,
+    /// Watch history older than this is dropped, e.g. 5m or 30s
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
+    compaction_interval: std::time::Duration,
+}
+
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let duration: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("\"{text}\" is not a duration like 30s or 5m: {e}"))?;
+    std::time::Duration::try_from(duration)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("\"{text}\" must be positive"))
+}
+
+impl AgentArgs {
+    /// The kernel-side log level, for the logger the binary sets up.
+    pub fn ebpf_log(&self) -> LevelFilter {
+        self.ebpf_log
+    }
+}
+
+impl Cli {
+    /// The agent's eBPF log level when this is `skiff agent`.
+    pub fn agent_ebpf_log(&self) -> Option<LevelFilter> {
+        match &self.command {
+            Command::Agent(args) => Some(args.ebpf_log()),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error("error: {0}")]
+    Config(#[from] ConfigError),
+    #[error("error: {0} (is `skiff agent` running?)")]
+    Connect(#[from] ClientError),
+    #[error("{}", .0.iter().map(|e| format!("error: {e}")).collect::<Vec<_>>().join("\n"))]
+    Manifest(Vec<manifest::ManifestError>),
+    #[error("{}", .0.iter().map(|e| format!("error: {e}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<String>),
+    #[error("Error from server ({}): {}", reason(.0.code()), .0.message())]
+    Server(tonic::Status),
+    /// Several failures of one command, each already worded.
+    #[error("{}", .0.join("\n"))]
+    Failures(Vec<String>),
+    #[error("error: {0}")]
+    Usage(String),
+    #[error("error: {0}")]
+    Agent(#[from] agent::Error),
+}
+
+impl From<tonic::Status> for CliError {
+    fn from(status: tonic::Status) -> Self {
+        CliError::Server(status)
+    }
+}
+
+/// kubectl's names for server error reasons.
+fn reason(code: Code) -> &'static str {
+    match code {
+        Code::NotFound => "NotFound",
+        Code::Aborted => "Conflict",
+        Code::InvalidArgument => "BadRequest",
+        Code::Unauthenticated => "Unauthorized",
+        Code::OutOfRange => "Expired",
+        Code::ResourceExhausted => "ServiceUnavailable",
+        Code::Unavailable => "ServiceUnavailable",
+        _ => "InternalError",
+    }
+}
+
+pub async fn run(cli: Cli) -> Result<(), CliError> {
+    let overrides = Overrides {
+        config: cli.global.config,
+        server: cli.global.server,
+        token: cli.global.token,
+        token_file: cli.global.token_file,
+        certificate_authority: cli.global.certificate_authority,
+        namespace: cli.global.namespace,
+    };
+    match cli.command {
+        Command::Agent(args) => Ok(agent::run(agent_config(args)).await?),
+        Command::Apply { files, recursive } => {
+            let documents = load(&files, recursive)?;
+            let settings = config::resolve(&overrides)?;
+            apply(&settings, documents, overrides.namespace.is_some()).await
+        }
+        Command::Get {
+            kind,
+            names,
+            all_namespaces,
+            selector,
+            field_selector,
+            output,
+            watch,
+        } => {
+            let settings = config::resolve(&overrides)?;
+            let query = Query {
+                kind: parse_kind(&kind)?,
+                namespace: (!all_namespaces).then(|| settings.namespace.clone()),
+                labels: selector.unwrap_or_default(),
+                fields: field_selector.unwrap_or_default(),
+            };
+            get(&settings, &query, &names, output, watch).await
+        }
+        Command::Describe { kind, names } => {
+            let settings = config::resolve(&overrides)?;
+            let kind = parse_kind(&kind)?;
+            let mut client = client::connect(&settings.connection).await?;
+            let mut sections = Vec::new();
+            for name in names {
+                let object = get_one(&mut client, kind, &settings.namespace, &name).await?;
+                sections.push(print::describe(kind, &object));
+            }
+            print!("{}", sections.join("\n\n"));
+            Ok(())
+        }
+        Command::Delete {
+            kind,
+            names,
+            files,
+            grace_period,
+            cascade,
+            ignore_not_found,
+        } => {
+            let targets = delete_targets(kind, names, &files, overrides.namespace.as_deref())?;
+            let settings = config::resolve(&overrides)?;
+            let options = DeleteOptions {
+                grace_period,
+                cascade,
+                ignore_not_found,
+            };
+            delete(&settings, targets, options).await
+        }
+        Command::Create(CreateCommand::Namespace { name }) => {
+            let settings = config::resolve(&overrides)?;
+            let namespace = serde_json::json!({
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
+            });
+            let mut client = client::connect(&settings.connection).await?;
+            let existing = client
+                .get(proto::GetRequest {
+                    key: Some(proto::ObjectKey {
+                        kind: "Namespace".into(),
+                        namespace: String::new(),
+                        name: name.clone(),
+                    }),
+                })
+                .await;
+            match existing {
+                Ok(_) => Err(CliError::Server(tonic::Status::already_exists(format!(
+                    "namespaces \"{name}\" already exists"
+                )))),
+                Err(status) if status.code() == Code::NotFound => {
+                    client
+                        .apply(proto::ApplyRequest {
+                            objects: vec![json_bytes(&namespace)],
+                        })
+                        .await?;
+                    println!("namespace/{name} created");
+                    Ok(())
+                }
+                Err(status) => Err(status.into()),
+            }
+        }
+    }
+}
+
+fn agent_config(args: AgentArgs) -> agent::Config {
+    agent::Config {
+        cgroup: args.cgroup,
+        ebpf_log: args.ebpf_log,
+        state_dir: args.state_dir,
+        socket: args.socket,
+        tls: args.listen.map(|addr| TlsListener {
+            addr,
+            // clap's `requires_all` guarantees both accompany --listen.
+            cert: args.tls_cert.unwrap_or_default(),
+            key: args.tls_key.unwrap_or_default(),
+        }),
+        networks: ServiceNetworks {
+            ipv4: args.service_cidr_v4,
+            ipv6: args.service_cidr_v6,
+            ..ServiceNetworks::default()
+        },
+        compaction_interval: args.compaction_interval,
+    }
+}
+
+fn parse_kind(name: &str) -> Result<Kind, CliError> {
+    Kind::from_cli_name(name).ok_or_else(|| {
+        CliError::Usage(format!(
+            "the server doesn't have a resource type \"{name}\""
+        ))
+    })
+}
+
+fn load(files: &[PathBuf], recursive: bool) -> Result<Vec<manifest::Document>, CliError> {
+    manifest::load(files, recursive, &mut std::io::stdin()).map_err(CliError::Manifest)
+}
+
+fn json_bytes(value: &Value) -> Vec<u8> {
+    serde_json::to_vec(value).unwrap_or_default()
+}
+
+/// Applies the documents in one request; objects without a namespace get the
+/// current one, and with `-n` an object naming another namespace is an error.
+async fn apply(
+    settings: &Settings,
+    documents: Vec<manifest::Document>,
+    explicit_namespace: bool,
+) -> Result<(), CliError> {
+    let mut objects = Vec::with_capacity(documents.len());
+    let mut problems = Vec::new();
+    for document in &documents {
+        let mut object = document.object.clone();
+        if object.kind().namespaced() {
+            let meta = object.metadata_mut();
+            match &meta.namespace {
+                Some(ns) if *ns != settings.namespace && explicit_namespace => {
+                    problems.push(format!(
+                        "{} doc {}: the namespace from the object \"{ns}\" does not match the namespace \"{}\"",
+                        document.source, document.index, settings.namespace
+                    ));
+                }
+                Some(_) => {}
+                None => meta.namespace = Some(settings.namespace.clone()),
+            }
+        }
+        objects.push(json_bytes(&object.to_value()));
+    }
+    if !problems.is_empty() {
+        return Err(CliError::Invalid(problems));
+    }
+    let mut client = client::connect(&settings.connection).await?;
+    let response = match client.apply(proto::ApplyRequest { objects }).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => return Err(explain_apply_error(status, &documents)),
+    };
+    for (applied, document) in response.objects.iter().zip(&documents) {
+        let outcome = match applied.outcome() {
+            proto::ApplyOutcome::Created => "created",
+            proto::ApplyOutcome::Configured => "configured",
+            _ => "unchanged",
+        };
+        let value: Value = serde_json::from_slice(&applied.object).unwrap_or_default();
+        println!(
+            "{} {outcome}",
+            print::name_of(document.object.kind(), &value)
+        );
+    }
+    Ok(())
+}
+
+/// Server-side validation failures, named by the file and document they came from.
+fn explain_apply_error(status: tonic::Status, documents: &[manifest::Document]) -> CliError {
+    if status.code() != Code::InvalidArgument {
+        return CliError::Server(status);
+    }
+    match proto::ValidationFailure::decode(status.details()) {
+        Ok(failure) if !failure.violations.is_empty() => CliError::Invalid(
+            failure
+                .violations
+                .iter()
+                .map(|v| {
+                    let place = documents
+                        .get(v.object_index as usize)
+                        .map(|d| format!("{} doc {}", d.source, d.index))
+                        .unwrap_or_else(|| format!("object {}", v.object_index));
+                    if v.field.is_empty() {
+                        format!("{place}: {}", v.reason)
+                    } else {
+                        format!("{place}: {}: {}", v.field, v.reason)
+                    }
+                })
+                .collect(),
+        ),
+        _ => CliError::Server(status),
+    }
+}
+
+struct Query {
+    kind: Kind,
+    /// None: every namespace.
+    namespace: Option<String>,
+    labels: String,
+    fields: String,
+}
+
+async fn get(
+    settings: &Settings,
+    query: &Query,
+    names: &[String],
+    output: Option<Format>,
+    watch: bool,
+) -> Result<(), CliError> {
+    let mut client = client::connect(&settings.connection).await?;
+    let namespace = query.namespace.clone().unwrap_or_default();
+    let (objects, resource_version) = if names.is_empty() {
+        let list = client
+            .list(proto::ListRequest {
+                kind: query.kind.name().into(),
+                namespace: namespace.clone(),
+                label_selector: query.labels.clone(),
+                field_selector: query.fields.clone(),
+            })
+            .await?
+            .into_inner();
+        let objects: Vec<Value> = list
+            .objects
+            .iter()
+            .filter_map(|o| serde_json::from_slice(o).ok())
+            .collect();
+        (objects, list.resource_version)
+    } else {
+        let mut objects = Vec::new();
+        for name in names {
+            objects.push(get_one(&mut client, query.kind, &settings.namespace, name).await?);
+        }
+        (objects, String::new())
+    };
+    let wide = output == Some(Format::Wide);
+    let now = jiff::Timestamp::now().as_second();
+    match output {
+        Some(format @ (Format::Yaml | Format::Json)) => {
+            print!("{}", print::serialize(&objects, format, names.len() != 1));
+        }
+        Some(Format::Name) => {
+            for object in &objects {
+                println!("{}", print::name_of(query.kind, object));
+            }
+        }
+        _ if objects.is_empty() && !watch => match &query.namespace {
+            Some(ns) if query.kind.namespaced() => {
+                eprintln!("No resources found in {ns} namespace.")
+            }
+            _ => eprintln!("No resources found"),
+        },
+        _ => {
+            let mut table = Table::new(query.kind, wide, query.namespace.is_none());
+            for object in &objects {
+                table.push(query.kind, object, wide, now);
+            }
+            print!("{}", table.render(true));
+        }
+    }
+    if watch {
+        follow(&mut client, query, output, resource_version).await?;
+    }
+    Ok(())
+}
+
+/// Prints changes as they happen, until the stream ends or fails.
+async fn follow(
+    client: &mut ApiClient,
+    query: &Query,
+    output: Option<Format>,
+    resource_version: String,
+) -> Result<(), CliError> {
+    let mut events = client
+        .watch(proto::WatchRequest {
+            kind: query.kind.name().into(),
+            namespace: query.namespace.clone().unwrap_or_default(),
+            label_selector: query.labels.clone(),
+            field_selector: query.fields.clone(),
+            resource_version,
+        })
+        .await?
+        .into_inner();
+    let wide = output == Some(Format::Wide);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        let object: Value = serde_json::from_slice(&event.object).unwrap_or_default();
+        match output {
+            Some(format @ (Format::Yaml | Format::Json)) => {
+                print!("{}", print::serialize(&[object], format, false))
+            }
+            Some(Format::Name) => println!("{}", print::name_of(query.kind, &object)),
+            _ => {
+                let mut table = Table::new(query.kind, wide, query.namespace.is_none());
+                table.push(
+                    query.kind,
+                    &object,
+                    wide,
+                    jiff::Timestamp::now().as_second(),
+                );
+                print!("{}", table.render(false));
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn get_one(
+    client: &mut ApiClient,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+) -> Result<Value, CliError> {
+    let response = client
+        .get(proto::GetRequest {
+            key: Some(proto::ObjectKey {
+                kind: kind.name().into(),
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
+        })
+        .await?
+        .into_inner();
+    serde_json::from_slice(&response.object)
+        .map_err(|e| CliError::Usage(format!("the server sent an unreadable object: {e}")))
+}
+
+/// An object to delete.
+struct Target {
+    kind: Kind,
+    namespace: Option<String>,
+    name: String,
+}
+
+struct DeleteOptions {
+    grace_period: Option<i64>,
+    cascade: Cascade,
+    ignore_not_found: bool,
+}
+
+fn delete_targets(
+    kind: Option<String>,
+    names: Vec<String>,
+    files: &[PathBuf],
+    namespace: Option<&str>,
+) -> Result<Vec<Target>, CliError> {
+    match (kind, files.is_empty()) {
+        (Some(kind), true) => {
+            if names.is_empty() {
+                return Err(CliError::Usage(
+                    "name what to delete: skiff delete KIND NAME... or skiff delete -f FILE".into(),
+                ));
+            }
+            let kind = parse_kind(&kind)?;
+            Ok(names
+                .into_iter()
+                .map(|name| Target {
+                    kind,
+                    namespace: namespace.map(str::to_string),
+                    name,
+                })
+                .collect())
+        }
+        (None, false) => Ok(load(files, false)?
+            .into_iter()
+            .map(|d| Target {
+                kind: d.object.kind(),
+                namespace: d
+                    .object
+                    .metadata()
+                    .namespace
+                    .clone()
+                    .or_else(|| namespace.map(str::to_string)),
+                name: d.object.metadata().name.clone(),
+            })
+            .collect()),
+        (Some(_), false) => Err(CliError::Usage(
+            "give either KIND NAME... or -f FILE, not both".into(),
+        )),
+        (None, true) => Err(CliError::Usage(
+            "name what to delete: skiff delete KIND NAME... or skiff delete -f FILE".into(),
+        )),
+    }
+}
+
+async fn delete(
+    settings: &Settings,
+    targets: Vec<Target>,
+    options: DeleteOptions,
+) -> Result<(), CliError> {
+    let mut client = client::connect(&settings.connection).await?;
+    let propagation = match options.cascade {
+        Cascade::Background => proto::Propagation::Background,
+        Cascade::Foreground => proto::Propagation::Foreground,
+        Cascade::Orphan => proto::Propagation::Orphan,
+    };
+    let mut failures = Vec::new();
+    for target in targets {
+        let result = client
+            .delete(proto::DeleteRequest {
+                key: Some(proto::ObjectKey {
+                    kind: target.kind.name().into(),
+                    namespace: target
+                        .namespace
+                        .unwrap_or_else(|| settings.namespace.clone()),
+                    name: target.name.clone(),
+                }),
+                grace_period_seconds: options.grace_period,
+                propagation: propagation as i32,
+            })
+            .await;
+        match result {
+            Ok(_) => println!(
+                "{} \"{}\" deleted",
+                print::singular(target.kind),
+                target.name
+            ),
+            Err(status) if status.code() == Code::NotFound && options.ignore_not_found => {}
+            Err(status) => failures.push(CliError::Server(status).to_string()),
+        }
+    }
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::Failures(failures))
+    }
+}
