@@ -6,6 +6,7 @@
 //! The tests run as root against the real kernel, in parallel, so every resource
 //! gets a name no other test (or test run) uses.
 
+pub mod agent;
 pub mod backend;
 pub mod cgroup;
 pub mod kernel;
