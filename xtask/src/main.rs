@@ -30,6 +30,15 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         agent_args: Vec<String>,
     },
+    /// Run a benchmark side by side with the alternative (root): `api`.
+    Bench {
+        /// Which benchmark.
+        #[arg(value_parser = ["api"])]
+        name: String,
+        /// Arguments passed on to the benchmark (see `skiff-bench api --help`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        bench_args: Vec<String>,
+    },
     /// Set up if needed, build, check formatting and lints, then run every test (root).
     Test {
         /// Arguments passed on to `cargo test` (e.g. a test name filter).
@@ -56,6 +65,19 @@ fn main() -> Result<()> {
             // exec, so that Ctrl-C and SIGTERM reach the agent itself.
             let err = Command::new(&agent).arg("agent").args(&agent_args).exec();
             Err(err).with_context(|| format!("exec {}", agent.display()))
+        }
+        Cmd::Bench { name, bench_args } => {
+            setup::run(&ws)?;
+            let ebpf = build::ebpf(&ws)?;
+            build::user_space(&ws, &ebpf, build::Profile::Release)?;
+            let release = ws.target.join("release");
+            run_checked(
+                Command::new(release.join("skiff-bench"))
+                    .arg(name)
+                    .arg("--skiff")
+                    .arg(release.join("skiff"))
+                    .args(&bench_args),
+            )
         }
         Cmd::Test { test_args } => {
             setup::run(&ws)?;

@@ -25,6 +25,10 @@ const PACKAGES: &[&str] = &[
     "libxml2-dev",
     "iproute2",
     "iputils-ping",
+    // etcd: the store the API benchmark compares with (and a later multi-node
+    // backend); protoc: the etcd client crate compiles etcd's protos with it.
+    "etcd-server",
+    "protobuf-compiler",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
