@@ -6,10 +6,14 @@
 //! a crash or power loss. Besides the keys, the file keeps each revision's events in a
 //! history table that watches replay from, until compaction drops them.
 //!
-//! redb's work is blocking, so it runs on tokio's blocking threads; redb itself
-//! serialises write transactions and lets reads run beside them.
+//! Writes (and their fsync) run on a commit thread of their own, compaction on
+//! tokio's blocking threads. Reads (points, lists, a watch's history batches) run in
+//! place: redb reads never wait for a lock (each sees a committed snapshot) and come
+//! from its page cache, so a hand-off to another thread would cost more than the
+//! read.
 
 mod codec;
+mod committer;
 mod db;
 mod watcher;
 
@@ -18,6 +22,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use self::committer::Committer;
 use self::db::Db;
 use self::watcher::Watcher;
 use crate::store::{KeyValue, Revision, Store, StoreError, Txn, WatchStream};
@@ -27,19 +32,22 @@ use crate::store::{KeyValue, Revision, Store, StoreError, Txn, WatchStream};
 #[derive(Clone)]
 pub struct EmbeddedStore {
     db: Arc<Db>,
+    /// Writes go through the group-commit thread.
+    committer: Arc<Committer>,
     /// The latest committed revision, to wake watchers that have caught up.
-    revisions: watch::Sender<Revision>,
+    revisions: watch::Receiver<Revision>,
 }
 
 impl EmbeddedStore {
     /// Opens the store at `path`, creating the file if absent; its directory must
     /// exist. A file may be open only once at a time.
     pub fn open(path: &Path) -> Result<EmbeddedStore, StoreError> {
-        let db = Db::open(path)?;
-        let current = db.revisions()?.current;
+        let db = Arc::new(Db::open(path)?);
+        let (announce, revisions) = watch::channel(db.revisions()?.current);
         Ok(EmbeddedStore {
-            db: Arc::new(db),
-            revisions: watch::Sender::new(current),
+            committer: Arc::new(Committer::start(Arc::clone(&db), announce)?),
+            db,
+            revisions,
         })
     }
 }
@@ -47,34 +55,23 @@ impl EmbeddedStore {
 #[async_trait::async_trait]
 impl Store for EmbeddedStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
-        Ok(self.db.run(|db| db.revisions()).await?.current)
+        Ok(self.db.revisions()?.current)
     }
 
     async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision), StoreError> {
-        let key = key.to_owned();
-        self.db.run(move |db| db.get(&key)).await
+        self.db.get(key)
     }
 
     async fn list(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), StoreError> {
-        let prefix = prefix.to_owned();
-        self.db.run(move |db| db.list(&prefix)).await
+        self.db.list(prefix)
     }
 
     async fn txn(&self, txn: Txn) -> Result<Revision, StoreError> {
-        let revision = self.db.run(move |db| db.apply(&txn)).await?;
-        // Concurrent transactions may finish out of order; the channel only moves forward.
-        self.revisions.send_if_modified(|latest| {
-            let newer = revision > *latest;
-            if newer {
-                *latest = revision;
-            }
-            newer
-        });
-        Ok(revision)
+        self.committer.submit(txn).await
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, StoreError> {
-        let revisions = self.db.run(|db| db.revisions()).await?;
+        let revisions = self.db.revisions()?;
         let start = match from {
             0 => revisions.current + 1,
             from if from < revisions.compacted => {
@@ -89,7 +86,7 @@ impl Store for EmbeddedStore {
             Arc::clone(&self.db),
             prefix.to_owned(),
             start,
-            self.revisions.subscribe(),
+            self.revisions.clone(),
         );
         Ok(watcher.into_stream())
     }
@@ -99,7 +96,7 @@ impl Store for EmbeddedStore {
     }
 
     async fn compacted(&self) -> Result<Revision, StoreError> {
-        Ok(self.db.run(|db| db.revisions()).await?.compacted)
+        Ok(self.db.revisions()?.compacted)
     }
 }
 

@@ -116,63 +116,82 @@ impl Db {
         Ok((found, self.revisions_in(&read)?.current))
     }
 
-    /// Checks `txn`'s compares and applies its ops at the next revision. Returns that
-    /// revision, or the current one when the ops changed nothing.
-    pub fn apply(&self, txn: &Txn) -> Result<Revision, StoreError> {
+    /// Applies a batch of transactions in one durable commit (group commit: one
+    /// fsync for all of them). Each transaction is checked against the state the
+    /// earlier ones left and gets a revision of its own, or its own conflict; the
+    /// outer error means the batch as a whole failed and nothing was written.
+    pub fn apply(&self, txns: &[Txn]) -> Result<Vec<Result<Revision, StoreError>>, StoreError> {
         let write = self
             .db
             .begin_write()
             .map_err(self.backend("begin a write transaction"))?;
-        let (current, written) = {
+        let (results, changed) = {
             let mut keys = write
                 .open_table(KEYS)
                 .map_err(self.backend("open the keys table"))?;
-            for Compare::ModRevision { key, revision } in &txn.compares {
-                let actual = self.load(&keys, key)?.map_or(0, |kv| kv.mod_revision);
-                if actual != *revision {
-                    return Err(StoreError::Conflict {
-                        key: key.clone(),
-                        expected: *revision,
-                        actual,
-                    });
-                }
-            }
+            let mut history = write
+                .open_table(HISTORY)
+                .map_err(self.backend("open the history table"))?;
             let mut meta = write
                 .open_table(META)
                 .map_err(self.backend("open the meta table"))?;
-            let current =
+            let start =
                 meta_value(&meta, META_REVISION).map_err(self.backend("read the revision"))?;
-            let next = current + 1;
-            let mut events = Vec::new();
-            for op in &txn.ops {
-                events.extend(self.write_op(&mut keys, op, next)?);
+            let mut current = start;
+            let mut results = Vec::with_capacity(txns.len());
+            for txn in txns {
+                if let Some(conflict) = self.first_conflict(&keys, txn)? {
+                    results.push(Err(conflict));
+                    continue;
+                }
+                let next = current + 1;
+                let mut events = Vec::new();
+                for op in &txn.ops {
+                    events.extend(self.write_op(&mut keys, op, next)?);
+                }
+                if !events.is_empty() {
+                    history
+                        .insert(next, codec::encode_events(&events).as_slice())
+                        .map_err(self.backend("record history"))?;
+                    current = next;
+                }
+                results.push(Ok(current));
             }
-            if !events.is_empty() {
-                let mut history = write
-                    .open_table(HISTORY)
-                    .map_err(self.backend("open the history table"))?;
-                history
-                    .insert(next, codec::encode_events(&events).as_slice())
-                    .map_err(self.backend("record history"))?;
-                meta.insert(META_REVISION, next)
+            if current != start {
+                meta.insert(META_REVISION, current)
                     .map_err(self.backend("record the revision"))?;
             }
-            (current, (!events.is_empty()).then_some(next))
+            (results, current != start)
         };
-        match written {
-            Some(revision) => {
-                write
-                    .commit()
-                    .map_err(self.backend("commit a transaction"))?;
-                Ok(revision)
-            }
-            None => {
-                write
-                    .abort()
-                    .map_err(self.backend("abort an empty transaction"))?;
-                Ok(current)
+        if changed {
+            write
+                .commit()
+                .map_err(self.backend("commit a transaction"))?;
+        } else {
+            write
+                .abort()
+                .map_err(self.backend("abort an empty transaction"))?;
+        }
+        Ok(results)
+    }
+
+    /// The first of `txn`'s compares that does not hold, as a conflict.
+    fn first_conflict(
+        &self,
+        keys: &impl ReadableTable<&'static str, &'static [u8]>,
+        txn: &Txn,
+    ) -> Result<Option<StoreError>, StoreError> {
+        for Compare::ModRevision { key, revision } in &txn.compares {
+            let actual = self.load(keys, key)?.map_or(0, |kv| kv.mod_revision);
+            if actual != *revision {
+                return Ok(Some(StoreError::Conflict {
+                    key: key.clone(),
+                    expected: *revision,
+                    actual,
+                }));
             }
         }
+        Ok(None)
     }
 
     /// Drops the history before `revision`.

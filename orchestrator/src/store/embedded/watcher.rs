@@ -58,8 +58,8 @@ impl Watcher {
             }
             // Marked before reading, so a commit the read below misses still wakes us.
             self.revisions.mark_unchanged();
-            let (prefix, from) = (self.prefix.clone(), self.next);
-            match self.db.run(move |db| db.history(&prefix, from)).await {
+            // In place, like the store's other reads: bounded by the batch size.
+            match self.db.history(&self.prefix, self.next) {
                 Err(error) => {
                     self.failed = true;
                     return Some((Err(error), self));
