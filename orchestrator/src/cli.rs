@@ -612,8 +612,10 @@ fn delete_targets(
                 })
                 .collect())
         }
+        // In reverse order: manifests list a namespace before what goes in it.
         (None, false) => Ok(load(files, false)?
             .into_iter()
+            .rev()
             .map(|d| Target {
                 kind: d.object.kind(),
                 namespace: d
