@@ -2,10 +2,9 @@
 //! Deployment rolls ReplicaSets from one pod template to the next.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::meta::Condition;
-use super::object::{Resource, decode_status, enum_name, is_default, status_json, to_json};
+use super::object::{Resource, enum_name, is_default, spec_and_status};
 use super::pod::RestartPolicy;
 use super::selector::validate_label_selector;
 use super::validation::{FieldErrors, Path, check_immutable, check_min};
@@ -205,20 +204,13 @@ impl Resource for Deployment {
     fn validate(&self, errors: &mut FieldErrors) {
         let spec = &self.spec;
         let path = Path::root().field("spec");
-        check_min(errors, &path.field("replicas"), spec.replicas, 0);
-        check_selector_set(errors, &spec.selector);
-        validate_template(
+        validate_replicated_pods(
             errors,
             &path,
-            Some(&spec.selector),
+            spec.replicas,
+            &spec.selector,
             &spec.template,
-            &[RestartPolicy::Always],
-        );
-        check_min(
-            errors,
-            &path.field("minReadySeconds"),
             spec.min_ready_seconds,
-            0,
         );
         check_min(
             errors,
@@ -267,22 +259,29 @@ impl Resource for Deployment {
         check_immutable(errors, &path, &self.spec.selector, &old.spec.selector);
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
+    spec_and_status!();
+}
 
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = DeploymentStatus::default();
-    }
+/// The checks Deployments and ReplicaSets share: a count of identical pods that
+/// their selector must match and that restart forever.
+fn validate_replicated_pods(
+    errors: &mut FieldErrors,
+    path: &Path,
+    replicas: Option<i32>,
+    selector: &LabelSelector,
+    template: &PodTemplateSpec,
+    min_ready_seconds: Option<i32>,
+) {
+    check_min(errors, &path.field("replicas"), replicas, 0);
+    check_selector_set(errors, selector);
+    validate_template(
+        errors,
+        path,
+        Some(selector),
+        template,
+        &[RestartPolicy::Always],
+    );
+    check_min(errors, &path.field("minReadySeconds"), min_ready_seconds, 0);
 }
 
 impl Resource for ReplicaSet {
@@ -297,20 +296,13 @@ impl Resource for ReplicaSet {
     fn validate(&self, errors: &mut FieldErrors) {
         let spec = &self.spec;
         let path = Path::root().field("spec");
-        check_min(errors, &path.field("replicas"), spec.replicas, 0);
-        check_selector_set(errors, &spec.selector);
-        validate_template(
+        validate_replicated_pods(
             errors,
             &path,
-            Some(&spec.selector),
+            spec.replicas,
+            &spec.selector,
             &spec.template,
-            &[RestartPolicy::Always],
-        );
-        check_min(
-            errors,
-            &path.field("minReadySeconds"),
             spec.min_ready_seconds,
-            0,
         );
     }
 
@@ -319,20 +311,5 @@ impl Resource for ReplicaSet {
         check_immutable(errors, &path, &self.spec.selector, &old.spec.selector);
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
-
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = ReplicaSetStatus::default();
-    }
+    spec_and_status!();
 }

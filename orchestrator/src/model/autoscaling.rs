@@ -2,10 +2,9 @@
 //! its pods' cpu or memory use near a target. skiff supports Resource metrics only.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::meta::Condition;
-use super::object::{Resource, decode_status, enum_name, is_default, status_json, to_json};
+use super::object::{Resource, enum_name, is_default, spec_and_status};
 use super::validation::{FieldErrors, Path, check_min, check_range, check_required};
 use super::{ObjectMeta, Quantity};
 
@@ -208,22 +207,7 @@ impl Resource for HorizontalPodAutoscaler {
         }
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
-
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = HorizontalPodAutoscalerStatus::default();
-    }
+    spec_and_status!();
 }
 
 fn validate_metric(errors: &mut FieldErrors, path: &Path, metric: &MetricSpec) {

@@ -1,11 +1,10 @@
 //! Jobs (batch/v1): pods that run to completion, retried on failure up to a limit.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::apps::validate_template;
 use super::meta::Condition;
-use super::object::{Resource, decode_status, is_default, status_json, to_json};
+use super::object::{Resource, is_default, spec_and_status};
 use super::pod::RestartPolicy;
 use super::validation::{FieldErrors, Path, check_immutable, check_min};
 use super::{LabelSelector, ObjectMeta, PodTemplateSpec};
@@ -117,20 +116,5 @@ impl Resource for Job {
         );
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
-
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = JobStatus::default();
-    }
+    spec_and_status!();
 }

@@ -5,10 +5,9 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::meta::Condition;
-use super::object::{Resource, decode_status, enum_name, is_default, status_json, to_json};
+use super::object::{Resource, enum_name, is_default, spec_and_status};
 use super::pod::TaintEffect;
 use super::validation::{FieldErrors, Format, Path, check_format, check_name, check_unique};
 use super::{ObjectMeta, Quantity};
@@ -122,22 +121,7 @@ impl Resource for Namespace {
         }
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
-
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = NamespaceStatus::default();
-    }
+    spec_and_status!();
 }
 
 impl Resource for Node {
@@ -177,22 +161,7 @@ impl Resource for Node {
         );
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
-
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = NodeStatus::default();
-    }
+    spec_and_status!();
 }
 
 /// An address range: an IP address and a prefix length that fits its family.

@@ -186,6 +186,34 @@ pub(crate) trait Resource {
     fn clear_status(&mut self) {}
 }
 
+/// The [`Resource`] methods of a kind whose desired state is its `spec` field and
+/// whose observed state is its `status` field (every kind but ConfigMap, Secret and
+/// EndpointSlice).
+macro_rules! spec_and_status {
+    () => {
+        fn spec_value(&self) -> serde_json::Value {
+            $crate::model::object::to_json(&self.spec)
+        }
+
+        fn status_value(&self) -> serde_json::Value {
+            $crate::model::object::status_json(&self.status)
+        }
+
+        fn set_status(
+            &mut self,
+            status: serde_json::Value,
+        ) -> Result<(), $crate::model::FieldErrors> {
+            self.status = $crate::model::object::decode_status(status)?;
+            Ok(())
+        }
+
+        fn clear_status(&mut self) {
+            self.status = Default::default();
+        }
+    };
+}
+pub(crate) use spec_and_status;
+
 /// Generates [`Object`] and its per-kind dispatch from the list of kinds.
 macro_rules! objects {
     ($($kind:ident),+ $(,)?) => {

@@ -4,10 +4,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::meta::Condition;
-use super::object::{Resource, decode_status, enum_name, is_default, status_json, to_json};
+use super::object::{Resource, enum_name, is_default, spec_and_status};
 use super::selector::{check_operator_values, validate_label_selector};
 use super::validation::{
     FieldErrors, Format, Path, check_exactly_one, check_format, check_labels, check_min,
@@ -565,22 +564,7 @@ impl Resource for Pod {
         self.spec.validate(errors, &Path::root().field("spec"));
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
-
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = PodStatus::default();
-    }
+    spec_and_status!();
 }
 
 impl PodTemplateSpec {

@@ -6,9 +6,8 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
-use super::object::{Resource, decode_status, enum_name, is_default, status_json, to_json};
+use super::object::{Resource, enum_name, is_default, spec_and_status};
 use super::pod::{Protocol, check_port_reference};
 use super::validation::{
     FieldErrors, Format, Path, check_format, check_immutable, check_ip, check_labels, check_port,
@@ -272,22 +271,7 @@ impl Resource for Service {
         }
     }
 
-    fn spec_value(&self) -> Value {
-        to_json(&self.spec)
-    }
-
-    fn status_value(&self) -> Value {
-        status_json(&self.status)
-    }
-
-    fn set_status(&mut self, status: Value) -> Result<(), FieldErrors> {
-        self.status = decode_status(status)?;
-        Ok(())
-    }
-
-    fn clear_status(&mut self) {
-        self.status = ServiceStatus::default();
-    }
+    spec_and_status!();
 }
 
 impl Service {
