@@ -552,6 +552,11 @@ fn unknown_kinds_and_bad_selectors_are_clear_errors() {
     let out = agent.cli(&["get", "pods", "--field-selector", "spec.image=x"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("spec.image"), "{}", stderr(&out));
+    let out = agent.cli(&["get", "services", "--field-selector", "spec.nodeName=n1"]);
+    assert_eq!(
+        stderr(&out),
+        "Error from server (BadRequest): field selector: field \"spec.nodeName\" is not supported for Service (supported: metadata.name, metadata.namespace)\n"
+    );
 }
 
 #[test]

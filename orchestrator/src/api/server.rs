@@ -260,7 +260,7 @@ impl api_server::Api for ApiService {
     ) -> Result<Response<proto::ListResponse>, Status> {
         let request = request.into_inner();
         let kind = kind(&request.kind)?;
-        let (labels, fields) = selectors(&request.label_selector, &request.field_selector)?;
+        let (labels, fields) = selectors(kind, &request.label_selector, &request.field_selector)?;
         let namespace = non_empty(&request.namespace);
         let (objects, revision) = self
             .registry
@@ -303,7 +303,7 @@ impl api_server::Api for ApiService {
     ) -> Result<Response<EventStream>, Status> {
         let request = request.into_inner();
         let kind = kind(&request.kind)?;
-        let (labels, fields) = selectors(&request.label_selector, &request.field_selector)?;
+        let (labels, fields) = selectors(kind, &request.label_selector, &request.field_selector)?;
         let events = self
             .registry
             .watch(
@@ -371,10 +371,11 @@ fn object_ref(key: Option<proto::ObjectKey>) -> Result<ObjectRef, Status> {
     })
 }
 
-fn selectors(labels: &str, fields: &str) -> Result<(Selector, FieldSelector), Status> {
+fn selectors(kind: Kind, labels: &str, fields: &str) -> Result<(Selector, FieldSelector), Status> {
     let labels = Selector::parse(labels)
         .map_err(|e| Status::invalid_argument(format!("label selector: {e}")))?;
     let fields = FieldSelector::parse(fields)
+        .and_then(|f| f.check_kind(kind).map(|()| f))
         .map_err(|e| Status::invalid_argument(format!("field selector: {e}")))?;
     Ok((labels, fields))
 }

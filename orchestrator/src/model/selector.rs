@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::Object;
-use super::object::enum_name;
+use super::object::{Kind, enum_name};
 use super::validation::{FieldErrors, Format, Path, check_format, check_labels};
 
 /// A label selector in an object (`matchLabels` and `matchExpressions`, all of which
@@ -313,6 +313,27 @@ impl FieldSelector {
         self.requirements
             .iter()
             .all(|r| (field_value(object, r.field) == r.value) == r.equal)
+    }
+
+    /// Refuses fields that `kind` does not have (spec.nodeName and status.phase
+    /// are Pods' only), as the Kubernetes API server does.
+    pub fn check_kind(&self, kind: Kind) -> Result<(), String> {
+        match self
+            .requirements
+            .iter()
+            .find(|r| kind != Kind::Pod && matches!(r.field, Field::NodeName | Field::Phase))
+        {
+            Some(r) => {
+                let name = FIELDS
+                    .iter()
+                    .find(|(_, f)| *f == r.field)
+                    .map_or("", |(n, _)| n);
+                Err(format!(
+                    "field {name:?} is not supported for {kind} (supported: metadata.name, metadata.namespace)"
+                ))
+            }
+            None => Ok(()),
+        }
     }
 }
 

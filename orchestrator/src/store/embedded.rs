@@ -1,6 +1,12 @@
 //! The embedded store: a single crash-safe redb file on local disk, for a cluster of
 //! one node.
 //!
+//! Why redb rather than SQLite: it is pure Rust (no C library to build or link), its
+//! copy-on-write B-trees with checksummed commits survive a crash at any point
+//! without a recovery log to replay, readers see a snapshot and never block the
+//! writer, and its typed key-value tables map one to one onto what this store keeps
+//! (keys, per-revision history, two counters), with no SQL layer in between.
+//!
 //! Every transaction that changes something commits durably (redb's immediate
 //! durability: fsync) before [`Store::txn`] returns, so an acknowledged write survives
 //! a crash or power loss. Besides the keys, the file keeps each revision's events in a
