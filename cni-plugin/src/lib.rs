@@ -1,29 +1,55 @@
-//! skiff-cni: skiff's CNI plugin (CNI spec 1.1.0), usable by skiff's agent and by
-//! other CNI runtimes.
+//! skiff-cni: skiff's CNI plugin (CNI spec 1.1.0; also speaks 0.4.0 and 1.0.0),
+//! usable by skiff's agent and by any other CNI runtime (podman, containerd).
 //!
-//! This is the protocol skeleton: the environment and stdin contract, version
-//! negotiation and the spec's error object. VERSION is complete; the verbs that wire
-//! a pod (ADD, DEL, CHECK, GC) and STATUS report that this build cannot serve them
-//! yet, with the spec's codes, rather than pretending to succeed.
+//! It wires a pod with a routed veth pair, no bridge: the pod's end gets the pod's
+//! IPv4 and IPv6 addresses (/32, /128) and default routes via the node side; the
+//! node side carries the gateway addresses (the first address of each pod CIDR) and
+//! a host route to each pod address. Addresses come from the node's pod CIDRs
+//! through a crash-safe allocation file.
+//!
+//! - [`invocation`]: the CNI_* environment of one call.
+//! - [`config`]: the network configuration on stdin.
+//! - [`ipam`]: address allocation.
+//! - [`wiring`]: what ADD makes (names, addresses, routes) as plain data.
+//! - [`netlink`]: making, checking and removing it in the kernel.
+//! - [`result`]: the result format of each spec version.
+//! - [`install`]: installing the plugin and its network for runtimes.
+
+pub mod config;
+pub mod install;
+pub mod invocation;
+pub mod ipam;
+pub mod netlink;
+pub mod result;
+pub mod wiring;
 
 use std::collections::HashMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
-/// The CNI versions this plugin speaks; the last is the one it answers in.
+use config::NetConf;
+use invocation::{Command, Invocation};
+use wiring::Wiring;
+
+/// The CNI versions this plugin speaks; the last is its own.
 pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
-const CURRENT_VERSION: &str = "1.1.0";
+pub const CURRENT_VERSION: &str = "1.1.0";
 
-/// The spec's well-known error codes (SPEC.md, "Error").
+/// The spec's well-known error codes (SPEC.md, "Error"), and skiff-cni's own.
 pub mod code {
     pub const INCOMPATIBLE_VERSION: u32 = 1;
+    pub const UNSUPPORTED_FIELD: u32 = 2;
+    pub const UNKNOWN_CONTAINER: u32 = 3;
     pub const INVALID_ENVIRONMENT: u32 = 4;
     pub const IO_FAILURE: u32 = 5;
     pub const DECODE_FAILED: u32 = 6;
     pub const INVALID_CONFIG: u32 = 7;
+    pub const TRY_AGAIN_LATER: u32 = 11;
     pub const NOT_AVAILABLE: u32 = 50;
     /// Plugin-specific codes start at 100.
-    pub const NOT_IMPLEMENTED: u32 = 100;
+    pub const ADDRESSES_EXHAUSTED: u32 = 100;
+    pub const KERNEL: u32 = 101;
+    pub const CHECK_FAILED: u32 = 102;
 }
 
 /// The spec's error object, printed on stdout with a non-zero exit.
@@ -47,92 +73,75 @@ impl CniError {
             details: details.into(),
         }
     }
-}
 
-/// The verbs of the spec.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Command {
-    Add,
-    Del,
-    Check,
-    Status,
-    Version,
-    Gc,
-}
-
-impl Command {
-    fn parse(value: &str) -> Option<Self> {
-        Some(match value {
-            "ADD" => Self::Add,
-            "DEL" => Self::Del,
-            "CHECK" => Self::Check,
-            "STATUS" => Self::Status,
-            "VERSION" => Self::Version,
-            "GC" => Self::Gc,
-            _ => return None,
-        })
-    }
-
-    /// CNI_* variables the runtime must set for this verb (beyond CNI_COMMAND).
-    fn required_env(self) -> &'static [&'static str] {
-        match self {
-            Self::Add | Self::Check => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME"],
-            Self::Del => &["CNI_CONTAINERID", "CNI_IFNAME"],
-            Self::Status | Self::Version | Self::Gc => &[],
+    /// Answers in the version the runtime asked for.
+    fn in_version(mut self, version: &str) -> Self {
+        if SUPPORTED_VERSIONS.contains(&version) {
+            self.cni_version = version.to_string();
         }
+        self
     }
-}
-
-/// The part of a network configuration every verb reads.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NetConf {
-    pub cni_version: String,
-    pub name: String,
-    #[serde(rename = "type")]
-    pub plugin_type: String,
 }
 
 /// Runs one invocation: `env` holds the process environment, `stdin` what the
-/// runtime wrote. Returns the JSON to print on success.
+/// runtime wrote. Returns what to print on stdout on success (possibly nothing).
 pub fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<String, CniError> {
-    let command = env
-        .get("CNI_COMMAND")
-        .ok_or_else(|| CniError::new(code::INVALID_ENVIRONMENT, "CNI_COMMAND is not set", ""))?;
-    let command = Command::parse(command).ok_or_else(|| {
-        CniError::new(
-            code::INVALID_ENVIRONMENT,
-            format!("CNI_COMMAND {command:?} is not a CNI verb"),
-            "expected ADD, DEL, CHECK, STATUS, VERSION or GC",
-        )
-    })?;
+    let command = invocation::command(env)?;
     if command == Command::Version {
         return Ok(version_result());
     }
-    for var in command.required_env() {
-        if env.get(*var).is_none_or(|v| v.is_empty()) {
-            return Err(CniError::new(
-                code::INVALID_ENVIRONMENT,
-                format!("{var} is not set"),
-                "",
-            ));
-        }
-    }
-    let conf = parse_config(stdin)?;
+    let conf = NetConf::parse(stdin)?;
+    let version = conf.cni_version.clone();
+    execute(command, env, conf).map_err(|e| e.in_version(&version))
+}
+
+fn execute(
+    command: Command,
+    env: &HashMap<String, String>,
+    conf: NetConf,
+) -> Result<String, CniError> {
+    let allocations = ipam::Store::open(&conf)?;
     match command {
-        Command::Status => Err(CniError::new(
-            code::NOT_AVAILABLE,
-            "skiff-cni cannot serve ADD yet",
-            format!(
-                "network {:?}: pod wiring is not built into this version",
-                conf.name
-            ),
-        )),
-        other => Err(CniError::new(
-            code::NOT_IMPLEMENTED,
-            format!("{other:?} is not implemented by this version of skiff-cni"),
-            format!("network {:?}", conf.name),
-        )),
+        Command::Add => {
+            let call = Invocation::from_env(command, env)?;
+            let addresses = allocations.allocate(&call.container_id, &call.ifname)?;
+            let wiring = Wiring::plan(&conf, &call, &addresses);
+            match netlink::add(&wiring) {
+                Ok(links) => Ok(result::render(&conf, &wiring, &links)),
+                Err(e) => {
+                    // Nothing half-made stays: the veth goes and the addresses return.
+                    let _ = netlink::remove(&wiring.host_veth);
+                    let _ = allocations.release(&call.container_id, &call.ifname);
+                    Err(e.into())
+                }
+            }
+        }
+        Command::Del => {
+            let call = Invocation::from_env(command, env)?;
+            netlink::remove(&wiring::host_veth_name(&call.container_id, &call.ifname))?;
+            allocations.release(&call.container_id, &call.ifname)?;
+            Ok(String::new())
+        }
+        Command::Check => {
+            let call = Invocation::from_env(command, env)?;
+            let expected = result::parse_previous(&conf)?;
+            allocations.check(&call.container_id, &call.ifname, &expected)?;
+            netlink::check(&call, &expected)?;
+            Ok(String::new())
+        }
+        Command::Status => {
+            allocations.status()?;
+            Ok(String::new())
+        }
+        Command::Gc => {
+            // The veth first: a failure then leaves the addresses for the next GC.
+            for (container_id, ifname) in allocations.stale(&conf.valid_attachments)? {
+                netlink::remove(&wiring::host_veth_name(&container_id, &ifname))?;
+                allocations.release(&container_id, &ifname)?;
+            }
+            Ok(String::new())
+        }
+        Command::Version => Ok(version_result()),
     }
 }
 
@@ -142,116 +151,4 @@ fn version_result() -> String {
         "supportedVersions": SUPPORTED_VERSIONS,
     })
     .to_string()
-}
-
-fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
-    let conf: NetConf = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            code::DECODE_FAILED,
-            "network configuration on stdin is not valid",
-            e.to_string(),
-        )
-    })?;
-    if !SUPPORTED_VERSIONS.contains(&conf.cni_version.as_str()) {
-        return Err(CniError::new(
-            code::INCOMPATIBLE_VERSION,
-            format!("cniVersion {:?} is not supported", conf.cni_version),
-            format!("supported: {}", SUPPORTED_VERSIONS.join(", ")),
-        ));
-    }
-    if conf.name.is_empty() {
-        return Err(CniError::new(
-            code::INVALID_CONFIG,
-            "name: must not be empty",
-            "",
-        ));
-    }
-    Ok(conf)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn env(pairs: &[(&str, &str)]) -> HashMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    const CONF: &[u8] = br#"{"cniVersion":"1.1.0","name":"skiff","type":"skiff-cni"}"#;
-    const ADD_ENV: [(&str, &str); 4] = [
-        ("CNI_COMMAND", "ADD"),
-        ("CNI_CONTAINERID", "c1"),
-        ("CNI_NETNS", "/run/netns/x"),
-        ("CNI_IFNAME", "eth0"),
-    ];
-
-    #[test]
-    fn version_lists_supported_versions() {
-        let out = run(&env(&[("CNI_COMMAND", "VERSION")]), b"").unwrap();
-        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-        assert_eq!(v["cniVersion"], "1.1.0");
-        assert_eq!(
-            v["supportedVersions"],
-            serde_json::json!(["0.4.0", "1.0.0", "1.1.0"])
-        );
-    }
-
-    #[test]
-    fn missing_or_unknown_command_is_an_environment_error() {
-        assert_eq!(
-            run(&env(&[]), CONF).unwrap_err().code,
-            code::INVALID_ENVIRONMENT
-        );
-        let err = run(&env(&[("CNI_COMMAND", "PLUG")]), CONF).unwrap_err();
-        assert_eq!(err.code, code::INVALID_ENVIRONMENT);
-        assert!(err.msg.contains("\"PLUG\""), "{err}");
-    }
-
-    #[test]
-    fn add_without_netns_names_the_variable() {
-        let mut e = env(&ADD_ENV);
-        e.remove("CNI_NETNS");
-        let err = run(&e, CONF).unwrap_err();
-        assert_eq!(
-            (err.code, err.msg.as_str()),
-            (code::INVALID_ENVIRONMENT, "CNI_NETNS is not set")
-        );
-    }
-
-    #[test]
-    fn undecodable_config_is_code_6() {
-        let err = run(&env(&ADD_ENV), b"{not json").unwrap_err();
-        assert_eq!(err.code, code::DECODE_FAILED);
-    }
-
-    #[test]
-    fn unsupported_version_is_code_1() {
-        let conf = br#"{"cniVersion":"0.3.1","name":"skiff","type":"skiff-cni"}"#;
-        let err = run(&env(&ADD_ENV), conf).unwrap_err();
-        assert_eq!(err.code, code::INCOMPATIBLE_VERSION);
-        assert!(err.msg.contains("0.3.1"), "{err}");
-    }
-
-    #[test]
-    fn verbs_not_built_yet_say_so_with_spec_codes() {
-        assert_eq!(
-            run(&env(&ADD_ENV), CONF).unwrap_err().code,
-            code::NOT_IMPLEMENTED
-        );
-        let status = run(&env(&[("CNI_COMMAND", "STATUS")]), CONF).unwrap_err();
-        assert_eq!(status.code, code::NOT_AVAILABLE);
-    }
-
-    #[test]
-    fn error_object_has_the_spec_fields() {
-        let err = CniError::new(code::INVALID_CONFIG, "bad", "");
-        let json: serde_json::Value = serde_json::to_value(&err).unwrap();
-        assert_eq!(
-            json,
-            serde_json::json!({"cniVersion": "1.1.0", "code": 7, "msg": "bad"})
-        );
-    }
 }
