@@ -66,19 +66,21 @@ pub const POD_INTERFACE: usize = 1;
 /// The result of an ADD, as the JSON to print.
 pub fn render(conf: &NetConf, wiring: &Wiring, links: &Links) -> String {
     let legacy = conf.cni_version == "0.4.0";
+    // Interface MTUs came with 1.1.0.
+    let mtu = wiring.mtu.filter(|_| conf.cni_version == "1.1.0");
     let result = CniResult {
         cni_version: conf.cni_version.clone(),
         interfaces: vec![
             Interface {
                 name: wiring.host_veth.clone(),
                 mac: links.host_mac.clone(),
-                mtu: wiring.mtu,
+                mtu,
                 sandbox: None,
             },
             Interface {
                 name: wiring.pod_ifname.clone(),
                 mac: links.pod_mac.clone(),
-                mtu: wiring.mtu,
+                mtu,
                 sandbox: Some(wiring.netns.display().to_string()),
             },
         ],

@@ -29,6 +29,15 @@ const PACKAGES: &[&str] = &[
     // backend); protoc: the etcd client crate compiles etcd's protos with it.
     "etcd-server",
     "protobuf-compiler",
+    // Pods and the CNI tests: an OCI runtime, a static busybox for test images,
+    // the standard CNI plugins to chain after skiff-cni (portmap needs iptables),
+    // and podman as a third-party CNI runtime.
+    "runc",
+    "conmon",
+    "busybox-static",
+    "containernetworking-plugins",
+    "iptables",
+    "podman",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
