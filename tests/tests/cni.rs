@@ -174,7 +174,8 @@ fn bad_inputs_get_the_spec_codes_and_messages() {
         f(&mut c);
         c
     };
-    let cases: Vec<(Vec<(String, String)>, Value, u64, &str)> = vec![
+    type Env = Vec<(String, String)>;
+    let cases: Vec<(Env, Value, u64, &str)> = vec![
         (
             env("CNI_COMMAND", None),
             conf.clone(),
