@@ -1,6 +1,11 @@
 //! `skiff-cni install`: puts the plugin where CNI runtimes look for plugins and
 //! writes a network configuration list for it, named to sort before the others in
 //! the directory (runtimes that read one file take the first).
+//!
+//! The list asks for CNI 1.0.0 unless told otherwise: runtimes built on libcni
+//! before 1.2 (podman 4.3 and containerd 1.6, Debian bookworm's) refuse a 1.1.0
+//! list outright ("unsupported CNI result version"), and 1.0.0 only gives up what
+//! 1.1.0 runtimes add on top (GC and STATUS calls).
 
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
@@ -13,6 +18,8 @@ use serde_json::json;
 const MANAGED_BY: &str = "skiff.io/managed-by";
 const MANAGER: &str = "skiff-cni install";
 const CONFLIST_NAME: &str = "05-skiff.conflist";
+/// The newest version runtimes on libcni before 1.2 accept.
+const DEFAULT_LIST_VERSION: &str = "1.0.0";
 
 #[derive(Debug, Clone, clap::Parser)]
 #[command(
@@ -34,6 +41,12 @@ pub struct Options {
     pub name: String,
     #[arg(long)]
     pub mtu: Option<u32>,
+    /// Where the plugin keeps its allocations (default /var/lib/cni/skiff)
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// The CNI version the list asks for (1.1.0 needs a runtime on libcni 1.2+)
+    #[arg(long, default_value = DEFAULT_LIST_VERSION, value_parser = crate::SUPPORTED_VERSIONS)]
+    pub cni_version: String,
     /// Nameservers pods get (the cluster DNS addresses)
     #[arg(long = "dns-server", value_name = "IP")]
     pub dns_servers: Vec<std::net::IpAddr>,
@@ -103,11 +116,20 @@ pub fn conflist(options: &Options) -> Result<String, InstallError> {
     if let Some(mtu) = options.mtu {
         plugin["mtu"] = json!(mtu);
     }
+    if let Some(data_dir) = &options.data_dir {
+        if !data_dir.is_absolute() {
+            return Err(InstallError::Invalid(format!(
+                "--data-dir {}: give an absolute path (the plugin runs from anywhere)",
+                data_dir.display()
+            )));
+        }
+        plugin["ipam"]["dataDir"] = json!(data_dir);
+    }
     if !options.dns_servers.is_empty() || !options.dns_search.is_empty() {
         plugin["dns"] = json!({"nameservers": options.dns_servers, "search": options.dns_search});
     }
     let list = json!({
-        "cniVersion": crate::CURRENT_VERSION,
+        "cniVersion": options.cni_version,
         "name": options.name,
         MANAGED_BY: MANAGER,
         "plugins": [plugin],
@@ -168,8 +190,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let fake_binary = dir.path().join("skiff-cni-build");
         std::fs::write(&fake_binary, b"#!binary").unwrap();
+        let data_dir = dir.path().join("data").display().to_string();
         let installed = install(
-            &options(dir.path(), &["--dns-server", "10.96.0.10"]),
+            &options(
+                dir.path(),
+                &["--dns-server", "10.96.0.10", "--data-dir", &data_dir],
+            ),
             &fake_binary,
         )
         .unwrap();
@@ -189,6 +215,11 @@ mod tests {
         plugin["name"] = list["name"].clone();
         let conf = crate::config::NetConf::parse(plugin.to_string().as_bytes()).unwrap();
         assert_eq!(conf.pod_cidrs.len(), 2);
+        assert_eq!(conf.data_dir, Path::new(&data_dir));
+        // What podman 4.3 and containerd 1.6 accept, unless asked for more.
+        assert_eq!(conf.cni_version, "1.0.0");
+        let newer = conflist(&options(dir.path(), &["--cni-version", "1.1.0"])).unwrap();
+        assert!(newer.contains(r#""cniVersion": "1.1.0""#), "{newer}");
 
         // Reinstalling over our own file is fine.
         install(&options(dir.path(), &[]), &fake_binary).unwrap();
@@ -213,6 +244,16 @@ mod tests {
             b"{\"name\":\"theirs\"}"
         );
         install(&options(dir.path(), &["--force"]), &fake_binary).unwrap();
+    }
+
+    #[test]
+    fn a_relative_data_dir_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = conflist(&options(dir.path(), &["--data-dir", "data"])).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "--data-dir data: give an absolute path (the plugin runs from anywhere)"
+        );
     }
 
     #[test]
