@@ -1,7 +1,7 @@
 //! Helpers for skiff's integration tests: uniquely named network namespaces and
 //! cgroups that clean up after themselves (also when a test panics), processes
-//! placed inside them, TCP backends that answer with their name, and what the
-//! kernel reports (through bpftool) about attached programs.
+//! placed inside them, TCP backends that answer with their name, what the kernel
+//! reports (through bpftool) about attached programs, and what skiff-cni left.
 //!
 //! The tests run as root against the real kernel, in parallel, so every resource
 //! gets a name no other test (or test run) uses.
@@ -9,6 +9,7 @@
 pub mod agent;
 pub mod backend;
 pub mod cgroup;
+pub mod cni;
 pub mod kernel;
 pub mod lab;
 pub mod netns;

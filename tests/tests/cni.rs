@@ -91,28 +91,11 @@ impl Node {
     }
 
     fn allocations(&self) -> Vec<Value> {
-        let path = self.data.path().join("skiff-test/allocations.json");
-        match std::fs::read(path) {
-            Ok(bytes) => serde_json::from_slice::<Value>(&bytes).unwrap()["allocations"]
-                .as_array()
-                .unwrap()
-                .clone(),
-            Err(_) => Vec::new(),
-        }
+        skiff_tests::cni::allocations(self.data.path(), "skiff-test")
     }
 
-    /// The node-side veths the plugin made.
     fn veths(&self) -> Vec<String> {
-        let out = Command::new("ip")
-            .args(["-n", self.netns.name(), "-o", "link", "show"])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.split(": ").nth(1))
-            .map(|name| name.split('@').next().unwrap_or(name).to_string())
-            .filter(|name| name.starts_with("skf") || name.starts_with("skt"))
-            .collect()
+        skiff_tests::cni::veths(&self.netns)
     }
 
     fn ping(&self, ip: &str) -> bool {
