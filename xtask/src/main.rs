@@ -1,5 +1,6 @@
 //! `cargo xtask`: provisions a machine, builds the eBPF objects and the binaries,
-//! runs a node and runs every test. The README's two commands live here.
+//! installs the CNI plugin, runs a node, benchmarks and runs every test. The
+//! README's two commands live here.
 
 mod build;
 mod setup;
@@ -29,6 +30,14 @@ enum Cmd {
         /// Arguments passed on to `skiff agent`.
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         agent_args: Vec<String>,
+    },
+    /// Build, then install skiff-cni and its network for CNI runtimes (root; by
+    /// default into /opt/cni/bin and /etc/cni/net.d, for this node's default pod CIDRs).
+    Install {
+        /// Arguments passed on to `skiff-cni install` (see `skiff-cni install --help`);
+        /// any --pod-cidr replaces the default CIDRs.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        install_args: Vec<String>,
     },
     /// Run a benchmark side by side with the alternative (root): `api`.
     Bench {
@@ -66,6 +75,15 @@ fn main() -> Result<()> {
             let err = Command::new(&agent).arg("agent").args(&agent_args).exec();
             Err(err).with_context(|| format!("exec {}", agent.display()))
         }
+        Cmd::Install { install_args } => {
+            let ebpf = build::ebpf(&ws)?;
+            build::user_space(&ws, &ebpf, build::Profile::Release)?;
+            run_checked(
+                Command::new(ws.target.join("release/skiff-cni"))
+                    .arg("install")
+                    .args(with_default_pod_cidrs(install_args)),
+            )
+        }
         Cmd::Bench { name, bench_args } => {
             setup::run(&ws)?;
             let ebpf = build::ebpf(&ws)?;
@@ -87,6 +105,22 @@ fn main() -> Result<()> {
             build::test(&ws, &ebpf, &test_args)
         }
     }
+}
+
+/// A single node's pod CIDRs (one /24 and one /64 of the cluster's 10.244.0.0/16
+/// and fd00:10:244::/56), unless the arguments name their own.
+const DEFAULT_POD_CIDRS: [&str; 2] = ["10.244.0.0/24", "fd00:10:244::/64"];
+
+fn with_default_pod_cidrs(mut args: Vec<String>) -> Vec<String> {
+    let named = args
+        .iter()
+        .any(|a| a == "--pod-cidr" || a.starts_with("--pod-cidr="));
+    if !named {
+        for cidr in DEFAULT_POD_CIDRS {
+            args.extend(["--pod-cidr".to_string(), cidr.to_string()]);
+        }
+    }
+    args
 }
 
 /// Where the workspace and its build outputs are.
@@ -122,4 +156,33 @@ pub fn run_checked(cmd: &mut Command) -> Result<()> {
         bail!("{cmd:?} failed: {status}");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(args: &[&str]) -> Vec<String> {
+        args.iter().map(|a| a.to_string()).collect()
+    }
+
+    #[test]
+    fn install_gets_the_default_pod_cidrs_unless_it_names_some() {
+        assert_eq!(
+            with_default_pod_cidrs(strings(&["--force"])),
+            strings(&[
+                "--force",
+                "--pod-cidr",
+                "10.244.0.0/24",
+                "--pod-cidr",
+                "fd00:10:244::/64"
+            ])
+        );
+        for own in [
+            strings(&["--pod-cidr", "10.244.3.0/24"]),
+            strings(&["--pod-cidr=10.244.3.0/24", "--force"]),
+        ] {
+            assert_eq!(with_default_pod_cidrs(own.clone()), own);
+        }
+    }
 }
