@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use skiff::api::client::{ApiClient, Connection, connect};
 use skiff::api::proto;
 
+use crate::stats::{median, percentile};
+
 #[derive(clap::Args)]
 pub struct Options {
     /// The skiff binary (release build).
@@ -254,14 +256,6 @@ async fn measure(options: &Options, target: &Target, pid: u32, epoch: Instant) -
     })
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
-    sorted[index]
-}
-
 fn rss_mib(pid: u32) -> Result<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let kib: f64 = status
@@ -271,12 +265,6 @@ fn rss_mib(pid: u32) -> Result<f64> {
         .and_then(|v| v.parse().ok())
         .context("VmRSS missing")?;
     Ok(kib / 1024.0)
-}
-
-fn median(values: impl Iterator<Item = f64>) -> f64 {
-    let mut values: Vec<f64> = values.collect();
-    values.sort_by(f64::total_cmp);
-    percentile(&values, 0.5)
 }
 
 fn print_report(options: &Options, skiff: &[Figures], etcd: &[Figures]) {

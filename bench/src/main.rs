@@ -5,8 +5,13 @@
 //! the store under the Kubernetes API server: applies per second (one client, and
 //! 16 concurrent), watch event latency (p50/p99) with 10,000 objects stored, and
 //! the resident memory of the server holding them.
+//!
+//! `skiff-bench cni`: skiff-cni's ADD and DEL latency (p50/p99) against the
+//! standard bridge plugin with host-local IPAM.
 
 mod api;
+mod cni;
+mod stats;
 
 use clap::{Parser, Subcommand};
 
@@ -20,11 +25,14 @@ struct Cli {
 enum Bench {
     /// The API and store against etcd.
     Api(api::Options),
+    /// skiff-cni against the bridge and host-local plugins.
+    Cni(cni::Options),
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(options) => api::run(options).await,
+        Bench::Cni(options) => cni::run(options),
     }
 }

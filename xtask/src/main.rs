@@ -39,12 +39,12 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         install_args: Vec<String>,
     },
-    /// Run a benchmark side by side with the alternative (root): `api`.
+    /// Run a benchmark side by side with the alternative (root): `api`, `cni`.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api"])]
+        #[arg(value_parser = ["api", "cni"])]
         name: String,
-        /// Arguments passed on to the benchmark (see `skiff-bench api --help`).
+        /// Arguments passed on to the benchmark (see `skiff-bench <name> --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         bench_args: Vec<String>,
     },
@@ -89,11 +89,16 @@ fn main() -> Result<()> {
             let ebpf = build::ebpf(&ws)?;
             build::user_space(&ws, &ebpf, build::Profile::Release)?;
             let release = ws.target.join("release");
+            // Each benchmark is told where the release binary it measures is.
+            let (flag, binary) = match name.as_str() {
+                "cni" => ("--skiff-cni", "skiff-cni"),
+                _ => ("--skiff", "skiff"),
+            };
             run_checked(
                 Command::new(release.join("skiff-bench"))
-                    .arg(name)
-                    .arg("--skiff")
-                    .arg(release.join("skiff"))
+                    .arg(&name)
+                    .arg(flag)
+                    .arg(release.join(binary))
                     .args(&bench_args),
             )
         }
