@@ -14,8 +14,10 @@ const HOST_VETH_PREFIX: &str = "skf";
 pub struct Wiring {
     /// The node side of the veth pair.
     pub host_veth: String,
-    /// A temporary name for the pod side while it is still in the node's namespace
-    /// (the final name may be taken there, e.g. eth0).
+    /// The pod side's name when it is made in the pod's namespace, before it is
+    /// renamed to CNI_IFNAME there: unique to the attachment, so making the pair
+    /// never clashes with the pod's own interfaces (an existing eth0 is reported by
+    /// the rename).
     pub transit_name: String,
     /// The pod side's final name (CNI_IFNAME).
     pub pod_ifname: String,

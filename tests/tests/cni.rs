@@ -360,6 +360,25 @@ fn results_follow_the_requested_version() {
 }
 
 #[test]
+fn both_ends_get_the_configured_mtu() {
+    let node = Node::new();
+    let pod = NetNs::new();
+    let conf = node.conf("1.1.0");
+    let added = node.skiff("ADD", Some(&pod), "mtu", &conf);
+    assert!(added.ok, "{}", added.json);
+    let host_veth = added.json["interfaces"][0]["name"].as_str().unwrap();
+    for (netns, ifname) in [(&node.netns, host_veth), (&pod, "eth0")] {
+        let out = Command::new("ip")
+            .args(["-n", netns.name(), "-o", "link", "show", ifname])
+            .output()
+            .unwrap();
+        let line = String::from_utf8_lossy(&out.stdout);
+        assert!(line.contains(" mtu 1400 "), "{ifname}: {line}");
+    }
+    assert!(node.skiff("DEL", Some(&pod), "mtu", &conf).ok);
+}
+
+#[test]
 fn standard_plugins_chained_after_skiff_cni_consume_its_result() {
     let node = Node::new();
     let pod = NetNs::new();
