@@ -7,8 +7,10 @@
 //! namespace (so the plugin's routes and sysctls land there), reads its own
 //! containers.conf and storage.conf, keeps storage, state, locks and events in a
 //! temporary directory, and finds the plugin and the network there too. What it
-//! still shares with the host: each container's netns under /run/netns and libcni's
-//! result cache under /var/lib/cni/results, both removed with the container.
+//! still shares with the host: each container's netns under /run/netns, its cgroups
+//! under libpod_parent and libcni's result cache under /var/lib/cni/results, all
+//! removed with the container (the libpod_parent directories stay, as with any
+//! podman).
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpStream};
