@@ -35,6 +35,8 @@ mod index;
 mod layer;
 mod mounts;
 mod reference;
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
