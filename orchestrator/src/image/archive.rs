@@ -109,7 +109,7 @@ impl Archive {
         let mut file = File::open(tarball).map_err(io_error(tarball))?;
         let mut magic = [0u8; 2];
         let gzipped = file.read_exact(&mut magic).is_ok() && magic == GZIP_MAGIC;
-        let tar = if gzipped {
+        let plain = if gzipped {
             let copy = scratch.join("archive.tar");
             let mut out = File::create(&copy).map_err(io_error(&copy))?;
             file.seek(SeekFrom::Start(0)).map_err(io_error(tarball))?;
@@ -123,7 +123,7 @@ impl Archive {
             source,
         };
         let mut members = HashMap::new();
-        let mut reader = tar::Archive::new(File::open(&tar).map_err(io_error(&tar))?);
+        let mut reader = tar::Archive::new(File::open(&plain).map_err(io_error(&plain))?);
         for entry in reader.entries().map_err(not_a_tar)? {
             let entry = entry.map_err(not_a_tar)?;
             let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
@@ -157,7 +157,7 @@ impl Archive {
         }
         Ok(Archive {
             shown: tarball.to_owned(),
-            tar,
+            tar: plain,
             members,
         })
     }
