@@ -845,3 +845,133 @@ fn bad_input_gives_errors_naming_what_is_wrong() {
         (nothing.clone(), nothing.clone(), nothing)
     );
 }
+
+/// Rewrites a one-image OCI archive the way multi-platform tools and newer
+/// `docker save` write it: index.json points to a per-platform image index and
+/// carries only the tag, and manifest.json gives the name.
+fn as_multi_platform(archive: &Path, out: &Path, platforms: &[&str], repo_tag: &str) -> PathBuf {
+    let mut members = read_tar(archive);
+    let index_at = members
+        .iter()
+        .position(|(name, _)| name == "index.json")
+        .unwrap();
+    let index: serde_json::Value = serde_json::from_slice(&members[index_at].1).unwrap();
+    let manifest = index["manifests"][0].clone();
+    let manifest_hex = manifest["digest"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("sha256:");
+    let manifest_blob = &members
+        .iter()
+        .find(|(name, _)| name.ends_with(manifest_hex))
+        .unwrap()
+        .1;
+    let manifest_json: serde_json::Value = serde_json::from_slice(manifest_blob).unwrap();
+    let config_digest = manifest_json["config"]["digest"].as_str().unwrap();
+    let per_platform: Vec<serde_json::Value> = platforms
+        .iter()
+        .map(|arch| {
+            let mut entry = manifest.clone();
+            entry.as_object_mut().unwrap().remove("annotations");
+            entry["platform"] = json!({ "os": "linux", "architecture": arch });
+            entry
+        })
+        .collect();
+    let nested = json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": per_platform,
+    })
+    .to_string()
+    .into_bytes();
+    let nested_digest = Digest::of(&nested);
+    members[index_at].1 = json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.index.v1+json",
+            "digest": nested_digest.to_string(),
+            "size": nested.len(),
+            "annotations": { "org.opencontainers.image.ref.name": "1.0" },
+        }],
+    })
+    .to_string()
+    .into_bytes();
+    members.push((format!("blobs/sha256/{}", nested_digest.hex()), nested));
+    let docker_manifest = json!([{
+        "Config": format!("blobs/sha256/{}", config_digest.trim_start_matches("sha256:")),
+        "RepoTags": [repo_tag],
+        "Layers": [],
+    }]);
+    members.push((
+        "manifest.json".into(),
+        docker_manifest.to_string().into_bytes(),
+    ));
+    write_tar(out, &members)
+}
+
+#[test]
+fn a_multi_platform_index_gives_this_machines_image_named_by_manifest_json() {
+    let (dir, store) = new_store();
+    let single = oci_archive(
+        dir.path(),
+        "single.tar",
+        "ignored:1",
+        &[layer(&[("f", "x")])],
+    );
+    let host = oci_spec::image::Arch::default().to_string();
+
+    let multi = as_multi_platform(
+        &single,
+        &dir.path().join("multi.tar"),
+        &["s390x", &host],
+        "multi:1.0",
+    );
+    let imported = store.import(&multi).unwrap();
+    let references: Vec<&str> = imported
+        .iter()
+        .map(|image| image.reference.as_str())
+        .collect();
+    assert_eq!(references, ["docker.io/library/multi:1.0"]);
+    let image = store.resolve("multi:1.0").unwrap();
+    assert_eq!(fs::read_to_string(image.layers[0].join("f")).unwrap(), "x");
+
+    let foreign = as_multi_platform(
+        &single,
+        &dir.path().join("foreign.tar"),
+        &["s390x"],
+        "multi:2.0",
+    );
+    let message = store.import(&foreign).unwrap_err().to_string();
+    assert!(
+        message.contains(&format!("has no manifest for linux/{host}")),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_docker_config_whose_content_is_not_its_name_is_refused() {
+    let (dir, store) = new_store();
+    let archive = docker_archive(
+        dir.path(),
+        "ok.tar",
+        &["ok:1"],
+        &[layer(&[("f", "")])],
+        None,
+        &ImageConfig::default(),
+    );
+    let mut members = read_tar(&archive);
+    let (name, config) = members
+        .iter_mut()
+        .find(|(name, _)| name.ends_with(".json") && name != "manifest.json")
+        .unwrap();
+    let named = format!("sha256:{}", name.trim_end_matches(".json"));
+    config.extend_from_slice(b" ");
+    let tampered = write_tar(&dir.path().join("tampered.tar"), &members);
+
+    let message = store.import(&tampered).unwrap_err().to_string();
+    assert!(
+        message.contains(&format!("blob {named} is corrupt")),
+        "{message}"
+    );
+    assert!(store.list().unwrap().is_empty());
+}
