@@ -15,7 +15,7 @@ use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufRead, BufReader, Read};
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
@@ -110,18 +110,27 @@ fn unpack_tar(stream: impl Read, dir: &Path) -> Result<(), LayerError> {
         };
         // A later entry replaces an earlier one at the same path, except that a
         // directory entry over a directory only updates its metadata.
+        let mut replaces_whiteout = false;
         if let Ok(existing) = fs::symlink_metadata(&target)
             && !(existing.is_dir() && kind.is_dir())
         {
+            replaces_whiteout = is_whiteout(&existing);
             remove_any(&target, existing.is_dir()).map_err(write)?;
         }
         match kind {
             EntryType::Regular
             | EntryType::Continuous
             | EntryType::GNUSparse
-            | EntryType::Directory
             | EntryType::Symlink => {
                 entry.unpack(&target).map_err(write)?;
+            }
+            EntryType::Directory => {
+                entry.unpack(&target).map_err(write)?;
+                // A directory deleted and made anew in one layer: the lower
+                // one's contents must not show through.
+                if replaces_whiteout {
+                    set_opaque(&target)?;
+                }
             }
             EntryType::Link => {
                 let link = entry.link_name().map_err(LayerError::Read)?;
@@ -260,6 +269,10 @@ fn make_node(entry: &tar::Entry<impl Read>, kind: EntryType, path: &Path) -> io:
     let gid = u32::try_from(header.gid()?).map_err(io::Error::other)?;
     std::os::unix::fs::lchown(path, Some(uid), Some(gid))?;
     fs::set_permissions(path, fs::Permissions::from_mode(mode & 0o7777))
+}
+
+fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
 fn remove_any(path: &Path, is_dir: bool) -> io::Result<()> {

@@ -526,12 +526,15 @@ fn whiteouts_and_opaque_dirs_give_overlayfs_the_right_view() {
         ("a/gone", "deleted above"),
         ("d/old", "hidden by the opaque dir"),
         ("d/sub/deep", "hidden too"),
+        ("r/old", "hidden: r is deleted and made anew above"),
     ]);
     let upper = layer(&[
         ("a/.wh.gone", ""),
         ("d/.wh..wh..opq", ""),
         ("d/new", "added above"),
         (".wh.never-existed", ""),
+        (".wh.r", ""),
+        ("r/new", "r's only file"),
     ]);
     let archive = oci_archive(dir.path(), "layers.tar", "whiteouts:1", &[lower, upper]);
     store.import(&archive).unwrap();
@@ -559,7 +562,8 @@ fn whiteouts_and_opaque_dirs_give_overlayfs_the_right_view() {
         fs::read_to_string(mount.0.join("d/new")).unwrap(),
         "added above"
     );
-    assert_eq!(entries(&mount.0), ["a", "d"]);
+    assert_eq!(entries(&mount.0.join("r")), ["new"]);
+    assert_eq!(entries(&mount.0), ["a", "d", "r"]);
 }
 
 #[test]
