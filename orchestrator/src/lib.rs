@@ -8,6 +8,8 @@
 //! - [`dataplane`]: loading and attaching the eBPF programs, and keeping the
 //!   service maps they read.
 //! - [`model`]: the Kubernetes-shaped resources, their validation, and manifests.
+//! - [`image`]: the node's image store: importing image tarballs, unpacking their
+//!   layers for overlayfs, resolving a reference to what a container runs.
 //! - [`store`]: the revisioned key-value store (embedded file, or etcd) and its
 //!   conformance tests.
 //! - [`api`]: the gRPC API over the store (registry rules, server, client).
@@ -19,5 +21,6 @@ pub mod api;
 pub mod cgroup;
 pub mod cli;
 pub mod dataplane;
+pub mod image;
 pub mod model;
 pub mod store;
