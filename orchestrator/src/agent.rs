@@ -19,6 +19,8 @@ use crate::api::credentials::{self, CredentialError};
 use crate::api::encryption::{self, SecretBox};
 use crate::api::registry::{ApiError, Registry};
 use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
+use crate::image::ImageStore;
+use crate::runtime::{self, node::NodeConfig};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::{Store, StoreError};
 use crate::{cgroup, dataplane};
@@ -45,6 +47,10 @@ pub enum Error {
     Api(#[from] ApiError),
     #[error(transparent)]
     Server(#[from] ServerError),
+    #[error("image store: {0}")]
+    Images(crate::image::ImageError),
+    #[error("node: {0}")]
+    Node(ApiError),
     #[error("installing the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -70,6 +76,8 @@ pub struct Config {
     /// How much watch history to keep: every interval, history older than one
     /// interval is compacted (the Kubernetes API server's default is 5 minutes).
     pub compaction_interval: Duration,
+    /// How this node runs pods.
+    pub node: NodeConfig,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -106,6 +114,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
 
     let (registry, store) = open_registry(&config).await?;
+    let images =
+        Arc::new(ImageStore::open(&config.state_dir.join("images")).map_err(Error::Images)?);
     let compactor = tokio::spawn(compact_history(store, config.compaction_interval));
     let listeners = server::bind(&ServerConfig {
         socket: config.socket.clone(),
@@ -113,9 +123,23 @@ pub async fn run(config: Config) -> Result<(), Error> {
         token: credentials::load_or_create_token(&config.state_dir.join(TOKEN_FILE))?,
     })?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
-    let mut api = tokio::spawn(server::serve(registry, listeners, async {
-        let _ = api_stopped.await;
-    }));
+    let mut api = tokio::spawn(server::serve(
+        registry.clone(),
+        images.clone(),
+        listeners,
+        async {
+            let _ = api_stopped.await;
+        },
+    ));
+    let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
+    let node_context = Arc::new(config.node.context(registry.clone(), images.clone()));
+    let identity = config.node.identity.clone();
+    let mut node = tokio::spawn(async move {
+        runtime::node::run(node_context, identity, async {
+            let _ = node_stopped.await;
+        })
+        .await
+    });
     info!("API listening on unix://{}", config.socket.display());
     if let Some(tls) = &config.tls {
         info!("API listening on https://{}", tls.addr);
@@ -125,6 +149,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let received = tokio::select! {
         _ = interrupt.recv() => "SIGINT",
         _ = terminate.recv() => "SIGTERM",
+        ran = &mut node => {
+            // The node stopped by itself: it could not register or follow its pods.
+            return Err(match ran {
+                Ok(Err(e)) => Error::Node(e),
+                Ok(Ok(())) | Err(_) => Error::Node(ApiError::BadRequest("the node loop stopped unexpectedly".into())),
+            });
+        }
         served = &mut api => {
             // The API stopped by itself: it failed.
             return Err(match served {
@@ -141,6 +172,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(task) = log_reader {
         task.abort();
     }
+    // Pods keep running: a restarted agent adopts them.
+    let _ = stop_node.send(());
+    let _ = node.await;
     let _ = stop_api.send(());
     if let Ok(Err(e)) = api.await {
         warn!("API server: {e}");

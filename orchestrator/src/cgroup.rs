@@ -28,6 +28,49 @@ pub fn v2_mount_point() -> Result<PathBuf, Error> {
     find_cgroup2(&table).ok_or(Error::NotMounted(MOUNTINFO))
 }
 
+/// Every cgroup hierarchy this process sees: each v1 controller's and the v2 one.
+pub fn hierarchies() -> Result<Vec<PathBuf>, Error> {
+    let table = std::fs::read_to_string(MOUNTINFO).map_err(|source| Error::MountTable {
+        path: MOUNTINFO,
+        source,
+    })?;
+    Ok(cgroup_mounts(&table))
+}
+
+/// Removes the cgroup at `relative` (and the empty ones below it) from every
+/// hierarchy; what is absent or still busy is left alone.
+pub fn remove_everywhere(relative: &str) {
+    let relative = relative.trim_start_matches('/');
+    for root in hierarchies().unwrap_or_default() {
+        remove_tree(&root.join(relative));
+    }
+}
+
+/// Children first: rmdir only removes empty cgroups.
+fn remove_tree(dir: &std::path::Path) {
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for entry in entries.flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_tree(&entry.path());
+            }
+        }
+    }
+    let _ = std::fs::remove_dir(dir);
+}
+
+fn cgroup_mounts(mountinfo: &str) -> Vec<PathBuf> {
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let fstype = right.split_whitespace().next()?;
+            let mount_point = left.split_whitespace().nth(4)?;
+            matches!(fstype, "cgroup" | "cgroup2")
+                .then(|| PathBuf::from(unescape_octal(mount_point)))
+        })
+        .collect()
+}
+
 /// The first cgroup2 mount point in a /proc/<pid>/mountinfo listing.
 fn find_cgroup2(mountinfo: &str) -> Option<PathBuf> {
     mountinfo.lines().find_map(|line| {
@@ -78,6 +121,17 @@ mod tests {
         assert_eq!(
             find_cgroup2(HYBRID),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+    }
+
+    #[test]
+    fn lists_every_hierarchy_of_a_hybrid_host() {
+        assert_eq!(
+            cgroup_mounts(HYBRID),
+            [
+                PathBuf::from("/sys/fs/cgroup/unified"),
+                PathBuf::from("/sys/fs/cgroup/memory")
+            ]
         );
     }
 

@@ -22,6 +22,8 @@ use crate::api::client::{self, ApiClient, ClientError};
 use crate::api::proto;
 use crate::api::server::TlsListener;
 use crate::model::{Kind, manifest};
+use crate::runtime::node::{self, NodeConfig, NodeIdentity};
+use crate::runtime::pod_files::Dns;
 use config::{ConfigError, Overrides, Settings};
 use print::{Format, Table};
 
@@ -64,7 +66,7 @@ struct GlobalArgs {
 enum Command {
     /// Run the node agent in the foreground (root): the API, the state store and the
     /// eBPF dataplane; SIGINT or SIGTERM stops it and detaches the dataplane.
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Create or update objects from manifests (files, directories, or - for stdin)
     Apply {
         #[arg(short = 'f', long = "filename", required = true, value_name = "PATH")]
@@ -117,6 +119,30 @@ enum Command {
     /// Create an object from arguments
     #[command(subcommand)]
     Create(CreateCommand),
+    /// The node's container images
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Subcommand, Debug)]
+enum ImageCommand {
+    /// Import an OCI image layout or docker-archive tarball into the node's store
+    Import { file: PathBuf },
+    /// List the node's images
+    #[command(alias = "list")]
+    Ls,
+    /// Remove an image (its layers go once no image uses them)
+    Rm { reference: String },
+    /// Write a small busybox test image (from Debian's busybox-static) as an OCI archive
+    BuildBusybox {
+        /// Where to write the archive
+        #[arg(long, short)]
+        output: PathBuf,
+        #[arg(long, default_value = "busybox:latest")]
+        reference: String,
+        #[arg(long, default_value = "/bin/busybox")]
+        busybox: PathBuf,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -164,6 +190,38 @@ struct AgentArgs {
     /// Watch history older than this is dropped, e.g. 5m or 30s
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration)]
     compaction_interval: std::time::Duration,
+    /// This node's name [default: the host name]
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The address other nodes reach this one at [default: the default route's source]
+    #[arg(long, value_name = "IP")]
+    node_ip: Option<std::net::IpAddr>,
+    /// This node's pod CIDRs, one per IP family
+    #[arg(long = "pod-cidr", value_name = "CIDR", default_values = ["10.244.0.0/24", "fd00:10:244::/64"])]
+    pod_cidrs: Vec<ipnet::IpNet>,
+    /// Where the CNI plugins are [default: next to this binary, then /opt/cni/bin and /usr/lib/cni]
+    #[arg(long = "cni-bin-dir", value_name = "DIR")]
+    cni_bin_dirs: Vec<PathBuf>,
+    /// Where pods' network namespaces are pinned
+    #[arg(long, value_name = "DIR", default_value = "/run/netns")]
+    netns_dir: PathBuf,
+    /// Where containers' logs are written
+    #[arg(long, value_name = "DIR", default_value = "/var/log/skiff/pods")]
+    log_dir: PathBuf,
+    /// The cluster DNS addresses pods are told to use
+    #[arg(long = "cluster-dns", value_name = "IP", default_values = ["10.96.0.10", "fd00:10:96::a"])]
+    cluster_dns: Vec<std::net::IpAddr>,
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    /// MTU of pods' interfaces [default: the kernel's]
+    #[arg(long)]
+    pod_mtu: Option<u32>,
+    /// Most processes in one container
+    #[arg(long, default_value_t = 4096)]
+    pod_pids_limit: i64,
+    /// A container's log file is rotated past this many bytes
+    #[arg(long, default_value_t = 10 * 1024 * 1024)]
+    container_log_max_bytes: u64,
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -244,7 +302,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         namespace: cli.global.namespace,
     };
     match cli.command {
-        Command::Agent(args) => Ok(agent::run(agent_config(args)).await?),
+        Command::Agent(args) => Ok(agent::run(agent_config(*args)).await?),
         Command::Apply { files, recursive } => {
             let documents = load(&files, recursive)?;
             let settings = config::resolve(&overrides)?;
@@ -297,6 +355,7 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             };
             delete(&settings, targets, options).await
         }
+        Command::Image(command) => image(&overrides, command).await,
         Command::Create(CreateCommand::Namespace { name }) => {
             let settings = config::resolve(&overrides)?;
             let namespace = serde_json::json!({
@@ -335,7 +394,7 @@ fn agent_config(args: AgentArgs) -> agent::Config {
     agent::Config {
         cgroup: args.cgroup,
         ebpf_log: args.ebpf_log,
-        state_dir: args.state_dir,
+        state_dir: args.state_dir.clone(),
         socket: args.socket,
         tls: args.listen.map(|addr| TlsListener {
             addr,
@@ -349,7 +408,101 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             ..ServiceNetworks::default()
         },
         compaction_interval: args.compaction_interval,
+        node: NodeConfig {
+            identity: NodeIdentity {
+                name: args.node_name.unwrap_or_else(host_name),
+                host_ip: args.node_ip.or_else(node::default_host_ip),
+                pod_cidrs: args.pod_cidrs,
+            },
+            cni_bin_dirs: if args.cni_bin_dirs.is_empty() {
+                default_cni_bin_dirs()
+            } else {
+                args.cni_bin_dirs
+            },
+            state_dir: args.state_dir.clone(),
+            netns_dir: args.netns_dir,
+            log_dir: args.log_dir,
+            dns: Dns {
+                nameservers: args.cluster_dns,
+                cluster_domain: args.cluster_domain,
+            },
+            mtu: args.pod_mtu,
+            pids_limit: args.pod_pids_limit,
+            log_max_bytes: args.container_log_max_bytes,
+        },
     }
+}
+
+async fn image(overrides: &Overrides, command: ImageCommand) -> Result<(), CliError> {
+    if let ImageCommand::BuildBusybox {
+        output,
+        reference,
+        busybox,
+    } = &command
+    {
+        crate::image::build::build_busybox_oci_archive(busybox, reference, output)
+            .map_err(|e| CliError::Usage(e.to_string()))?;
+        println!("wrote {reference} to {}", output.display());
+        return Ok(());
+    }
+    let settings = config::resolve(overrides)?;
+    let mut client = client::connect(&settings.connection).await?;
+    match command {
+        ImageCommand::Import { file } => {
+            let bytes = std::fs::read(&file)
+                .map_err(|e| CliError::Usage(format!("reading {}: {e}", file.display())))?;
+            // Chunks well under gRPC's default 4 MiB message limit.
+            let chunks: Vec<proto::ImageChunk> = bytes
+                .chunks(1024 * 1024)
+                .map(|c| proto::ImageChunk { data: c.to_vec() })
+                .collect();
+            let imported = client
+                .import_image(futures::stream::iter(chunks))
+                .await?
+                .into_inner();
+            for image in imported.images {
+                println!("imported {} ({})", image.reference, image.id);
+            }
+        }
+        ImageCommand::Ls => {
+            let listed = client
+                .list_images(proto::ListImagesRequest {})
+                .await?
+                .into_inner();
+            println!("{}", print::images(&listed.images));
+        }
+        ImageCommand::Rm { reference } => {
+            client
+                .remove_image(proto::RemoveImageRequest {
+                    reference: reference.clone(),
+                })
+                .await?;
+            println!("removed {reference}");
+        }
+        ImageCommand::BuildBusybox { .. } => {}
+    }
+    Ok(())
+}
+
+/// The kernel's host name, as Kubernetes names nodes by default.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|n| n.trim().to_lowercase())
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| "node".into())
+}
+
+/// The directory of this binary (where `cargo xtask build` puts skiff-cni), then
+/// the usual CNI directories.
+fn default_cni_bin_dirs() -> Vec<PathBuf> {
+    let beside_me = std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(PathBuf::from));
+    beside_me
+        .into_iter()
+        .chain([PathBuf::from("/opt/cni/bin"), PathBuf::from("/usr/lib/cni")])
+        .collect()
 }
 
 fn parse_kind(name: &str) -> Result<Kind, CliError> {

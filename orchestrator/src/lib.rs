@@ -23,4 +23,5 @@ pub mod cli;
 pub mod dataplane;
 pub mod image;
 pub mod model;
+pub mod runtime;
 pub mod store;

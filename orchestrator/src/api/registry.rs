@@ -605,7 +605,7 @@ fn conflict_for_key(objects: &[Object], key: &str) -> ApiError {
 }
 
 /// Now, as Kubernetes writes timestamps: RFC 3339 in UTC, whole seconds.
-fn now() -> String {
+pub fn now() -> String {
     let seconds = jiff::Timestamp::now().as_second();
     jiff::Timestamp::from_second(seconds)
         .map(|t| t.to_string())

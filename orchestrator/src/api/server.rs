@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
 use prost::Message;
@@ -17,6 +18,7 @@ use tonic::{Code, Request, Response, Status};
 
 use super::proto::{self, api_server};
 use super::registry::{ApiError, EventType, ObjectRef, Outcome, Propagation, Registry, Violation};
+use crate::image::{ImageError, ImageStore, ImageSummary};
 use crate::model::{FieldSelector, Kind, Selector};
 
 #[derive(Debug, thiserror::Error)]
@@ -95,13 +97,14 @@ pub fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
 /// Serves until `shutdown` resolves, then removes the socket file.
 pub async fn serve(
     registry: Registry,
+    images: Arc<ImageStore>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let auth = BearerAuth {
         expected: format!("Bearer {}", listeners.token),
     };
-    let service = api_server::ApiServer::with_interceptor(ApiService { registry }, auth);
+    let service = api_server::ApiServer::with_interceptor(ApiService { registry, images }, auth);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::spawn(async move {
         shutdown.await;
@@ -207,6 +210,7 @@ fn check_token(metadata: &MetadataMap, expected: &str) -> Result<(), Status> {
 
 struct ApiService {
     registry: Registry,
+    images: Arc<ImageStore>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
@@ -329,6 +333,65 @@ impl api_server::Api for ApiService {
         Ok(Response::new(Box::pin(events)))
     }
 
+    async fn import_image(
+        &self,
+        request: Request<tonic::Streaming<proto::ImageChunk>>,
+    ) -> Result<Response<proto::ImportImageResponse>, Status> {
+        // Spooled to a file: the store reads archive members by position.
+        let spool = tempfile::NamedTempFile::new()
+            .map_err(|e| Status::internal(format!("spooling the image: {e}")))?;
+        let mut file = tokio::fs::File::from_std(
+            spool
+                .reopen()
+                .map_err(|e| Status::internal(format!("spooling the image: {e}")))?,
+        );
+        let mut chunks = request.into_inner();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
+            tokio::io::AsyncWriteExt::write_all(&mut file, &chunk.data)
+                .await
+                .map_err(|e| Status::internal(format!("spooling the image: {e}")))?;
+        }
+        tokio::io::AsyncWriteExt::flush(&mut file)
+            .await
+            .map_err(|e| Status::internal(format!("spooling the image: {e}")))?;
+        let images = self.images.clone();
+        let imported = tokio::task::spawn_blocking(move || images.import(spool.path()))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(image_status)?;
+        Ok(Response::new(proto::ImportImageResponse {
+            images: imported.into_iter().map(image_message).collect(),
+        }))
+    }
+
+    async fn list_images(
+        &self,
+        _request: Request<proto::ListImagesRequest>,
+    ) -> Result<Response<proto::ListImagesResponse>, Status> {
+        let images = self.images.clone();
+        let listed = tokio::task::spawn_blocking(move || images.list())
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(image_status)?;
+        Ok(Response::new(proto::ListImagesResponse {
+            images: listed.into_iter().map(image_message).collect(),
+        }))
+    }
+
+    async fn remove_image(
+        &self,
+        request: Request<proto::RemoveImageRequest>,
+    ) -> Result<Response<proto::RemoveImageResponse>, Status> {
+        let reference = request.into_inner().reference;
+        let images = self.images.clone();
+        tokio::task::spawn_blocking(move || images.remove(&reference))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(image_status)?;
+        Ok(Response::new(proto::RemoveImageResponse {}))
+    }
+
     async fn update_status(
         &self,
         request: Request<proto::UpdateStatusRequest>,
@@ -339,6 +402,25 @@ impl api_server::Api for ApiService {
         Ok(Response::new(proto::ObjectResponse {
             object: json_bytes(&object),
         }))
+    }
+}
+
+fn image_message(image: ImageSummary) -> proto::Image {
+    proto::Image {
+        reference: image.reference,
+        id: image.id,
+        size: image.size,
+        created: image.created.unwrap_or_default(),
+    }
+}
+
+fn image_status(error: ImageError) -> Status {
+    match error {
+        ImageError::NotFound { .. } => Status::not_found(error.to_string()),
+        ImageError::Io { .. } | ImageError::CorruptIndex { .. } => {
+            Status::internal(error.to_string())
+        }
+        _ => Status::invalid_argument(error.to_string()),
     }
 }
 

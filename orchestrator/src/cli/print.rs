@@ -393,6 +393,55 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
     cells
 }
 
+/// `skiff image ls`: REFERENCE, IMAGE ID (short, as crictl shows it), SIZE.
+pub fn images(images: &[crate::api::proto::Image]) -> String {
+    let rows: Vec<[String; 3]> = images
+        .iter()
+        .map(|i| {
+            let id = i.id.trim_start_matches("sha256:");
+            [
+                i.reference.clone(),
+                id.get(..13).unwrap_or(id).to_string(),
+                human_size(i.size),
+            ]
+        })
+        .collect();
+    let header = ["IMAGE", "IMAGE ID", "SIZE"].map(String::from);
+    let widths: Vec<usize> = (0..3)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    std::iter::once(&header)
+        .chain(&rows)
+        .map(|row| {
+            format!(
+                "{:<w0$}   {:<w1$}   {}",
+                row[0],
+                row[1],
+                row[2],
+                w0 = widths[0],
+                w1 = widths[1]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Sizes as crictl prints them: 1.2MB.
+fn human_size(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1_000_000_000 => format!("{:.1}GB", b as f64 / 1e9),
+        b if b >= 1_000_000 => format!("{:.1}MB", b as f64 / 1e6),
+        b if b >= 1_000 => format!("{:.1}kB", b as f64 / 1e3),
+        b => format!("{b}B"),
+    }
+}
+
 /// `-o name`: "deployment.apps/web".
 pub fn name_of(kind: Kind, object: &Value) -> String {
     format!("{}/{}", singular(kind), text(&object["metadata"]["name"]))

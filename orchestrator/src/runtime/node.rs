@@ -1,0 +1,307 @@
+//! The node side of the agent: registers this node, follows the pods bound to it
+//! (one [`worker`](super::worker) each), and after an agent restart adopts the pods
+//! it already runs and removes what belongs to pods deleted meanwhile.
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use log::{info, warn};
+use serde_json::json;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::api::registry::{ApiError, EventType, Registry};
+use crate::model::{FieldSelector, Kind, Object, Pod, Selector};
+
+use super::record::PodRecord;
+use super::worker::{self, Context};
+
+/// How often the node says it is alive.
+const HEARTBEAT: Duration = Duration::from_secs(10);
+
+/// What the node reports about itself.
+#[derive(Debug, Clone)]
+pub struct NodeIdentity {
+    pub name: String,
+    pub host_ip: Option<IpAddr>,
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+}
+
+/// How the node runs pods.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub identity: NodeIdentity,
+    /// The agent's state directory: pods, runc and conmon state, IPAM.
+    pub state_dir: std::path::PathBuf,
+    /// Where the CNI plugin binaries are.
+    pub cni_bin_dirs: Vec<std::path::PathBuf>,
+    pub netns_dir: std::path::PathBuf,
+    pub log_dir: std::path::PathBuf,
+    pub dns: super::pod_files::Dns,
+    pub mtu: Option<u32>,
+    pub pids_limit: i64,
+    pub log_max_bytes: u64,
+}
+
+impl NodeConfig {
+    /// The context the pod workers share.
+    pub fn context(&self, registry: Registry, images: Arc<crate::image::ImageStore>) -> Context {
+        Context {
+            registry,
+            node_name: self.identity.name.clone(),
+            host_ip: self.identity.host_ip,
+            paths: super::paths::Paths {
+                pods: self.state_dir.join("pods"),
+                netns: self.netns_dir.clone(),
+                logs: self.log_dir.clone(),
+                cgroup_parent: "/skiff".into(),
+            },
+            images,
+            oci: super::oci::Oci::new(&self.state_dir),
+            network: super::cni::skiff_network(
+                self.cni_bin_dirs.clone(),
+                &self.identity.pod_cidrs,
+                &self.state_dir.join("cni"),
+                self.mtu,
+            ),
+            dns: self.dns.clone(),
+            pids_limit: self.pids_limit,
+            log_max_bytes: self.log_max_bytes,
+        }
+    }
+}
+
+/// Runs the node until `shutdown` resolves. Pods keep running after it returns.
+pub async fn run(
+    ctx: Arc<Context>,
+    identity: NodeIdentity,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ApiError> {
+    register(&ctx.registry, &identity).await?;
+    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
+    let mut tasks: JoinSet<String> = JoinSet::new();
+    tokio::pin!(shutdown);
+    'relist: loop {
+        let (pods, version) = list_pods(&ctx).await?;
+        let listed: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
+        for pod in pods {
+            dispatch(&ctx, &mut workers, &mut tasks, Some(pod), None);
+        }
+        // Pods this node ran that are no longer in the store: tear them down.
+        for uid in local_pods(&ctx) {
+            if !listed.contains(&uid) && !workers.contains_key(&uid) {
+                info!("pod {uid}: deleted while the agent was away; cleaning up");
+                dispatch(&ctx, &mut workers, &mut tasks, None, Some(uid));
+            }
+        }
+        let mut events = ctx
+            .registry
+            .watch(
+                Kind::Pod,
+                None,
+                Selector::everything(),
+                node_selector(&ctx.node_name),
+                &version,
+            )
+            .await?;
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                _ = heartbeat.tick() => {
+                    if let Err(e) = beat(&ctx.registry, &identity).await {
+                        warn!("node {}: heartbeat: {e}", identity.name);
+                    }
+                }
+                Some(done) = tasks.join_next() => {
+                    if let Ok(uid) = done {
+                        workers.remove(&uid);
+                    }
+                }
+                event = events.next() => match event {
+                    Some(Ok(event)) => {
+                        let Ok(Object::Pod(pod)) = Object::decode(event.object) else { continue };
+                        match event.event_type {
+                            EventType::Deleted => {
+                                let uid = pod.metadata.uid.clone();
+                                dispatch(&ctx, &mut workers, &mut tasks, None, uid);
+                            }
+                            _ => dispatch(&ctx, &mut workers, &mut tasks, Some(pod), None),
+                        }
+                    }
+                    Some(Err(e)) => {
+                        warn!("node {}: pod watch ended ({e}); listing again", identity.name);
+                        continue 'relist;
+                    }
+                    None => continue 'relist,
+                }
+            }
+        }
+    }
+}
+
+/// Hands the latest state of a pod (None: gone) to its worker, starting one if
+/// needed.
+fn dispatch(
+    ctx: &Arc<Context>,
+    workers: &mut HashMap<String, watch::Sender<Option<Pod>>>,
+    tasks: &mut JoinSet<String>,
+    pod: Option<Pod>,
+    uid: Option<String>,
+) {
+    let Some(uid) = uid.or_else(|| pod.as_ref().and_then(|p| p.metadata.uid.clone())) else {
+        return;
+    };
+    if let Some(sender) = workers.get(&uid) {
+        let _ = sender.send(pod);
+        return;
+    }
+    let (sender, receiver) = watch::channel(pod);
+    workers.insert(uid.clone(), sender);
+    let ctx = ctx.clone();
+    tasks.spawn(async move {
+        worker::run(ctx, uid.clone(), receiver).await;
+        uid
+    });
+}
+
+fn node_selector(node: &str) -> FieldSelector {
+    // A node name is a DNS subdomain, which the field selector syntax accepts as is.
+    FieldSelector::parse(&format!("spec.nodeName={node}"))
+        .unwrap_or_else(|_| FieldSelector::everything())
+}
+
+async fn list_pods(ctx: &Context) -> Result<(Vec<Pod>, String), ApiError> {
+    let (values, revision) = ctx
+        .registry
+        .list(
+            Kind::Pod,
+            None,
+            &Selector::everything(),
+            &node_selector(&ctx.node_name),
+        )
+        .await?;
+    let pods = values
+        .into_iter()
+        .filter_map(|v| match Object::decode(v) {
+            Ok(Object::Pod(pod)) => Some(pod),
+            _ => None,
+        })
+        .collect();
+    Ok((pods, revision.to_string()))
+}
+
+/// UIDs of the pods this node has a directory for.
+fn local_pods(ctx: &Context) -> Vec<String> {
+    std::fs::read_dir(&ctx.paths.pods)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|entry| PodRecord::load(&entry.path().join("pod.json")).is_some())
+        .filter_map(|entry| entry.file_name().into_string().ok())
+        .collect()
+}
+
+/// Creates or updates this node's Node object and reports it ready.
+async fn register(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiError> {
+    let cidrs: Vec<String> = identity.pod_cidrs.iter().map(ToString::to_string).collect();
+    let node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": identity.name, "labels": {
+            "kubernetes.io/hostname": identity.name,
+            "kubernetes.io/os": "linux",
+            "kubernetes.io/arch": architecture(),
+        }},
+        "spec": {"podCIDR": cidrs.first(), "podCIDRs": cidrs},
+    });
+    registry.apply(vec![node]).await?;
+    beat(registry, identity).await?;
+    info!("node {} registered", identity.name);
+    Ok(())
+}
+
+/// Reports the node Ready, with its capacity and addresses.
+async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiError> {
+    let now = crate::api::registry::now();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let memory = memory_kib()
+        .map(|kib| format!("{kib}Ki"))
+        .unwrap_or_else(|| "0".into());
+    let capacity = json!({"cpu": cpus.to_string(), "memory": memory, "pods": "110"});
+    let mut addresses = vec![json!({"type": "Hostname", "address": identity.name})];
+    if let Some(ip) = identity.host_ip {
+        addresses.insert(0, json!({"type": "InternalIP", "address": ip.to_string()}));
+    }
+    let node = json!({
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": identity.name},
+        "status": {
+            "capacity": capacity,
+            "allocatable": capacity,
+            "addresses": addresses,
+            "conditions": [{
+                "type": "Ready", "status": "True", "reason": "KubeletReady",
+                "message": "skiff agent is posting ready status",
+                "lastHeartbeatTime": now, "lastTransitionTime": now,
+            }],
+            "nodeInfo": {
+                "kernelVersion": read_trimmed("/proc/sys/kernel/osrelease"),
+                "osImage": os_image(),
+                "containerRuntimeVersion": "runc",
+                "kubeletVersion": concat!("skiff/", env!("CARGO_PKG_VERSION")),
+                "operatingSystem": "linux",
+                "architecture": architecture(),
+            },
+        },
+    });
+    registry.update_status(node).await.map(drop)
+}
+
+fn memory_kib() -> Option<u64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn read_trimmed(path: &str) -> String {
+    std::fs::read_to_string(path)
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+fn os_image() -> String {
+    read_trimmed("/etc/os-release")
+        .lines()
+        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+        .map(|v| v.trim_matches('"').to_string())
+        .unwrap_or_else(|| "Linux".into())
+}
+
+/// Kubernetes' architecture names.
+fn architecture() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
+/// The address other hosts reach this one at: the source address of the default
+/// route (found without sending anything), if there is one.
+pub fn default_host_ip() -> Option<IpAddr> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
+    // TEST-NET-1: routable in principle, never contacted (UDP connect sends nothing).
+    socket.connect("192.0.2.1:9").ok()?;
+    let ip = socket.local_addr().ok()?.ip();
+    (!ip.is_unspecified()).then_some(ip)
+}

@@ -1,0 +1,695 @@
+//! One worker per pod bound to this node: a level-triggered loop that brings the
+//! node in line with the pod's spec (network, init containers in order, app
+//! containers with their restart policy and back-off), tears everything down when
+//! the pod is deleted, and reports the pod's status.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use log::{info, warn};
+use tokio::sync::watch;
+
+use crate::api::registry::{ObjectRef, Propagation, Registry};
+use crate::image::ImageStore;
+use crate::model::{Container, Kind, Object, Pod, RestartPolicy};
+
+use super::cni::Network;
+use super::container::{self, Launch};
+use super::oci::{Exit, Oci};
+use super::paths::Paths;
+use super::record::{PodRecord, Running, Terminated, Waiting};
+use super::status::{pod_status, will_restart};
+use super::{netns, pod_files};
+
+/// Longest back-off between restarts, and how long a container must run for its
+/// back-off to start over (Kubernetes' values).
+const MAX_BACKOFF_SECONDS: u64 = 300;
+const INITIAL_BACKOFF_SECONDS: u64 = 10;
+const BACKOFF_RESET_SECONDS: i64 = 600;
+/// How often running containers are checked for exits.
+const POLL: Duration = Duration::from_secs(1);
+
+/// What every pod worker of the node shares.
+pub struct Context {
+    pub registry: Registry,
+    pub node_name: String,
+    pub host_ip: Option<IpAddr>,
+    pub paths: Paths,
+    pub images: Arc<ImageStore>,
+    pub oci: Oci,
+    pub network: Network,
+    pub dns: pod_files::Dns,
+    pub pids_limit: i64,
+    pub log_max_bytes: u64,
+}
+
+/// What a reconcile pass asks for next.
+enum Next {
+    /// Look again after this long (or sooner, when the pod changes).
+    After(Duration),
+    /// The pod is gone from the node.
+    Done,
+}
+
+/// Runs a pod's worker until the pod is gone from the node, or until the agent
+/// stops (`desired` closes): then the pod's containers keep running.
+pub async fn run(ctx: Arc<Context>, uid: String, mut desired: watch::Receiver<Option<Pod>>) {
+    let record_path = ctx.paths.record(&uid);
+    let mut record = PodRecord::load(&record_path).unwrap_or_else(|| PodRecord {
+        uid: uid.clone(),
+        ..PodRecord::default()
+    });
+    loop {
+        let pod = desired.borrow_and_update().clone();
+        let next = reconcile(&ctx, &mut record, pod).await;
+        let Next::After(wait) = next else {
+            return;
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            changed = desired.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn reconcile(ctx: &Context, record: &mut PodRecord, pod: Option<Pod>) -> Next {
+    let pod = match pod {
+        Some(pod) if pod.metadata.deletion_timestamp.is_none() => pod,
+        deleting => return terminate(ctx, record, deleting.as_ref()).await,
+    };
+    if record.namespace.is_empty() {
+        record.namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        record.name = pod.metadata.name.clone();
+    }
+    let before = record.clone();
+    let mut wake = POLL;
+    if record.ips.is_empty()
+        && let Err(message) = attach(ctx, record, &pod).await
+    {
+        warn!("pod {}/{}: {message}", record.namespace, record.name);
+        for c in pod.spec.init_containers.iter().chain(&pod.spec.containers) {
+            record.container(&c.name).waiting = Some(Waiting {
+                reason: "ContainerCreating".into(),
+                message: Some(message.clone()),
+            });
+        }
+        report(ctx, &pod, record).await;
+        return Next::After(Duration::from_secs(5));
+    }
+    collect_exits(ctx, record, &pod).await;
+    let policy = pod.spec.restart_policy.unwrap_or(RestartPolicy::Always);
+    if !record.initialized {
+        wake = wake.min(run_init_containers(ctx, record, &pod, policy).await);
+    }
+    if record.initialized {
+        for container in &pod.spec.containers {
+            if let Some(after) = ensure_running(ctx, record, &pod, container, policy).await {
+                wake = wake.min(after);
+            }
+        }
+    }
+    if *record != before
+        && let Err(e) = record.save(&ctx.paths.record(&record.uid))
+    {
+        warn!(
+            "pod {}/{}: saving its record: {e}",
+            record.namespace, record.name
+        );
+    }
+    report(ctx, &pod, record).await;
+    Next::After(wake)
+}
+
+/// Creates the network namespace, attaches it through CNI and writes the pod's
+/// /etc files.
+async fn attach(ctx: &Context, record: &mut PodRecord, pod: &Pod) -> Result<(), String> {
+    let uid = record.uid.clone();
+    let netns_path = ctx.paths.netns(&uid);
+    let network = ctx.network.clone();
+    let attachment = blocking(move || {
+        netns::create(&netns_path).map_err(|e| e.to_string())?;
+        network.add(&uid, &netns_path).map_err(|e| e.to_string())
+    })
+    .await?;
+    pod_files::write(&ctx.paths.etc(&record.uid), pod, &attachment.ips, &ctx.dns)
+        .map_err(|e| format!("writing the pod's /etc files: {e}"))?;
+    info!(
+        "pod {}/{}: attached with {:?}",
+        record.namespace, record.name, attachment.ips
+    );
+    record.ips = attachment.ips;
+    record.cni_result = Some(attachment.result);
+    record.started_at = Some(crate::api::registry::now());
+    record
+        .save(&ctx.paths.record(&record.uid))
+        .map_err(|e| format!("saving the pod's record: {e}"))
+}
+
+/// Notices containers that ended (conmon wrote their exit) and records how.
+async fn collect_exits(ctx: &Context, record: &mut PodRecord, pod: &Pod) {
+    let uid = record.uid.clone();
+    let names: Vec<String> = record
+        .containers
+        .iter()
+        .filter(|(_, c)| c.running.is_some())
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in names {
+        let entry = record.container(&name);
+        let Some(running) = entry.running.clone() else {
+            continue;
+        };
+        let oci = ctx.oci.clone();
+        let id = running.id.clone();
+        let exit = blocking(move || Ok::<_, String>(oci.exit(&id)))
+            .await
+            .ok()
+            .flatten();
+        if let Some(exit) = exit {
+            finish(ctx, record, pod, &uid, &name, &running, exit).await;
+        }
+    }
+}
+
+/// Records a container's end, removes its runtime leftovers and sets its back-off.
+async fn finish(
+    ctx: &Context,
+    record: &mut PodRecord,
+    pod: &Pod,
+    uid: &str,
+    name: &str,
+    running: &Running,
+    exit: Exit,
+) {
+    let entry = record.container(name);
+    let reason = if exit.oom_killed {
+        "OOMKilled"
+    } else if exit.code == 0 {
+        "Completed"
+    } else {
+        "Error"
+    };
+    let finished_unix = exit
+        .finished_at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    info!(
+        "pod {}/{}: container {name} exited with {} ({reason})",
+        pod_namespace(pod),
+        pod.metadata.name,
+        exit.code
+    );
+    entry.terminated = Some(Terminated {
+        id: running.id.clone(),
+        exit_code: exit.code,
+        reason: reason.into(),
+        message: None,
+        started_at: Some(running.started_at.clone()),
+        finished_at: rfc3339(exit.finished_at),
+    });
+    entry.running = None;
+    entry.ready = false;
+    // Kubernetes: the first restart is immediate, then 10 s doubling up to 5 min,
+    // and a container that ran 10 minutes starts over.
+    if finished_unix - running.started_unix >= BACKOFF_RESET_SECONDS {
+        entry.backoff_seconds = 0;
+    }
+    entry.backoff_until = Some(finished_unix + entry.backoff_seconds as i64);
+    entry.backoff_seconds =
+        (entry.backoff_seconds * 2).clamp(INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS);
+    let (paths, oci, uid, name, attempt) = (
+        ctx.paths.clone(),
+        ctx.oci.clone(),
+        uid.to_string(),
+        name.to_string(),
+        entry.attempt,
+    );
+    let _ = blocking(move || {
+        container::remove(&paths, &oci, &uid, &name, attempt);
+        Ok::<_, String>(())
+    })
+    .await;
+}
+
+/// Runs the init containers one after the other; returns when to look again.
+async fn run_init_containers(
+    ctx: &Context,
+    record: &mut PodRecord,
+    pod: &Pod,
+    policy: RestartPolicy,
+) -> Duration {
+    for container in &pod.spec.init_containers {
+        let entry = record.container(&container.name);
+        if entry.running.is_some() {
+            return POLL;
+        }
+        match &entry.terminated {
+            Some(t) if t.exit_code == 0 => continue,
+            // Init containers restart on failure unless the pod never restarts.
+            Some(t) if !will_restart(policy_for_init(policy), t.exit_code) => return POLL,
+            _ => {}
+        }
+        return ensure_running(ctx, record, pod, container, policy_for_init(policy))
+            .await
+            .unwrap_or(POLL);
+    }
+    record.initialized = true;
+    POLL
+}
+
+/// Init containers run to success: with restartPolicy Always they are retried as
+/// with OnFailure.
+fn policy_for_init(policy: RestartPolicy) -> RestartPolicy {
+    match policy {
+        RestartPolicy::Never => RestartPolicy::Never,
+        _ => RestartPolicy::OnFailure,
+    }
+}
+
+/// Starts the container if it should run now; returns when to look again if it
+/// is waiting for its back-off.
+async fn ensure_running(
+    ctx: &Context,
+    record: &mut PodRecord,
+    pod: &Pod,
+    container: &Container,
+    policy: RestartPolicy,
+) -> Option<Duration> {
+    let now = unix_now();
+    let uid = record.uid.clone();
+    let entry = record.container(&container.name);
+    if entry.running.is_some() {
+        return None;
+    }
+    if let Some(terminated) = &entry.terminated
+        && !will_restart(policy, terminated.exit_code)
+    {
+        return None;
+    }
+    if let Some(until) = entry.backoff_until
+        && until > now
+    {
+        if entry.terminated.is_some() {
+            entry.waiting = Some(Waiting {
+                reason: "CrashLoopBackOff".into(),
+                message: Some(format!(
+                    "back-off {}s restarting failed container={} pod={}_{}({})",
+                    until - now,
+                    container.name,
+                    pod.metadata.name,
+                    pod_namespace(pod),
+                    uid
+                )),
+            });
+        }
+        return Some(Duration::from_secs((until - now) as u64));
+    }
+    let env = match environment::resolve(&ctx.registry, pod, container, &record.ips).await {
+        Ok(env) => env,
+        Err(message) => {
+            let entry = record.container(&container.name);
+            entry.waiting = Some(Waiting {
+                reason: "CreateContainerConfigError".into(),
+                message: Some(message),
+            });
+            return Some(Duration::from_secs(5));
+        }
+    };
+    let attempt = record.container(&container.name).attempt + 1;
+    let mounts = pod_files::mounts(&ctx.paths.etc(&record.uid));
+    let (paths, oci, images, pod_owned, container_owned, netns_path) = (
+        ctx.paths.clone(),
+        ctx.oci.clone(),
+        ctx.images.clone(),
+        pod.clone(),
+        container.clone(),
+        ctx.paths.netns(&record.uid),
+    );
+    let (pids_limit, log_max_bytes) = (ctx.pids_limit, ctx.log_max_bytes);
+    let started = blocking(move || {
+        container::start(&Launch {
+            paths: &paths,
+            oci: &oci,
+            images: &images,
+            pod: &pod_owned,
+            container: &container_owned,
+            attempt,
+            netns: &netns_path,
+            env,
+            mounts,
+            pids_limit,
+            log_max_bytes,
+        })
+        .map_err(|e| Failure {
+            reason: e.reason(),
+            message: e.to_string(),
+        })
+    })
+    .await;
+    let entry = record.container(&container.name);
+    match started {
+        Ok(started) => {
+            info!(
+                "pod {}/{}: started container {} ({})",
+                pod_namespace(pod),
+                pod.metadata.name,
+                container.name,
+                started.id
+            );
+            // A restart: how the attempt before ended becomes lastState.
+            if let Some(previous) = entry.terminated.take() {
+                entry.last_terminated = Some(previous);
+                entry.restart_count += 1;
+            }
+            entry.attempt = attempt;
+            entry.waiting = None;
+            entry.image_id = started.image_id;
+            entry.running = Some(Running {
+                id: started.id,
+                started_at: crate::api::registry::now(),
+                started_unix: unix_now(),
+            });
+            // Without probes a running container is started and ready.
+            entry.started = container.startup_probe.is_none();
+            entry.ready = container.readiness_probe.is_none();
+            None
+        }
+        Err(Failure { reason, message }) => {
+            warn!(
+                "pod {}/{}: container {}: {message}",
+                pod_namespace(pod),
+                pod.metadata.name,
+                container.name
+            );
+            entry.waiting = Some(Waiting {
+                reason: reason.into(),
+                message: Some(message),
+            });
+            entry.backoff_seconds =
+                (entry.backoff_seconds * 2).clamp(INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS);
+            entry.backoff_until = Some(unix_now() + entry.backoff_seconds as i64);
+            Some(Duration::from_secs(entry.backoff_seconds))
+        }
+    }
+}
+
+/// Stops every container (SIGTERM, the grace period, SIGKILL), detaches the
+/// network, removes the pod's files, and removes the pod from the store when it is
+/// still there (it was waiting for this node).
+async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> Next {
+    let grace = Duration::from_secs(
+        pod.and_then(|p| p.metadata.deletion_grace_period_seconds)
+            .and_then(|g| u64::try_from(g).ok())
+            .unwrap_or(30),
+    );
+    let running: Vec<(String, String, u32)> = record
+        .containers
+        .iter()
+        .filter_map(|(name, c)| {
+            c.running
+                .as_ref()
+                .map(|r| (name.clone(), r.id.clone(), c.attempt))
+        })
+        .collect();
+    let (paths, oci, uid) = (ctx.paths.clone(), ctx.oci.clone(), record.uid.clone());
+    let network = ctx.network.clone();
+    let cni_result = record.cni_result.clone();
+    let namespace_and_name = (record.namespace.clone(), record.name.clone());
+    let torn_down = blocking(move || {
+        // Stopped together, so the grace period is the pod's, not per container.
+        std::thread::scope(|scope| {
+            for (name, id, attempt) in &running {
+                let (paths, oci, uid) = (&paths, &oci, &uid);
+                scope.spawn(move || {
+                    container::stop(oci, id, grace);
+                    container::remove(paths, oci, uid, name, *attempt);
+                });
+            }
+        });
+        let netns_path = paths.netns(&uid);
+        network
+            .del(
+                &uid,
+                netns_path.exists().then_some(netns_path.as_path()),
+                cni_result.as_ref(),
+            )
+            .map_err(|e| e.to_string())?;
+        netns::remove(&netns_path).map_err(|e| e.to_string())?;
+        crate::cgroup::remove_everywhere(&paths.pod_cgroup(&uid));
+        let logs = paths.pod_logs(&namespace_and_name.0, &namespace_and_name.1, &uid);
+        super::paths::remove_dir(&logs).map_err(|e| format!("removing {}: {e}", logs.display()))?;
+        let dir = paths.pod(&uid);
+        super::paths::remove_dir(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))
+    })
+    .await;
+    if let Err(message) = torn_down {
+        warn!(
+            "pod {}/{}: tearing down: {message}",
+            record.namespace, record.name
+        );
+        return Next::After(Duration::from_secs(5));
+    }
+    info!(
+        "pod {}/{}: removed from the node",
+        record.namespace, record.name
+    );
+    if !record.name.is_empty() {
+        let reference = ObjectRef {
+            kind: Kind::Pod,
+            namespace: Some(record.namespace.clone()),
+            name: record.name.clone(),
+        };
+        // The pod waited for this node; it may already be gone (forced delete).
+        if let Ok(value) = ctx.registry.get(&reference).await
+            && value["metadata"]["uid"] == record.uid.as_str()
+            && let Err(e) = ctx
+                .registry
+                .delete(&reference, Some(0), Propagation::Background)
+                .await
+        {
+            warn!(
+                "pod {}/{}: removing it from the store: {e}",
+                record.namespace, record.name
+            );
+            return Next::After(Duration::from_secs(5));
+        }
+    }
+    Next::Done
+}
+
+/// Writes the pod's status when it changed.
+async fn report(ctx: &Context, pod: &Pod, record: &PodRecord) {
+    let host_ip = ctx.host_ip.map(|ip| ip.to_string());
+    let status = pod_status(
+        pod,
+        record,
+        host_ip.as_deref(),
+        &crate::api::registry::now(),
+    );
+    if status == pod.status {
+        return;
+    }
+    let mut updated = pod.clone();
+    updated.status = status;
+    updated.metadata.resource_version = None;
+    if let Err(e) = ctx
+        .registry
+        .update_status(Object::Pod(updated).to_value())
+        .await
+    {
+        warn!(
+            "pod {}/{}: reporting its status: {e}",
+            pod_namespace(pod),
+            pod.metadata.name
+        );
+    }
+}
+
+fn pod_namespace(pod: &Pod) -> &str {
+    pod.metadata.namespace.as_deref().unwrap_or("default")
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn rfc3339(time: SystemTime) -> String {
+    let seconds = time
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    jiff::Timestamp::from_second(seconds)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// A start that failed, with the waiting reason to show.
+struct Failure {
+    reason: &'static str,
+    message: String,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure {
+            reason: "CreateContainerError",
+            message,
+        }
+    }
+}
+
+/// Runs blocking work (processes, mounts, netlink) off the async threads.
+async fn blocking<T: Send + 'static, E: Send + 'static + From<String>>(
+    work: impl FnOnce() -> Result<T, E> + Send + 'static,
+) -> Result<T, E> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| Err(E::from(format!("a blocking task failed: {e}"))))
+}
+
+mod environment {
+    //! A container's environment: `value`, or `valueFrom` a ConfigMap, a Secret or
+    //! a field of the pod.
+
+    use std::net::IpAddr;
+
+    use crate::api::registry::{ObjectRef, Registry};
+    use crate::model::{Container, Kind, Object, Pod};
+
+    pub async fn resolve(
+        registry: &Registry,
+        pod: &Pod,
+        container: &Container,
+        ips: &[IpAddr],
+    ) -> Result<Vec<String>, String> {
+        let namespace = pod
+            .metadata
+            .namespace
+            .clone()
+            .unwrap_or_else(|| "default".into());
+        let mut env = Vec::with_capacity(container.env.len());
+        for var in &container.env {
+            let value = match (&var.value, &var.value_from) {
+                (_, Some(source)) => {
+                    if let Some(key) = &source.config_map_key_ref {
+                        lookup(
+                            registry,
+                            Kind::ConfigMap,
+                            &namespace,
+                            &key.name,
+                            &key.key,
+                            key.optional,
+                        )
+                        .await?
+                    } else if let Some(key) = &source.secret_key_ref {
+                        lookup(
+                            registry,
+                            Kind::Secret,
+                            &namespace,
+                            &key.name,
+                            &key.key,
+                            key.optional,
+                        )
+                        .await?
+                    } else if let Some(field) = &source.field_ref {
+                        Some(field_value(pod, &field.field_path, ips).ok_or_else(|| {
+                            format!(
+                                "env {}: fieldRef {:?} is not supported",
+                                var.name, field.field_path
+                            )
+                        })?)
+                    } else {
+                        None
+                    }
+                }
+                (value, None) => Some(value.clone().unwrap_or_default()),
+            };
+            if let Some(value) = value {
+                env.push(format!("{}={value}", var.name));
+            }
+        }
+        Ok(env)
+    }
+
+    /// A key of a ConfigMap or Secret; None when optional and missing.
+    async fn lookup(
+        registry: &Registry,
+        kind: Kind,
+        namespace: &str,
+        name: &str,
+        key: &str,
+        optional: Option<bool>,
+    ) -> Result<Option<String>, String> {
+        let reference = ObjectRef {
+            kind,
+            namespace: Some(namespace.to_string()),
+            name: name.to_string(),
+        };
+        let found = match registry.get(&reference).await {
+            Ok(value) => match Object::decode(value) {
+                Ok(Object::ConfigMap(cm)) => cm.data.get(key).cloned().or_else(|| {
+                    cm.binary_data
+                        .get(key)
+                        .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                }),
+                Ok(Object::Secret(secret)) => secret
+                    .data
+                    .get(key)
+                    .map(|b| String::from_utf8_lossy(&b.0).into_owned()),
+                _ => None,
+            },
+            Err(_) => None,
+        };
+        match (found, optional) {
+            (Some(value), _) => Ok(Some(value)),
+            (None, Some(true)) => Ok(None),
+            (None, _) => Err(format!(
+                "{} {namespace}/{name} has no key {key:?} (or does not exist)",
+                kind.name()
+            )),
+        }
+    }
+
+    fn field_value(pod: &Pod, path: &str, ips: &[IpAddr]) -> Option<String> {
+        let meta = &pod.metadata;
+        Some(match path {
+            "metadata.name" => meta.name.clone(),
+            "metadata.namespace" => meta.namespace.clone().unwrap_or_default(),
+            "metadata.uid" => meta.uid.clone().unwrap_or_default(),
+            "spec.nodeName" => pod.spec.node_name.clone().unwrap_or_default(),
+            "spec.serviceAccountName" => pod.spec.service_account_name.clone().unwrap_or_default(),
+            "status.podIP" => ips.first().map(ToString::to_string).unwrap_or_default(),
+            "status.podIPs" => ips
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+            "status.hostIP" => pod.status.host_ip.clone().unwrap_or_default(),
+            other => {
+                let label = |prefix: &str| {
+                    other
+                        .strip_prefix(prefix)?
+                        .strip_suffix("']")
+                        .map(str::to_string)
+                };
+                if let Some(key) = label("metadata.labels['") {
+                    meta.labels.get(&key).cloned().unwrap_or_default()
+                } else if let Some(key) = label("metadata.annotations['") {
+                    meta.annotations.get(&key).cloned().unwrap_or_default()
+                } else {
+                    return None;
+                }
+            }
+        })
+    }
+}
