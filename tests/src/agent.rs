@@ -14,7 +14,12 @@ use crate::{require_root, workspace_bin};
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Agent {
+    // Fields drop in order: the agent, then what its pods left, then the rest.
     child: KillOnDrop,
+    _leftovers: Option<PodLeftovers>,
+    /// The node namespace the agent runs in, for agents that run pods (their
+    /// CNI routes and forwarding sysctls stay there).
+    pub node_netns: Option<crate::netns::NetNs>,
     lines: Receiver<String>,
     /// What the agent logged so far.
     pub log: Vec<String>,
@@ -47,7 +52,35 @@ impl Agent {
             .tempdir()
             .expect("state dir");
         let args = extra_args.iter().map(|a| a.to_string()).collect();
-        Self::start_in(state, Cgroup::new(), args, in_test_cgroup)
+        Self::start_in(state, Cgroup::new(), args, in_test_cgroup, None)
+    }
+
+    /// An agent that runs pods: inside a node network namespace of its own, named
+    /// `test-node`, with its logs in its state directory, and the busybox test
+    /// image imported (as busybox:latest and busybox:1.36).
+    pub fn start_node(extra_args: &[&str]) -> Agent {
+        require_root();
+        let state = tempfile::Builder::new()
+            .prefix("skiff-test-node-")
+            .tempdir()
+            .expect("state dir");
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            NODE_NAME.into(),
+            "--log-dir".into(),
+            state.path().join("logs").display().to_string(),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let netns = crate::netns::NetNs::new();
+        let agent = Self::start_in(state, Cgroup::new(), args, true, Some(netns));
+        for reference in ["busybox:latest", "busybox:1.36"] {
+            agent.ok(&[
+                "image",
+                "import",
+                busybox_archive(reference).to_str().expect("utf-8"),
+            ]);
+        }
+        agent
     }
 
     fn start_in(
@@ -55,8 +88,12 @@ impl Agent {
         cgroup: Cgroup,
         extra_args: Vec<String>,
         in_test_cgroup: bool,
+        node_netns: Option<crate::netns::NetNs>,
     ) -> Agent {
-        let mut command = Command::new(workspace_bin("skiff"));
+        let mut command = match &node_netns {
+            Some(netns) => netns.command(workspace_bin("skiff")),
+            None => Command::new(workspace_bin("skiff")),
+        };
         command
             .arg("agent")
             .arg("--state-dir")
@@ -80,8 +117,13 @@ impl Agent {
                 }
             }
         });
+        let leftovers = node_netns.as_ref().map(|_| PodLeftovers {
+            state: Some(state.path().to_path_buf()),
+        });
         let mut agent = Agent {
             child: KillOnDrop(child),
+            _leftovers: leftovers,
+            node_netns,
             lines,
             log: Vec::new(),
             program_ids: Vec::new(),
@@ -115,9 +157,73 @@ impl Agent {
             cgroup,
             extra_args,
             in_test_cgroup,
+            node_netns,
+            _leftovers: leftovers,
             ..
         } = self;
-        Self::start_in(state, cgroup, extra_args, in_test_cgroup)
+        // The pods stay for the new agent to adopt; its own guard takes over.
+        if let Some(mut leftovers) = leftovers {
+            leftovers.state = None;
+        }
+        Self::start_in(state, cgroup, extra_args, in_test_cgroup, node_netns)
+    }
+
+    /// Applies a manifest from a string; fails the test if apply fails.
+    pub fn apply(&self, manifest: &str) -> String {
+        let out = self.cli_with_stdin(&["apply", "-f", "-"], manifest.as_bytes());
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// An object as JSON (None when it does not exist).
+    pub fn object(&self, kind: &str, name: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["get", kind, name, "-o", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("JSON output"))
+    }
+
+    /// Polls a pod until `until` holds for it (None: the pod is gone), failing the
+    /// test after `timeout` with the pod's last state.
+    pub fn wait_pod(
+        &self,
+        name: &str,
+        timeout: Duration,
+        until: impl Fn(Option<&serde_json::Value>) -> bool,
+    ) -> Option<serde_json::Value> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pod = self.object("pod", name);
+            if until(pod.as_ref()) {
+                return pod;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "pod {name} did not get there in {timeout:?}; it is: {}",
+                pod.map_or("gone".to_string(), |p| serde_json::to_string_pretty(
+                    &p["status"]
+                )
+                .unwrap_or_default())
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Runs `program` in the node namespace (e.g. to reach pods), returning its output.
+    pub fn in_node(&self, program: &str, args: &[&str]) -> Output {
+        let netns = self
+            .node_netns
+            .as_ref()
+            .expect("an agent started with start_node");
+        netns
+            .command(program)
+            .args(args)
+            .output()
+            .expect("run in the node namespace")
     }
 
     pub fn state_dir(&self) -> &Path {
@@ -219,6 +325,80 @@ impl Agent {
         let status = self.child.0.wait().expect("wait for agent");
         self.log.extend(self.lines.iter());
         status
+    }
+}
+
+/// The node name of agents started with [`Agent::start_node`].
+pub const NODE_NAME: &str = "test-node";
+
+/// The busybox test image as an OCI archive named `reference`, built once per
+/// test process from Debian's busybox-static.
+fn busybox_archive(reference: &str) -> PathBuf {
+    static DIR: std::sync::OnceLock<tempfile::TempDir> = std::sync::OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("image dir"));
+    let path = dir
+        .path()
+        .join(format!("{}.tar", reference.replace([':', '/'], "_")));
+    static BUILD: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = BUILD.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        skiff::image::build::build_busybox_oci_archive(Path::new("/bin/busybox"), reference, &path)
+            .expect("build the busybox test image (busybox-static is installed by setup)");
+    }
+    path
+}
+
+/// Pods outlive their agent by design (a restarted agent adopts them), so a
+/// test's pods are removed here: containers, their overlay mounts, network
+/// namespaces and cgroups.
+struct PodLeftovers {
+    /// None once another guard took over.
+    state: Option<PathBuf>,
+}
+
+impl Drop for PodLeftovers {
+    fn drop(&mut self) {
+        let Some(state) = self.state.take() else {
+            return;
+        };
+        let root = state.join("runc");
+        let listed = Command::new("runc")
+            .arg("--root")
+            .arg(&root)
+            .args(["list", "-q"])
+            .output();
+        for id in listed
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = Command::new("runc")
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", id])
+                .output();
+        }
+        let pods = std::fs::read_dir(state.join("pods"))
+            .into_iter()
+            .flatten()
+            .flatten();
+        for pod in pods {
+            let uid = pod.file_name().to_string_lossy().into_owned();
+            let attempts = std::fs::read_dir(pod.path().join("containers"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            for attempt in attempts {
+                let rootfs = attempt.path().join("rootfs");
+                let _ = Command::new("umount").arg("-l").arg(&rootfs).output();
+            }
+            let netns = Path::new("/run/netns").join(format!("skiff-{uid}"));
+            if netns.exists() {
+                let _ = Command::new("umount").arg("-l").arg(&netns).output();
+                let _ = std::fs::remove_file(&netns);
+            }
+            skiff::cgroup::remove_everywhere(&format!("/skiff/pod{uid}"));
+        }
     }
 }
 

@@ -1,0 +1,275 @@
+//! Pods on a real node: an agent in a node namespace of its own runs pods with
+//! runc under conmon, wired by skiff-cni, from the busybox test image.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use skiff_tests::agent::{Agent, NODE_NAME};
+
+const START: Duration = Duration::from_secs(30);
+
+fn pod_ips(pod: &Value) -> Vec<String> {
+    pod["status"]["podIPs"]
+        .as_array()
+        .map(|ips| {
+            ips.iter()
+                .filter_map(|ip| ip["ip"].as_str())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn running(pod: Option<&Value>) -> bool {
+    pod.is_some_and(|p| {
+        p["status"]["phase"] == "Running" && p["status"]["containerStatuses"][0]["ready"] == true
+    })
+}
+
+fn container_state<'a>(pod: &'a Value, name: &str) -> &'a Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == name))
+        .unwrap_or(&Value::Null)
+}
+
+/// The body `ip:port` serves for `GET /`, asked from the node's namespace,
+/// retrying while the server starts (a pod without a readiness probe is ready as
+/// soon as its process runs).
+fn http_get(agent: &Agent, ip: &str, port: u16) -> String {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::new(ip.parse().expect("pod IP"), port);
+    let netns = agent.node_netns.as_ref().expect("node agent");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let answer = netns.run(|| -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            stream.write_all(b"GET / HTTP/1.0\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response
+                .split("\r\n\r\n")
+                .nth(1)
+                .unwrap_or_default()
+                .to_string())
+        });
+        match answer {
+            Ok(body) => return body,
+            Err(e) if std::time::Instant::now() > deadline => return format!("error: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(100)),
+        }
+    }
+}
+
+fn http_pod(name: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: {name}
+spec:
+  nodeName: {NODE_NAME}
+  terminationGracePeriodSeconds: 2
+  containers:
+  - name: web
+    image: busybox:1.36
+    command: ["sh", "-c", "mkdir -p /www && echo hello from $POD_NAME > /www/index.html && exec httpd -f -p 8080 -h /www"]
+    env:
+    - name: POD_NAME
+      valueFrom:
+        fieldRef: {{fieldPath: metadata.name}}
+"#
+    )
+}
+
+#[test]
+fn a_pod_serves_http_on_both_families_and_leaves_nothing_when_deleted() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&http_pod("web"));
+    let pod = agent.wait_pod("web", START, running).expect("running pod");
+    let ips = pod_ips(&pod);
+    assert_eq!(ips.len(), 2, "{}", pod["status"]);
+    for ip in &ips {
+        assert_eq!(http_get(&agent, ip, 8080), "hello from web\n", "{ip}");
+    }
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let conditions: Vec<(String, String)> = pod["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            (
+                c["type"].as_str().unwrap().to_string(),
+                c["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for kind in ["PodScheduled", "Initialized", "ContainersReady", "Ready"] {
+        assert!(
+            conditions.contains(&(kind.to_string(), "True".to_string())),
+            "{conditions:?}"
+        );
+    }
+
+    agent.ok(&["delete", "pod", "web"]);
+    agent.wait_pod("web", START, |p| p.is_none());
+    // Nothing of the pod is left on the node.
+    let netns = Path::new("/run/netns").join(format!("skiff-{uid}"));
+    assert!(!netns.exists(), "{} left", netns.display());
+    assert!(
+        !agent.state_dir().join("pods").join(&uid).exists(),
+        "pod directory left"
+    );
+    let links = agent.in_node("ip", &["-o", "link"]);
+    assert!(
+        !String::from_utf8_lossy(&links.stdout).contains("skf"),
+        "veth left"
+    );
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(agent.state_dir().join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&runc.stdout), "", "containers left");
+    for hierarchy in skiff::cgroup::hierarchies().unwrap() {
+        let cgroup = hierarchy.join(format!("skiff/pod{uid}"));
+        assert!(!cgroup.exists(), "{} left", cgroup.display());
+    }
+}
+
+#[test]
+fn restart_policies_and_last_state() {
+    let agent = Agent::start_node(&[]);
+    let failing = |name: &str, policy: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, 'echo failing; exit 3']\n"
+        )
+    };
+    agent.apply(&failing("on-failure", "OnFailure"));
+    agent.apply(&failing("never", "Never"));
+    // OnFailure: restarted (the first restart is immediate), lastState tells the exit.
+    let pod = agent
+        .wait_pod("on-failure", START, |p| {
+            p.is_some_and(|p| container_state(p, "main")["restartCount"].as_i64() >= Some(1))
+        })
+        .unwrap();
+    let last = &container_state(&pod, "main")["lastState"]["terminated"];
+    assert_eq!(last["exitCode"], 3, "{}", pod["status"]);
+    assert_eq!(last["reason"], "Error");
+    // Never: the pod fails and stays failed.
+    let pod = agent
+        .wait_pod("never", START, |p| {
+            p.is_some_and(|p| p["status"]["phase"] == "Failed")
+        })
+        .unwrap();
+    let state = &container_state(&pod, "main")["state"]["terminated"];
+    assert_eq!(state["exitCode"], 3);
+    assert_eq!(container_state(&pod, "main")["restartCount"], 0);
+}
+
+#[test]
+fn init_containers_run_in_order_before_the_app() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: ordered}}
+spec:
+  nodeName: {NODE_NAME}
+  initContainers:
+  - {{name: first, image: busybox, command: [sh, -c, "sleep 1"]}}
+  - {{name: second, image: busybox, command: [sh, -c, "sleep 1"]}}
+  containers:
+  - {{name: app, image: busybox, command: [sleep, "3600"]}}
+"#
+    ));
+    let pod = agent.wait_pod("ordered", START, running).unwrap();
+    let init = pod["status"]["initContainerStatuses"].as_array().unwrap();
+    let time = |status: &Value, field: &str| {
+        status["state"]["terminated"][field]
+            .as_str()
+            .unwrap_or_else(|| panic!("{status}"))
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
+    assert_eq!(init[0]["name"], "first");
+    assert_eq!(init[1]["name"], "second");
+    // Whole seconds: second starts no earlier than first finishes.
+    assert!(
+        time(&init[1], "startedAt") >= time(&init[0], "finishedAt"),
+        "{}",
+        pod["status"]
+    );
+    let app_started = container_state(&pod, "app")["state"]["running"]["startedAt"]
+        .as_str()
+        .unwrap()
+        .parse::<jiff::Timestamp>()
+        .unwrap();
+    assert!(app_started >= time(&init[1], "finishedAt"));
+}
+
+#[test]
+fn bad_images_and_commands_are_reported_and_the_agent_carries_on() {
+    let agent = Agent::start_node(&[]);
+    let pod = |name: &str, image: &str, command: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: {image}\n    command: [{command}]\n"
+        )
+    };
+    agent.apply(&pod("no-image", "nosuch:1.0", "sh"));
+    agent.apply(&pod("no-command", "busybox", "/bin/does-not-exist"));
+    agent.apply(&http_pod("fine"));
+    let waiting = |name: &str, reason: &str| {
+        let pod = agent
+            .wait_pod(name, START, |p| {
+                p.is_some_and(|p| {
+                    container_state(p, "main")["state"]["waiting"]["reason"] == reason
+                })
+            })
+            .unwrap();
+        container_state(&pod, "main")["state"]["waiting"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let message = waiting("no-image", "ErrImagePull");
+    assert!(message.contains("nosuch"), "{message}");
+    let message = waiting("no-command", "CreateContainerError");
+    assert!(message.contains("/bin/does-not-exist"), "{message}");
+    // Other pods are unaffected.
+    agent.wait_pod("fine", START, running);
+}
+
+#[test]
+fn a_killed_agent_adopts_its_running_containers() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&http_pod("kept"));
+    let before = agent.wait_pod("kept", START, running).unwrap();
+    let id = container_state(&before, "web")["containerID"].clone();
+    let agent = agent.kill_and_restart();
+    // Same container, not restarted, still serving.
+    let after = agent
+        .wait_pod("kept", START, |p| {
+            p.is_some_and(|p| running(Some(p)) && container_state(p, "web")["containerID"] == id)
+        })
+        .unwrap();
+    assert_eq!(container_state(&after, "web")["restartCount"], 0);
+    let runc = std::process::Command::new("runc")
+        .arg("--root")
+        .arg(agent.state_dir().join("runc"))
+        .args(["list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&runc.stdout).lines().count(),
+        1,
+        "no duplicate containers"
+    );
+    let ip = &pod_ips(&after)[0];
+    assert_eq!(http_get(&agent, ip, 8080), "hello from kept\n");
+}
