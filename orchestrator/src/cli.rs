@@ -333,7 +333,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             let mut sections = Vec::new();
             for name in names {
                 let object = get_one(&mut client, kind, &settings.namespace, &name).await?;
-                sections.push(print::describe(kind, &object));
+                let events = events_of(&mut client, &object).await?;
+                sections.push(print::describe(kind, &object, &events));
             }
             print!("{}", sections.join("\n\n"));
             Ok(())
@@ -707,6 +708,34 @@ async fn follow(
         }
     }
     Ok(())
+}
+
+/// The events about `object`, oldest first.
+async fn events_of(client: &mut ApiClient, object: &Value) -> Result<Vec<Value>, CliError> {
+    let uid = &object["metadata"]["uid"];
+    let listed = client
+        .list(proto::ListRequest {
+            kind: "Event".into(),
+            namespace: object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let mut events: Vec<Value> = listed
+        .objects
+        .iter()
+        .filter_map(|o| serde_json::from_slice::<Value>(o).ok())
+        .filter(|e| e["involvedObject"]["uid"] == *uid)
+        .collect();
+    events.sort_by(|a, b| {
+        a["lastTimestamp"]
+            .as_str()
+            .cmp(&b["lastTimestamp"].as_str())
+    });
+    Ok(events)
 }
 
 async fn get_one(

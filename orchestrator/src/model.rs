@@ -13,7 +13,8 @@
 //! - [`pod`], [`service`], [`cluster`] (Namespace, Node), [`config`] (ConfigMap,
 //!   Secret), [`apps`]
 //!   (Deployment, ReplicaSet), [`batch`] (Job), [`autoscaling`]
-//!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice): the kinds.
+//!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event):
+//!   the kinds.
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: quantities, int-or-string and base64 values.
 //! - [`validation`]: field errors and the shared checks.
@@ -25,6 +26,7 @@ pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
+pub mod event;
 pub mod manifest;
 pub mod meta;
 pub mod object;
@@ -43,6 +45,7 @@ pub use batch::*;
 pub use cluster::*;
 pub use config::*;
 pub use discovery::*;
+pub use event::*;
 pub use meta::{Condition, ConditionStatus, ObjectMeta, OwnerReference};
 pub use object::{Kind, Object};
 pub use pod::*;

@@ -8,17 +8,21 @@
 //! - [`status`]: the pod status computed from that record.
 //! - [`container`], [`bundle`], [`rootfs`], [`oci`]: one container attempt, from
 //!   image layers to a running process.
+//! - [`probes`]: startup, liveness and readiness probes; [`events`]: what
+//!   happened, for `describe`.
 //! - [`netns`], [`cni`], [`pod_files`]: the pod's network and /etc files.
 //! - [`paths`]: where all of it lives on the node.
 
 pub mod bundle;
 pub mod cni;
 pub mod container;
+pub mod events;
 pub mod netns;
 pub mod node;
 pub mod oci;
 pub mod paths;
 pub mod pod_files;
+pub mod probes;
 pub mod record;
 pub mod rootfs;
 pub mod status;

@@ -273,3 +273,122 @@ fn a_killed_agent_adopts_its_running_containers() {
     let ip = &pod_ips(&after)[0];
     assert_eq!(http_get(&agent, ip, 8080), "hello from kept\n");
 }
+
+fn condition(pod: &Value, kind: &str) -> String {
+    pod["status"]["conditions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == kind))
+        .and_then(|c| c["status"].as_str())
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_failing_liveness_probe_restarts_the_container() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: liveness}}
+spec:
+  nodeName: {NODE_NAME}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"]
+    livenessProbe:
+      exec: {{command: [cat, /tmp/healthy]}}
+      periodSeconds: 1
+      failureThreshold: 2
+"#
+    ));
+    let pod = agent
+        .wait_pod("liveness", START, |p| {
+            p.is_some_and(|p| container_state(p, "main")["restartCount"].as_i64() >= Some(1))
+        })
+        .unwrap();
+    let last = &container_state(&pod, "main")["lastState"]["terminated"];
+    // Killed by the agent (SIGTERM, then SIGKILL after the grace period).
+    assert!(
+        last["exitCode"] == 137 || last["exitCode"] == 143,
+        "{}",
+        pod["status"]
+    );
+    let described = agent.ok(&["describe", "pod", "liveness"]);
+    assert!(
+        described
+            .contains("Liveness probe failed: command [\"cat\", \"/tmp/healthy\"] exited with 1"),
+        "{described}"
+    );
+    assert!(
+        described.contains("Container main failed liveness probe, will be restarted"),
+        "{described}"
+    );
+    assert!(described.contains("Started container main"), "{described}");
+}
+
+#[test]
+fn readiness_flips_the_ready_condition() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: readiness}}
+spec:
+  nodeName: {NODE_NAME}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: web
+    image: busybox
+    command: [sh, -c, "mkdir -p /www; (sleep 3; echo ok > /www/ready; sleep 3; rm /www/ready) & exec httpd -f -p 8080 -h /www"]
+    ports: [{{name: http, containerPort: 8080}}]
+    readinessProbe:
+      httpGet: {{path: /ready, port: http}}
+      periodSeconds: 1
+      failureThreshold: 1
+"#
+    ));
+    let ready = |wanted: &'static str| {
+        move |p: Option<&Value>| {
+            p.is_some_and(|p| p["status"]["phase"] == "Running" && condition(p, "Ready") == wanted)
+        }
+    };
+    agent.wait_pod("readiness", START, ready("False"));
+    let pod = agent.wait_pod("readiness", START, ready("True")).unwrap();
+    assert_eq!(container_state(&pod, "web")["ready"], true);
+    let pod = agent.wait_pod("readiness", START, ready("False")).unwrap();
+    assert_eq!(container_state(&pod, "web")["ready"], false);
+    // Not ready is not unhealthy: the container was never restarted.
+    assert_eq!(container_state(&pod, "web")["restartCount"], 0);
+}
+
+#[test]
+fn an_oom_killed_container_is_reported_and_restarted() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: hungry}}
+spec:
+  nodeName: {NODE_NAME}
+  containers:
+  - name: main
+    image: busybox
+    command: [sh, -c, "x=$(head -c 100000000 /dev/zero | tr '\\0' x); sleep 3600"]
+    resources:
+      limits: {{memory: 16Mi}}
+"#
+    ));
+    let pod = agent
+        .wait_pod("hungry", Duration::from_secs(60), |p| {
+            p.is_some_and(|p| container_state(p, "main")["restartCount"].as_i64() >= Some(1))
+        })
+        .unwrap();
+    let last = &container_state(&pod, "main")["lastState"]["terminated"];
+    assert_eq!(last["reason"], "OOMKilled", "{}", pod["status"]);
+    assert_eq!(last["exitCode"], 137);
+}

@@ -135,6 +135,10 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             ],
             vec![],
         ),
+        Kind::Event => (
+            vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
+            vec![],
+        ),
     };
     if wide {
         base.extend(extra);
@@ -327,6 +331,20 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
                 age,
             ]
         }
+        Kind::Event => {
+            let object = &o["involvedObject"];
+            vec![
+                self::age(&o["lastTimestamp"], now),
+                or(&o["type"], "Normal"),
+                text(&o["reason"]),
+                format!(
+                    "{}/{}",
+                    text(&object["kind"]).to_lowercase(),
+                    text(&object["name"])
+                ),
+                text(&o["message"]),
+            ]
+        }
         Kind::HorizontalPodAutoscaler => {
             let target = &spec["scaleTargetRef"];
             let targets: Vec<String> = items(&spec["metrics"])
@@ -473,8 +491,9 @@ pub fn serialize(objects: &[Value], format: Format, as_list: bool) -> String {
     }
 }
 
-/// `describe`: the object's identity, then its spec and status as YAML.
-pub fn describe(kind: Kind, object: &Value) -> String {
+/// `describe`: the object's identity, its spec and status as YAML, then the
+/// events about it.
+pub fn describe(kind: Kind, object: &Value, events: &[Value]) -> String {
     let meta = &object["metadata"];
     let pairs = |v: &Value| match v.as_object() {
         Some(map) if !map.is_empty() => map
@@ -518,6 +537,49 @@ pub fn describe(kind: Kind, object: &Value) -> String {
         for line in yaml.lines().filter(|l| *l != "---") {
             out.push_str(&format!("  {line}\n"));
         }
+    }
+    out.push_str("Events:");
+    if events.is_empty() {
+        out.push_str("  <none>\n");
+        return out;
+    }
+    let now = jiff::Timestamp::now().as_second();
+    let rows: Vec<[String; 5]> = events
+        .iter()
+        .map(|e| {
+            [
+                or(&e["type"], "Normal"),
+                text(&e["reason"]),
+                age(&e["lastTimestamp"], now),
+                text(&e["source"]["component"]),
+                text(&e["message"]),
+            ]
+        })
+        .collect();
+    let header = ["Type", "Reason", "Age", "From", "Message"].map(String::from);
+    let widths: Vec<usize> = (0..4)
+        .map(|c| {
+            rows.iter()
+                .map(|r| r[c].len())
+                .chain([header[c].len()])
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    out.push('\n');
+    for row in std::iter::once(&header).chain(&rows) {
+        out.push_str(&format!(
+            "  {:<w0$}  {:<w1$}  {:<w2$}  {:<w3$}  {}\n",
+            row[0],
+            row[1],
+            row[2],
+            row[3],
+            row[4],
+            w0 = widths[0],
+            w1 = widths[1],
+            w2 = widths[2],
+            w3 = widths[3]
+        ));
     }
     out
 }

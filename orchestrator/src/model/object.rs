@@ -16,7 +16,7 @@ use serde_path_to_error::Segment;
 use super::meta::{validate_meta, validate_meta_update};
 use super::validation::{FieldErrors, Path};
 use super::{
-    ConfigMap, Deployment, EndpointSlice, HorizontalPodAutoscaler, Job, Namespace, Node,
+    ConfigMap, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace, Node,
     ObjectMeta, Pod, ReplicaSet, Secret, Service,
 };
 
@@ -33,6 +33,7 @@ pub enum Kind {
     Secret,
     Job,
     HorizontalPodAutoscaler,
+    Event,
 }
 
 /// What the API says about a kind.
@@ -45,7 +46,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -57,6 +58,7 @@ impl Kind {
         Kind::Secret,
         Kind::Job,
         Kind::HorizontalPodAutoscaler,
+        Kind::Event,
     ];
 
     fn info(self) -> KindInfo {
@@ -85,6 +87,7 @@ impl Kind {
                 &["hpa"],
                 true,
             ),
+            Kind::Event => ("Event", "v1", "events", &["ev"], true),
         };
         KindInfo {
             name,
@@ -297,6 +300,7 @@ objects!(
     Secret,
     Job,
     HorizontalPodAutoscaler,
+    Event,
 );
 
 impl Object {

@@ -216,6 +216,19 @@ spec:
       target:
         type: AverageValue
         averageValue: 100Mi
+---
+apiVersion: v1
+kind: Event
+metadata:
+  name: web-1.started
+involvedObject:
+  kind: Pod
+  name: web-1
+  uid: 3f6c3b1e-0000-4000-8000-000000000001
+reason: Started
+message: Started container web
+type: Normal
+count: 1
 "#;
 
 fn parse_ok(source: &str, text: &str) -> Vec<Document> {
@@ -882,11 +895,13 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::Secret(secret),
         Object::Job(job),
         Object::HorizontalPodAutoscaler(hpa),
+        Object::Event(event),
     ] = documents.iter().map(|d| &d.object).collect::<Vec<_>>()[..]
     else {
         panic!("unexpected kinds");
     };
     assert_eq!(node.spec.taints[0].effect, Some(TaintEffect::NoSchedule));
+    assert_eq!(event.involved_object.name, "web-1");
 
     // Pod defaults.
     assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
@@ -1301,7 +1316,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 11);
+    assert_eq!(Kind::ALL.len(), 12);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),
@@ -1324,6 +1339,8 @@ fn kinds() {
         ),
         ("endpointslices.discovery.k8s.io", Kind::EndpointSlice),
         ("EndpointSlice", Kind::EndpointSlice),
+        ("ev", Kind::Event),
+        ("events", Kind::Event),
     ] {
         assert_eq!(Kind::from_cli_name(name), Some(kind), "{name}");
     }

@@ -3,24 +3,26 @@
 //! containers with their restart policy and back-off), tears everything down when
 //! the pod is deleted, and reports the pod's status.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use log::{info, warn};
 use tokio::sync::watch;
 
 use crate::api::registry::{ObjectRef, Propagation, Registry};
 use crate::image::ImageStore;
-use crate::model::{Container, Kind, Object, Pod, RestartPolicy};
+use crate::model::{Container, Kind, Object, Pod, Probe, RestartPolicy};
 
 use super::cni::Network;
 use super::container::{self, Launch};
 use super::oci::{Exit, Oci};
 use super::paths::Paths;
+use super::probes::{self, Tracker, Verdict};
 use super::record::{PodRecord, Running, Terminated, Waiting};
 use super::status::{pod_status, will_restart};
-use super::{netns, pod_files};
+use super::{events, netns, pod_files};
 
 /// Longest back-off between restarts, and how long a container must run for its
 /// back-off to start over (Kubernetes' values).
@@ -60,9 +62,10 @@ pub async fn run(ctx: Arc<Context>, uid: String, mut desired: watch::Receiver<Op
         uid: uid.clone(),
         ..PodRecord::default()
     });
+    let mut probes = Probes::default();
     loop {
         let pod = desired.borrow_and_update().clone();
-        let next = reconcile(&ctx, &mut record, pod).await;
+        let next = reconcile(&ctx, &mut record, &mut probes, pod).await;
         let Next::After(wait) = next else {
             return;
         };
@@ -77,7 +80,12 @@ pub async fn run(ctx: Arc<Context>, uid: String, mut desired: watch::Receiver<Op
     }
 }
 
-async fn reconcile(ctx: &Context, record: &mut PodRecord, pod: Option<Pod>) -> Next {
+async fn reconcile(
+    ctx: &Context,
+    record: &mut PodRecord,
+    probes: &mut Probes,
+    pod: Option<Pod>,
+) -> Next {
     let pod = match pod {
         Some(pod) if pod.metadata.deletion_timestamp.is_none() => pod,
         deleting => return terminate(ctx, record, deleting.as_ref()).await,
@@ -116,6 +124,7 @@ async fn reconcile(ctx: &Context, record: &mut PodRecord, pod: Option<Pod>) -> N
                 wake = wake.min(after);
             }
         }
+        wake = wake.min(run_probes(ctx, record, probes, &pod).await);
     }
     if *record != before
         && let Err(e) = record.save(&ctx.paths.record(&record.uid))
@@ -298,6 +307,10 @@ async fn ensure_running(
     if let Some(until) = entry.backoff_until
         && until > now
     {
+        let entering = entry
+            .waiting
+            .as_ref()
+            .is_none_or(|w| w.reason != "CrashLoopBackOff");
         if entry.terminated.is_some() {
             entry.waiting = Some(Waiting {
                 reason: "CrashLoopBackOff".into(),
@@ -310,6 +323,23 @@ async fn ensure_running(
                     uid
                 )),
             });
+        }
+        if entering && entry.terminated.is_some() {
+            let message = format!(
+                "Back-off restarting failed container {} in pod {}_{}({uid})",
+                container.name,
+                pod.metadata.name,
+                pod_namespace(pod)
+            );
+            events::record(
+                &ctx.registry,
+                &ctx.node_name,
+                pod,
+                events::Type::Warning,
+                "BackOff",
+                &message,
+            )
+            .await;
         }
         return Some(Duration::from_secs((until - now) as u64));
     }
@@ -365,6 +395,27 @@ async fn ensure_running(
                 container.name,
                 started.id
             );
+            for (reason, message) in [
+                (
+                    "Pulled",
+                    format!(
+                        "Container image {:?} already present on machine",
+                        container.image
+                    ),
+                ),
+                ("Created", format!("Created container {}", container.name)),
+                ("Started", format!("Started container {}", container.name)),
+            ] {
+                events::record(
+                    &ctx.registry,
+                    &ctx.node_name,
+                    pod,
+                    events::Type::Normal,
+                    reason,
+                    &message,
+                )
+                .await;
+            }
             // A restart: how the attempt before ended becomes lastState.
             if let Some(previous) = entry.terminated.take() {
                 entry.last_terminated = Some(previous);
@@ -390,6 +441,16 @@ async fn ensure_running(
                 pod.metadata.name,
                 container.name
             );
+            let failed = format!("Error: {reason}: {message}");
+            events::record(
+                &ctx.registry,
+                &ctx.node_name,
+                pod,
+                events::Type::Warning,
+                "Failed",
+                &failed,
+            )
+            .await;
             entry.waiting = Some(Waiting {
                 reason: reason.into(),
                 message: Some(message),
@@ -402,15 +463,182 @@ async fn ensure_running(
     }
 }
 
+/// Probe trackers of the pod's containers. In memory: after an agent restart
+/// probing starts over, initial delays included, as after a kubelet restart.
+#[derive(Default)]
+struct Probes {
+    trackers: HashMap<(String, probes::Kind), Tracker>,
+}
+
+/// Runs the probes that are due: the startup probe until it passes, then
+/// liveness and readiness. Returns when the next one is due.
+async fn run_probes(
+    ctx: &Context,
+    record: &mut PodRecord,
+    probes: &mut Probes,
+    pod: &Pod,
+) -> Duration {
+    let Some(pod_ip) = record.ips.first().copied() else {
+        return POLL;
+    };
+    let mut wake = POLL;
+    for container in &pod.spec.containers {
+        let entry = record.container(&container.name);
+        let Some(running) = entry.running.clone() else {
+            probes
+                .trackers
+                .retain(|(name, _), _| *name != container.name);
+            continue;
+        };
+        let active: Vec<(probes::Kind, &Probe)> = if entry.started {
+            [
+                (probes::Kind::Liveness, container.liveness_probe.as_ref()),
+                (probes::Kind::Readiness, container.readiness_probe.as_ref()),
+            ]
+            .into_iter()
+            .filter_map(|(kind, probe)| probe.map(|p| (kind, p)))
+            .collect()
+        } else {
+            container
+                .startup_probe
+                .iter()
+                .map(|p| (probes::Kind::Startup, p))
+                .collect()
+        };
+        let running_for =
+            Duration::from_secs(u64::try_from(unix_now() - running.started_unix).unwrap_or(0));
+        let started = Instant::now()
+            .checked_sub(running_for)
+            .unwrap_or_else(Instant::now);
+        for (kind, probe) in active {
+            let key = (container.name.clone(), kind);
+            let tracker = probes
+                .trackers
+                .entry(key)
+                .or_insert_with(|| Tracker::new(&running.id, probe, started));
+            if tracker.container_id != running.id {
+                *tracker = Tracker::new(&running.id, probe, started);
+            }
+            let now = Instant::now();
+            if tracker.next_run > now {
+                wake = wake.min(tracker.next_run - now);
+                continue;
+            }
+            let (oci, id, probe_owned, container_owned) = (
+                ctx.oci.clone(),
+                running.id.clone(),
+                probe.clone(),
+                container.clone(),
+            );
+            let result = blocking(move || {
+                Ok::<_, String>(probes::check(
+                    &probe_owned,
+                    &container_owned,
+                    &id,
+                    pod_ip,
+                    &oci,
+                ))
+            })
+            .await
+            .unwrap_or_else(Err);
+            let verdict = tracker.record(probe, result, Instant::now());
+            wake = wake.min(tracker.next_run.saturating_duration_since(Instant::now()));
+            let entry = record.container(&container.name);
+            match (kind, verdict) {
+                (_, Verdict::Undecided) => {}
+                (probes::Kind::Startup, Verdict::Passed) => entry.started = true,
+                (probes::Kind::Readiness, Verdict::Passed) => entry.ready = true,
+                (probes::Kind::Liveness, Verdict::Passed) => {}
+                (probes::Kind::Readiness, Verdict::Failed(reason)) => {
+                    if entry.ready {
+                        entry.ready = false;
+                        let message = format!("Readiness probe failed: {reason}");
+                        events::record(
+                            &ctx.registry,
+                            &ctx.node_name,
+                            pod,
+                            events::Type::Warning,
+                            "Unhealthy",
+                            &message,
+                        )
+                        .await;
+                    }
+                }
+                (probes::Kind::Startup | probes::Kind::Liveness, Verdict::Failed(reason)) => {
+                    let message = format!("{} probe failed: {reason}", kind.name());
+                    events::record(
+                        &ctx.registry,
+                        &ctx.node_name,
+                        pod,
+                        events::Type::Warning,
+                        "Unhealthy",
+                        &message,
+                    )
+                    .await;
+                    let message = format!(
+                        "Container {} failed {} probe, will be restarted",
+                        container.name,
+                        kind.name().to_lowercase()
+                    );
+                    events::record(
+                        &ctx.registry,
+                        &ctx.node_name,
+                        pod,
+                        events::Type::Normal,
+                        "Killing",
+                        &message,
+                    )
+                    .await;
+                    // The exit is collected on a later pass, which restarts it per policy.
+                    let grace = grace_period(pod);
+                    let (oci, id) = (ctx.oci.clone(), running.id.clone());
+                    let _ =
+                        blocking(move || Ok::<_, String>(container::stop(&oci, &id, grace))).await;
+                    probes
+                        .trackers
+                        .retain(|(name, _), _| *name != container.name);
+                    break;
+                }
+            }
+        }
+    }
+    wake
+}
+
+fn grace_period(pod: &Pod) -> Duration {
+    let seconds = pod
+        .metadata
+        .deletion_grace_period_seconds
+        .or(pod.spec.termination_grace_period_seconds)
+        .and_then(|g| u64::try_from(g).ok())
+        .unwrap_or(30);
+    Duration::from_secs(seconds)
+}
+
 /// Stops every container (SIGTERM, the grace period, SIGKILL), detaches the
 /// network, removes the pod's files, and removes the pod from the store when it is
 /// still there (it was waiting for this node).
 async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> Next {
-    let grace = Duration::from_secs(
-        pod.and_then(|p| p.metadata.deletion_grace_period_seconds)
-            .and_then(|g| u64::try_from(g).ok())
-            .unwrap_or(30),
-    );
+    let grace = pod.map_or(Duration::from_secs(30), grace_period);
+    if let Some(pod) = pod {
+        for name in record
+            .containers
+            .iter()
+            .filter(|(_, c)| c.running.is_some())
+            .map(|(n, _)| n)
+        {
+            let message = format!("Stopping container {name}");
+            events::record(
+                &ctx.registry,
+                &ctx.node_name,
+                pod,
+                events::Type::Normal,
+                "Killing",
+                &message,
+            )
+            .await;
+        }
+    }
     let running: Vec<(String, String, u32)> = record
         .containers
         .iter()
