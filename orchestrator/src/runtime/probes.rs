@@ -308,7 +308,6 @@ mod tests {
         let tcp = Probe {
             tcp_socket: Some(TcpSocketAction {
                 port: IntOrString::Int(i32::from(port)),
-                ..Default::default()
             }),
             ..Probe::default()
         };
