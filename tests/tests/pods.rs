@@ -392,3 +392,37 @@ spec:
     assert_eq!(last["reason"], "OOMKilled", "{}", pod["status"]);
     assert_eq!(last["exitCode"], 137);
 }
+
+#[test]
+fn pre_stop_runs_before_the_container_is_stopped() {
+    use std::io::Read;
+    let agent = Agent::start_node(&[]);
+    // The node listens where pods reach it: their gateway address.
+    let netns = agent.node_netns.as_ref().unwrap();
+    let listener = netns.run(|| std::net::TcpListener::bind("0.0.0.0:9999").unwrap());
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: polite}}
+spec:
+  nodeName: {NODE_NAME}
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: main
+    image: busybox
+    command: [sleep, "3600"]
+    lifecycle:
+      preStop:
+        exec: {{command: [sh, -c, "echo goodbye from $HOSTNAME | nc 10.244.0.1 9999"]}}
+"#
+    ));
+    agent.wait_pod("polite", START, running);
+    agent.ok(&["delete", "pod", "polite"]);
+    listener.set_nonblocking(false).unwrap();
+    let (mut conn, _) = listener.accept().expect("the preStop hook connects");
+    let mut said = String::new();
+    conn.read_to_string(&mut said).unwrap();
+    assert_eq!(said, "goodbye from polite\n");
+    agent.wait_pod("polite", START, |p| p.is_none());
+}

@@ -98,6 +98,7 @@ pub struct Container {
     pub liveness_probe: Option<Probe>,
     pub readiness_probe: Option<Probe>,
     pub startup_probe: Option<Probe>,
+    pub lifecycle: Option<Lifecycle>,
     pub security_context: Option<SecurityContext>,
     pub termination_message_path: Option<String>,
     pub stdin: Option<bool>,
@@ -754,6 +755,17 @@ impl Container {
                 probe.validate(errors, &path.field(field));
             }
         }
+        if let Some(lifecycle) = &self.lifecycle {
+            let path = path.field("lifecycle");
+            for (field, handler) in [
+                ("postStart", &lifecycle.post_start),
+                ("preStop", &lifecycle.pre_stop),
+            ] {
+                if let Some(handler) = handler {
+                    handler.validate(errors, &path.field(field));
+                }
+            }
+        }
     }
 }
 
@@ -864,6 +876,42 @@ fn parse_quantities<'a>(
         }
     }
     parsed
+}
+
+/// Hooks run around a container's life: `preStop` before it is sent SIGTERM.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Lifecycle {
+    pub post_start: Option<LifecycleHandler>,
+    pub pre_stop: Option<LifecycleHandler>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct LifecycleHandler {
+    pub exec: Option<ExecAction>,
+    pub http_get: Option<HttpGetAction>,
+}
+
+impl LifecycleHandler {
+    fn validate(&self, errors: &mut FieldErrors, path: &Path) {
+        check_exactly_one(
+            errors,
+            path,
+            &[
+                ("exec", self.exec.is_some()),
+                ("httpGet", self.http_get.is_some()),
+            ],
+        );
+        if let Some(exec) = &self.exec
+            && exec.command.is_empty()
+        {
+            errors.push(path.field("exec").field("command"), "required");
+        }
+        if let Some(http) = &self.http_get {
+            check_port_reference(errors, &path.field("httpGet").field("port"), &http.port);
+        }
+    }
 }
 
 impl Probe {

@@ -29,6 +29,8 @@ use super::{events, netns, pod_files};
 const MAX_BACKOFF_SECONDS: u64 = 300;
 const INITIAL_BACKOFF_SECONDS: u64 = 10;
 const BACKOFF_RESET_SECONDS: i64 = 600;
+/// How long a postStart hook may take.
+const POST_START_LIMIT: Duration = Duration::from_secs(30);
 /// How often running containers are checked for exits.
 const POLL: Duration = Duration::from_secs(1);
 
@@ -416,6 +418,35 @@ async fn ensure_running(
                 )
                 .await;
             }
+            if let Some(hook) = hook_probe(container, |l| l.post_start.as_ref(), POST_START_LIMIT)
+                && let Some(ip) = record.ips.first().copied()
+            {
+                let (oci, id, spec) = (ctx.oci.clone(), started.id.clone(), container.clone());
+                let grace = grace_period(pod);
+                let outcome = blocking(move || {
+                    let result = probes::check(&hook, &spec, &id, ip, &oci);
+                    // As the kubelet does: a failed postStart kills the container.
+                    if result.is_err() {
+                        container::stop(&oci, &id, grace);
+                    }
+                    Ok::<_, String>(result)
+                })
+                .await
+                .unwrap_or_else(Err);
+                if let Err(reason) = outcome {
+                    let message = format!("PostStartHook failed: {reason}");
+                    events::record(
+                        &ctx.registry,
+                        &ctx.node_name,
+                        pod,
+                        events::Type::Warning,
+                        "FailedPostStartHook",
+                        &message,
+                    )
+                    .await;
+                }
+            }
+            let entry = record.container(&container.name);
             // A restart: how the attempt before ended becomes lastState.
             if let Some(previous) = entry.terminated.take() {
                 entry.last_terminated = Some(previous);
@@ -605,6 +636,22 @@ async fn run_probes(
     wake
 }
 
+/// A lifecycle hook as a one-shot probe (the same exec and HTTP handlers), bounded
+/// by `limit`.
+fn hook_probe(
+    container: &Container,
+    hook: impl Fn(&crate::model::Lifecycle) -> Option<&crate::model::LifecycleHandler>,
+    limit: Duration,
+) -> Option<Probe> {
+    let handler = hook(container.lifecycle.as_ref()?)?;
+    Some(Probe {
+        exec: handler.exec.clone(),
+        http_get: handler.http_get.clone(),
+        timeout_seconds: Some(i32::try_from(limit.as_secs()).unwrap_or(i32::MAX).max(1)),
+        ..Probe::default()
+    })
+}
+
 fn grace_period(pod: &Pod) -> Duration {
     let seconds = pod
         .metadata
@@ -639,15 +686,31 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
             .await;
         }
     }
-    let running: Vec<(String, String, u32)> = record
+    // Each running container with its preStop hook (none when the pod is gone).
+    let running: Vec<(String, String, u32, Option<(Probe, Container)>)> = record
         .containers
         .iter()
         .filter_map(|(name, c)| {
+            let hook = pod
+                .and_then(|p| {
+                    p.spec
+                        .containers
+                        .iter()
+                        .chain(&p.spec.init_containers)
+                        .find(|spec| spec.name == *name)
+                })
+                .and_then(|spec| {
+                    Some((
+                        hook_probe(spec, |l| l.pre_stop.as_ref(), grace)?,
+                        spec.clone(),
+                    ))
+                });
             c.running
                 .as_ref()
-                .map(|r| (name.clone(), r.id.clone(), c.attempt))
+                .map(|r| (name.clone(), r.id.clone(), c.attempt, hook))
         })
         .collect();
+    let pod_ip = record.ips.first().copied();
     let (paths, oci, uid) = (ctx.paths.clone(), ctx.oci.clone(), record.uid.clone());
     let network = ctx.network.clone();
     let cni_result = record.cni_result.clone();
@@ -655,10 +718,17 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
     let torn_down = blocking(move || {
         // Stopped together, so the grace period is the pod's, not per container.
         std::thread::scope(|scope| {
-            for (name, id, attempt) in &running {
+            for (name, id, attempt, pre_stop) in &running {
                 let (paths, oci, uid) = (&paths, &oci, &uid);
                 scope.spawn(move || {
-                    container::stop(oci, id, grace);
+                    // preStop first, within the grace period; then SIGTERM for what is left of it.
+                    let begun = Instant::now();
+                    if let (Some((hook, spec)), Some(ip)) = (pre_stop, pod_ip) {
+                        if let Err(e) = probes::check(hook, spec, id, ip, oci) {
+                            warn!("container {id}: preStop hook failed: {e}");
+                        }
+                    }
+                    container::stop(oci, id, grace.saturating_sub(begun.elapsed()));
                     container::remove(paths, oci, uid, name, *attempt);
                 });
             }
