@@ -636,6 +636,14 @@ async fn run_probes(
     wake
 }
 
+/// A running container being stopped, with its preStop hook (as a probe) and spec.
+struct Stopping {
+    name: String,
+    id: String,
+    attempt: u32,
+    pre_stop: Option<(Probe, Container)>,
+}
+
 /// A lifecycle hook as a one-shot probe (the same exec and HTTP handlers), bounded
 /// by `limit`.
 fn hook_probe(
@@ -687,27 +695,29 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
         }
     }
     // Each running container with its preStop hook (none when the pod is gone).
-    let running: Vec<(String, String, u32, Option<(Probe, Container)>)> = record
+    let running: Vec<Stopping> = record
         .containers
         .iter()
         .filter_map(|(name, c)| {
-            let hook = pod
-                .and_then(|p| {
-                    p.spec
-                        .containers
-                        .iter()
-                        .chain(&p.spec.init_containers)
-                        .find(|spec| spec.name == *name)
-                })
-                .and_then(|spec| {
-                    Some((
-                        hook_probe(spec, |l| l.pre_stop.as_ref(), grace)?,
-                        spec.clone(),
-                    ))
-                });
-            c.running
-                .as_ref()
-                .map(|r| (name.clone(), r.id.clone(), c.attempt, hook))
+            let spec = pod.and_then(|p| {
+                p.spec
+                    .containers
+                    .iter()
+                    .chain(&p.spec.init_containers)
+                    .find(|spec| spec.name == *name)
+            });
+            let pre_stop = spec.and_then(|spec| {
+                Some((
+                    hook_probe(spec, |l| l.pre_stop.as_ref(), grace)?,
+                    spec.clone(),
+                ))
+            });
+            c.running.as_ref().map(|r| Stopping {
+                name: name.clone(),
+                id: r.id.clone(),
+                attempt: c.attempt,
+                pre_stop,
+            })
         })
         .collect();
     let pod_ip = record.ips.first().copied();
@@ -718,7 +728,13 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
     let torn_down = blocking(move || {
         // Stopped together, so the grace period is the pod's, not per container.
         std::thread::scope(|scope| {
-            for (name, id, attempt, pre_stop) in &running {
+            for Stopping {
+                name,
+                id,
+                attempt,
+                pre_stop,
+            } in &running
+            {
                 let (paths, oci, uid) = (&paths, &oci, &uid);
                 scope.spawn(move || {
                     // preStop first, within the grace period; then SIGTERM for what is left of it.
