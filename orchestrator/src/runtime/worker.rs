@@ -739,10 +739,11 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
                 scope.spawn(move || {
                     // preStop first, within the grace period; then SIGTERM for what is left of it.
                     let begun = Instant::now();
-                    if let (Some((hook, spec)), Some(ip)) = (pre_stop, pod_ip) {
-                        if let Err(e) = probes::check(hook, spec, id, ip, oci) {
-                            warn!("container {id}: preStop hook failed: {e}");
-                        }
+                    if let (Some((hook, spec)), Some(ip)) = (pre_stop, pod_ip)
+                        && let Err(e) = probes::check(hook, spec, id, ip, oci)
+                    {
+                        warn!("container {id}: preStop hook failed: {e}");
+                    }
                     }
                     container::stop(oci, id, grace.saturating_sub(begun.elapsed()));
                     container::remove(paths, oci, uid, name, *attempt);
