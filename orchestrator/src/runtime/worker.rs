@@ -744,7 +744,6 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
                     {
                         warn!("container {id}: preStop hook failed: {e}");
                     }
-                    }
                     container::stop(oci, id, grace.saturating_sub(begun.elapsed()));
                     container::remove(paths, oci, uid, name, *attempt);
                 });
