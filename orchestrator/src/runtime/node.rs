@@ -91,6 +91,7 @@ pub async fn run(
         for pod in pods {
             dispatch(&ctx, &mut workers, &mut tasks, Some(pod), None);
         }
+        sweep_orphan_containers(&ctx).await;
         // Pods this node ran that are no longer in the store: tear them down.
         for uid in local_pods(&ctx) {
             if !listed.contains(&uid) && !workers.contains_key(&uid) {
@@ -192,6 +193,33 @@ async fn list_pods(ctx: &Context) -> Result<(Vec<Pod>, String), ApiError> {
         })
         .collect();
     Ok((pods, revision.to_string()))
+}
+
+/// Removes containers runc runs for pods this node has no record of (left by an
+/// agent that died between creating a container and recording it, after which
+/// the pod went away).
+async fn sweep_orphan_containers(ctx: &Context) {
+    let known: HashSet<String> = local_pods(ctx).into_iter().collect();
+    let oci = ctx.oci.clone();
+    let swept = tokio::task::spawn_blocking(move || {
+        let mut removed = Vec::new();
+        for state in oci.list().unwrap_or_default() {
+            let Some(uid) = state.annotations.get("io.skiff.pod.uid") else {
+                continue;
+            };
+            if !known.contains(uid) {
+                let _ = oci.delete(&state.id, true);
+                oci.forget(&state.id);
+                removed.push(state.id);
+            }
+        }
+        removed
+    })
+    .await
+    .unwrap_or_default();
+    for id in swept {
+        info!("removed container {id}: its pod is not on this node");
+    }
 }
 
 /// UIDs of the pods this node has a directory for.
