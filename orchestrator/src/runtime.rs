@@ -9,6 +9,7 @@
 //! - [`container`], [`bundle`], [`rootfs`], [`oci`]: one container attempt, from
 //!   image layers to a running process.
 //! - [`netns`], [`cni`], [`pod_files`]: the pod's network and /etc files.
+//! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
 //! - [`paths`]: where all of it lives on the node.
 
 pub mod bundle;
@@ -22,4 +23,5 @@ pub mod pod_files;
 pub mod record;
 pub mod rootfs;
 pub mod status;
+pub mod volumes;
 pub mod worker;
