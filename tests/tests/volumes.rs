@@ -164,6 +164,8 @@ spec:
 
     // A restarted agent adopts the pod without wiping or remounting its volumes.
     let agent = agent.kill_and_restart();
+    // The pod's status is already Running: give the new agent's worker a few
+    // passes over the volumes before looking.
     std::thread::sleep(Duration::from_secs(3));
     let after = agent.wait_pod("shared", START, running).unwrap();
     for name in ["writer", "reader"] {
@@ -207,6 +209,7 @@ spec:
     command: [sleep, "3600"]
     volumeMounts:
     - {{name: config, mountPath: /etc/app}}
+    - {{name: config, mountPath: /pinned.txt, subPath: conf/greeting.txt}}
   volumes:
   - name: config
     configMap:
@@ -242,6 +245,7 @@ spec:
     let mode = |path: &str| exec_ok(&agent, &pod, "app", &["stat", "-L", "-c", "%a", path]);
     assert_eq!(read("/etc/app/conf/greeting.txt"), "hello");
     assert_eq!(read("/etc/app/level"), "debug");
+    assert_eq!(read("/pinned.txt"), "hello");
     assert_eq!(mode("/etc/app/conf/greeting.txt"), "600\n");
     assert_eq!(mode("/etc/app/level"), "440\n");
     // Only the items, and the volume is read-only.
@@ -269,6 +273,8 @@ spec:
     }
     assert_eq!(mode("/etc/app/conf/greeting.txt"), "600\n");
     assert_eq!(read("/etc/app/level"), "debug");
+    // As in Kubernetes, a subPath mount keeps the file it was started with.
+    assert_eq!(read("/pinned.txt"), "hello");
     assert_ne!(std::fs::read_link(&data_link).unwrap(), written);
     // The previous data directory went with the update.
     let entries: Vec<String> = std::fs::read_dir(volume_dir(&agent, &pod, "config"))
