@@ -249,7 +249,7 @@ fn payload_path(path: &str) -> Result<PathBuf, &'static str> {
     Ok(normal)
 }
 
-/// What a host path must be, given what is there now (None: nothing).
+/// What is at a host path (following symlinks).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
     Directory,
@@ -268,7 +268,8 @@ pub enum HostPathAction {
     CreateFile,
 }
 
-/// The hostPath type check, as the kubelet does it (following symlinks).
+/// The hostPath type check, as the kubelet does it; `found` is None when nothing
+/// is at the path.
 pub fn check_host_path(
     expect: Option<HostPathType>,
     found: Option<Found>,
