@@ -11,6 +11,7 @@
 //! - [`probes`]: startup, liveness and readiness probes; [`events`]: what
 //!   happened, for `describe`.
 //! - [`netns`], [`cni`], [`pod_files`]: the pod's network and /etc files.
+//! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
 //! - [`paths`]: where all of it lives on the node.
 
 pub mod bundle;
@@ -26,4 +27,5 @@ pub mod probes;
 pub mod record;
 pub mod rootfs;
 pub mod status;
+pub mod volumes;
 pub mod worker;
