@@ -9,11 +9,13 @@
 //! - [`container`], [`bundle`], [`rootfs`], [`oci`]: one container attempt, from
 //!   image layers to a running process.
 //! - [`netns`], [`cni`], [`pod_files`]: the pod's network and /etc files.
+//! - [`logs`]: reading containers' log files (`skiff logs`).
 //! - [`paths`]: where all of it lives on the node.
 
 pub mod bundle;
 pub mod cni;
 pub mod container;
+pub mod logs;
 pub mod netns;
 pub mod node;
 pub mod oci;
