@@ -12,12 +12,14 @@
 //!   happened, for `describe`.
 //! - [`netns`], [`cni`], [`pod_files`]: the pod's network and /etc files.
 //! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
+//! - [`logs`]: reading containers' log files (`skiff logs`).
 //! - [`paths`]: where all of it lives on the node.
 
 pub mod bundle;
 pub mod cni;
 pub mod container;
 pub mod events;
+pub mod logs;
 pub mod netns;
 pub mod node;
 pub mod oci;

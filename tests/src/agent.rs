@@ -267,13 +267,8 @@ impl Agent {
 
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = Command::new(workspace_bin("skiff"))
-            .env("SKIFF_CONFIG", self.state.path().join("no-config.yaml"))
-            .arg("--server")
-            .arg(self.server())
-            .arg("--token-file")
-            .arg(self.state.path().join("token"))
-            .args(args)
+        let mut child = self
+            .cli_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -286,6 +281,19 @@ impl Agent {
             .write_all(stdin)
             .expect("write stdin");
         child.wait_with_output().expect("wait for skiff")
+    }
+
+    /// The command `skiff ARGS` against this agent, to spawn (e.g. `logs -f`).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(workspace_bin("skiff"));
+        command
+            .env("SKIFF_CONFIG", self.state.path().join("no-config.yaml"))
+            .arg("--server")
+            .arg(self.server())
+            .arg("--token-file")
+            .arg(self.state.path().join("token"))
+            .args(args);
+        command
     }
 
     /// Like [`Agent::cli`], failing the test unless the command succeeds; returns stdout.

@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use crate::api::registry::{ApiError, EventType, Registry};
 use crate::model::{FieldSelector, Kind, Object, Pod, Selector};
 
+use super::oci::Oci;
+use super::paths::Paths;
 use super::record::PodRecord;
 use super::worker::{self, Context};
 
@@ -46,21 +48,39 @@ pub struct NodeConfig {
     pub log_max_bytes: u64,
 }
 
+/// What the API needs of the node to serve `logs` and `exec`: its name, where
+/// its pods' files are, and the container runtime.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub name: String,
+    pub paths: Paths,
+    pub oci: Oci,
+}
+
 impl NodeConfig {
-    /// The context the pod workers share.
-    pub fn context(&self, registry: Registry, images: Arc<crate::image::ImageStore>) -> Context {
-        Context {
-            registry,
-            node_name: self.identity.name.clone(),
-            host_ip: self.identity.host_ip,
-            paths: super::paths::Paths {
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle {
+            name: self.identity.name.clone(),
+            paths: Paths {
                 pods: self.state_dir.join("pods"),
                 netns: self.netns_dir.clone(),
                 logs: self.log_dir.clone(),
                 cgroup_parent: "/skiff".into(),
             },
+            oci: Oci::new(&self.state_dir),
+        }
+    }
+
+    /// The context the pod workers share.
+    pub fn context(&self, registry: Registry, images: Arc<crate::image::ImageStore>) -> Context {
+        let NodeHandle { name, paths, oci } = self.handle();
+        Context {
+            registry,
+            node_name: name,
+            host_ip: self.identity.host_ip,
+            paths,
             images,
-            oci: super::oci::Oci::new(&self.state_dir),
+            oci,
             network: super::cni::skiff_network(
                 self.cni_bin_dirs.clone(),
                 &self.identity.pod_cidrs,
