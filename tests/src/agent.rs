@@ -149,9 +149,15 @@ impl Agent {
     }
 
     /// Kills the agent with SIGKILL and starts a new one on the same state.
-    pub fn kill_and_restart(mut self) -> Agent {
+    pub fn kill_and_restart(self) -> Agent {
+        self.kill_and_restart_after(|| {})
+    }
+
+    /// Like [`Agent::kill_and_restart`], running `while_down` between the two.
+    pub fn kill_and_restart_after(mut self, while_down: impl FnOnce()) -> Agent {
         self.signal(libc::SIGKILL);
         self.wait();
+        while_down();
         let Agent {
             state,
             cgroup,
