@@ -35,6 +35,8 @@ pub enum Error {
     Cgroup(#[from] cgroup::Error),
     #[error(transparent)]
     Dataplane(#[from] dataplane::Error),
+    #[error("the dataplane is still in use at shutdown")]
+    DataplaneInUse,
     #[error("state directory {}: {source}", path.display())]
     StateDir { path: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -132,6 +134,20 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let _ = api_stopped.await;
         },
     ));
+    let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
+    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
+    let node_addresses = dataplane::node_addresses().unwrap_or_else(|e| {
+        warn!("listing the node's addresses for NodePort services: {e}");
+        Vec::new()
+    });
+    let service_sync = tokio::spawn(dataplane::sync::run(
+        registry.clone(),
+        dataplane.clone(),
+        node_addresses,
+        async {
+            let _ = sync_stopped.await;
+        },
+    ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
     let node_context = Arc::new(config.node.context(registry.clone(), images.clone()));
     let identity = config.node.identity.clone();
@@ -180,6 +196,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Ok(Err(e)) = api.await {
         warn!("API server: {e}");
     }
+    let _ = stop_sync.send(());
+    let _ = service_sync.await;
+    // The sync task, its only other holder, has ended.
+    let dataplane = Arc::into_inner(dataplane)
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .ok_or(Error::DataplaneInUse)?;
     let cgroup = dataplane.cgroup().to_path_buf();
     for program in dataplane.detach()? {
         info!(

@@ -4,7 +4,10 @@
 //! Programs are attached through bpf links owned by this process: dropping the
 //! [`Dataplane`] (or the process dying) detaches them and unloads everything.
 
+mod addresses;
+pub mod desired;
 mod services;
+pub mod sync;
 
 use std::fs::File;
 use std::io;
@@ -19,6 +22,7 @@ use aya_log::EbpfLogger;
 use log::LevelFilter;
 use skiff_ebpf_common::{BACKENDS_MAP, Backend, BackendSlotKey, SERVICES_MAP, Service, ServiceKey};
 
+pub use addresses::node_addresses;
 pub use services::{Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
 
 /// The eBPF object built by `cargo xtask build` (see build.rs).

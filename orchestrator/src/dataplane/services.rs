@@ -16,7 +16,7 @@ use skiff_ebpf_common::{
 };
 
 /// Transport protocol of a service port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -32,18 +32,19 @@ impl Protocol {
 }
 
 /// What clients connect to: a service's virtual IP and port for one protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
     pub addr: SocketAddr,
     pub protocol: Protocol,
 }
 
 impl Frontend {
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
+        Self { addr, protocol }
+    }
+
     pub fn tcp(addr: SocketAddr) -> Self {
-        Self {
-            addr,
-            protocol: Protocol::Tcp,
-        }
+        Self::new(addr, Protocol::Tcp)
     }
 
     fn key(&self) -> ServiceKey {

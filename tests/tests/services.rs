@@ -1,0 +1,188 @@
+//! Services through the store: a real agent in a node namespace programs its eBPF
+//! maps from the Services and EndpointSlices applied to it, and a client process in
+//! the agent's cgroup reaches the backends through the cluster IPs (both families)
+//! and the NodePort on the node's addresses.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use skiff_tests::agent::Agent;
+use skiff_tests::backend::NamedBackend;
+use skiff_tests::lab::tally;
+use skiff_tests::workspace_bin;
+
+const ECONNREFUSED: &str = "error 111";
+
+/// Three backends per family on port 8080 in the node namespace:
+/// 127.0.0.{2,3,4} and fd00:99::{2,3,4} (added to lo).
+fn backends(agent: &Agent) -> Vec<NamedBackend> {
+    let netns = agent.node_netns.as_ref().expect("node agent");
+    let mut all = Vec::new();
+    for i in 0..3 {
+        let v6 = format!("fd00:99::{}", i + 2);
+        let added = agent.in_node(
+            "ip",
+            &[
+                "-6",
+                "addr",
+                "add",
+                &format!("{v6}/128"),
+                "dev",
+                "lo",
+                "nodad",
+            ],
+        );
+        assert!(
+            added.status.success(),
+            "{}",
+            String::from_utf8_lossy(&added.stderr)
+        );
+        for ip in [format!("127.0.0.{}", i + 2), format!("[{v6}]")] {
+            let bind: SocketAddr = format!("{ip}:8080").parse().unwrap();
+            all.push(NamedBackend::start(netns, &format!("backend-{i}"), bind));
+        }
+    }
+    all
+}
+
+/// `count` connections to `addr` from a process in the agent's namespace and cgroup.
+fn connect(agent: &Agent, addr: SocketAddr, count: usize) -> BTreeMap<String, usize> {
+    let netns = agent.node_netns.as_ref().expect("node agent");
+    let out = agent
+        .cgroup
+        .command_in(netns, workspace_bin("skiff-test-client"))
+        .arg(addr.to_string())
+        .arg(count.to_string())
+        .output()
+        .expect("run skiff-test-client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect();
+    tally(&lines)
+}
+
+/// Polls until connections to `addr` reach exactly `expected` (names of replies),
+/// since the agent programs the maps shortly after the store changes.
+fn wait_for(agent: &Agent, addr: SocketAddr, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = connect(agent, addr, 60);
+        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+        if names == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}: {seen:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn slice(name: &str, family: &str, ips: &[(&str, bool)]) -> String {
+    let endpoints: Vec<String> = ips
+        .iter()
+        .map(|(ip, ready)| format!("  - addresses: ['{ip}']\n    conditions: {{ready: {ready}}}\n"))
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
+         labels: {{kubernetes.io/service-name: web}}\naddressType: {family}\nports:\n\
+         - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n{}",
+        endpoints.concat()
+    )
+}
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+";
+
+#[test]
+fn services_follow_the_store_on_both_families_and_node_ports() {
+    let agent = Agent::start_node(&[]);
+    let _backends = backends(&agent);
+    agent.apply(SERVICE);
+    agent.apply(&slice(
+        "web-v4",
+        "IPv4",
+        &[
+            ("127.0.0.2", true),
+            ("127.0.0.3", true),
+            ("127.0.0.4", false),
+        ],
+    ));
+    agent.apply(&slice(
+        "web-v6",
+        "IPv6",
+        &[
+            ("fd00:99::2", true),
+            ("fd00:99::3", true),
+            ("fd00:99::4", false),
+        ],
+    ));
+    let service = agent.object("service", "web").expect("service");
+    let vips: Vec<SocketAddr> = service["spec"]["clusterIPs"]
+        .as_array()
+        .expect("clusterIPs")
+        .iter()
+        .map(|ip| SocketAddr::new(ip.as_str().unwrap().parse().unwrap(), 80))
+        .collect();
+    assert_eq!(vips.len(), 2, "{}", service["spec"]);
+    let node_ports: Vec<SocketAddr> = vec![
+        "127.0.0.1:30080".parse().unwrap(),
+        "[::1]:30080".parse().unwrap(),
+    ];
+
+    // Only ready endpoints take connections, through every frontend.
+    for addr in vips.iter().chain(&node_ports) {
+        wait_for(&agent, *addr, &["backend-0", "backend-1"]);
+    }
+
+    // An EndpointSlice change moves new connections.
+    agent.apply(&slice(
+        "web-v4",
+        "IPv4",
+        &[("127.0.0.3", true), ("127.0.0.4", true)],
+    ));
+    wait_for(&agent, vips[0], &["backend-1", "backend-2"]);
+    wait_for(&agent, node_ports[0], &["backend-1", "backend-2"]);
+    // The other family is untouched.
+    wait_for(&agent, vips[1], &["backend-0", "backend-1"]);
+
+    // Without endpoints the service refuses, as kube-proxy does.
+    agent.ok(&["delete", "endpointslice", "web-v4"]);
+    wait_for(&agent, vips[0], &[ECONNREFUSED]);
+
+    // After a restart the new agent programs the maps from the store again.
+    let agent = agent.kill_and_restart();
+    wait_for(&agent, vips[1], &["backend-0", "backend-1"]);
+    wait_for(&agent, vips[0], &[ECONNREFUSED]);
+
+    // Deleting the service removes its frontends: the VIP is an ordinary,
+    // unroutable address again.
+    agent.ok(&["delete", "service", "web"]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let seen = connect(&agent, vips[1], 5);
+        if seen
+            .keys()
+            .all(|reply| reply.starts_with("error") && reply != ECONNREFUSED)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
