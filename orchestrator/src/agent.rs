@@ -68,6 +68,10 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// Kernel-side eBPF log level (off by default).
     pub ebpf_log: LevelFilter,
+    /// Where the dataplane's maps and links are pinned, so services keep working
+    /// while the agent restarts; none ties them to the agent process.
+    pub bpf_pin_dir: Option<PathBuf>,
+    pub map_capacity: dataplane::Capacity,
     /// Store file, API token and encryption key (created at first start, 0700).
     pub state_dir: PathBuf,
     /// The API's unix socket (0600).
@@ -98,10 +102,13 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
 
-    // From here on an early return drops the dataplane, which detaches it.
+    // From here on an early return drops the dataplane: what it owns is detached,
+    // what it pinned stays (as after a crash) for the next agent.
     let mut dataplane = dataplane::Dataplane::load(&dataplane::Config {
         cgroup,
         ebpf_log: config.ebpf_log,
+        pin_dir: config.bpf_pin_dir.clone(),
+        capacity: config.map_capacity,
     })?;
     for program in dataplane.attached() {
         info!(

@@ -177,7 +177,7 @@ fn exits_and_deletions_while_the_agent_is_down_are_caught_up() {
     );
     // The agent dies while it waits out the grace period, and stays away until
     // the short pod's container has exited.
-    let agent = agent.kill_and_restart_after(|| std::thread::sleep(Duration::from_secs(7)));
+    let agent = agent.kill_and_restart_after(|_| std::thread::sleep(Duration::from_secs(7)));
     let short = agent
         .wait_pod("short", START, |p| {
             p.is_some_and(|p| p["status"]["phase"] == "Failed")

@@ -165,10 +165,18 @@ fn services_follow_the_store_on_both_families_and_node_ports() {
     agent.ok(&["delete", "endpointslice", "web-v4"]);
     wait_for(&agent, vips[0], &[ECONNREFUSED]);
 
-    // After a restart the new agent programs the maps from the store again.
-    let agent = agent.kill_and_restart();
+    // While no agent runs, the pinned dataplane goes on balancing; the next
+    // agent takes the maps over as they are.
+    let agent = agent.kill_and_restart_after(|down| {
+        wait_for(down, vips[1], &["backend-0", "backend-1"]);
+        wait_for(down, node_ports[1], &["backend-0", "backend-1"]);
+        wait_for(down, node_ports[0], &[ECONNREFUSED]);
+    });
     wait_for(&agent, vips[1], &["backend-0", "backend-1"]);
     wait_for(&agent, vips[0], &[ECONNREFUSED]);
+    // And follows the store from there.
+    agent.apply(&slice("web-v4", "IPv4", &[("127.0.0.2", true)]));
+    wait_for(&agent, vips[0], &["backend-0"]);
 
     // Deleting the service removes its frontends: the VIP is an ordinary,
     // unroutable address again.
@@ -185,4 +193,38 @@ fn services_follow_the_store_on_both_families_and_node_ports() {
         assert!(Instant::now() < deadline, "{seen:?}");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn a_full_service_map_refuses_the_extra_service_and_takes_it_once_there_is_room() {
+    let mut agent = Agent::start_node(&["--max-services", "2"]);
+    let _backends = backends(&agent);
+    let mut vips = Vec::new();
+    for name in ["one", "two", "three"] {
+        agent.apply(&format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  ports: [{{port: 80, targetPort: 8080}}]\n---\n\
+             apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
+             labels: {{kubernetes.io/service-name: {name}}}\naddressType: IPv4\nports: [{{port: 8080}}]\n\
+             endpoints: [{{addresses: ['127.0.0.2']}}]\n"
+        ));
+        let service = agent.object("service", name).expect("service");
+        let ip = service["spec"]["clusterIP"]
+            .as_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        vips.push(SocketAddr::new(ip, 80));
+    }
+    wait_for(&agent, vips[0], &["backend-0"]);
+    wait_for(&agent, vips[1], &["backend-0"]);
+    agent.wait_for_line(
+        "map SERVICES is full (2 of 2 entries in use, 1 more needed); raise --max-services",
+    );
+    // The refused service has no frontend at all, not a half-written one.
+    let refused = connect(&agent, vips[2], 3);
+    assert!(!refused.contains_key("backend-0"), "{refused:?}");
+    // Room made: the retry programs it.
+    agent.ok(&["delete", "service", "one"]);
+    wait_for(&agent, vips[2], &["backend-0"]);
+    wait_for(&agent, vips[1], &["backend-0"]);
 }

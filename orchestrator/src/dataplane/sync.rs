@@ -67,6 +67,8 @@ pub struct Catalog {
     programmed: HashMap<ServiceName, BTreeMap<Frontend, Option<Vec<SocketAddr>>>>,
     /// Services with a failed write, for the retry pass.
     failed: BTreeSet<ServiceName>,
+    /// Frontends a previous agent left in the maps, until a service claims them.
+    adopted: HashMap<Frontend, Vec<SocketAddr>>,
 }
 
 impl Catalog {
@@ -74,6 +76,23 @@ impl Catalog {
         Self {
             node_addresses,
             ..Self::default()
+        }
+    }
+
+    /// Frontends found in the maps at start (see [`Dataplane::take_adopted`]):
+    /// those a service wants with the same backends are not rewritten, and
+    /// [`Catalog::remove_unclaimed`] removes the rest after the first full pass.
+    pub fn adopt(&mut self, adopted: HashMap<Frontend, Vec<SocketAddr>>) {
+        self.adopted = adopted;
+    }
+
+    /// Removes the adopted frontends no service claimed.
+    pub fn remove_unclaimed(&mut self, maps: &mut impl Programmer) {
+        for (frontend, _) in std::mem::take(&mut self.adopted) {
+            match maps.remove(&frontend) {
+                Ok(()) => info!("service sync: removed {frontend}, which no service has now"),
+                Err(e) => warn!("service sync: removing {frontend}: {e}"),
+            }
         }
     }
 
@@ -188,6 +207,13 @@ impl Catalog {
             }
         }
         for (frontend, backends) in wanted {
+            if let Some(left) = self.adopted.remove(&frontend)
+                && !programmed.contains_key(&frontend)
+                && left == backends
+            {
+                programmed.insert(frontend, Some(backends));
+                continue;
+            }
             if programmed.get(&frontend) == Some(&Some(backends.clone())) {
                 continue;
             }
@@ -272,9 +298,11 @@ async fn follow(
     let (slices, slice_version) = list::<EndpointSlice>(registry, Kind::EndpointSlice).await?;
     let everything = catalog.replace(services, slices);
     with_maps(dataplane, |maps| {
+        catalog.adopt(maps.take_adopted());
         for name in &everything {
             catalog.reconcile(name, maps);
         }
+        catalog.remove_unclaimed(maps);
     });
     info!(
         "service sync: {} frontends programmed for {} services",
@@ -518,6 +546,44 @@ mod tests {
                 "upsert 10.96.0.6:80/tcp 10.244.0.2:8080"
             ]
         );
+    }
+
+    #[test]
+    fn adopted_frontends_are_kept_when_unchanged_and_removed_when_unclaimed() {
+        let (mut catalog, mut maps) = (Catalog::new(vec![]), Recorder::default());
+        let tcp = |a: &str| Frontend::tcp(a.parse().unwrap());
+        catalog.adopt(HashMap::from([
+            (
+                tcp("10.96.0.5:80"),
+                vec!["10.244.0.2:8080".parse().unwrap()],
+            ),
+            (
+                tcp("10.96.0.6:80"),
+                vec!["10.244.0.9:8080".parse().unwrap()],
+            ),
+            (tcp("10.96.0.7:80"), vec![]),
+        ]));
+        let touched = catalog.replace(
+            vec![
+                service("web", "10.96.0.5", "{port: 80}"),
+                service("api", "10.96.0.6", "{port: 80}"),
+            ],
+            vec![
+                slice("web-1", "web", &["10.244.0.2"]),
+                slice("api-1", "api", &["10.244.0.3"]),
+            ],
+        );
+        sync(&mut catalog, &mut maps, touched);
+        catalog.remove_unclaimed(&mut maps);
+        // web is as the previous agent left it; api changed; .7 is no service's.
+        assert_eq!(
+            maps.log,
+            [
+                "upsert 10.96.0.6:80/tcp 10.244.0.3:8080",
+                "remove 10.96.0.7:80/tcp"
+            ]
+        );
+        assert_eq!(catalog.frontend_count(), 2);
     }
 
     #[test]
