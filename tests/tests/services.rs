@@ -228,3 +228,35 @@ fn a_full_service_map_refuses_the_extra_service_and_takes_it_once_there_is_room(
     wait_for(&agent, vips[2], &["backend-0"]);
     wait_for(&agent, vips[1], &["backend-0"]);
 }
+
+#[test]
+fn weights_split_ten_thousand_connections_ninety_to_ten() {
+    let agent = Agent::start_node(&[]);
+    let _backends = backends(&agent);
+    let weighted = |name: &str, weight: u32, ip: &str| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  \
+             labels: {{kubernetes.io/service-name: web}}\n  annotations: {{skiff.io/weight: '{weight}'}}\n\
+             addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: ['{ip}']}}]\n"
+        )
+    };
+    agent.apply(SERVICE);
+    agent.apply(&weighted("stable", 9, "127.0.0.2"));
+    agent.apply(&weighted("canary", 1, "127.0.0.3"));
+    let service = agent.object("service", "web").expect("service");
+    let ip = service["spec"]["clusterIPs"][0]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let vip = SocketAddr::new(ip, 80);
+    wait_for(&agent, vip, &["backend-0", "backend-1"]);
+    let counts = connect(&agent, vip, 10_000);
+    let canary = counts.get("backend-1").copied().unwrap_or(0);
+    assert_eq!(counts.values().sum::<usize>(), 10_000, "{counts:?}");
+    // 10% is 1,000; a fair split stays within 1.5 points (over 4 standard deviations).
+    assert!(
+        (850..=1150).contains(&canary),
+        "canary got {canary} of 10,000: {counts:?}"
+    );
+}

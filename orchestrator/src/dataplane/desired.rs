@@ -9,9 +9,16 @@ use std::net::{IpAddr, SocketAddr};
 use crate::model::{self, AddressType, Endpoint, EndpointSlice, Service, ServicePort, ServiceType};
 
 use super::{Frontend, Protocol};
+use skiff_ebpf_common::MAX_BACKENDS_PER_SERVICE;
 
 /// The label that ties an EndpointSlice to its Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// An EndpointSlice annotation: the relative share of new connections each of its
+/// endpoints gets (a whole number from 1 to [`MAX_WEIGHT`]; 1 when absent or
+/// invalid). With a stable slice at 9 and a canary slice at 1, the canary gets 10%.
+pub const WEIGHT_ANNOTATION: &str = "skiff.io/weight";
+pub const MAX_WEIGHT: u32 = 1000;
 
 /// Every frontend of `service` with its backends, in a stable order. Headless and
 /// ExternalName services have none: they exist only in DNS.
@@ -96,6 +103,7 @@ fn backends(slices: &[&EndpointSlice], port: &ServicePort, ipv4: bool) -> Vec<So
         let Some(number) = slice_port(slice, port) else {
             continue;
         };
+        let weight = weight(slice);
         for endpoint in &slice.endpoints {
             let list = match serves(endpoint) {
                 Serves::Ready => &mut ready,
@@ -108,14 +116,50 @@ fn backends(slices: &[&EndpointSlice], port: &ServicePort, ipv4: bool) -> Vec<So
                 .first()
                 .and_then(|a| a.parse::<IpAddr>().ok());
             if let Some(ip) = address.filter(|ip| ip.is_ipv4() == ipv4) {
-                list.push(SocketAddr::new(ip, number));
+                list.push((SocketAddr::new(ip, number), weight));
             }
         }
     }
     let mut chosen = if ready.is_empty() { terminating } else { ready };
     chosen.sort();
-    chosen.dedup();
-    chosen
+    chosen.dedup_by_key(|(addr, _)| *addr);
+    slots(&chosen)
+}
+
+fn weight(slice: &EndpointSlice) -> u32 {
+    slice
+        .metadata
+        .annotations
+        .get(WEIGHT_ANNOTATION)
+        .and_then(|w| w.parse::<u32>().ok())
+        .filter(|w| (1..=MAX_WEIGHT).contains(w))
+        .unwrap_or(1)
+}
+
+/// The backend slots for weighted backends: the kernel picks a slot uniformly, so
+/// each backend fills a share of slots proportional to its weight (weights
+/// divided by their common divisor, and scaled down to the per-service slot limit
+/// if they do not fit, keeping one slot each).
+fn slots(weighted: &[(SocketAddr, u32)]) -> Vec<SocketAddr> {
+    let divisor = weighted.iter().fold(0, |d, (_, w)| gcd(d, *w)).max(1);
+    let total: u32 = weighted.iter().map(|(_, w)| w / divisor).sum();
+    let limit = u32::from(MAX_BACKENDS_PER_SERVICE);
+    let mut out = Vec::new();
+    for (addr, w) in weighted {
+        let share = w / divisor;
+        let count = if total > limit {
+            (u64::from(share) * u64::from(limit) / u64::from(total)).max(1) as usize
+        } else {
+            share as usize
+        };
+        out.extend(std::iter::repeat_n(*addr, count));
+    }
+    out.truncate(usize::from(MAX_BACKENDS_PER_SERVICE));
+    out
+}
+
+fn gcd(a: u32, b: u32) -> u32 {
+    if b == 0 { a } else { gcd(b, a % b) }
 }
 
 fn slice_port(slice: &EndpointSlice, port: &ServicePort) -> Option<u16> {
@@ -242,6 +286,52 @@ endpoints:
         let out = frontends(&service(DUAL_STACK), &[&v4], &[]);
         let tcp = Frontend::new("10.96.0.5:80".parse().unwrap(), Protocol::Tcp);
         assert_eq!(out[&tcp], ["10.244.0.7:8080".parse().unwrap()]);
+    }
+
+    #[test]
+    fn weights_become_shares_of_the_slots() {
+        let weighted = |name: &str, weight: &str, ip: &str| {
+            slice(&format!(
+                "metadata: {{name: {name}, annotations: {{skiff.io/weight: '{weight}'}}}}\n\
+                 addressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints: [{{addresses: [{ip}]}}]"
+            ))
+        };
+        let (stable, canary) = (
+            weighted("stable", "90", "10.244.0.2"),
+            weighted("canary", "10", "10.244.0.3"),
+        );
+        let out = frontends(&service(DUAL_STACK), &[&stable, &canary], &[]);
+        let tcp = Frontend::new("10.96.0.5:80".parse().unwrap(), Protocol::Tcp);
+        let count = |ip: &str| {
+            out[&tcp]
+                .iter()
+                .filter(|a| a.ip().to_string() == ip)
+                .count()
+        };
+        assert_eq!((count("10.244.0.2"), count("10.244.0.3")), (9, 1));
+
+        // Invalid weights count as 1; shares too large for the slots are scaled.
+        let (a, b) = (
+            weighted("a", "0", "10.244.0.2"),
+            weighted("b", "lots", "10.244.0.3"),
+        );
+        let out = frontends(&service(DUAL_STACK), &[&a, &b], &[]);
+        assert_eq!(out[&tcp].len(), 2);
+        let many: Vec<(SocketAddr, u32)> = (0..10u8)
+            .map(|i| {
+                (
+                    SocketAddr::from(([10, 244, 1, i], 80)),
+                    if i == 0 { 1 } else { 999 },
+                )
+            })
+            .collect();
+        let slots = slots(&many);
+        assert!(
+            slots.len() <= usize::from(MAX_BACKENDS_PER_SERVICE),
+            "{}",
+            slots.len()
+        );
+        assert!(slots.contains(&many[0].0), "a small weight keeps one slot");
     }
 
     #[test]
