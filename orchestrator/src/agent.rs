@@ -53,6 +53,8 @@ pub enum Error {
     Images(crate::image::ImageError),
     #[error("node: {0}")]
     Node(ApiError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("installing the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -72,6 +74,8 @@ pub struct Config {
     /// while the agent restarts; none ties them to the agent process.
     pub bpf_pin_dir: Option<PathBuf>,
     pub map_capacity: dataplane::Capacity,
+    /// Where `GET /metrics` is served (Prometheus text format).
+    pub metrics_addr: std::net::SocketAddr,
     /// Store file, API token and encryption key (created at first start, 0700).
     pub state_dir: PathBuf,
     /// The API's unix socket (0600).
@@ -142,6 +146,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         },
     ));
     let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
+    let mut metrics = prometheus_client::registry::Registry::default();
+    metrics.register_collector(Box::new(dataplane::DataplaneMetrics(dataplane.clone())));
+    let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
+    let metrics_addr = metrics_endpoint.local_addr();
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = tokio::spawn(metrics_endpoint.serve(Arc::new(metrics), async {
+        let _ = metrics_stopped.await;
+    }));
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
     let node_addresses = dataplane::node_addresses().unwrap_or_else(|e| {
         warn!("listing the node's addresses for NodePort services: {e}");
@@ -167,6 +179,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     info!("API listening on unix://{}", config.socket.display());
     if let Some(tls) = &config.tls {
         info!("API listening on https://{}", tls.addr);
+    }
+    if let Some(addr) = metrics_addr {
+        info!("metrics on http://{addr}/metrics");
     }
     info!("skiff agent ready");
 
@@ -202,6 +217,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let _ = stop_api.send(());
     if let Ok(Err(e)) = api.await {
         warn!("API server: {e}");
+    }
+    let _ = stop_metrics.send(());
+    if let Ok(Err(e)) = metrics_server.await {
+        warn!("metrics endpoint: {e}");
     }
     let _ = stop_sync.send(());
     let _ = service_sync.await;

@@ -194,6 +194,9 @@ struct AgentArgs {
     /// root of the cgroup v2 hierarchy]
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) on this address
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9962")]
+    metrics_addr: std::net::SocketAddr,
     /// Kernel-side eBPF log level: off, error, warn, info, debug or trace
     #[arg(long, value_name = "LEVEL", default_value = "off")]
     ebpf_log: LevelFilter,
@@ -542,6 +545,7 @@ fn agent_config(args: AgentArgs) -> agent::Config {
         cgroup: args.cgroup,
         ebpf_log: args.ebpf_log,
         bpf_pin_dir: (!args.no_bpf_pin).then_some(args.bpf_pin_dir),
+        metrics_addr: args.metrics_addr,
         map_capacity: crate::dataplane::Capacity {
             services: args.max_services,
             backend_slots: args.max_backend_slots,

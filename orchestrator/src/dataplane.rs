@@ -11,6 +11,7 @@
 
 mod addresses;
 pub mod desired;
+mod metrics;
 mod services;
 pub mod sync;
 
@@ -29,6 +30,7 @@ use log::LevelFilter;
 use skiff_ebpf_common::{BACKENDS_MAP, Backend, BackendSlotKey, SERVICES_MAP, Service, ServiceKey};
 
 pub use addresses::node_addresses;
+pub use metrics::{DataplaneMetrics, Stats};
 pub use services::{Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
 
 /// The eBPF object built by `cargo xtask build` (see build.rs).
@@ -204,9 +206,9 @@ impl Dataplane {
         std::mem::take(&mut self.adopted)
     }
 
-    /// Writes refused so far because a map was full.
-    pub fn full_refusals(&self) -> u64 {
-        self.services.full_refusals()
+    /// How full the maps are.
+    pub fn stats(&self) -> Stats {
+        self.services.stats()
     }
 
     pub fn cgroup(&self) -> &Path {

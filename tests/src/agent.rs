@@ -108,6 +108,9 @@ impl Agent {
         if in_test_cgroup {
             command.arg("--cgroup").arg(cgroup.path());
         }
+        if !extra_args.iter().any(|a| a == "--metrics-addr") {
+            command.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
         if !extra_args.iter().any(|a| a == "--no-bpf-pin") {
             command.arg("--bpf-pin-dir").arg(&pins.0);
         }
@@ -183,6 +186,39 @@ impl Agent {
         }
         let pins = pins.take().expect("an agent holds its pin directory");
         Self::start_in(state, cgroup, extra_args, in_test_cgroup, node_netns, pins)
+    }
+
+    /// The agent's `GET /metrics` body (asked from its namespace).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = self
+            .log
+            .iter()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .expect("the agent logs its metrics address");
+        let fetch = || -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(addr)?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: skiff\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        };
+        let response = match &self.node_netns {
+            Some(netns) => netns.run(fetch),
+            None => fetch(),
+        }
+        .expect("GET /metrics");
+        assert!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "{response}"
+        );
+        response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
     }
 
     /// Where the agent pins its dataplane in bpffs.

@@ -223,6 +223,20 @@ fn a_full_service_map_refuses_the_extra_service_and_takes_it_once_there_is_room(
     // The refused service has no frontend at all, not a half-written one.
     let refused = connect(&agent, vips[2], 3);
     assert!(!refused.contains_key("backend-0"), "{refused:?}");
+    let metrics = agent.metrics();
+    for line in [
+        "skiff_dataplane_map_entries{map=\"SERVICES\"} 2",
+        "skiff_dataplane_map_capacity{map=\"SERVICES\"} 2",
+        "skiff_dataplane_map_entries{map=\"BACKENDS\"} 2",
+    ] {
+        assert!(metrics.contains(line), "{line} not in {metrics}");
+    }
+    let full = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skiff_dataplane_map_full_total "))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no full counter in {metrics}"));
+    assert!(full >= 1, "{metrics}");
     // Room made: the retry programs it.
     agent.ok(&["delete", "service", "one"]);
     wait_for(&agent, vips[2], &["backend-0"]);

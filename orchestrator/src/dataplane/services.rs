@@ -225,6 +225,15 @@ impl ServiceTable {
         self.full_refusals
     }
 
+    pub fn stats(&self) -> super::Stats {
+        super::Stats {
+            frontends: self.entries.len() as u32,
+            backend_slots: self.slots_in_use,
+            capacity: self.capacity,
+            full_refusals: self.full_refusals,
+        }
+    }
+
     /// Fails with [`ServiceError::Full`] when writing `count` backends for
     /// `frontend` would take a map past its capacity; nothing is written then.
     fn check_capacity(&mut self, frontend: &Frontend, count: u16) -> Result<(), ServiceError> {
