@@ -74,6 +74,8 @@ pub struct Config {
     /// while the agent restarts; none ties them to the agent process.
     pub bpf_pin_dir: Option<PathBuf>,
     pub map_capacity: dataplane::Capacity,
+    /// The packet-level NodePort path: devices (none: off), Maglev table size.
+    pub nodeport: dataplane::nodeport::Settings,
     /// Where `GET /metrics` is served (Prometheus text format).
     pub metrics_addr: std::net::SocketAddr,
     /// Store file, API token and encryption key (created at first start, 0700).
@@ -113,6 +115,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ebpf_log: config.ebpf_log,
         pin_dir: config.bpf_pin_dir.clone(),
         capacity: config.map_capacity,
+        nodeport: config.nodeport.clone(),
     })?;
     for program in dataplane.attached() {
         info!(
@@ -120,6 +123,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
             program.name,
             program.id,
             dataplane.cgroup().display()
+        );
+    }
+    for program in dataplane.nodeport_attached() {
+        info!(
+            "attached {} (tc program {}) to device {}",
+            program.name, program.id, program.device
         );
     }
     let log_reader = dataplane
@@ -148,6 +157,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(dataplane::DataplaneMetrics(dataplane.clone())));
+    metrics.register_collector(Box::new(dataplane::nodeport::NodePortMetrics(
+        dataplane.clone(),
+    )));
     let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
     let metrics_addr = metrics_endpoint.local_addr();
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();

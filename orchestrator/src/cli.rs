@@ -220,6 +220,24 @@ struct AgentArgs {
     /// takes up to twice its backends while an update switches tables)
     #[arg(long, value_name = "N", default_value_t = skiff_ebpf_common::MAX_BACKEND_SLOTS, value_parser = clap::value_parser!(u32).range(1..))]
     max_backend_slots: u32,
+    /// A device where NodePort traffic from other hosts arrives as packets, served by
+    /// tc programs (repeatable) [default: the default route's device]
+    #[arg(
+        long = "nodeport-device",
+        value_name = "IFACE",
+        conflicts_with = "no_nodeport"
+    )]
+    nodeport_devices: Vec<String>,
+    /// No tc programs: NodePorts are served to this node's own clients only (by the
+    /// socket load balancer)
+    #[arg(long)]
+    no_nodeport: bool,
+    /// Size of each NodePort frontend's Maglev table (a prime; larger spreads more evenly)
+    #[arg(long, value_name = "M", default_value_t = skiff_ebpf_common::nodeport::DEFAULT_MAGLEV_SIZE)]
+    maglev_table_size: u32,
+    /// Flows each NodePort conntrack map holds (least recently used ones make room)
+    #[arg(long, value_name = "N", default_value_t = skiff_ebpf_common::nodeport::MAX_CONNTRACK, value_parser = clap::value_parser!(u32).range(1..))]
+    nodeport_conntrack: u32,
     /// Where the store, the API token and the encryption key live
     #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -549,6 +567,19 @@ fn agent_config(args: AgentArgs) -> agent::Config {
         map_capacity: crate::dataplane::Capacity {
             services: args.max_services,
             backend_slots: args.max_backend_slots,
+        },
+        nodeport: crate::dataplane::nodeport::Settings {
+            devices: if args.no_nodeport {
+                Vec::new()
+            } else if args.nodeport_devices.is_empty() {
+                crate::dataplane::nodeport::default_route_device()
+                    .into_iter()
+                    .collect()
+            } else {
+                args.nodeport_devices
+            },
+            maglev_size: args.maglev_table_size,
+            conntrack: args.nodeport_conntrack,
         },
         state_dir: args.state_dir.clone(),
         socket: args.socket,

@@ -11,7 +11,9 @@
 
 mod addresses;
 pub mod desired;
+mod maglev;
 mod metrics;
+pub mod nodeport;
 mod services;
 pub mod sync;
 
@@ -64,6 +66,8 @@ pub enum Error {
     Log(#[from] aya_log::Error),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(transparent)]
+    NodePort(#[from] nodeport::NodePortError),
     #[error("pin directory {}: {source}", path.display())]
     Pin { path: PathBuf, source: io::Error },
     #[error("pinning program {name} at {}: {reason}", path.display())]
@@ -96,6 +100,8 @@ pub struct Config {
     /// everything owned by this process.
     pub pin_dir: Option<PathBuf>,
     pub capacity: Capacity,
+    /// The packet-level NodePort path (off without devices).
+    pub nodeport: nodeport::Settings,
 }
 
 /// Where bpffs is mounted when the host has not mounted it yet.
@@ -129,6 +135,7 @@ pub struct Dataplane {
     adopted: std::collections::HashMap<Frontend, Vec<SocketAddr>>,
     pin_dir: Option<PathBuf>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
+    nodeport: nodeport::NodePortLinks,
 }
 
 impl Dataplane {
@@ -153,6 +160,7 @@ impl Dataplane {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
+        nodeport::configure(&mut loader, &config.nodeport, config.pin_dir.as_deref())?;
         let mut ebpf = loader.load(EBPF_OBJECT)?;
         if let Some(dir) = &config.pin_dir {
             check_pinned_maps(dir, &config.capacity)?;
@@ -161,10 +169,15 @@ impl Dataplane {
             LevelFilter::Off => None,
             _ => Some(EbpfLogger::init(&mut ebpf)?),
         };
-        let mut maps = KernelMaps::take(&mut ebpf)?;
+        let mut maps = KernelMaps::take(&mut ebpf, &config.nodeport)?;
         let mut services = ServiceTable::new(config.capacity);
         // Fresh maps are empty; pinned ones hold what the previous agent wrote.
-        let adopted = services.adopt(&mut maps)?;
+        let mut adopted = services.adopt(&mut maps)?;
+        let published = maps.services().map_err(|source| ServiceError::Adopt {
+            map: SERVICES_MAP,
+            source,
+        })?;
+        maps.nodeport.adopt(&published, &mut adopted)?;
 
         let mut links = Vec::with_capacity(SOCK_LB_PROGRAMS.len());
         for name in SOCK_LB_PROGRAMS {
@@ -187,6 +200,11 @@ impl Dataplane {
             };
             links.push((AttachedProgram { name, id }, attachment));
         }
+        let nodeport = nodeport::NodePortLinks::attach(
+            &mut ebpf,
+            &config.nodeport,
+            config.pin_dir.as_deref(),
+        )?;
         Ok(Self {
             ebpf,
             cgroup: config.cgroup.clone(),
@@ -196,6 +214,7 @@ impl Dataplane {
             adopted,
             pin_dir: config.pin_dir.clone(),
             logger,
+            nodeport,
         })
     }
 
@@ -217,6 +236,17 @@ impl Dataplane {
 
     pub fn attached(&self) -> impl Iterator<Item = &AttachedProgram> {
         self.links.iter().map(|(program, _)| program)
+    }
+
+    /// The NodePort programs and the devices they are attached to.
+    pub fn nodeport_attached(&self) -> impl Iterator<Item = &nodeport::TcProgram> {
+        self.nodeport.attached()
+    }
+
+    /// The NodePort path's packet and byte counters per frontend and backend.
+    pub fn nodeport_counters(&self) -> Vec<nodeport::Counters> {
+        let services = self.maps.services().unwrap_or_default();
+        self.maps.nodeport.counters(&services)
     }
 
     /// The reader of kernel-side log records, when logging is on. The caller polls
@@ -257,6 +287,8 @@ impl Dataplane {
             }
             detached.push(program);
         }
+        let nodeport = std::mem::replace(&mut self.nodeport, nodeport::NodePortLinks::none());
+        nodeport.detach(&mut self.ebpf)?;
         if let Some(dir) = &self.pin_dir {
             std::fs::remove_dir_all(dir).map_err(|source| Error::Pin {
                 path: dir.clone(),
@@ -414,10 +446,11 @@ fn sock_addr_program<'a>(
 struct KernelMaps {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: HashMap<MapData, BackendSlotKey, Backend>,
+    nodeport: nodeport::NodePortMaps,
 }
 
 impl KernelMaps {
-    fn take(ebpf: &mut Ebpf) -> Result<Self, Error> {
+    fn take(ebpf: &mut Ebpf, nodeport: &nodeport::Settings) -> Result<Self, Error> {
         fn take_map<K: aya::Pod, V: aya::Pod>(
             ebpf: &mut Ebpf,
             name: &'static str,
@@ -430,6 +463,7 @@ impl KernelMaps {
         Ok(Self {
             services: take_map(ebpf, SERVICES_MAP)?,
             backends: take_map(ebpf, BACKENDS_MAP)?,
+            nodeport: nodeport::NodePortMaps::take(ebpf, nodeport)?,
         })
     }
 }
@@ -457,6 +491,20 @@ impl ServiceMaps for KernelMaps {
 
     fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>> {
         self.backends.iter().map(|e| e.map_err(into_io)).collect()
+    }
+
+    fn table_written(
+        &mut self,
+        key: &ServiceKey,
+        id: u32,
+        table: u8,
+        backends: &[Backend],
+    ) -> io::Result<()> {
+        self.nodeport.table_written(key, id, table, backends)
+    }
+
+    fn service_removed(&mut self, key: &ServiceKey, id: u32) -> io::Result<()> {
+        self.nodeport.service_removed(key, id)
     }
 }
 

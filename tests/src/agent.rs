@@ -62,6 +62,15 @@ impl Agent {
     /// `test-node`, with its logs in its state directory, and the busybox test
     /// image imported (as busybox:latest and busybox:1.36).
     pub fn start_node(extra_args: &[&str]) -> Agent {
+        Self::start_node_with(extra_args, |_| {})
+    }
+
+    /// Like [`Agent::start_node`], running `prepare` on the node namespace before
+    /// the agent starts (devices and addresses the agent should find there).
+    pub fn start_node_with(
+        extra_args: &[&str],
+        prepare: impl FnOnce(&crate::netns::NetNs),
+    ) -> Agent {
         require_root();
         let state = tempfile::Builder::new()
             .prefix("skiff-test-node-")
@@ -75,6 +84,7 @@ impl Agent {
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let netns = crate::netns::NetNs::new();
+        prepare(&netns);
         let pins = PinDir::for_state(state.path());
         let agent = Self::start_in(state, Cgroup::new(), args, true, Some(netns), pins);
         for reference in ["busybox:latest", "busybox:1.36"] {
@@ -113,6 +123,14 @@ impl Agent {
         }
         if !extra_args.iter().any(|a| a == "--no-bpf-pin") {
             command.arg("--bpf-pin-dir").arg(&pins.0);
+        }
+        // The NodePort tc programs only where a test asks for them: by default the
+        // agent would attach them to the default route's device (the host's own).
+        if !extra_args
+            .iter()
+            .any(|a| a.starts_with("--nodeport-device") || a == "--no-nodeport")
+        {
+            command.arg("--no-nodeport");
         }
         let mut child = command
             .args(&extra_args)

@@ -34,6 +34,7 @@ impl Lab {
             ebpf_log,
             pin_dir: None,
             capacity: dataplane::Capacity::default(),
+            nodeport: dataplane::nodeport::Settings::default(),
         })
         .expect("load and attach the dataplane");
         Self {

@@ -15,6 +15,8 @@
 //! old backend set or the whole new one, never a mix or a half-written one.
 #![no_std]
 
+pub mod nodeport;
+
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 /// Name of the frontend map in the eBPF object.

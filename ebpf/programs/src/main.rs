@@ -7,6 +7,9 @@
 #![no_std]
 #![no_main]
 
+/// The packet-level NodePort path (tc programs on the node's external devices).
+mod nodeport;
+
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, bpf_sock_addr};

@@ -10,6 +10,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 
+use skiff_ebpf_common::nodeport::MAGLEV_MAP;
 use skiff_ebpf_common::{
     BACKENDS_MAP, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKEND_SLOTS,
     MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICES_MAP, Service, ServiceKey,
@@ -23,14 +24,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    fn number(self) -> u8 {
+    pub(super) fn number(self) -> u8 {
         match self {
             Protocol::Tcp => IPPROTO_TCP,
             Protocol::Udp => IPPROTO_UDP,
         }
     }
 
-    fn from_number(number: u8) -> Option<Self> {
+    pub(super) fn from_number(number: u8) -> Option<Self> {
         match number {
             IPPROTO_TCP => Some(Protocol::Tcp),
             IPPROTO_UDP => Some(Protocol::Udp),
@@ -127,6 +128,21 @@ pub trait ServiceMaps {
     fn services(&self) -> io::Result<Vec<(ServiceKey, Service)>>;
     /// Every key in BACKENDS.
     fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>>;
+    /// A table's backends are written and it is about to be published: maps that
+    /// index the table (the NodePort path's Maglev tables) are filled here.
+    fn table_written(
+        &mut self,
+        _key: &ServiceKey,
+        _id: u32,
+        _table: u8,
+        _backends: &[Backend],
+    ) -> io::Result<()> {
+        Ok(())
+    }
+    /// A service was unpublished and its slots cleared.
+    fn service_removed(&mut self, _key: &ServiceKey, _id: u32) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 /// What user space knows of one service in the maps.
@@ -325,6 +341,8 @@ impl ServiceTable {
             self.slots_in_use -= 1;
         }
 
+        maps.table_written(&key, entry.id, table, &backends)
+            .map_err(map_error(frontend, MAGLEV_MAP))?;
         let service = Service {
             id: entry.id,
             backend_count: count,
@@ -362,6 +380,8 @@ impl ServiceTable {
                 self.slots_in_use -= 1;
             }
         }
+        maps.service_removed(&key, entry.id)
+            .map_err(map_error(frontend, MAGLEV_MAP))?;
         self.entries.remove(&key);
         Ok(true)
     }
@@ -443,6 +463,8 @@ mod tests {
         backends: BTreeMap<(u32, u8, u16), Backend>,
         log: Vec<String>,
         fail_at_write: Option<usize>,
+        /// Whether the table hooks are logged (and can fail) like writes.
+        record_hooks: bool,
     }
 
     impl FakeMaps {
@@ -496,6 +518,24 @@ mod tests {
         }
         fn services(&self) -> io::Result<Vec<(ServiceKey, Service)>> {
             Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn table_written(
+            &mut self,
+            _key: &ServiceKey,
+            _id: u32,
+            table: u8,
+            backends: &[Backend],
+        ) -> io::Result<()> {
+            if self.record_hooks {
+                self.write(format!("table t{table} written ({})", backends.len()))?;
+            }
+            Ok(())
+        }
+        fn service_removed(&mut self, _key: &ServiceKey, _id: u32) -> io::Result<()> {
+            if self.record_hooks {
+                self.write("service removed".into())?;
+            }
+            Ok(())
         }
         fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>> {
             Ok(self
@@ -726,6 +766,55 @@ mod tests {
         assert_eq!(ids.len(), 2);
         assert!(table.remove(&mut maps, &vip()).unwrap());
         assert!(maps.backends.is_empty(), "{:?}", maps.backends);
+    }
+
+    #[test]
+    fn the_table_hook_runs_after_the_backends_and_before_the_switch() {
+        let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
+        maps.record_hooks = true;
+        table
+            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.2:80"]))
+            .unwrap();
+        table
+            .upsert(
+                &mut maps,
+                &vip(),
+                &addrs(&["10.244.0.3:80", "10.244.0.4:80"]),
+            )
+            .unwrap();
+        assert!(table.remove(&mut maps, &vip()).unwrap());
+        assert_eq!(
+            maps.log,
+            [
+                "backend t0[0]=10.244.0.2:80",
+                "table t0 written (1)",
+                "service count=1 table=0",
+                "backend t1[0]=10.244.0.3:80",
+                "backend t1[1]=10.244.0.4:80",
+                "table t1 written (2)",
+                "service count=2 table=1",
+                "remove service",
+                "remove t0[0]",
+                "remove t1[1]",
+                "remove t1[0]",
+                "service removed",
+            ]
+        );
+
+        // A failing hook keeps the previous table published.
+        let mut maps = FakeMaps {
+            record_hooks: true,
+            ..FakeMaps::default()
+        };
+        let mut table = ServiceTable::default();
+        let before = addrs(&["10.244.0.2:80"]);
+        table.upsert(&mut maps, &vip(), &before).unwrap();
+        maps.fail_at_write = Some(maps.log.len() + 1);
+        let err = table
+            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.3:80"]))
+            .unwrap_err();
+        assert!(err.to_string().contains("writing map NP_MAGLEV"), "{err}");
+        assert_eq!(maps.resolve(&vip().key()), Some(before));
     }
 
     #[test]

@@ -1,0 +1,731 @@
+//! The packet-level NodePort path, user-space side: which devices the tc programs
+//! run on, the Maglev tables of NodePort frontends, and the per-CPU counters.
+//!
+//! The kernel side (`ebpf/programs/src/nodeport.rs`) translates packets that arrive
+//! on a NodePort device for a frontend that has a Maglev table. User space writes a
+//! table for every frontend on one of the node's own (non-loopback) addresses, so
+//! cluster IPs reached from outside are left alone. The tables are written through
+//! the service write protocol ([`super::ServiceMaps::table_written`]): into the
+//! unpublished table, before the switch.
+//!
+//! The programs are attached with TCX links (kernel 6.6 and later: no qdisc, and the
+//! links can be pinned like the cgroup links) to ingress and egress of every device.
+
+use std::collections::{HashMap as StdHashMap, HashSet};
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
+use skiff_ebpf_common::nodeport::{
+    CT_MAP, CT_REVERSE_MAP, CtForward, CtReverse, DEFAULT_MAGLEV_SIZE, FlowKey, MAGLEV_CHUNK,
+    MAGLEV_MAP, MAX_CONNTRACK, MAX_NODEPORT_DEVICES, MaglevChunk, MaglevKey, NODEPORT_CONFIG_MAP,
+    NODEPORT_COUNTERS_MAP, NodePortConfig, NodePortCounterKey, NodePortCounters, maglev_chunks,
+};
+use skiff_ebpf_common::{Backend, Service, ServiceKey};
+
+use super::maglev::{self, MaglevError};
+use super::{Dataplane, Frontend, Protocol};
+
+/// The programs, by their function names in the object, and where they attach.
+const PROGRAMS: [(&str, TcAttachType); 2] = [
+    ("skiff_nodeport_ingress", TcAttachType::Ingress),
+    ("skiff_nodeport_egress", TcAttachType::Egress),
+];
+
+/// Prefix of the NodePort path's link pins in the pin directory's `links`.
+const LINK_PIN_PREFIX: &str = "np-";
+
+/// Maps of the NodePort path kept in bpffs with the service maps: the Maglev tables
+/// belong to the published services, conntrack keeps flows on their backends
+/// across an agent restart, and counters keep counting.
+const PINNED_MAPS: [&str; 5] = [
+    MAGLEV_MAP,
+    NODEPORT_CONFIG_MAP,
+    CT_MAP,
+    CT_REVERSE_MAP,
+    NODEPORT_COUNTERS_MAP,
+];
+
+/// How the NodePort path runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// The node's external devices; none turns the path off.
+    pub devices: Vec<String>,
+    /// M, the size of each Maglev table (a prime).
+    pub maglev_size: u32,
+    /// Flows each conntrack map holds (least recently used ones are evicted).
+    pub conntrack: u32,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            devices: Vec::new(),
+            maglev_size: DEFAULT_MAGLEV_SIZE,
+            conntrack: MAX_CONNTRACK,
+        }
+    }
+}
+
+impl Settings {
+    pub fn enabled(&self) -> bool {
+        !self.devices.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum NodePortError {
+    #[error(transparent)]
+    Maglev(#[from] MaglevError),
+    #[error("NodePort device {device}: {source}")]
+    Device { device: String, source: io::Error },
+    #[error("{count} NodePort devices given; at most {MAX_NODEPORT_DEVICES} are supported")]
+    TooManyDevices { count: usize },
+    #[error("the conntrack size must be at least 1")]
+    Conntrack,
+    #[error("the eBPF object has no program {0}")]
+    Missing(&'static str),
+    #[error("eBPF program {name} on {device}: {source}")]
+    Program {
+        name: &'static str,
+        device: String,
+        source: ProgramError,
+    },
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: MapError,
+    },
+    #[error("pinning {name} on {device} at {}: {reason}", path.display())]
+    Pin {
+        name: &'static str,
+        device: String,
+        path: PathBuf,
+        reason: String,
+    },
+}
+
+/// A NodePort program attached to a device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TcProgram {
+    pub name: &'static str,
+    pub device: String,
+    /// The kernel's program id.
+    pub id: u32,
+}
+
+/// Packets and bytes of one backend of one NodePort frontend, over all CPUs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Counters {
+    pub frontend: Frontend,
+    pub backend: SocketAddr,
+    /// Client to backend.
+    pub packets_in: u64,
+    pub bytes_in: u64,
+    /// Backend to client.
+    pub packets_out: u64,
+    pub bytes_out: u64,
+}
+
+/// Prepares the loader: conntrack capacity and, with a pin directory, pins (stale
+/// conntrack maps of another size are dropped: their flows fall back to Maglev).
+pub(super) fn configure(
+    loader: &mut EbpfLoader<'_>,
+    settings: &Settings,
+    pin_dir: Option<&Path>,
+) -> Result<(), NodePortError> {
+    if settings.enabled() {
+        maglev::check_size(settings.maglev_size)?;
+        if settings.conntrack == 0 {
+            return Err(NodePortError::Conntrack);
+        }
+        if settings.devices.len() > MAX_NODEPORT_DEVICES {
+            return Err(NodePortError::TooManyDevices {
+                count: settings.devices.len(),
+            });
+        }
+    }
+    // Off, the LRU maps (preallocated) hold one entry rather than megabytes.
+    let conntrack = if settings.enabled() {
+        settings.conntrack
+    } else {
+        1
+    };
+    loader
+        .map_max_entries(CT_MAP, conntrack)
+        .map_max_entries(CT_REVERSE_MAP, conntrack);
+    if let Some(dir) = pin_dir {
+        for (name, key, value) in [
+            (CT_MAP, size_of::<FlowKey>(), size_of::<CtForward>()),
+            (CT_REVERSE_MAP, size_of::<FlowKey>(), size_of::<CtReverse>()),
+        ] {
+            let path = dir.join(name);
+            if let Ok(info) = aya::maps::MapInfo::from_pin(&path) {
+                let found = (
+                    info.key_size() as usize,
+                    info.value_size() as usize,
+                    info.max_entries(),
+                );
+                if found != (key, value, conntrack) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        for name in PINNED_MAPS {
+            loader.map_pin_path(name, dir.join(name));
+        }
+    }
+    Ok(())
+}
+
+/// The maps user space writes.
+pub(super) struct NodePortMaps {
+    maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
+    counters: PerCpuHashMap<MapData, NodePortCounterKey, NodePortCounters>,
+    /// The programs' settings (also held because a map taken from the object
+    /// closes with its last holder).
+    config: Array<MapData, NodePortConfig>,
+    /// Frontend addresses that get Maglev tables; empty when the path is off.
+    addresses: HashSet<IpAddr>,
+    maglev_size: u32,
+}
+
+impl NodePortMaps {
+    /// Takes the maps from the object and writes the programs' settings. A table
+    /// size other than the previous agent's drops every Maglev table (see
+    /// [`NodePortMaps::adopt`]).
+    pub(super) fn take(ebpf: &mut Ebpf, settings: &Settings) -> Result<Self, NodePortError> {
+        fn take_map<M: TryFrom<aya::maps::Map, Error = MapError>>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<M, NodePortError> {
+            let map = ebpf.take_map(name).ok_or(NodePortError::Map {
+                name,
+                source: MapError::InvalidName { name: name.into() },
+            })?;
+            M::try_from(map).map_err(|source| NodePortError::Map { name, source })
+        }
+        let map_error = |name| move |source| NodePortError::Map { name, source };
+        let config: Array<MapData, NodePortConfig> = take_map(ebpf, NODEPORT_CONFIG_MAP)?;
+        let previous = config.get(&0, 0).map_err(map_error(NODEPORT_CONFIG_MAP))?;
+        let mut maps = Self {
+            maglev: take_map(ebpf, MAGLEV_MAP)?,
+            counters: take_map(ebpf, NODEPORT_COUNTERS_MAP)?,
+            config,
+            addresses: HashSet::new(),
+            maglev_size: settings.maglev_size,
+        };
+        if previous.maglev_size != settings.maglev_size {
+            maps.clear_maglev(|_| true).map_err(map_error(MAGLEV_MAP))?;
+        }
+        let mut devices = [0u32; MAX_NODEPORT_DEVICES];
+        if settings.enabled() {
+            for (slot, device) in devices.iter_mut().zip(&settings.devices) {
+                *slot = ifindex(device)?;
+            }
+            maps.addresses = super::node_addresses()
+                .map_err(|source| NodePortError::Device {
+                    device: settings.devices.join(","),
+                    source,
+                })?
+                .into_iter()
+                .filter(|ip| !ip.is_loopback())
+                .collect();
+        }
+        let value = NodePortConfig {
+            maglev_size: settings.maglev_size,
+            device_count: settings.devices.len().min(MAX_NODEPORT_DEVICES) as u32,
+            devices,
+        };
+        maps.config
+            .set(0, value, 0)
+            .map_err(map_error(NODEPORT_CONFIG_MAP))?;
+        Ok(maps)
+    }
+
+    /// After the service table adopted a previous agent's maps: drops Maglev tables
+    /// of services that are gone, and takes NodePort frontends without a table (the
+    /// previous agent ran without the path, or with another table size) out of the
+    /// adopted set, so the sync writes them again.
+    pub(super) fn adopt(
+        &mut self,
+        services: &[(ServiceKey, Service)],
+        adopted: &mut StdHashMap<Frontend, Vec<SocketAddr>>,
+    ) -> Result<(), NodePortError> {
+        let ids: HashSet<u32> = services.iter().map(|(_, s)| s.id).collect();
+        self.clear_maglev(|key| !ids.contains(&key.service_id))
+            .map_err(|source| NodePortError::Map {
+                name: MAGLEV_MAP,
+                source,
+            })?;
+        for (key, service) in services {
+            let frontend = key.socket_addr();
+            if !self.wants_table(&frontend) || service.backend_count == 0 {
+                continue;
+            }
+            let first = MaglevKey::new(service.id, service.table, 0);
+            if self.maglev.get(&first, 0).is_err() {
+                adopted.retain(|f, _| f.addr != frontend || f.protocol.number() != key.protocol);
+            }
+        }
+        Ok(())
+    }
+
+    fn wants_table(&self, frontend: &SocketAddr) -> bool {
+        self.addresses.contains(&frontend.ip())
+    }
+
+    fn clear_maglev(&mut self, doomed: impl Fn(&MaglevKey) -> bool) -> Result<(), MapError> {
+        let keys: Vec<MaglevKey> = self
+            .maglev
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| doomed(k))
+            .collect();
+        for key in keys {
+            absent_is_ok(self.maglev.remove(&key))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the Maglev table of `table` for a NodePort frontend.
+    pub(super) fn table_written(
+        &mut self,
+        key: &ServiceKey,
+        id: u32,
+        table: u8,
+        backends: &[Backend],
+    ) -> io::Result<()> {
+        if !self.wants_table(&key.socket_addr()) || backends.is_empty() {
+            return Ok(());
+        }
+        let slots: Vec<SocketAddr> = backends.iter().map(Backend::socket_addr).collect();
+        let entries = maglev::table(&slots, self.maglev_size);
+        for (index, part) in entries.chunks(MAGLEV_CHUNK).enumerate() {
+            let mut chunk = MaglevChunk {
+                slots: [0; MAGLEV_CHUNK],
+            };
+            chunk.slots[..part.len()].copy_from_slice(part);
+            let chunk_key = MaglevKey::new(id, table, index as u16);
+            self.maglev.insert(chunk_key, chunk, 0).map_err(into_io)?;
+        }
+        Ok(())
+    }
+
+    /// Removes the Maglev tables and counters of a removed service.
+    pub(super) fn service_removed(&mut self, key: &ServiceKey, id: u32) -> io::Result<()> {
+        if self.wants_table(&key.socket_addr()) {
+            for table in 0..2u8 {
+                for chunk in 0..maglev_chunks(self.maglev_size) {
+                    let chunk_key = MaglevKey::new(id, table, chunk as u16);
+                    absent_is_ok(self.maglev.remove(&chunk_key)).map_err(into_io)?;
+                }
+            }
+        }
+        let keys: Vec<NodePortCounterKey> = self
+            .counters
+            .keys()
+            .filter_map(Result::ok)
+            .filter(|k| k.service_id == id)
+            .collect();
+        for key in keys {
+            absent_is_ok(self.counters.remove(&key)).map_err(into_io)?;
+        }
+        Ok(())
+    }
+
+    /// Every counter, summed over the CPUs, named by frontend (from the published
+    /// services) and backend.
+    pub(super) fn counters(&self, services: &[(ServiceKey, Service)]) -> Vec<Counters> {
+        let frontends: StdHashMap<u32, Frontend> = services
+            .iter()
+            .filter_map(|(key, service)| {
+                let protocol = Protocol::from_number(key.protocol)?;
+                Some((service.id, Frontend::new(key.socket_addr(), protocol)))
+            })
+            .collect();
+        let mut out = Vec::new();
+        for (key, values) in self.counters.iter().filter_map(Result::ok) {
+            let Some(frontend) = frontends.get(&key.service_id) else {
+                continue;
+            };
+            let backend = Backend {
+                addr: key.backend,
+                port: key.port,
+                family: key.family,
+                _pad: 0,
+            };
+            let mut sum = Counters {
+                frontend: *frontend,
+                backend: backend.socket_addr(),
+                packets_in: 0,
+                bytes_in: 0,
+                packets_out: 0,
+                bytes_out: 0,
+            };
+            for value in values.iter() {
+                sum.packets_in += value.packets_in;
+                sum.bytes_in += value.bytes_in;
+                sum.packets_out += value.packets_out;
+                sum.bytes_out += value.bytes_out;
+            }
+            out.push(sum);
+        }
+        out.sort_by_key(|c| (c.frontend, c.backend));
+        out
+    }
+}
+
+/// How a program stays attached to a device.
+enum Attachment {
+    Owned(SchedClassifierLinkId),
+    Pinned(PinnedLink),
+}
+
+/// The programs attached to the NodePort devices.
+pub(super) struct NodePortLinks {
+    links: Vec<(TcProgram, Attachment)>,
+    pin_dir: Option<PathBuf>,
+}
+
+impl NodePortLinks {
+    /// Loads the programs and attaches them to every device (TCX links, appended
+    /// after other programs). With a pin directory the links are pinned, replacing
+    /// a previous agent's, and pins of devices no longer configured are removed
+    /// (which detaches those links).
+    pub(super) fn attach(
+        ebpf: &mut Ebpf,
+        settings: &Settings,
+        pin_dir: Option<&Path>,
+    ) -> Result<Self, NodePortError> {
+        let mut links = Vec::new();
+        let mut pinned = HashSet::new();
+        if settings.enabled() {
+            for (name, direction) in PROGRAMS {
+                let program = program(ebpf, name)?;
+                let program_error = |device: &str| {
+                    let device = device.to_string();
+                    move |source| NodePortError::Program {
+                        name,
+                        device,
+                        source,
+                    }
+                };
+                program.load().map_err(program_error("(load)"))?;
+                let id = program.info().map_err(program_error("(load)"))?.id();
+                for device in &settings.devices {
+                    let link = program
+                        .attach_with_options(
+                            device,
+                            direction,
+                            TcAttachOptions::TcxOrder(LinkOrder::default()),
+                        )
+                        .map_err(program_error(device))?;
+                    let attachment = match pin_dir {
+                        None => Attachment::Owned(link),
+                        Some(dir) => {
+                            let owned = program.take_link(link).map_err(program_error(device))?;
+                            let pin = pin_name(name, device);
+                            let link = pin_link(name, device, owned.try_into(), dir, &pin)?;
+                            pinned.insert(pin);
+                            Attachment::Pinned(link)
+                        }
+                    };
+                    let program = TcProgram {
+                        name,
+                        device: device.clone(),
+                        id,
+                    };
+                    links.push((program, attachment));
+                }
+            }
+        }
+        if let Some(dir) = pin_dir {
+            remove_stale_pins(&dir.join("links"), &pinned);
+        }
+        Ok(Self {
+            links,
+            pin_dir: pin_dir.map(Path::to_path_buf),
+        })
+    }
+
+    /// Nothing attached (what is left after a detach).
+    pub(super) fn none() -> Self {
+        Self {
+            links: Vec::new(),
+            pin_dir: None,
+        }
+    }
+
+    pub(super) fn attached(&self) -> impl Iterator<Item = &TcProgram> {
+        self.links.iter().map(|(program, _)| program)
+    }
+
+    /// Detaches every program, reporting the first failure.
+    pub(super) fn detach(self, ebpf: &mut Ebpf) -> Result<Vec<TcProgram>, NodePortError> {
+        let mut detached = Vec::with_capacity(self.links.len());
+        for (tc, attachment) in self.links {
+            let device = tc.device.clone();
+            match attachment {
+                Attachment::Owned(link) => {
+                    program(ebpf, tc.name)?.detach(link).map_err(|source| {
+                        NodePortError::Program {
+                            name: tc.name,
+                            device,
+                            source,
+                        }
+                    })?
+                }
+                Attachment::Pinned(link) => {
+                    let path = self.pin_dir.clone().unwrap_or_default();
+                    drop(link.unpin().map_err(|e| NodePortError::Pin {
+                        name: tc.name,
+                        device,
+                        path,
+                        reason: e.to_string(),
+                    })?)
+                }
+            }
+            detached.push(tc);
+        }
+        Ok(detached)
+    }
+}
+
+fn program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, NodePortError> {
+    ebpf.program_mut(name)
+        .ok_or(NodePortError::Missing(name))?
+        .try_into()
+        .map_err(|source| NodePortError::Program {
+            name,
+            device: String::new(),
+            source,
+        })
+}
+
+/// The pin file name of `program` on `device` (bpffs refuses dots in names).
+fn pin_name(program: &str, device: &str) -> String {
+    let direction = program.rsplit('_').next().unwrap_or(program);
+    let device: String = device
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{LINK_PIN_PREFIX}{direction}-{device}")
+}
+
+/// Pins `link` at `dir/links/<pin>` in place of any previous agent's link, which is
+/// detached when its pin is replaced (after this one is attached).
+fn pin_link(
+    name: &'static str,
+    device: &str,
+    link: Result<FdLink, aya::programs::links::LinkError>,
+    dir: &Path,
+    pin: &str,
+) -> Result<PinnedLink, NodePortError> {
+    let path = dir.join("links").join(pin);
+    let fail = |error: &dyn std::error::Error| NodePortError::Pin {
+        name,
+        device: device.to_string(),
+        path: path.clone(),
+        reason: super::error_chain(error),
+    };
+    let fresh = dir.join("links").join(format!("new-{pin}"));
+    let _ = std::fs::remove_file(&fresh);
+    let pinned = link
+        .map_err(|e| fail(&e))?
+        .pin(&fresh)
+        .map_err(|e| fail(&e))?;
+    std::fs::rename(&fresh, &path).map_err(|e| fail(&e))?;
+    drop(pinned); // it names the old path; the pin holds the link now
+    PinnedLink::from_pin(&path).map_err(|e| fail(&e))
+}
+
+/// Removes NodePort link pins a previous agent left for devices this one does not
+/// use: their links go with the pins.
+fn remove_stale_pins(links: &Path, keep: &HashSet<String>) {
+    let Ok(entries) = std::fs::read_dir(links) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with(LINK_PIN_PREFIX) && !keep.contains(&name) {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The interface index of `device`.
+fn ifindex(device: &str) -> Result<u32, NodePortError> {
+    let error = |source| NodePortError::Device {
+        device: device.to_string(),
+        source,
+    };
+    let name = std::ffi::CString::new(device).map_err(|e| error(io::Error::other(e)))?;
+    // SAFETY: name is NUL-terminated.
+    match unsafe { libc::if_nametoindex(name.as_ptr()) } {
+        0 => Err(error(io::Error::last_os_error())),
+        index => Ok(index),
+    }
+}
+
+/// The device of this network namespace's default route (IPv4, else IPv6), where
+/// NodePort traffic from other hosts arrives; None when there is no default route.
+pub fn default_route_device() -> Option<String> {
+    let v4 = std::fs::read_to_string("/proc/net/route").unwrap_or_default();
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    default_device_v4(&v4).or_else(|| default_device_v6(&v6))
+}
+
+/// From /proc/net/route: `Iface Destination Gateway Flags RefCnt Use Metric Mask ...`.
+fn default_device_v4(table: &str) -> Option<String> {
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        (fields.len() > 7 && fields[1] == "00000000" && fields[7] == "00000000")
+            .then(|| fields[0].to_string())
+    })
+}
+
+/// From /proc/net/ipv6_route: destination, prefix length, ..., device (last).
+fn default_device_v6(table: &str) -> Option<String> {
+    table.lines().find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let device = *fields.last()?;
+        (fields.len() == 10
+            && fields[0].bytes().all(|b| b == b'0')
+            && fields[1] == "00"
+            && device != "lo")
+            .then(|| device.to_string())
+    })
+}
+
+fn into_io(error: MapError) -> io::Error {
+    super::into_io(error)
+}
+
+fn absent_is_ok(result: Result<(), MapError>) -> Result<(), MapError> {
+    match result {
+        Err(MapError::KeyNotFound) => Ok(()),
+        Err(MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_route_devices_are_read_from_proc() {
+        let v4 = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+                  eth1\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+                  eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n";
+        assert_eq!(default_device_v4(v4).as_deref(), Some("eth0"));
+        assert_eq!(default_device_v4("Iface\tDestination\n"), None);
+        let v6 = "fe800000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth0\n\
+                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 fe800000000000000000000000000001 00000400 00000001 00000000 00000003     ens3\n\
+                  00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n";
+        assert_eq!(default_device_v6(v6).as_deref(), Some("ens3"));
+    }
+
+    #[test]
+    fn pin_names_have_no_dots() {
+        assert_eq!(
+            pin_name("skiff_nodeport_ingress", "eth0.100"),
+            "np-ingress-eth0_100"
+        );
+        assert_eq!(pin_name("skiff_nodeport_egress", "np0"), "np-egress-np0");
+    }
+
+    #[test]
+    fn settings_check_the_table_size_and_devices() {
+        let mut loader = EbpfLoader::new();
+        let bad = Settings {
+            devices: vec!["eth0".into()],
+            maglev_size: 1000,
+            ..Settings::default()
+        };
+        assert!(matches!(
+            configure(&mut loader, &bad, None),
+            Err(NodePortError::Maglev(MaglevError::Size(1000)))
+        ));
+        let many = Settings {
+            devices: (0..9).map(|i| format!("eth{i}")).collect(),
+            ..Settings::default()
+        };
+        let err = configure(&mut loader, &many, None).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "9 NodePort devices given; at most 8 are supported"
+        );
+        assert!(
+            configure(&mut loader, &Settings::default(), None).is_ok(),
+            "off"
+        );
+    }
+}
+
+/// The NodePort path's counters for the agent's metrics registry.
+#[derive(Debug)]
+pub struct NodePortMetrics(pub std::sync::Arc<std::sync::Mutex<Dataplane>>);
+
+impl prometheus_client::collector::Collector for NodePortMetrics {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let counters = self
+            .0
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .nodeport_counters();
+        type Pick = fn(&Counters) -> [u64; 2];
+        let families: [(&str, &str, Pick); 2] = [
+            (
+                "skiff_nodeport_packets",
+                "Packets translated on the NodePort path, per frontend, backend and direction",
+                |c| [c.packets_in, c.packets_out],
+            ),
+            (
+                "skiff_nodeport_bytes",
+                "Bytes (IP packets) translated on the NodePort path, per frontend, backend and direction",
+                |c| [c.bytes_in, c.bytes_out],
+            ),
+        ];
+        for (name, help, pick) in families {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for c in &counters {
+                let (frontend, backend) = (c.frontend.to_string(), c.backend.to_string());
+                for (direction, value) in ["in", "out"].into_iter().zip(pick(c)) {
+                    let labels = [
+                        ("frontend", frontend.as_str()),
+                        ("backend", backend.as_str()),
+                        ("direction", direction),
+                    ];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}

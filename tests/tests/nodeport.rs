@@ -1,0 +1,420 @@
+//! NodePort from outside the node, on the packet path: a real agent in a node
+//! namespace runs the tc programs on its external device `np0`, a veth to an
+//! "outside host" namespace; the service's backends run in a "pod" namespace behind
+//! another veth of the node. Clients in the outside namespace connect to the node's
+//! address and NodePort over IPv4 and IPv6.
+//!
+//! ```text
+//!  outside              node (agent, tc on np0)            pods
+//!  cli0 192.168.77.1 -- np0 192.168.77.2    pv0 10.77.0.1 -- eth0 10.77.0.{2,3,4}
+//!       fd00:77::1          fd00:77::2          fd00:77:1::1      fd00:77:1::{2,3,4}
+//! ```
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::process::Command;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use skiff_tests::agent::Agent;
+use skiff_tests::netns::NetNs;
+
+const NODE_PORT: u16 = 30080;
+const NODE_V4: &str = "192.168.77.2";
+const NODE_V6: &str = "fd00:77::2";
+const CLIENT_V4: &str = "192.168.77.1";
+const CLIENT_V6: &str = "fd00:77::1";
+
+fn ip(netns: &NetNs, args: &[&str]) {
+    let out = Command::new("ip")
+        .arg("-n")
+        .arg(netns.name())
+        .args(args)
+        .output()
+        .expect("run ip");
+    assert!(
+        out.status.success(),
+        "ip -n {} {args:?}: {}",
+        netns.name(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The outside host and the pods' namespace, wired to `node`.
+struct Topology {
+    outside: NetNs,
+    pods: NetNs,
+}
+
+impl Topology {
+    fn new() -> Self {
+        Self {
+            outside: NetNs::new(),
+            pods: NetNs::new(),
+        }
+    }
+
+    /// Links, addresses, routes and forwarding (as the CNI plugin sets it for pods).
+    fn wire(&self, node: &NetNs) {
+        let (outside, pods) = (&self.outside, &self.pods);
+        ip(
+            outside,
+            &[
+                "link",
+                "add",
+                "cli0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "np0",
+                "netns",
+                node.name(),
+            ],
+        );
+        ip(outside, &["addr", "add", "192.168.77.1/24", "dev", "cli0"]);
+        ip(
+            outside,
+            &["addr", "add", "fd00:77::1/64", "dev", "cli0", "nodad"],
+        );
+        ip(outside, &["link", "set", "cli0", "up"]);
+        ip(node, &["addr", "add", "192.168.77.2/24", "dev", "np0"]);
+        ip(
+            node,
+            &["addr", "add", "fd00:77::2/64", "dev", "np0", "nodad"],
+        );
+        ip(node, &["link", "set", "np0", "up"]);
+
+        ip(
+            node,
+            &[
+                "link",
+                "add",
+                "pv0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                pods.name(),
+            ],
+        );
+        ip(node, &["addr", "add", "10.77.0.1/24", "dev", "pv0"]);
+        ip(
+            node,
+            &["addr", "add", "fd00:77:1::1/64", "dev", "pv0", "nodad"],
+        );
+        ip(node, &["link", "set", "pv0", "up"]);
+        for i in 2..5 {
+            ip(
+                pods,
+                &["addr", "add", &format!("10.77.0.{i}/24"), "dev", "eth0"],
+            );
+            ip(
+                pods,
+                &[
+                    "addr",
+                    "add",
+                    &format!("fd00:77:1::{i}/64"),
+                    "dev",
+                    "eth0",
+                    "nodad",
+                ],
+            );
+        }
+        ip(pods, &["link", "set", "eth0", "up"]);
+        ip(pods, &["route", "add", "default", "via", "10.77.0.1"]);
+        ip(
+            pods,
+            &["-6", "route", "add", "default", "via", "fd00:77:1::1"],
+        );
+        let sysctl = Command::new("ip")
+            .args(["netns", "exec", node.name(), "sysctl", "-qw"])
+            .args(["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
+            .output()
+            .expect("run sysctl");
+        assert!(
+            sysctl.status.success(),
+            "{}",
+            String::from_utf8_lossy(&sysctl.stderr)
+        );
+    }
+}
+
+/// A TCP backend in the pods' namespace: says `NAME CLIENT-IP` on every
+/// connection, then echoes each line as `NAME: LINE` until the client closes.
+struct Backend {
+    listener: Arc<TcpListener>,
+    server: Option<JoinHandle<()>>,
+}
+
+impl Backend {
+    fn start(netns: &NetNs, name: &str, bind: SocketAddr) -> Self {
+        let listener = Arc::new(netns.run(|| TcpListener::bind(bind).expect("bind backend")));
+        let server = {
+            let (listener, name) = (listener.clone(), name.to_string());
+            std::thread::spawn(move || {
+                while let Ok((conn, peer)) = listener.accept() {
+                    let name = name.clone();
+                    std::thread::spawn(move || serve(conn, &name, peer.ip()));
+                }
+            })
+        };
+        Self {
+            listener,
+            server: Some(server),
+        }
+    }
+}
+
+fn serve(mut conn: TcpStream, name: &str, peer: IpAddr) {
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(60)));
+    if writeln!(conn, "{name} {peer}").is_err() {
+        return;
+    }
+    let Ok(reader) = conn.try_clone() else {
+        return;
+    };
+    for line in BufReader::new(reader).lines() {
+        let Ok(line) = line else { return };
+        if writeln!(conn, "{name}: {line}").is_err() {
+            return;
+        }
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        // SAFETY: shutting down a listening socket we own wakes the blocked accept().
+        unsafe { libc::shutdown(self.listener.as_raw_fd(), libc::SHUT_RDWR) };
+        if let Some(server) = self.server.take() {
+            let _ = server.join();
+        }
+    }
+}
+
+/// backend-0..2 on port 8080 of 10.77.0.{2,3,4} and fd00:77:1::{2,3,4}.
+fn backends(pods: &NetNs) -> Vec<Backend> {
+    let mut all = Vec::new();
+    for i in 0..3 {
+        for ip in [
+            format!("10.77.0.{}", i + 2),
+            format!("[fd00:77:1::{}]", i + 2),
+        ] {
+            let bind: SocketAddr = format!("{ip}:8080").parse().unwrap();
+            all.push(Backend::start(pods, &format!("backend-{i}"), bind));
+        }
+    }
+    all
+}
+
+const SERVICE: &str = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  ipFamilyPolicy: RequireDualStack
+  ports:
+  - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+";
+
+/// An EndpointSlice of the service with backends `indexes` (ready).
+fn slice(family: &str, indexes: &[usize]) -> String {
+    let endpoints: String = indexes
+        .iter()
+        .map(|i| {
+            let ip = if family == "IPv4" {
+                format!("10.77.0.{}", i + 2)
+            } else {
+                format!("fd00:77:1::{}", i + 2)
+            };
+            format!("- addresses: ['{ip}']\n")
+        })
+        .collect();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{}\n  \
+         labels: {{kubernetes.io/service-name: web}}\naddressType: {family}\nports:\n\
+         - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n{endpoints}",
+        family.to_lowercase()
+    )
+}
+
+/// Connects from the outside namespace and reads the greeting.
+fn connect(outside: &NetNs, addr: SocketAddr) -> std::io::Result<(TcpStream, String)> {
+    outside.run(|| {
+        let stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        BufReader::new(stream.try_clone()?).read_line(&mut line)?;
+        Ok((stream, line.trim().to_string()))
+    })
+}
+
+/// `count` connections from outside to `addr`: how many times each backend
+/// answered, checking each saw the client's own address.
+fn spread(
+    outside: &NetNs,
+    addr: SocketAddr,
+    client: &str,
+    count: usize,
+) -> BTreeMap<String, usize> {
+    let mut seen = BTreeMap::new();
+    for _ in 0..count {
+        let (_, greeting) = connect(outside, addr).unwrap_or_else(|e| panic!("{addr}: {e}"));
+        let (name, peer) = greeting
+            .split_once(' ')
+            .unwrap_or_else(|| panic!("greeting {greeting:?}"));
+        assert_eq!(peer, client, "the backend sees the client's address");
+        *seen.entry(name.to_string()).or_insert(0) += 1;
+    }
+    seen
+}
+
+/// Waits until new connections to `addr` reach exactly the backends `expected`.
+fn wait_for(outside: &NetNs, addr: SocketAddr, expected: &[&str]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let mut seen = BTreeMap::new();
+        for _ in 0..30 {
+            let reply = match connect(outside, addr) {
+                Ok((_, greeting)) => greeting.split(' ').next().unwrap_or_default().to_string(),
+                Err(e) => format!("error: {e}"),
+            };
+            *seen.entry(reply).or_insert(0) += 1;
+        }
+        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+        if names == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{addr}: {seen:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn node_ports() -> [(SocketAddr, &'static str, &'static str); 2] {
+    [
+        (
+            SocketAddr::new(NODE_V4.parse().unwrap(), NODE_PORT),
+            CLIENT_V4,
+            "IPv4",
+        ),
+        (
+            SocketAddr::new(NODE_V6.parse().unwrap(), NODE_PORT),
+            CLIENT_V6,
+            "IPv6",
+        ),
+    ]
+}
+
+/// A counter of the agent's metrics (0 when absent).
+fn metric(metrics: &str, name: &str, frontend: &str, backend: &str, direction: &str) -> u64 {
+    let prefix = format!(
+        "{name}_total{{frontend=\"{frontend}\",backend=\"{backend}\",direction=\"{direction}\"}} "
+    );
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn node_ports_from_outside_spread_over_backends_and_keep_established_flows() {
+    let topology = Topology::new();
+    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    assert!(
+        agent
+            .log
+            .iter()
+            .any(|l| l.contains("attached skiff_nodeport_ingress") && l.contains("np0")),
+        "{:#?}",
+        agent.log
+    );
+    let _backends = backends(&topology.pods);
+    agent.apply(SERVICE);
+    agent.apply(&slice("IPv4", &[0, 1, 2]));
+    agent.apply(&slice("IPv6", &[0, 1, 2]));
+    let outside = &topology.outside;
+    let all = ["backend-0", "backend-1", "backend-2"];
+    for (addr, _, _) in node_ports() {
+        wait_for(outside, addr, &all);
+    }
+
+    // Replies come from the NodePort (the client's socket accepts nothing else),
+    // backends see the client, and flows spread over every backend.
+    for (addr, client, _) in node_ports() {
+        let seen = spread(outside, addr, client, 300);
+        assert_eq!(seen.values().sum::<usize>(), 300);
+        for name in all {
+            let n = seen.get(name).copied().unwrap_or(0);
+            assert!(n >= 50, "{addr}: {name} got {n} of 300: {seen:?}");
+        }
+    }
+
+    // Packets and bytes per frontend and backend, both ways.
+    let metrics = agent.metrics();
+    for (frontend, backend) in [
+        ("192.168.77.2:30080/tcp", "10.77.0.2:8080"),
+        ("[fd00:77::2]:30080/tcp", "[fd00:77:1::3]:8080"),
+    ] {
+        for direction in ["in", "out"] {
+            let packets = metric(
+                &metrics,
+                "skiff_nodeport_packets",
+                frontend,
+                backend,
+                direction,
+            );
+            let bytes = metric(
+                &metrics,
+                "skiff_nodeport_bytes",
+                frontend,
+                backend,
+                direction,
+            );
+            // Every connection is at least 3 packets each way.
+            assert!(
+                packets >= 150,
+                "{frontend} {backend} {direction}: {packets} packets\n{metrics}"
+            );
+            assert!(bytes >= packets * 40, "{bytes} bytes for {packets} packets");
+        }
+    }
+
+    // Established flows keep their backend when it leaves the EndpointSlice, though
+    // the Maglev table no longer has it: conntrack.
+    let mut established = Vec::new();
+    for (addr, _, family) in node_ports() {
+        let (stream, greeting) = connect(outside, addr).expect("long-lived connection");
+        let name = greeting.split(' ').next().unwrap_or_default().to_string();
+        let index: usize = name
+            .trim_start_matches("backend-")
+            .parse()
+            .expect("backend name");
+        let rest: Vec<usize> = (0..3).filter(|i| *i != index).collect();
+        established.push((stream, name, addr, family, rest));
+    }
+    for (_, name, addr, family, rest) in &established {
+        agent.apply(&slice(family, rest));
+        let expected: Vec<String> = rest.iter().map(|i| format!("backend-{i}")).collect();
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        wait_for(outside, *addr, &expected);
+        assert!(!expected.contains(&name.as_str()));
+    }
+    for (stream, name, addr, _, _) in &established {
+        let mut writer = stream;
+        writeln!(writer, "still there?").expect("write on the established flow");
+        let mut line = String::new();
+        BufReader::new(stream)
+            .read_line(&mut line)
+            .unwrap_or_else(|e| panic!("{addr}: reading on the established flow: {e}"));
+        assert_eq!(line.trim(), format!("{name}: still there?"), "{addr}");
+    }
+}
