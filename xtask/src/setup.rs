@@ -38,6 +38,10 @@ const PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "iptables",
     "podman",
+    // The dataplane benchmark: kube-proxy's nftables mode (nft), and conntrack to
+    // empty the connection tracking table between rounds.
+    "nftables",
+    "conntrack",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
