@@ -1,0 +1,571 @@
+//! The dataplane benchmark: new connections per second (connect, one request and
+//! response, close) to the same backends, in one run:
+//!
+//! - direct: to the backends' own addresses, nothing in between;
+//! - skiff: to a service virtual IP that skiff's connect() programs rewrite;
+//! - iptables: to a virtual IP that kube-proxy's iptables-mode rules DNAT (on this
+//!   machine's default iptables, which drives nf_tables: iptables-nft);
+//! - nftables: to a virtual IP that kube-proxy's nftables-mode rules DNAT (the
+//!   stand-in for IPVS, which this kernel lacks);
+//!
+//! each with 100, 1,000 and 10,000 services programmed, the measured one last in
+//! iptables order. The configurations alternate within every round (these
+//! machines drift by about ±20%); the report gives medians and each mode's median
+//! ratio to direct in the same round.
+//!
+//! Then the time to program 10,000 services with 10 backends each: skiff's map
+//! writes against `iptables-restore` and `nft -f` of the same services.
+//!
+//! Every load balancer lives in namespaces (and skiff in cgroups) of its own, made
+//! for the run and removed at its end: direct and skiff clients share one namespace
+//! without any netfilter rule, each iptables and nftables configuration has its
+//! own. The backends are the same code in each: one thread per backend address.
+
+mod lab;
+mod rules;
+mod traffic;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use skiff::dataplane::{self, Dataplane, Frontend};
+
+use crate::stats::median;
+use lab::{Cgroup, Netns};
+use rules::{BACKEND_PORT, ServiceSet};
+use traffic::{Backends, ClientSpec};
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Accepted because `cargo xtask bench` names the skiff binary; unused, as the
+    /// dataplane measured is the skiff library linked into this benchmark.
+    #[arg(long)]
+    skiff: Option<PathBuf>,
+    /// Numbers of services programmed, one column each.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
+    services: Vec<usize>,
+    /// Backends of the measured service: listeners in the namespace, one thread each.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=250))]
+    backends: u8,
+    /// Backends of every other service (addresses nothing listens on).
+    #[arg(long, default_value_t = 10)]
+    filler_backends: usize,
+    /// Client threads, in one client process.
+    #[arg(long, default_value_t = 2)]
+    clients: usize,
+    /// Seconds each measurement counts connections.
+    #[arg(long, default_value_t = 2.0)]
+    seconds: f64,
+    /// Seconds of connections before counting starts.
+    #[arg(long, default_value_t = 0.25)]
+    warmup: f64,
+    /// Rounds; every configuration is measured once in each.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Services programmed in the programming-time measurement.
+    #[arg(long, default_value_t = 10_000)]
+    program_services: usize,
+    /// Backends of each of those.
+    #[arg(long, default_value_t = 10)]
+    program_backends: usize,
+    /// Rounds of the programming-time measurement (0 skips it).
+    #[arg(long, default_value_t = 3)]
+    program_rounds: usize,
+    /// Internal: run as the client process against these addresses.
+    #[arg(long, hide = true, value_delimiter = ',')]
+    client_targets: Vec<SocketAddr>,
+}
+
+/// What the p99 latency from an EndpointSlice change in the store to the map
+/// update needs before it can be measured; the report says so in its place.
+const STORE_TO_MAP_LATENCY: &str = "not measured: needs the store-driven dataplane sync";
+
+/// Where the measured service's backends listen (on the namespace's loopback, in
+/// the pod CIDR); the client's source address is the one before them.
+const CLIENT_ADDR: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+const SERVICE_CIDR: &str = "10.96.0.0/12";
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Direct,
+    Skiff,
+    Iptables,
+    Nftables,
+}
+
+const MODES: [Mode; 4] = [Mode::Direct, Mode::Skiff, Mode::Iptables, Mode::Nftables];
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Mode::Direct => "direct",
+            Mode::Skiff => "skiff VIP",
+            Mode::Iptables => "iptables",
+            Mode::Nftables => "nftables",
+        }
+    }
+}
+
+pub fn run(options: Options) -> Result<()> {
+    if !options.client_targets.is_empty() {
+        return traffic::client_main(&ClientSpec {
+            targets: &options.client_targets,
+            threads: options.clients,
+            warmup: seconds(options.warmup)?,
+            seconds: seconds(options.seconds)?,
+        });
+    }
+    validate(&options)?;
+    catch_interrupts();
+    let iptables = tool_version("iptables")?;
+    let nft = tool_version("nft")?;
+    tool_version("conntrack")?;
+    eprintln!("[dataplane] {iptables}; {nft}");
+
+    let started = Instant::now();
+    let rates = measure_rates(&options)?;
+    eprintln!(
+        "[dataplane] connection rates measured in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    let started = Instant::now();
+    let programming = measure_programming(&options)?;
+    eprintln!(
+        "[dataplane] programming times measured in {:.0}s",
+        started.elapsed().as_secs_f64()
+    );
+    print_report(&options, &iptables, &rates, &programming);
+    Ok(())
+}
+
+fn seconds(s: f64) -> Result<Duration> {
+    Duration::try_from_secs_f64(s).with_context(|| format!("{s} is not a duration in seconds"))
+}
+
+fn validate(options: &Options) -> Result<()> {
+    // The service CIDR 10.96.0.0/12 holds 2^20 - 2 virtual IPs from 10.96.0.1.
+    const MAX_SERVICES: usize = (1 << 20) - 2;
+    ensure!(!options.services.is_empty(), "--services names no size");
+    for &n in options.services.iter().chain([&options.program_services]) {
+        ensure!(
+            (1..=MAX_SERVICES).contains(&n),
+            "{n} services do not fit the service CIDR (1..={MAX_SERVICES})"
+        );
+    }
+    ensure!(options.clients > 0, "--clients must be at least 1");
+    ensure!(options.rounds > 0, "--rounds must be at least 1");
+    ensure!(
+        options.filler_backends > 0 && options.program_backends > 0,
+        "services need at least one backend"
+    );
+    seconds(options.seconds)?;
+    seconds(options.warmup)?;
+    Ok(())
+}
+
+/// The first line of `tool --version`, failing when the tool is missing.
+fn tool_version(tool: &str) -> Result<String> {
+    let out = Command::new(tool)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("{tool} is missing: run `cargo xtask setup`"))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    Ok(text.lines().next().unwrap_or(tool).trim().to_string())
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_signal: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::Relaxed);
+}
+
+/// Ctrl-C and SIGTERM end the run between measurements, so the guards still remove
+/// every namespace and cgroup.
+fn catch_interrupts() {
+    let handler: extern "C" fn(libc::c_int) = on_interrupt;
+    for signal in [libc::SIGINT, libc::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(signal, handler as libc::sighandler_t) };
+    }
+}
+
+fn check_interrupted() -> Result<()> {
+    if INTERRUPTED.load(Ordering::Relaxed) {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+/// A namespace with the backends listening on its loopback and a route for the
+/// service CIDR (iptables and nftables DNAT in the nat OUTPUT hook, after the route
+/// lookup: without a route connect() to a virtual IP fails before NAT).
+struct Site {
+    // Dropped first: the backend threads stop before the namespace goes.
+    backends: Backends,
+    netns: Netns,
+}
+
+impl Site {
+    fn create(tag: &str, backends: u8) -> Result<Self> {
+        let netns = Netns::create(tag)?;
+        let addrs: Vec<SocketAddrV4> = (1..=backends)
+            .map(|i| {
+                SocketAddrV4::new(
+                    Ipv4Addr::from(u32::from(CLIENT_ADDR) + u32::from(i)),
+                    BACKEND_PORT,
+                )
+            })
+            .collect();
+        for ip in std::iter::once(CLIENT_ADDR).chain(addrs.iter().map(|a| *a.ip())) {
+            netns.ip(&["addr", "add", &format!("{ip}/32"), "dev", "lo"])?;
+        }
+        netns.ip(&[
+            "route",
+            "add",
+            SERVICE_CIDR,
+            "dev",
+            "lo",
+            "src",
+            &CLIENT_ADDR.to_string(),
+        ])?;
+        let backends = Backends::start(&netns, &addrs)?;
+        Ok(Self { backends, netns })
+    }
+
+    fn service_set(&self, count: usize, filler_backends: usize) -> ServiceSet {
+        ServiceSet {
+            count,
+            filler_backends,
+            measured_backends: Some(self.backends.addrs().to_vec()),
+        }
+    }
+}
+
+/// skiff's programs attached to a cgroup of their own, with one size's services.
+struct SkiffSite {
+    // Dropped first: detached before the cgroup is removed.
+    #[expect(dead_code, reason = "held for its attached programs and maps")]
+    dataplane: Dataplane,
+    cgroup: Cgroup,
+}
+
+/// Everything the rate measurements connect through, one entry per size.
+struct Bed {
+    skiff: Vec<SkiffSite>,
+    /// The clients of direct connections (and of iptables and nftables, each in
+    /// their own namespace): a cgroup without programs.
+    plain_cgroup: Cgroup,
+    plain: Site,
+    iptables: Vec<Site>,
+    nftables: Vec<Site>,
+}
+
+fn build_bed(options: &Options) -> Result<Bed> {
+    let plain = Site::create("plain", options.backends)?;
+    let plain_cgroup = Cgroup::create("plain")?;
+    let mut bed = Bed {
+        skiff: Vec::new(),
+        plain_cgroup,
+        plain,
+        iptables: Vec::new(),
+        nftables: Vec::new(),
+    };
+    for &size in &options.services {
+        check_interrupted()?;
+        let services = bed.plain.service_set(size, options.filler_backends);
+
+        let cgroup = Cgroup::create(&format!("skiff-{size}"))?;
+        let mut dataplane = Dataplane::load(&dataplane::Config {
+            cgroup: cgroup.path().to_path_buf(),
+            ebpf_log: log::LevelFilter::Off,
+        })
+        .context("loading skiff's dataplane")?;
+        let took = program_skiff(&mut dataplane, &services)?;
+        eprintln!(
+            "[setup] skiff: {size} services in {:.2}s",
+            took.as_secs_f64()
+        );
+        bed.skiff.push(SkiffSite { dataplane, cgroup });
+
+        let site = Site::create(&format!("ipt-{size}"), options.backends)?;
+        let services = site.service_set(size, options.filler_backends);
+        let took = site.netns.timed(
+            "iptables-restore",
+            &[],
+            services.iptables_restore().as_bytes(),
+        )?;
+        eprintln!(
+            "[setup] iptables-restore: {size} services in {:.2}s",
+            took.as_secs_f64()
+        );
+        bed.iptables.push(site);
+
+        let site = Site::create(&format!("nft-{size}"), options.backends)?;
+        let services = site.service_set(size, options.filler_backends);
+        let took = site
+            .netns
+            .timed("nft", &["-f", "-"], services.nft_script().as_bytes())?;
+        eprintln!(
+            "[setup] nft -f: {size} services in {:.2}s",
+            took.as_secs_f64()
+        );
+        bed.nftables.push(site);
+    }
+    Ok(bed)
+}
+
+fn program_skiff(dataplane: &mut Dataplane, services: &ServiceSet) -> Result<Duration> {
+    let started = Instant::now();
+    for (vip, backends) in services.skiff_services() {
+        dataplane.upsert_service(&Frontend::tcp(vip), &backends)?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Connections per second, by size index, mode and round.
+struct Rates {
+    by_size: Vec<[Vec<f64>; 4]>,
+}
+
+impl Rates {
+    fn of(&self, size: usize, mode: Mode) -> &[f64] {
+        &self.by_size[size][mode as usize]
+    }
+
+    /// The median over rounds of `mode`'s rate over direct's in the same round.
+    fn ratio(&self, size: usize, mode: Mode) -> f64 {
+        let direct = self.of(size, Mode::Direct);
+        median(self.of(size, mode).iter().zip(direct).map(|(m, d)| m / d))
+    }
+}
+
+fn measure_rates(options: &Options) -> Result<Rates> {
+    let bed = build_bed(options)?;
+    fn spec<'a>(options: &Options, targets: &'a [SocketAddr]) -> ClientSpec<'a> {
+        ClientSpec {
+            targets,
+            threads: options.clients,
+            warmup: Duration::from_secs_f64(options.warmup),
+            seconds: Duration::from_secs_f64(options.seconds),
+        }
+    }
+    let direct_targets: Vec<SocketAddr> = bed
+        .plain
+        .backends
+        .addrs()
+        .iter()
+        .copied()
+        .map(SocketAddr::V4)
+        .collect();
+    let mut rates = Rates {
+        by_size: vec![Default::default(); options.services.len()],
+    };
+    let sizes = options.services.len();
+    for round in 0..options.rounds {
+        // Rotate both orders, so each size and each mode goes first in some round.
+        for s in 0..sizes {
+            let si = (s + round) % sizes;
+            let size = options.services[si];
+            let vip = [SocketAddr::V4(
+                bed.plain.service_set(size, 1).measured_vip(),
+            )];
+            for m in 0..MODES.len() {
+                check_interrupted()?;
+                let mode = MODES[(m + round) % MODES.len()];
+                let (site, cgroup, targets) = match mode {
+                    Mode::Direct => (&bed.plain, &bed.plain_cgroup, &direct_targets[..]),
+                    Mode::Skiff => (&bed.plain, &bed.skiff[si].cgroup, &vip[..]),
+                    Mode::Iptables => (&bed.iptables[si], &bed.plain_cgroup, &vip[..]),
+                    Mode::Nftables => (&bed.nftables[si], &bed.plain_cgroup, &vip[..]),
+                };
+                let rate = measure_one(site, cgroup, &spec(options, targets))
+                    .with_context(|| format!("{} with {size} services", mode.name()))?;
+                eprintln!(
+                    "round {} {size:>6} services {:<10} {rate:>8.0} connections/s",
+                    round + 1,
+                    mode.name()
+                );
+                rates.by_size[si][mode as usize].push(rate);
+            }
+        }
+    }
+    Ok(rates)
+}
+
+/// One measurement: conntrack flushed, the client run, and a check that every
+/// connection it made was answered by the site's backends, all of them.
+fn measure_one(site: &Site, cgroup: &Cgroup, spec: &ClientSpec) -> Result<f64> {
+    site.netns.flush_conntrack()?;
+    let before = site.backends.answered();
+    let run = traffic::run_client(&site.netns, cgroup, spec)?;
+    // A backend counts its answer just after writing it: let the last ones land.
+    let mut answered: Vec<u64>;
+    let deadline = Instant::now() + Duration::from_millis(500);
+    loop {
+        answered = site
+            .backends
+            .answered()
+            .iter()
+            .zip(&before)
+            .map(|(a, b)| a - b)
+            .collect();
+        if answered.iter().sum::<u64>() >= run.total || Instant::now() > deadline {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let sum: u64 = answered.iter().sum();
+    ensure!(
+        sum == run.total,
+        "the client completed {} connections but the backends answered {sum}",
+        run.total
+    );
+    if run.total >= 100 * answered.len() as u64 {
+        ensure!(
+            answered.iter().all(|&a| a > 0),
+            "some backend got no connection: {answered:?}"
+        );
+    }
+    let time_wait = site.netns.time_wait()?;
+    if time_wait > 0 {
+        eprintln!(
+            "warning: {time_wait} sockets in TIME_WAIT in {}",
+            site.netns.name()
+        );
+    }
+    Ok(run.per_second())
+}
+
+/// Seconds to program `program_services` services of `program_backends` backends,
+/// by load balancer and round.
+struct Programming {
+    skiff: Vec<f64>,
+    iptables: Vec<f64>,
+    nftables: Vec<f64>,
+}
+
+fn measure_programming(options: &Options) -> Result<Programming> {
+    let services = ServiceSet {
+        count: options.program_services,
+        filler_backends: options.program_backends,
+        measured_backends: None,
+    };
+    let iptables_input = services.iptables_restore();
+    let nft_input = services.nft_script();
+    let mut times = Programming {
+        skiff: Vec::new(),
+        iptables: Vec::new(),
+        nftables: Vec::new(),
+    };
+    for round in 0..options.program_rounds {
+        for m in 0..3 {
+            check_interrupted()?;
+            match (m + round) % 3 {
+                0 => {
+                    let cgroup = Cgroup::create(&format!("program-{round}"))?;
+                    let mut dataplane = Dataplane::load(&dataplane::Config {
+                        cgroup: cgroup.path().to_path_buf(),
+                        ebpf_log: log::LevelFilter::Off,
+                    })
+                    .context("loading skiff's dataplane")?;
+                    let took = program_skiff(&mut dataplane, &services)?.as_secs_f64();
+                    eprintln!("round {} programming skiff maps: {took:.3}s", round + 1);
+                    times.skiff.push(took);
+                    drop(dataplane);
+                }
+                1 => {
+                    let netns = Netns::create(&format!("program-ipt-{round}"))?;
+                    let took = netns
+                        .timed("iptables-restore", &[], iptables_input.as_bytes())?
+                        .as_secs_f64();
+                    eprintln!(
+                        "round {} programming iptables-restore: {took:.3}s",
+                        round + 1
+                    );
+                    times.iptables.push(took);
+                    netns.flush_ruleset()?;
+                }
+                _ => {
+                    let netns = Netns::create(&format!("program-nft-{round}"))?;
+                    let took = netns
+                        .timed("nft", &["-f", "-"], nft_input.as_bytes())?
+                        .as_secs_f64();
+                    eprintln!("round {} programming nft -f: {took:.3}s", round + 1);
+                    times.nftables.push(took);
+                    netns.flush_ruleset()?;
+                }
+            }
+        }
+    }
+    Ok(times)
+}
+
+fn print_report(options: &Options, iptables: &str, rates: &Rates, programming: &Programming) {
+    println!(
+        "New connections per second (connect, one request/response, close; {} client threads, \
+         {} backends), median of {} rounds of {}s; {iptables}\n",
+        options.clients, options.backends, options.rounds, options.seconds
+    );
+    println!(
+        "| services | direct | skiff VIP | iptables | nftables | skiff / direct | iptables / direct | nftables / direct |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (si, size) in options.services.iter().enumerate() {
+        let rate = |mode| median(rates.of(si, mode).iter().copied());
+        println!(
+            "| {size} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3}x | {:.3}x | {:.3}x |",
+            rate(Mode::Direct),
+            rate(Mode::Skiff),
+            rate(Mode::Iptables),
+            rate(Mode::Nftables),
+            rates.ratio(si, Mode::Skiff),
+            rates.ratio(si, Mode::Iptables),
+            rates.ratio(si, Mode::Nftables),
+        );
+    }
+    println!("\nFloors:");
+    if let Some(largest) = (0..options.services.len()).max_by_key(|&si| options.services[si]) {
+        let ratio = rates.ratio(largest, Mode::Skiff);
+        println!(
+            "- skiff VIP >= 0.95x direct at {} services: {ratio:.3}x, {}",
+            options.services[largest],
+            if ratio >= 0.95 { "met" } else { "MISSED" }
+        );
+    }
+    for (si, size) in options.services.iter().enumerate() {
+        let skiff = rates.ratio(si, Mode::Skiff);
+        let (ipt, nft) = (
+            rates.ratio(si, Mode::Iptables),
+            rates.ratio(si, Mode::Nftables),
+        );
+        println!(
+            "- skiff ahead of iptables and nftables at {size} services: {skiff:.3}x vs {ipt:.3}x and {nft:.3}x, {}",
+            if skiff > ipt && skiff > nft {
+                "met"
+            } else {
+                "MISSED"
+            }
+        );
+    }
+    if options.program_rounds > 0 {
+        println!(
+            "\nTime to program {} services with {} backends each (s), median of {} rounds:\n",
+            options.program_services, options.program_backends, options.program_rounds
+        );
+        println!("| skiff maps | iptables-restore | nft -f |");
+        println!("|---|---|---|");
+        println!(
+            "| {:.3} | {:.3} | {:.3} |",
+            median(programming.skiff.iter().copied()),
+            median(programming.iptables.iter().copied()),
+            median(programming.nftables.iter().copied()),
+        );
+    }
+    println!(
+        "\np99 from an EndpointSlice change in the store to the map update: {STORE_TO_MAP_LATENCY}"
+    );
+}
