@@ -51,20 +51,23 @@ pub struct Options {
     /// Backends of the measured service: listeners in the namespace, one thread each.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u8).range(1..=250))]
     backends: u8,
-    /// Backends of every other service (addresses nothing listens on).
-    #[arg(long, default_value_t = 10)]
+    /// Backends of every other service (addresses nothing listens on). A connection
+    /// to the measured service never visits them in any mode, but iptables and
+    /// nftables take longer to load more of them.
+    #[arg(long, default_value_t = 1)]
     filler_backends: usize,
     /// Client threads, in one client process.
     #[arg(long, default_value_t = 2)]
     clients: usize,
     /// Seconds each measurement counts connections.
-    #[arg(long, default_value_t = 2.0)]
+    #[arg(long, default_value_t = 1.5)]
     seconds: f64,
     /// Seconds of connections before counting starts.
     #[arg(long, default_value_t = 0.25)]
     warmup: f64,
-    /// Rounds; every configuration is measured once in each.
-    #[arg(long, default_value_t = 5)]
+    /// Rounds; every configuration is measured once in each. Many short rounds
+    /// pair each mode with a direct measurement close in time.
+    #[arg(long, default_value_t = 7)]
     rounds: usize,
     /// Services programmed in the programming-time measurement.
     #[arg(long, default_value_t = 10_000)]
@@ -72,8 +75,9 @@ pub struct Options {
     /// Backends of each of those.
     #[arg(long, default_value_t = 10)]
     program_backends: usize,
-    /// Rounds of the programming-time measurement (0 skips it).
-    #[arg(long, default_value_t = 3)]
+    /// Rounds of the programming-time measurement (0 skips it); one round of nft -f
+    /// takes minutes here.
+    #[arg(long, default_value_t = 1)]
     program_rounds: usize,
     /// Internal: run as the client process against these addresses.
     #[arg(long, hide = true, value_delimiter = ',')]
@@ -326,20 +330,40 @@ fn program_skiff(dataplane: &mut Dataplane, services: &ServiceSet) -> Result<Dur
     Ok(started.elapsed())
 }
 
-/// Connections per second, by size index, mode and round.
+/// One measurement of one configuration.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    /// Connections completed per second of wall-clock time.
+    per_second: f64,
+    /// CPU time (user and system, of the client process and the backends' threads)
+    /// per connection, in microseconds. On loopback the kernel's network work,
+    /// netfilter's and skiff's programs included, runs in these tasks' context, so
+    /// this is the whole cost of a connection, and it barely moves when other work
+    /// on the machine takes CPU from the benchmark (which the rate does not escape).
+    cpu_us: f64,
+}
+
+/// Samples by size index, mode and round.
 struct Rates {
-    by_size: Vec<[Vec<f64>; 4]>,
+    by_size: Vec<[Vec<Sample>; 4]>,
+    load_before: String,
+    load_after: String,
 }
 
 impl Rates {
-    fn of(&self, size: usize, mode: Mode) -> &[f64] {
-        &self.by_size[size][mode as usize]
+    fn of(&self, size: usize, mode: Mode, pick: fn(&Sample) -> f64) -> f64 {
+        median(self.by_size[size][mode as usize].iter().map(pick))
     }
 
-    /// The median over rounds of `mode`'s rate over direct's in the same round.
-    fn ratio(&self, size: usize, mode: Mode) -> f64 {
-        let direct = self.of(size, Mode::Direct);
-        median(self.of(size, mode).iter().zip(direct).map(|(m, d)| m / d))
+    /// The median over rounds of `mode`'s figure over direct's in the same round.
+    fn ratio(&self, size: usize, mode: Mode, pick: fn(&Sample) -> f64) -> f64 {
+        let direct = &self.by_size[size][Mode::Direct as usize];
+        median(
+            self.by_size[size][mode as usize]
+                .iter()
+                .zip(direct)
+                .map(|(m, d)| pick(m) / pick(d)),
+        )
     }
 }
 
@@ -363,6 +387,8 @@ fn measure_rates(options: &Options) -> Result<Rates> {
         .collect();
     let mut rates = Rates {
         by_size: vec![Default::default(); options.services.len()],
+        load_before: load_average(),
+        load_after: String::new(),
     };
     let sizes = options.services.len();
     for round in 0..options.rounds {
@@ -382,25 +408,29 @@ fn measure_rates(options: &Options) -> Result<Rates> {
                     Mode::Iptables => (&bed.iptables[si], &bed.plain_cgroup, &vip[..]),
                     Mode::Nftables => (&bed.nftables[si], &bed.plain_cgroup, &vip[..]),
                 };
-                let rate = measure_one(site, cgroup, &spec(options, targets))
+                let sample = measure_one(site, cgroup, &spec(options, targets))
                     .with_context(|| format!("{} with {size} services", mode.name()))?;
                 eprintln!(
-                    "round {} {size:>6} services {:<10} {rate:>8.0} connections/s",
+                    "round {} {size:>6} services {:<10} {:>8.0} connections/s {:>6.1} CPU µs/connection",
                     round + 1,
-                    mode.name()
+                    mode.name(),
+                    sample.per_second,
+                    sample.cpu_us,
                 );
-                rates.by_size[si][mode as usize].push(rate);
+                rates.by_size[si][mode as usize].push(sample);
             }
         }
     }
+    rates.load_after = load_average();
     Ok(rates)
 }
 
 /// One measurement: conntrack flushed, the client run, and a check that every
 /// connection it made was answered by the site's backends, all of them.
-fn measure_one(site: &Site, cgroup: &Cgroup, spec: &ClientSpec) -> Result<f64> {
+fn measure_one(site: &Site, cgroup: &Cgroup, spec: &ClientSpec) -> Result<Sample> {
     site.netns.flush_conntrack()?;
     let before = site.backends.answered();
+    let cpu_before = cpu_seconds()?;
     let run = traffic::run_client(&site.netns, cgroup, spec)?;
     // A backend counts its answer just after writing it: let the last ones land.
     let mut answered: Vec<u64>;
@@ -418,6 +448,8 @@ fn measure_one(site: &Site, cgroup: &Cgroup, spec: &ClientSpec) -> Result<f64> {
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    let cpu = cpu_seconds()? - cpu_before;
+    ensure!(run.total > 0, "the client completed no connection");
     let sum: u64 = answered.iter().sum();
     ensure!(
         sum == run.total,
@@ -437,7 +469,28 @@ fn measure_one(site: &Site, cgroup: &Cgroup, spec: &ClientSpec) -> Result<f64> {
             site.netns.name()
         );
     }
-    Ok(run.per_second())
+    Ok(Sample {
+        per_second: run.per_second(),
+        cpu_us: cpu * 1e6 / run.total as f64,
+    })
+}
+
+/// User and system CPU seconds of this process (the backends' threads) and of its
+/// waited-for children (the clients).
+fn cpu_seconds() -> Result<f64> {
+    let mut total = 0.0;
+    for who in [libc::RUSAGE_SELF, libc::RUSAGE_CHILDREN] {
+        // SAFETY: getrusage writes one rusage into the zeroed value given.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        if unsafe { libc::getrusage(who, &raw mut usage) } != 0 {
+            return Err(std::io::Error::last_os_error()).context("getrusage");
+        }
+        for t in [usage.ru_utime, usage.ru_stime] {
+            total += t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        }
+    }
+    Ok(total)
 }
 
 /// Seconds to program `program_services` services of `program_backends` backends,
@@ -505,31 +558,61 @@ fn measure_programming(options: &Options) -> Result<Programming> {
 }
 
 fn print_report(options: &Options, iptables: &str, rates: &Rates, programming: &Programming) {
+    let per_second: fn(&Sample) -> f64 = |s| s.per_second;
+    let cpu_us: fn(&Sample) -> f64 = |s| s.cpu_us;
     println!(
         "New connections per second (connect, one request/response, close; {} client threads, \
-         {} backends), median of {} rounds of {}s; {iptables}\n",
-        options.clients, options.backends, options.rounds, options.seconds
+         {} backends), median of {} rounds of {}s; {iptables}; load average {} before, {} after\n",
+        options.clients,
+        options.backends,
+        options.rounds,
+        options.seconds,
+        rates.load_before,
+        rates.load_after,
     );
     println!(
         "| services | direct | skiff VIP | iptables | nftables | skiff / direct | iptables / direct | nftables / direct |"
     );
     println!("|---|---|---|---|---|---|---|---|");
     for (si, size) in options.services.iter().enumerate() {
-        let rate = |mode| median(rates.of(si, mode).iter().copied());
+        let rate = |mode| rates.of(si, mode, per_second);
+        let ratio = |mode| rates.ratio(si, mode, per_second);
         println!(
             "| {size} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3}x | {:.3}x | {:.3}x |",
             rate(Mode::Direct),
             rate(Mode::Skiff),
             rate(Mode::Iptables),
             rate(Mode::Nftables),
-            rates.ratio(si, Mode::Skiff),
-            rates.ratio(si, Mode::Iptables),
-            rates.ratio(si, Mode::Nftables),
+            ratio(Mode::Skiff),
+            ratio(Mode::Iptables),
+            ratio(Mode::Nftables),
         );
     }
-    println!("\nFloors:");
+    println!(
+        "\nCPU time per connection (µs, client and backends, kernel included), median; \
+         ratios are direct's over each mode's (above 1 is better, as for the rates):\n"
+    );
+    println!(
+        "| services | direct | skiff VIP | iptables | nftables | direct / skiff | direct / iptables | direct / nftables |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (si, size) in options.services.iter().enumerate() {
+        let cost = |mode| rates.of(si, mode, cpu_us);
+        let ratio = |mode| 1.0 / rates.ratio(si, mode, cpu_us);
+        println!(
+            "| {size} | {:.1} | {:.1} | {:.1} | {:.1} | {:.3}x | {:.3}x | {:.3}x |",
+            cost(Mode::Direct),
+            cost(Mode::Skiff),
+            cost(Mode::Iptables),
+            cost(Mode::Nftables),
+            ratio(Mode::Skiff),
+            ratio(Mode::Iptables),
+            ratio(Mode::Nftables),
+        );
+    }
+    println!("\nFloors (on the connection rates):");
     if let Some(largest) = (0..options.services.len()).max_by_key(|&si| options.services[si]) {
-        let ratio = rates.ratio(largest, Mode::Skiff);
+        let ratio = rates.ratio(largest, Mode::Skiff, per_second);
         println!(
             "- skiff VIP >= 0.95x direct at {} services: {ratio:.3}x, {}",
             options.services[largest],
@@ -537,10 +620,11 @@ fn print_report(options: &Options, iptables: &str, rates: &Rates, programming: &
         );
     }
     for (si, size) in options.services.iter().enumerate() {
-        let skiff = rates.ratio(si, Mode::Skiff);
-        let (ipt, nft) = (
-            rates.ratio(si, Mode::Iptables),
-            rates.ratio(si, Mode::Nftables),
+        let ratio = |mode| rates.ratio(si, mode, per_second);
+        let (skiff, ipt, nft) = (
+            ratio(Mode::Skiff),
+            ratio(Mode::Iptables),
+            ratio(Mode::Nftables),
         );
         println!(
             "- skiff ahead of iptables and nftables at {size} services: {skiff:.3}x vs {ipt:.3}x and {nft:.3}x, {}",
@@ -568,4 +652,12 @@ fn print_report(options: &Options, iptables: &str, rates: &Rates, programming: &
     println!(
         "\np99 from an EndpointSlice change in the store to the map update: {STORE_TO_MAP_LATENCY}"
     );
+}
+
+/// The 1, 5 and 15 minute load averages, for the report: other work on the machine
+/// shows in the rates.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
