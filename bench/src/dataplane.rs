@@ -252,7 +252,6 @@ impl Site {
 /// skiff's programs attached to a cgroup of their own, with one size's services.
 struct SkiffSite {
     // Dropped first: detached before the cgroup is removed.
-    #[expect(dead_code, reason = "held for its attached programs and maps")]
     dataplane: Dataplane,
     cgroup: Cgroup,
 }
@@ -346,6 +345,8 @@ struct Sample {
 /// Samples by size index, mode and round.
 struct Rates {
     by_size: Vec<[Vec<Sample>; 4]>,
+    /// Nanoseconds skiff's connect4 program ran per connect(), by size.
+    program_ns: Vec<f64>,
     load_before: String,
     load_after: String,
 }
@@ -367,16 +368,26 @@ impl Rates {
     }
 }
 
+fn client_spec<'a>(options: &Options, targets: &'a [SocketAddr]) -> ClientSpec<'a> {
+    ClientSpec {
+        targets,
+        threads: options.clients,
+        warmup: Duration::from_secs_f64(options.warmup),
+        seconds: Duration::from_secs_f64(options.seconds),
+    }
+}
+
 fn measure_rates(options: &Options) -> Result<Rates> {
     let bed = build_bed(options)?;
-    fn spec<'a>(options: &Options, targets: &'a [SocketAddr]) -> ClientSpec<'a> {
-        ClientSpec {
-            targets,
-            threads: options.clients,
-            warmup: Duration::from_secs_f64(options.warmup),
-            seconds: Duration::from_secs_f64(options.seconds),
-        }
-    }
+    let vips: Vec<[SocketAddr; 1]> = options
+        .services
+        .iter()
+        .map(|&size| {
+            [SocketAddr::V4(
+                bed.plain.service_set(size, 1).measured_vip(),
+            )]
+        })
+        .collect();
     let direct_targets: Vec<SocketAddr> = bed
         .plain
         .backends
@@ -389,6 +400,7 @@ fn measure_rates(options: &Options) -> Result<Rates> {
         by_size: vec![Default::default(); options.services.len()],
         load_before: load_average(),
         load_after: String::new(),
+        program_ns: Vec::new(),
     };
     let sizes = options.services.len();
     for round in 0..options.rounds {
@@ -396,9 +408,7 @@ fn measure_rates(options: &Options) -> Result<Rates> {
         for s in 0..sizes {
             let si = (s + round) % sizes;
             let size = options.services[si];
-            let vip = [SocketAddr::V4(
-                bed.plain.service_set(size, 1).measured_vip(),
-            )];
+            let vip = &vips[si];
             for m in 0..MODES.len() {
                 check_interrupted()?;
                 let mode = MODES[(m + round) % MODES.len()];
@@ -408,7 +418,7 @@ fn measure_rates(options: &Options) -> Result<Rates> {
                     Mode::Iptables => (&bed.iptables[si], &bed.plain_cgroup, &vip[..]),
                     Mode::Nftables => (&bed.nftables[si], &bed.plain_cgroup, &vip[..]),
                 };
-                let sample = measure_one(site, cgroup, &spec(options, targets))
+                let sample = measure_one(site, cgroup, &client_spec(options, targets))
                     .with_context(|| format!("{} with {size} services", mode.name()))?;
                 eprintln!(
                     "round {} {size:>6} services {:<10} {:>8.0} connections/s {:>6.1} CPU µs/connection",
@@ -422,7 +432,48 @@ fn measure_rates(options: &Options) -> Result<Rates> {
         }
     }
     rates.load_after = load_average();
+    rates.program_ns = program_run_time(options, &bed, &vips)?;
     Ok(rates)
+}
+
+/// How long skiff's connect4 program runs per connect(), by size: one more skiff
+/// measurement each (not counted in the rates) with the kernel's run-time
+/// statistics on. They are on only while the returned fd of BPF_ENABLE_STATS is
+/// held, and cost every eBPF program two clock reads a run, hence their own phase.
+fn program_run_time(options: &Options, bed: &Bed, vips: &[[SocketAddr; 1]]) -> Result<Vec<f64>> {
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling eBPF run-time statistics")?;
+    let mut per_run = Vec::with_capacity(bed.skiff.len());
+    for (si, skiff) in bed.skiff.iter().enumerate() {
+        check_interrupted()?;
+        let ids: Vec<u32> = skiff
+            .dataplane
+            .attached()
+            .filter(|p| p.name == "skiff_connect4")
+            .map(|p| p.id)
+            .collect();
+        let before = program_stats(&ids)?;
+        measure_one(&bed.plain, &skiff.cgroup, &client_spec(options, &vips[si]))?;
+        let after = program_stats(&ids)?;
+        let runs = after.1 - before.1;
+        ensure!(runs > 0, "skiff_connect4 never ran");
+        per_run.push((after.0 - before.0).as_nanos() as f64 / runs as f64);
+    }
+    drop(stats);
+    Ok(per_run)
+}
+
+/// The summed run time and run count of the programs `ids`.
+fn program_stats(ids: &[u32]) -> Result<(Duration, u64)> {
+    let mut sums = (Duration::ZERO, 0);
+    for info in aya::programs::loaded_programs() {
+        let info = info.context("listing eBPF programs")?;
+        if ids.contains(&info.id()) {
+            sums.0 += info.run_time();
+            sums.1 += info.run_count();
+        }
+    }
+    Ok(sums)
 }
 
 /// One measurement: conntrack flushed, the client run, and a check that every
@@ -608,6 +659,14 @@ fn print_report(options: &Options, iptables: &str, rates: &Rates, programming: &
             ratio(Mode::Skiff),
             ratio(Mode::Iptables),
             ratio(Mode::Nftables),
+        );
+    }
+    println!("\nskiff's connect4 program, run time per connect() (kernel run-time statistics):");
+    for (si, size) in options.services.iter().enumerate() {
+        let ns = rates.program_ns[si];
+        println!(
+            "- {size} services: {ns:.0} ns, {:.2}% of direct's CPU time per connection",
+            ns / 10.0 / rates.of(si, Mode::Direct, cpu_us)
         );
     }
     println!("\nFloors (on the connection rates):");

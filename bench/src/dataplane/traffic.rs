@@ -169,7 +169,7 @@ pub fn run_client(netns: &Netns, cgroup: &Cgroup, spec: &ClientSpec) -> Result<C
 }
 
 /// The client process: `spec.threads` threads, each connecting again and again
-/// (to the targets in turn); prints `measured seconds total`.
+/// (to a target picked at random each time); prints `measured seconds total`.
 pub fn client_main(spec: &ClientSpec) -> Result<()> {
     if spec.targets.is_empty() || spec.threads == 0 {
         bail!("the client needs targets and threads");
@@ -184,14 +184,17 @@ pub fn client_main(spec: &ClientSpec) -> Result<()> {
                     let begins = Instant::now() + spec.warmup;
                     let ends = begins + spec.seconds;
                     let (mut total, mut measured) = (0u64, 0u64);
-                    let mut next = t;
+                    // Several targets (direct connections) are picked at random, as
+                    // the load balancers pick backends: a fixed rotation would keep
+                    // the two client threads off each other's backends, which the
+                    // balanced modes do not.
+                    let mut random = Xorshift::seeded(t);
                     loop {
                         let now = Instant::now();
                         if now >= ends {
                             return Ok::<_, anyhow::Error>((measured, total));
                         }
-                        let target = spec.targets[next % spec.targets.len()];
-                        next += 1;
+                        let target = spec.targets[random.below(spec.targets.len())];
                         exchange(target).with_context(|| format!("connection to {target}"))?;
                         total += 1;
                         if now >= begins {
@@ -214,6 +217,26 @@ pub fn client_main(spec: &ClientSpec) -> Result<()> {
     })?;
     println!("{} {} {}", window.0, spec.seconds.as_secs_f64(), window.1);
     Ok(())
+}
+
+/// A small, fast pseudo-random generator (xorshift64*): the pick must cost
+/// next to nothing beside a connection.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn seeded(thread: usize) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        Self((u64::from(nanos) << 8) | thread as u64 | 1)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % n
+    }
 }
 
 /// One connection: connect, send the request, read the whole response, close with
