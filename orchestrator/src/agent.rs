@@ -125,6 +125,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let log_reader = dataplane
         .take_logger()
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
+    let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
 
     let (registry, store) = open_registry(&config).await?;
     let images =
@@ -140,12 +141,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         registry.clone(),
         images.clone(),
         Arc::new(config.node.handle()),
+        dataplane.clone(),
         listeners,
         async {
             let _ = api_stopped.await;
         },
     ));
-    let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(dataplane::DataplaneMetrics(dataplane.clone())));
     let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;

@@ -810,6 +810,21 @@ async fn get(
             }
             _ => eprintln!("No resources found"),
         },
+        _ if wide && query.kind == Kind::Service => {
+            // Services show their backends as this node's dataplane holds them.
+            let frontends = client
+                .list_frontends(proto::ListFrontendsRequest {})
+                .await?
+                .into_inner()
+                .frontends;
+            let mut table =
+                Table::new(query.kind, wide, query.namespace.is_none()).with_column("BACKENDS");
+            for object in &objects {
+                let backends = print::service_backends(object, &frontends);
+                table.push_with(query.kind, object, wide, now, [backends]);
+            }
+            print!("{}", table.render(true));
+        }
         _ => {
             let mut table = Table::new(query.kind, wide, query.namespace.is_none());
             for object in &objects {

@@ -206,6 +206,11 @@ impl Dataplane {
         std::mem::take(&mut self.adopted)
     }
 
+    /// Every published frontend with its backends, slot by slot.
+    pub fn frontends(&self) -> Vec<(Frontend, Vec<SocketAddr>)> {
+        self.services.frontends()
+    }
+
     /// How full the maps are.
     pub fn stats(&self) -> Stats {
         self.services.stats()

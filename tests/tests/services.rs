@@ -265,6 +265,14 @@ fn weights_split_ten_thousand_connections_ninety_to_ten() {
         .unwrap();
     let vip = SocketAddr::new(ip, 80);
     wait_for(&agent, vip, &["backend-0", "backend-1"]);
+    let wide = agent.ok(&["get", "services", "-o", "wide"]);
+    let header = wide.lines().next().unwrap_or_default();
+    assert!(header.ends_with("BACKENDS"), "{wide}");
+    assert!(
+        wide.lines()
+            .any(|l| l.starts_with("web ") && l.ends_with(" 127.0.0.2:8080(9),127.0.0.3:8080")),
+        "{wide}"
+    );
     let counts = connect(&agent, vip, 10_000);
     let canary = counts.get("backend-1").copied().unwrap_or(0);
     assert_eq!(counts.values().sum::<usize>(), 10_000, "{counts:?}");

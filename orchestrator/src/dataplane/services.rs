@@ -60,12 +60,18 @@ impl Frontend {
     }
 }
 
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let proto = self.protocol.to_string().to_lowercase();
         write!(f, "{}/{proto}", self.addr)
     }
 }
@@ -137,6 +143,8 @@ struct Entry {
     published: Option<u8>,
     /// Slots that may hold entries in each table (an upper bound after a failed write).
     slots: [u16; 2],
+    /// The backends of the published table, slot by slot.
+    backends: Vec<SocketAddr>,
 }
 
 /// Every service this node has written to the maps.
@@ -199,23 +207,21 @@ impl ServiceTable {
             let slots = [0u8, 1].map(|t| slot_counts.get(&(id, t)).copied().unwrap_or(0));
             self.slots_in_use += u32::from(slots[0]) + u32::from(slots[1]);
             self.last_id = self.last_id.max(id);
+            let mut backends = published.remove(&id).unwrap_or_default();
+            backends.sort_by_key(|(index, _)| *index);
+            let backends: Vec<SocketAddr> = backends.iter().map(|(_, b)| b.socket_addr()).collect();
             self.entries.insert(
                 key,
                 Entry {
                     id,
                     published: Some(service.table),
                     slots,
+                    backends: backends.clone(),
                 },
             );
-            let Some(protocol) = Protocol::from_number(key.protocol) else {
-                continue;
-            };
-            let mut backends = published.remove(&id).unwrap_or_default();
-            backends.sort_by_key(|(index, _)| *index);
-            frontends.insert(
-                Frontend::new(key.socket_addr(), protocol),
-                backends.iter().map(|(_, b)| b.socket_addr()).collect(),
-            );
+            if let Some(protocol) = Protocol::from_number(key.protocol) {
+                frontends.insert(Frontend::new(key.socket_addr(), protocol), backends);
+            }
         }
         Ok(frontends)
     }
@@ -223,6 +229,24 @@ impl ServiceTable {
     /// Writes refused so far because a map was full.
     pub fn full_refusals(&self) -> u64 {
         self.full_refusals
+    }
+
+    /// Every published frontend with its backends, slot by slot.
+    pub fn frontends(&self) -> Vec<(Frontend, Vec<SocketAddr>)> {
+        let mut out: Vec<(Frontend, Vec<SocketAddr>)> = self
+            .entries
+            .iter()
+            .filter(|(_, e)| e.published.is_some())
+            .filter_map(|(key, e)| {
+                let protocol = Protocol::from_number(key.protocol)?;
+                Some((
+                    Frontend::new(key.socket_addr(), protocol),
+                    e.backends.clone(),
+                ))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     pub fn stats(&self) -> super::Stats {
@@ -303,6 +327,7 @@ impl ServiceTable {
                     id: self.last_id,
                     published: None,
                     slots: [0, 0],
+                    backends: Vec::new(),
                 })
             }
         };
@@ -334,6 +359,7 @@ impl ServiceTable {
         maps.put_service(&key, &service)
             .map_err(map_error(frontend, SERVICES_MAP))?;
         entry.published = Some(table);
+        entry.backends = backends.iter().map(Backend::socket_addr).collect();
         Ok(())
     }
 
