@@ -40,6 +40,7 @@ mod tests;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::fmt;
 use std::fs::{self, File};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -59,56 +60,62 @@ pub enum ImageError {
     #[error("{archive}: not a tar archive: {source}")]
     NotATar { archive: PathBuf, source: io::Error },
     #[error(
-        "{archive}: neither an OCI image layout (no index.json) nor a docker-archive (no manifest.json)"
+        "{origin}: neither an OCI image layout (no index.json) nor a docker-archive (no manifest.json)"
     )]
-    UnknownFormat { archive: PathBuf },
-    #[error("{archive}: {member} is missing from the archive")]
-    MissingMember { archive: PathBuf, member: String },
-    #[error("{archive}: {member}: {reason}")]
+    UnknownFormat { origin: Origin },
+    #[error("{origin}: {member} is missing from the archive")]
+    MissingMember { origin: Origin, member: String },
+    #[error("{origin}: reading {member}: {source}")]
+    ReadMember {
+        origin: Origin,
+        member: String,
+        source: io::Error,
+    },
+    #[error("{origin}: {member}: {reason}")]
     Malformed {
-        archive: PathBuf,
+        origin: Origin,
         member: String,
         reason: String,
     },
-    #[error("{archive}: blob {digest} is corrupt: its content hashes to {actual}")]
+    #[error("{origin}: blob {digest} is corrupt: its content hashes to {actual}")]
     DigestMismatch {
-        archive: PathBuf,
+        origin: Origin,
         digest: Digest,
         actual: Digest,
     },
-    #[error("{archive}: blob {digest} is {size} bytes where its descriptor says {expected}")]
+    #[error("{origin}: blob {digest} is {size} bytes where its descriptor says {expected}")]
     SizeMismatch {
-        archive: PathBuf,
+        origin: Origin,
         digest: Digest,
         size: u64,
         expected: u64,
     },
-    #[error("{archive}: digest {digest:?} is not sha256, the only algorithm skiff reads")]
-    UnsupportedDigest { archive: PathBuf, digest: String },
-    #[error("{archive}: manifest {manifest} is not a container image (its config is {media_type})")]
+    #[error("{origin}: digest {digest:?} is not sha256, the only algorithm skiff reads")]
+    UnsupportedDigest { origin: Origin, digest: String },
+    #[error("{origin}: manifest {manifest} is not a container image (its config is {media_type})")]
     NotAnImage {
-        archive: PathBuf,
+        origin: Origin,
         manifest: Digest,
         media_type: String,
     },
-    #[error("{archive}: image index {index} has no manifest for {platform}")]
+    #[error("{origin}: image index {index} has no manifest for {platform}")]
     NoPlatform {
-        archive: PathBuf,
+        origin: Origin,
         index: Digest,
         platform: String,
     },
     #[error(
-        "{archive}: image {id} has no repository name{}; name it when saving (docker save NAME:TAG, skopeo ... oci-archive:FILE:NAME:TAG)",
+        "{origin}: image {id} has no repository name{}; name it when saving (docker save NAME:TAG, skopeo ... oci-archive:FILE:NAME:TAG)",
         .tag.as_ref().map(|tag| format!(" (only the tag {tag:?})")).unwrap_or_default()
     )]
     Unnamed {
-        archive: PathBuf,
+        origin: Origin,
         id: Digest,
         tag: Option<String>,
     },
-    #[error("{archive}: layer {layer}: {source}")]
+    #[error("{origin}: layer {layer}: {source}")]
     Layer {
-        archive: PathBuf,
+        origin: Origin,
         layer: Digest,
         source: LayerError,
     },
@@ -144,6 +151,21 @@ pub enum ImageError {
     Build { what: String, source: io::Error },
     #[error("running {busybox} --list: {reason}")]
     Busybox { busybox: PathBuf, reason: String },
+}
+
+/// Where the blobs of an import come from, as its errors name them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Origin {
+    /// An archive file, as given.
+    Archive(PathBuf),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Archive(path) => write!(f, "{}", path.display()),
+        }
+    }
 }
 
 /// An image as `list` and `import` report it (one per reference).
@@ -228,6 +250,17 @@ impl ImageStore {
         self.clear_tmp()?;
         let staging = self.temp_dir()?;
         let archive = Archive::open(tarball, staging.path())?;
+        self.store_images(&archive, staging.path())
+    }
+
+    /// Stores every image of `archive` under each of its names, its blobs and new
+    /// layers staged in `staging` (an empty directory under tmp/) first. Call with
+    /// the lock held.
+    fn store_images(
+        &self,
+        archive: &Archive,
+        staging: &Path,
+    ) -> Result<Vec<ImageSummary>, ImageError> {
         let images = archive.images()?;
         let named = images
             .iter()
@@ -237,7 +270,7 @@ impl ImageStore {
 
         // Stage everything new, verified and durable, before anything is moved
         // into place or named.
-        let staged = self.stage(&archive, &images, staging.path())?;
+        let staged = self.stage(archive, &images, staging)?;
         for (staged, dest) in &staged {
             for entry in fs::read_dir(staged).map_err(io_error(staged))? {
                 let entry = entry.map_err(io_error(staged))?;
@@ -288,7 +321,7 @@ impl ImageStore {
             fs::create_dir(&dir).map_err(io_error(&dir))?;
             layer::unpack(archive.layer(layer)?, &layer.diff_id, &dir).map_err(|source| {
                 ImageError::Layer {
-                    archive: archive.path().to_owned(),
+                    origin: archive.origin().clone(),
                     layer: layer.diff_id.clone(),
                     source,
                 }

@@ -26,7 +26,7 @@ use serde::Deserialize;
 
 use super::digest::{Digest, Digesting};
 use super::reference::is_bare_tag;
-use super::{ImageError, io_error};
+use super::{ImageError, Origin, io_error};
 
 const OCI_INDEX: &str = "index.json";
 const DOCKER_MANIFEST: &str = "manifest.json";
@@ -78,8 +78,8 @@ pub struct LayerSource {
 
 /// An indexed import tarball.
 pub struct Archive {
-    /// The tarball as given, for messages.
-    shown: PathBuf,
+    /// What errors name.
+    origin: Origin,
     /// The plain tar read (the tarball itself, or its decompressed copy).
     tar: PathBuf,
     members: HashMap<String, Member>,
@@ -156,7 +156,7 @@ impl Archive {
             members.insert(name, member);
         }
         Ok(Archive {
-            shown: tarball.to_owned(),
+            origin: Origin::Archive(tarball.to_owned()),
             tar: plain,
             members,
         })
@@ -171,14 +171,14 @@ impl Archive {
             self.docker_images()
         } else {
             Err(ImageError::UnknownFormat {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
             })
         }
     }
 
-    /// The tarball as given.
-    pub fn path(&self) -> &Path {
-        &self.shown
+    /// What errors about the archive name.
+    pub fn origin(&self) -> &Origin {
+        &self.origin
     }
 
     /// The layer's bytes, as stored in the archive.
@@ -230,7 +230,7 @@ impl Archive {
             };
             if !is_config {
                 return Err(ImageError::NotAnImage {
-                    archive: self.shown.clone(),
+                    origin: self.origin.clone(),
                     manifest: manifest.digest,
                     media_type: config_descriptor.media_type().to_string(),
                 });
@@ -267,7 +267,7 @@ impl Archive {
             };
             if names.is_empty() {
                 return Err(ImageError::Unnamed {
-                    archive: self.shown.clone(),
+                    origin: self.origin.clone(),
                     id: config.digest,
                     tag: ref_name,
                 });
@@ -293,7 +293,7 @@ impl Archive {
                     && named != digest
                 {
                     return Err(ImageError::DigestMismatch {
-                        archive: self.shown.clone(),
+                        origin: self.origin.clone(),
                         digest: named,
                         actual: digest,
                     });
@@ -323,7 +323,7 @@ impl Archive {
                 let names = image.repo_tags.unwrap_or_default();
                 if names.is_empty() {
                     return Err(ImageError::Unnamed {
-                        archive: self.shown.clone(),
+                        origin: self.origin.clone(),
                         id: config.digest,
                         tag: None,
                     });
@@ -358,7 +358,7 @@ impl Archive {
             })
             .cloned()
             .ok_or_else(|| ImageError::NoPlatform {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 index: blob.digest,
                 platform: format!("linux/{arch}"),
             })
@@ -374,7 +374,7 @@ impl Archive {
             .iter()
             .map(|text| {
                 Digest::parse(text).ok_or_else(|| ImageError::Malformed {
-                    archive: self.shown.clone(),
+                    origin: self.origin.clone(),
                     member: member.clone(),
                     reason: format!("diff id {text:?} is not a sha256 digest"),
                 })
@@ -385,7 +385,7 @@ impl Archive {
 
     fn layer_count_mismatch(&self, config: &Digest, layers: usize, diff_ids: usize) -> ImageError {
         ImageError::Malformed {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             member: blob_member(config),
             reason: format!("lists {diff_ids} diff ids for the image's {layers} layers"),
         }
@@ -393,7 +393,7 @@ impl Archive {
 
     fn descriptor_digest(&self, descriptor: &Descriptor) -> Result<Digest, ImageError> {
         Digest::parse(descriptor.digest().as_ref()).ok_or_else(|| ImageError::UnsupportedDigest {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             digest: descriptor.digest().to_string(),
         })
     }
@@ -417,7 +417,7 @@ impl Archive {
         let (reader, _) = self.open_member(&member)?;
         let (_, actual, len) = Digesting::new(reader)
             .finish()
-            .map_err(io_error(&self.shown.join(&member)))?;
+            .map_err(|source| self.read_error(&member, source))?;
         self.check_blob(digest, size, &actual, len)
     }
 
@@ -430,14 +430,14 @@ impl Archive {
     ) -> Result<(), ImageError> {
         if actual != digest {
             return Err(ImageError::DigestMismatch {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 digest: digest.clone(),
                 actual: actual.clone(),
             });
         }
         if size != expected_size {
             return Err(ImageError::SizeMismatch {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 digest: digest.clone(),
                 size,
                 expected: expected_size,
@@ -452,7 +452,7 @@ impl Archive {
         bytes: &[u8],
     ) -> Result<T, ImageError> {
         serde_json::from_slice(bytes).map_err(|error| ImageError::Malformed {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             member: member.to_owned(),
             reason: error.to_string(),
         })
@@ -463,7 +463,7 @@ impl Archive {
         let (mut reader, size) = self.open_member(name)?;
         if size > MAX_METADATA_SIZE {
             return Err(ImageError::Malformed {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 member: name.to_owned(),
                 reason: format!("{size} bytes is too large for a manifest, index or config"),
             });
@@ -471,13 +471,21 @@ impl Archive {
         let mut bytes = Vec::new();
         reader
             .read_to_end(&mut bytes)
-            .map_err(io_error(&self.shown.join(name)))?;
+            .map_err(|source| self.read_error(name, source))?;
         Ok(bytes)
+    }
+
+    fn read_error(&self, member: &str, source: io::Error) -> ImageError {
+        ImageError::ReadMember {
+            origin: self.origin.clone(),
+            member: member.to_owned(),
+            source,
+        }
     }
 
     fn open_member(&self, name: &str) -> Result<(io::Take<File>, u64), ImageError> {
         let missing = || ImageError::MissingMember {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             member: name.to_owned(),
         };
         let mut current = clean_member_name("", name).ok_or_else(missing)?;
