@@ -126,6 +126,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut api = tokio::spawn(server::serve(
         registry.clone(),
         images.clone(),
+        Arc::new(config.node.handle()),
         listeners,
         async {
             let _ = api_stopped.await;

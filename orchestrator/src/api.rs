@@ -7,6 +7,8 @@
 //! - [`server`]: the gRPC service on a unix socket (and optionally TCP with TLS),
 //!   with bearer-token authentication.
 //! - [`client`]: connecting to it.
+//! - [`containers`]: which container of a pod on this node a logs or exec
+//!   request means.
 
 pub mod proto {
     tonic::include_proto!("skiff.v1");
@@ -14,6 +16,7 @@ pub mod proto {
 
 pub mod allocator;
 pub mod client;
+pub mod containers;
 pub mod credentials;
 pub mod encryption;
 pub mod registry;

@@ -1,5 +1,5 @@
 //! The `skiff` command line: the node agent, and kubectl's everyday verbs against
-//! the API (apply, get, describe, delete, create namespace).
+//! the API (apply, get, describe, delete, create namespace, logs, exec).
 //!
 //! - [`config`]: where the API and token come from (flags, config file, defaults).
 //! - [`print`]: tables and output formats.
@@ -7,6 +7,7 @@
 pub mod config;
 pub mod print;
 
+use std::io::Write;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -19,7 +20,7 @@ use tonic::Code;
 use crate::agent;
 use crate::api::allocator::ServiceNetworks;
 use crate::api::client::{self, ApiClient, ClientError};
-use crate::api::proto;
+use crate::api::proto::{self, exec_output::Output};
 use crate::api::server::TlsListener;
 use crate::model::{Kind, manifest};
 use crate::runtime::node::{self, NodeConfig, NodeIdentity};
@@ -122,6 +123,34 @@ enum Command {
     /// The node's container images
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Print a container's log: its stdout and stderr, in the order written
+    Logs {
+        pod: String,
+        /// The container [default: the pod's only one]
+        #[arg(short, long)]
+        container: Option<String>,
+        /// Keep printing lines as they are written (across restarts), until the
+        /// container ends for good
+        #[arg(short, long)]
+        follow: bool,
+        /// The log of the container's run before the current one
+        #[arg(short, long)]
+        previous: bool,
+        /// How many of the last lines to print; -1 prints all
+        #[arg(long, default_value_t = -1, allow_negative_numbers = true)]
+        tail: i64,
+    },
+    /// Run a command in a running container, printing its stdout and stderr and
+    /// exiting with its exit code. Not interactive: no TTY, and no stdin.
+    Exec {
+        pod: String,
+        /// The container [default: the pod's only one]
+        #[arg(short, long)]
+        container: Option<String>,
+        /// The command and its arguments, after --
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -270,6 +299,21 @@ pub enum CliError {
     Usage(String),
     #[error("error: {0}")]
     Agent(#[from] agent::Error),
+    #[error("error: writing the output: {0}")]
+    Output(std::io::Error),
+    /// `exec`'s command failed: its exit code becomes skiff's, as with kubectl.
+    #[error("command terminated with exit code {0}")]
+    CommandExit(i32),
+}
+
+impl CliError {
+    /// The process exit status for this error.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::CommandExit(code) => u8::try_from(*code).unwrap_or(1),
+            _ => 1,
+        }
+    }
 }
 
 impl From<tonic::Status> for CliError {
@@ -357,6 +401,34 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             delete(&settings, targets, options).await
         }
         Command::Image(command) => image(&overrides, command).await,
+        Command::Logs {
+            pod,
+            container,
+            follow,
+            previous,
+            tail,
+        } => {
+            let settings = config::resolve(&overrides)?;
+            let request = proto::LogsRequest {
+                key: Some(container_key(&settings, pod, container)),
+                follow,
+                previous,
+                tail_lines: u64::try_from(tail).ok(),
+            };
+            logs(&settings, request).await
+        }
+        Command::Exec {
+            pod,
+            container,
+            command,
+        } => {
+            let settings = config::resolve(&overrides)?;
+            let request = proto::ExecRequest {
+                key: Some(container_key(&settings, pod, container)),
+                command,
+            };
+            exec(&settings, request).await
+        }
         Command::Create(CreateCommand::Namespace { name }) => {
             let settings = config::resolve(&overrides)?;
             let namespace = serde_json::json!({
@@ -389,6 +461,60 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             }
         }
     }
+}
+
+fn container_key(
+    settings: &Settings,
+    pod: String,
+    container: Option<String>,
+) -> proto::ContainerKey {
+    proto::ContainerKey {
+        namespace: settings.namespace.clone(),
+        pod,
+        container: container.unwrap_or_default(),
+    }
+}
+
+/// Writes and flushes (a follower shows lines as they come); false when the
+/// reader has gone (`skiff logs | head`), which ends the command quietly.
+fn write_out(out: &mut impl Write, data: &[u8]) -> Result<bool, CliError> {
+    match out.write_all(data).and_then(|()| out.flush()) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(false),
+        Err(e) => Err(CliError::Output(e)),
+    }
+}
+
+async fn logs(settings: &Settings, request: proto::LogsRequest) -> Result<(), CliError> {
+    let mut client = client::connect(&settings.connection).await?;
+    let mut chunks = client.logs(request).await?.into_inner();
+    while let Some(chunk) = chunks.message().await? {
+        if !write_out(&mut std::io::stdout(), &chunk.data)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+async fn exec(settings: &Settings, request: proto::ExecRequest) -> Result<(), CliError> {
+    let mut client = client::connect(&settings.connection).await?;
+    let mut outputs = client.exec(request).await?.into_inner();
+    while let Some(message) = outputs.message().await? {
+        match message.output {
+            Some(Output::Stdout(data)) => {
+                write_out(&mut std::io::stdout(), &data)?;
+            }
+            Some(Output::Stderr(data)) => {
+                write_out(&mut std::io::stderr(), &data)?;
+            }
+            Some(Output::ExitCode(0)) => return Ok(()),
+            Some(Output::ExitCode(code)) => return Err(CliError::CommandExit(code)),
+            None => {}
+        }
+    }
+    Err(CliError::Server(tonic::Status::internal(
+        "the command's output ended without its exit code",
+    )))
 }
 
 fn agent_config(args: AgentArgs) -> agent::Config {

@@ -1,5 +1,6 @@
 //! The `skiff` binary: parses the command line and runs it; errors go to stderr
-//! with exit status 1 (clap's help and version exit 0).
+//! with exit status 1 (clap's help and version exit 0; `exec` exits with its
+//! command's status).
 
 use std::process::ExitCode;
 
@@ -29,7 +30,7 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");
-            ExitCode::FAILURE
+            ExitCode::from(e.exit_code())
         }
     }
 }

@@ -11,12 +11,15 @@
 //! - [`probes`]: startup, liveness and readiness probes; [`events`]: what
 //!   happened, for `describe`.
 //! - [`netns`], [`cni`], [`pod_files`]: the pod's network and /etc files.
+//! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
+//! - [`logs`]: reading containers' log files (`skiff logs`).
 //! - [`paths`]: where all of it lives on the node.
 
 pub mod bundle;
 pub mod cni;
 pub mod container;
 pub mod events;
+pub mod logs;
 pub mod netns;
 pub mod node;
 pub mod oci;
@@ -26,4 +29,5 @@ pub mod probes;
 pub mod record;
 pub mod rootfs;
 pub mod status;
+pub mod volumes;
 pub mod worker;

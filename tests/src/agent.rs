@@ -226,6 +226,21 @@ impl Agent {
             .expect("run in the node namespace")
     }
 
+    /// Runs `args` in a running container of `pod` (its JSON) with `runc exec`.
+    pub fn exec(&self, pod: &serde_json::Value, container: &str, args: &[&str]) -> Output {
+        let id = container_status(pod, container)["containerID"]
+            .as_str()
+            .and_then(|id| id.strip_prefix("skiff://"))
+            .unwrap_or_else(|| panic!("container {container} has no ID: {}", pod["status"]));
+        Command::new("runc")
+            .arg("--root")
+            .arg(self.state.path().join("runc"))
+            .args(["exec", id])
+            .args(args)
+            .output()
+            .expect("run runc exec")
+    }
+
     pub fn state_dir(&self) -> &Path {
         self.state.path()
     }
@@ -252,13 +267,8 @@ impl Agent {
 
     pub fn cli_with_stdin(&self, args: &[&str], stdin: &[u8]) -> Output {
         use std::io::Write;
-        let mut child = Command::new(workspace_bin("skiff"))
-            .env("SKIFF_CONFIG", self.state.path().join("no-config.yaml"))
-            .arg("--server")
-            .arg(self.server())
-            .arg("--token-file")
-            .arg(self.state.path().join("token"))
-            .args(args)
+        let mut child = self
+            .cli_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -271,6 +281,19 @@ impl Agent {
             .write_all(stdin)
             .expect("write stdin");
         child.wait_with_output().expect("wait for skiff")
+    }
+
+    /// The command `skiff ARGS` against this agent, to spawn (e.g. `logs -f`).
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(workspace_bin("skiff"));
+        command
+            .env("SKIFF_CONFIG", self.state.path().join("no-config.yaml"))
+            .arg("--server")
+            .arg(self.server())
+            .arg("--token-file")
+            .arg(self.state.path().join("token"))
+            .args(args);
+        command
     }
 
     /// Like [`Agent::cli`], failing the test unless the command succeeds; returns stdout.
@@ -331,6 +354,14 @@ impl Agent {
 /// The node name of agents started with [`Agent::start_node`].
 pub const NODE_NAME: &str = "test-node";
 
+/// The status of container `name` in a pod's JSON (null when it has none).
+pub fn container_status<'a>(pod: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    pod["status"]["containerStatuses"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["name"] == name))
+        .unwrap_or(&serde_json::Value::Null)
+}
+
 /// The busybox test image as an OCI archive named `reference`, built once per
 /// test process from Debian's busybox-static.
 fn busybox_archive(reference: &str) -> PathBuf {
@@ -349,8 +380,8 @@ fn busybox_archive(reference: &str) -> PathBuf {
 }
 
 /// Pods outlive their agent by design (a restarted agent adopts them), so a
-/// test's pods are removed here: containers, their overlay mounts, network
-/// namespaces and cgroups.
+/// test's pods are removed here: containers, their overlay and tmpfs mounts,
+/// network namespaces and cgroups.
 struct PodLeftovers {
     /// None once another guard took over.
     state: Option<PathBuf>,
@@ -391,6 +422,14 @@ impl Drop for PodLeftovers {
             for attempt in attempts {
                 let rootfs = attempt.path().join("rootfs");
                 let _ = Command::new("umount").arg("-l").arg(&rootfs).output();
+            }
+            // Memory emptyDirs and secrets are tmpfs mounts (others fail to unmount).
+            let volumes = std::fs::read_dir(pod.path().join("volumes"))
+                .into_iter()
+                .flatten()
+                .flatten();
+            for volume in volumes {
+                let _ = Command::new("umount").arg("-l").arg(volume.path()).output();
             }
             let netns = Path::new("/run/netns").join(format!("skiff-{uid}"));
             if netns.exists() {

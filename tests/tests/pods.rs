@@ -241,6 +241,15 @@ fn bad_images_and_commands_are_reported_and_the_agent_carries_on() {
     assert!(message.contains("nosuch"), "{message}");
     let message = waiting("no-command", "CreateContainerError");
     assert!(message.contains("/bin/does-not-exist"), "{message}");
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: tiny}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, '3600']\n    resources: {{limits: {{memory: 4Ki}}}}\n"
+    ));
+    // A memory limit below what the container needs to start: runc refuses it.
+    let message = waiting("tiny", "CreateContainerError");
+    assert!(
+        message.contains("unable to set memory limit to 4096"),
+        "{message}"
+    );
     // Other pods are unaffected.
     agent.wait_pod("fine", START, running);
 }

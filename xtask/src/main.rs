@@ -39,6 +39,16 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         install_args: Vec<String>,
     },
+    /// Build, then write the busybox test image (from Debian's busybox-static) as an
+    /// OCI archive that `skiff image import` takes.
+    TestImage {
+        /// Where to write the archive [default: busybox.tar in the target directory].
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// The image's reference (repository:tag).
+        #[arg(long, default_value = "busybox:latest")]
+        reference: String,
+    },
     /// Run a benchmark side by side with the alternative (root): `api`, `cni`.
     Bench {
         /// Which benchmark.
@@ -83,6 +93,23 @@ fn main() -> Result<()> {
                     .arg("install")
                     .args(with_default_pod_cidrs(install_args)),
             )
+        }
+        Cmd::TestImage { output, reference } => {
+            let output = output.unwrap_or_else(|| ws.target.join("busybox.tar"));
+            setup::run(&ws)?;
+            let ebpf = build::ebpf(&ws)?;
+            build::user_space(&ws, &ebpf, build::Profile::Release)?;
+            run_checked(
+                Command::new(ws.target.join("release/skiff"))
+                    .args(["image", "build-busybox", "--reference", &reference, "-o"])
+                    .arg(&output),
+            )?;
+            eprintln!(
+                "[test-image] {reference} written to {}; load it with `skiff image import {}`",
+                output.display(),
+                output.display()
+            );
+            Ok(())
         }
         Cmd::Bench { name, bench_args } => {
             setup::run(&ws)?;

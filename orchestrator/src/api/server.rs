@@ -1,25 +1,39 @@
 //! The gRPC face of the [`Registry`]: a unix socket (mode 0600) by default and,
-//! optionally, TCP with TLS; every request must carry the bearer token.
+//! optionally, TCP with TLS; every request must carry the bearer token. Besides
+//! the registry's verbs, the node's images, and its containers' logs and exec.
 
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use prost::Message;
 use serde_json::Value;
+use tokio::io::{AsyncRead, AsyncReadExt};
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream, UnixListenerStream};
 use tonic::metadata::MetadataMap;
 use tonic::transport::{Identity, Server, ServerTlsConfig};
 use tonic::{Code, Request, Response, Status};
 
-use super::proto::{self, api_server};
+use super::containers::{self, ContainerError, NodeContainer};
+use super::proto::{self, api_server, exec_output::Output};
 use super::registry::{ApiError, EventType, ObjectRef, Outcome, Propagation, Registry, Violation};
 use crate::image::{ImageError, ImageStore, ImageSummary};
 use crate::model::{FieldSelector, Kind, Selector};
+use crate::runtime::logs;
+use crate::runtime::node::NodeHandle;
+
+/// How often a followed log is looked at for new lines.
+const FOLLOW_POLL: Duration = Duration::from_millis(200);
+/// Log lines are sent in messages of up to this size (gRPC's limit is 4 MiB).
+const LOG_CHUNK_BYTES: usize = 1024 * 1024;
+/// How long an exec'd command whose client went away gets after SIGTERM.
+const EXEC_GRACE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -98,13 +112,21 @@ pub fn bind(config: &ServerConfig) -> Result<Listeners, ServerError> {
 pub async fn serve(
     registry: Registry,
     images: Arc<ImageStore>,
+    node: Arc<NodeHandle>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let auth = BearerAuth {
         expected: format!("Bearer {}", listeners.token),
     };
-    let service = api_server::ApiServer::with_interceptor(ApiService { registry, images }, auth);
+    let service = api_server::ApiServer::with_interceptor(
+        ApiService {
+            registry,
+            images,
+            node,
+        },
+        auth,
+    );
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(());
     tokio::spawn(async move {
         shutdown.await;
@@ -211,9 +233,31 @@ fn check_token(metadata: &MetadataMap, expected: &str) -> Result<(), Status> {
 struct ApiService {
     registry: Registry,
     images: Arc<ImageStore>,
+    node: Arc<NodeHandle>,
+}
+
+impl ApiService {
+    /// The container a logs or exec request names, on this node.
+    async fn container(&self, key: Option<proto::ContainerKey>) -> Result<NodeContainer, Status> {
+        let key = key.ok_or_else(|| Status::invalid_argument("key is required"))?;
+        if key.pod.is_empty() {
+            return Err(Status::invalid_argument("key.pod is required"));
+        }
+        containers::find(
+            &self.registry,
+            &self.node,
+            &key.namespace,
+            &key.pod,
+            &key.container,
+        )
+        .await
+        .map_err(container_status)
+    }
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<proto::WatchEvent, Status>> + Send>>;
+type LogStream = Pin<Box<dyn Stream<Item = Result<proto::LogChunk, Status>> + Send>>;
+type ExecStream = Pin<Box<dyn Stream<Item = Result<proto::ExecOutput, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl api_server::Api for ApiService {
@@ -392,6 +436,80 @@ impl api_server::Api for ApiService {
         Ok(Response::new(proto::RemoveImageResponse {}))
     }
 
+    type LogsStream = LogStream;
+
+    async fn logs(
+        &self,
+        request: Request<proto::LogsRequest>,
+    ) -> Result<Response<LogStream>, Status> {
+        let request = request.into_inner();
+        let target = self.container(request.key).await?;
+        let attempt = target
+            .log_attempt(request.previous)
+            .map_err(container_status)?;
+        let logs = target.logs(&self.node);
+        // Opened here, so that a missing file fails the call rather than its stream.
+        let file = logs.open(attempt).map_err(|e| {
+            Status::not_found(format!(
+                "the log of container \"{}\" in pod \"{}\" (attempt {attempt}): {e}",
+                target.name, target.pod
+            ))
+        })?;
+        let tail = request
+            .tail_lines
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        // A previous attempt has ended: there is nothing to follow.
+        let follow = request.follow && !request.previous;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::task::spawn_blocking(move || {
+            let send = |lines: Vec<Vec<u8>>| {
+                log_chunks(lines)
+                    .into_iter()
+                    .all(|chunk| tx.blocking_send(Ok(chunk)).is_ok())
+            };
+            let read = if follow {
+                logs.follow(attempt, file, tail, FOLLOW_POLL, |lines| {
+                    // Called at every look: an empty one only asks whether the client is there.
+                    if lines.is_empty() {
+                        !tx.is_closed()
+                    } else {
+                        send(lines)
+                    }
+                })
+            } else {
+                logs::read(file, tail).map(|lines| {
+                    send(lines);
+                })
+            };
+            if let Err(e) = read {
+                let _ = tx.blocking_send(Err(Status::internal(format!("reading the log: {e}"))));
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    type ExecStream = ExecStream;
+
+    async fn exec(
+        &self,
+        request: Request<proto::ExecRequest>,
+    ) -> Result<Response<ExecStream>, Status> {
+        let request = request.into_inner();
+        if request.command.is_empty() {
+            return Err(Status::invalid_argument("a command is required"));
+        }
+        let target = self.container(request.key).await?;
+        let id = target.running_id().map_err(container_status)?;
+        let child =
+            tokio::process::Command::from(self.node.oci.exec_command(&id, &request.command))
+                .kill_on_drop(true)
+                .spawn()
+                .map_err(|e| Status::internal(format!("running runc exec: {e}")))?;
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(forward_exec(child, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
     async fn update_status(
         &self,
         request: Request<proto::UpdateStatusRequest>,
@@ -402,6 +520,82 @@ impl api_server::Api for ApiService {
         Ok(Response::new(proto::ObjectResponse {
             object: json_bytes(&object),
         }))
+    }
+}
+
+/// Lines packed into messages of up to [`LOG_CHUNK_BYTES`] (or one longer line).
+fn log_chunks(lines: Vec<Vec<u8>>) -> Vec<proto::LogChunk> {
+    let mut chunks: Vec<proto::LogChunk> = Vec::new();
+    for line in lines {
+        match chunks.last_mut() {
+            Some(chunk) if chunk.data.len() + line.len() <= LOG_CHUNK_BYTES => {
+                chunk.data.extend_from_slice(&line)
+            }
+            _ => chunks.push(proto::LogChunk { data: line }),
+        }
+    }
+    chunks
+}
+
+type ExecSender = mpsc::Sender<Result<proto::ExecOutput, Status>>;
+
+/// Sends a `runc exec`'s output as it comes, then its exit code. When the client
+/// goes away first, the command gets SIGTERM (runc passes it on), and runc
+/// SIGKILL after [`EXEC_GRACE`].
+async fn forward_exec(mut child: tokio::process::Child, tx: ExecSender) {
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let finished = tokio::select! {
+        status = async {
+            tokio::join!(
+                forward_output(stdout, Output::Stdout, &tx),
+                forward_output(stderr, Output::Stderr, &tx),
+            );
+            child.wait().await
+        } => Some(status),
+        () = tx.closed() => None,
+    };
+    let output = match finished {
+        Some(Ok(status)) => {
+            use std::os::unix::process::ExitStatusExt;
+            let code = status
+                .code()
+                .or_else(|| status.signal().map(|signal| 128 + signal))
+                .unwrap_or(-1);
+            Ok(proto::ExecOutput {
+                output: Some(Output::ExitCode(code)),
+            })
+        }
+        Some(Err(e)) => Err(Status::internal(format!("waiting for runc exec: {e}"))),
+        None => {
+            if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+                // SAFETY: signalling the runc process we started and have not reaped.
+                unsafe { libc::kill(pid, libc::SIGTERM) };
+            }
+            if tokio::time::timeout(EXEC_GRACE, child.wait())
+                .await
+                .is_err()
+            {
+                let _ = child.kill().await;
+            }
+            return;
+        }
+    };
+    let _ = tx.send(output).await;
+}
+
+/// Sends what `pipe` gives, wrapped by `wrap`, until it ends or the client goes away.
+async fn forward_output(
+    pipe: Option<impl AsyncRead + Unpin>,
+    wrap: fn(Vec<u8>) -> Output,
+    tx: &ExecSender,
+) {
+    let Some(mut pipe) = pipe else { return };
+    let mut buffer = vec![0u8; 32 * 1024];
+    while let Ok(read @ 1..) = pipe.read(&mut buffer).await {
+        let output = Some(wrap(buffer[..read].to_vec()));
+        if tx.send(Ok(proto::ExecOutput { output })).await.is_err() {
+            return;
+        }
     }
 }
 
@@ -460,6 +654,14 @@ fn selectors(kind: Kind, labels: &str, fields: &str) -> Result<(Selector, FieldS
         .and_then(|f| f.check_kind(kind).map(|()| f))
         .map_err(|e| Status::invalid_argument(format!("field selector: {e}")))?;
     Ok((labels, fields))
+}
+
+/// Kubernetes answers requests for a container it cannot serve with BadRequest.
+fn container_status(error: ContainerError) -> Status {
+    match error {
+        ContainerError::Api(error) => status(error),
+        other => Status::invalid_argument(other.to_string()),
+    }
 }
 
 /// The gRPC status of an API error; validation problems also travel as structured

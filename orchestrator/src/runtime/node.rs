@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use crate::api::registry::{ApiError, EventType, Registry};
 use crate::model::{FieldSelector, Kind, Object, Pod, Selector};
 
+use super::oci::Oci;
+use super::paths::Paths;
 use super::record::PodRecord;
 use super::worker::{self, Context};
 
@@ -46,21 +48,39 @@ pub struct NodeConfig {
     pub log_max_bytes: u64,
 }
 
+/// What the API needs of the node to serve `logs` and `exec`: its name, where
+/// its pods' files are, and the container runtime.
+#[derive(Debug, Clone)]
+pub struct NodeHandle {
+    pub name: String,
+    pub paths: Paths,
+    pub oci: Oci,
+}
+
 impl NodeConfig {
-    /// The context the pod workers share.
-    pub fn context(&self, registry: Registry, images: Arc<crate::image::ImageStore>) -> Context {
-        Context {
-            registry,
-            node_name: self.identity.name.clone(),
-            host_ip: self.identity.host_ip,
-            paths: super::paths::Paths {
+    pub fn handle(&self) -> NodeHandle {
+        NodeHandle {
+            name: self.identity.name.clone(),
+            paths: Paths {
                 pods: self.state_dir.join("pods"),
                 netns: self.netns_dir.clone(),
                 logs: self.log_dir.clone(),
                 cgroup_parent: "/skiff".into(),
             },
+            oci: Oci::new(&self.state_dir),
+        }
+    }
+
+    /// The context the pod workers share.
+    pub fn context(&self, registry: Registry, images: Arc<crate::image::ImageStore>) -> Context {
+        let NodeHandle { name, paths, oci } = self.handle();
+        Context {
+            registry,
+            node_name: name,
+            host_ip: self.identity.host_ip,
+            paths,
             images,
-            oci: super::oci::Oci::new(&self.state_dir),
+            oci,
             network: super::cni::skiff_network(
                 self.cni_bin_dirs.clone(),
                 &self.identity.pod_cidrs,
@@ -91,6 +111,7 @@ pub async fn run(
         for pod in pods {
             dispatch(&ctx, &mut workers, &mut tasks, Some(pod), None);
         }
+        sweep_orphan_containers(&ctx).await;
         // Pods this node ran that are no longer in the store: tear them down.
         for uid in local_pods(&ctx) {
             if !listed.contains(&uid) && !workers.contains_key(&uid) {
@@ -192,6 +213,33 @@ async fn list_pods(ctx: &Context) -> Result<(Vec<Pod>, String), ApiError> {
         })
         .collect();
     Ok((pods, revision.to_string()))
+}
+
+/// Removes containers runc runs for pods this node has no record of (left by an
+/// agent that died between creating a container and recording it, after which
+/// the pod went away).
+async fn sweep_orphan_containers(ctx: &Context) {
+    let known: HashSet<String> = local_pods(ctx).into_iter().collect();
+    let oci = ctx.oci.clone();
+    let swept = tokio::task::spawn_blocking(move || {
+        let mut removed = Vec::new();
+        for state in oci.list().unwrap_or_default() {
+            let Some(uid) = state.annotations.get("io.skiff.pod.uid") else {
+                continue;
+            };
+            if !known.contains(uid) {
+                let _ = oci.delete(&state.id, true);
+                oci.forget(&state.id);
+                removed.push(state.id);
+            }
+        }
+        removed
+    })
+    .await
+    .unwrap_or_default();
+    for id in swept {
+        info!("removed container {id}: its pod is not on this node");
+    }
 }
 
 /// UIDs of the pods this node has a directory for.

@@ -280,14 +280,10 @@ impl Oci {
         let _ = std::fs::remove_dir_all(self.persist.join(id));
     }
 
-    /// Runs `argv` in a running container (probes, `skiff exec`), killing it after
-    /// `timeout`.
-    pub fn exec(
-        &self,
-        id: &str,
-        argv: &[String],
-        timeout: Duration,
-    ) -> Result<ExecOutput, OciError> {
+    /// The `runc exec` of `argv` in a running container, without stdin and with
+    /// its output piped: runc exits with the command's exit code (128 + the
+    /// signal that killed it) and passes signals it gets on to the command.
+    pub fn exec_command(&self, id: &str, argv: &[String]) -> Command {
         let mut cmd = Command::new(&self.runc);
         cmd.arg("--root")
             .arg(&self.root)
@@ -296,10 +292,23 @@ impl Oci {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let child = cmd.spawn().map_err(|source| OciError::Spawn {
-            program: self.runc.display().to_string(),
-            source,
-        })?;
+        cmd
+    }
+
+    /// Runs `argv` in a running container (probes), killing it after `timeout`.
+    pub fn exec(
+        &self,
+        id: &str,
+        argv: &[String],
+        timeout: Duration,
+    ) -> Result<ExecOutput, OciError> {
+        let child = self
+            .exec_command(id, argv)
+            .spawn()
+            .map_err(|source| OciError::Spawn {
+                program: self.runc.display().to_string(),
+                source,
+            })?;
         let pid = child.id();
         // Collected on a thread so a full pipe never blocks the timeout.
         let (done, finished) = std::sync::mpsc::channel();

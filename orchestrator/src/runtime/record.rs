@@ -30,6 +30,10 @@ pub struct PodRecord {
     /// By container name, init containers included.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// What the ConfigMap and Secret volumes were last written from, so they are
+    /// rewritten only when their object changes.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub volume_versions: super::volumes::Versions,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]

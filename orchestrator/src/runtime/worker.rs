@@ -1,7 +1,7 @@
 //! One worker per pod bound to this node: a level-triggered loop that brings the
-//! node in line with the pod's spec (network, init containers in order, app
-//! containers with their restart policy and back-off), tears everything down when
-//! the pod is deleted, and reports the pod's status.
+//! node in line with the pod's spec (network, volumes, init containers in order,
+//! app containers with their restart policy and back-off), tears everything down
+//! when the pod is deleted, and reports the pod's status.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -22,6 +22,7 @@ use super::paths::Paths;
 use super::probes::{self, Tracker, Verdict};
 use super::record::{PodRecord, Running, Terminated, Waiting};
 use super::status::{pod_status, will_restart};
+use super::volumes::{self, PreparedVolumes, VolumeError};
 use super::{events, netns, pod_files};
 
 /// Longest back-off between restarts, and how long a container must run for its
@@ -116,13 +117,19 @@ async fn reconcile(
         return Next::After(Duration::from_secs(5));
     }
     collect_exits(ctx, record, &pod).await;
+    // On every pass: before the first container starts, and then so that ConfigMap
+    // and Secret volumes follow their objects.
+    let volumes =
+        volumes::prepare(&ctx.registry, &ctx.paths, &pod, &mut record.volume_versions).await;
     let policy = pod.spec.restart_policy.unwrap_or(RestartPolicy::Always);
     if !record.initialized {
-        wake = wake.min(run_init_containers(ctx, record, &pod, policy).await);
+        wake = wake.min(run_init_containers(ctx, record, &pod, &volumes, policy).await);
     }
     if record.initialized {
         for container in &pod.spec.containers {
-            if let Some(after) = ensure_running(ctx, record, &pod, container, policy).await {
+            if let Some(after) =
+                ensure_running(ctx, record, &pod, container, &volumes, policy).await
+            {
                 wake = wake.min(after);
             }
         }
@@ -256,6 +263,7 @@ async fn run_init_containers(
     ctx: &Context,
     record: &mut PodRecord,
     pod: &Pod,
+    volumes: &Result<PreparedVolumes, VolumeError>,
     policy: RestartPolicy,
 ) -> Duration {
     for container in &pod.spec.init_containers {
@@ -269,9 +277,16 @@ async fn run_init_containers(
             Some(t) if !will_restart(policy_for_init(policy), t.exit_code) => return POLL,
             _ => {}
         }
-        return ensure_running(ctx, record, pod, container, policy_for_init(policy))
-            .await
-            .unwrap_or(POLL);
+        return ensure_running(
+            ctx,
+            record,
+            pod,
+            container,
+            volumes,
+            policy_for_init(policy),
+        )
+        .await
+        .unwrap_or(POLL);
     }
     record.initialized = true;
     POLL
@@ -293,6 +308,7 @@ async fn ensure_running(
     record: &mut PodRecord,
     pod: &Pod,
     container: &Container,
+    volumes: &Result<PreparedVolumes, VolumeError>,
     policy: RestartPolicy,
 ) -> Option<Duration> {
     let now = unix_now();
@@ -345,8 +361,15 @@ async fn ensure_running(
         }
         return Some(Duration::from_secs((until - now) as u64));
     }
-    let env = match environment::resolve(&ctx.registry, pod, container, &record.ips).await {
-        Ok(env) => env,
+    let resolved = environment::resolve(&ctx.registry, pod, container, &record.ips)
+        .await
+        .and_then(|env| {
+            let volumes = volumes.as_ref().map_err(ToString::to_string)?;
+            let mounts = volumes.mounts_for(container).map_err(|e| e.to_string())?;
+            Ok((env, mounts))
+        });
+    let (env, mut mounts) = match resolved {
+        Ok(resolved) => resolved,
         Err(message) => {
             let entry = record.container(&container.name);
             entry.waiting = Some(Waiting {
@@ -357,7 +380,14 @@ async fn ensure_running(
         }
     };
     let attempt = record.container(&container.name).attempt + 1;
-    let mounts = pod_files::mounts(&ctx.paths.etc(&record.uid));
+    // The pod's /etc files, unless the container mounts a volume there itself.
+    let etc_files = pod_files::mounts(&ctx.paths.etc(&record.uid));
+    let own: Vec<String> = mounts.iter().map(|m| m.destination.clone()).collect();
+    mounts.extend(
+        etc_files
+            .into_iter()
+            .filter(|m| !own.contains(&m.destination)),
+    );
     let (paths, oci, images, pod_owned, container_owned, netns_path) = (
         ctx.paths.clone(),
         ctx.oci.clone(),
@@ -761,6 +791,7 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
         crate::cgroup::remove_everywhere(&paths.pod_cgroup(&uid));
         let logs = paths.pod_logs(&namespace_and_name.0, &namespace_and_name.1, &uid);
         super::paths::remove_dir(&logs).map_err(|e| format!("removing {}: {e}", logs.display()))?;
+        volumes::teardown(&paths, &uid).map_err(|e| e.to_string())?;
         let dir = paths.pod(&uid);
         super::paths::remove_dir(&dir).map_err(|e| format!("removing {}: {e}", dir.display()))
     })
