@@ -1,5 +1,5 @@
-//! The node's image store: images imported from tarballs (no registry is reached),
-//! kept content-addressed, their layers unpacked once for overlayfs.
+//! The node's image store: images imported from tarballs or pulled from registries
+//! (see `pull`), kept content-addressed, their layers unpacked once for overlayfs.
 //!
 //! On disk, under the store's root (e.g. /var/lib/skiff/images):
 //!
@@ -9,7 +9,8 @@
 //! blobs/sha256/<hex>    manifests and configs, named by their digest
 //! layers/<hex>/         one unpacked layer per diff id (digest of its uncompressed tar),
 //!                       shared by every image that has it; an overlayfs lowerdir
-//! tmp/                  imports in progress; cleared by the next import
+//! tmp/                  imports and pulls in progress; cleared by the next one,
+//!                       except a pull's downloads while it holds their lock
 //! ```
 //!
 //! Compressed layer blobs are not kept: once verified and unpacked, the tree is
@@ -34,6 +35,7 @@ mod digest;
 mod index;
 mod layer;
 mod mounts;
+mod pull;
 mod reference;
 #[cfg(test)]
 mod tests;
@@ -42,16 +44,17 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::ImageConfiguration;
 
-use archive::{Archive, FoundImage};
+use archive::Archive;
 pub use digest::Digest;
 use index::{ImageRecord, Index, sync_dir};
 pub use layer::LayerError;
-pub use reference::normalize;
+pub use pull::{PullError, PullOptions, Pulled};
+pub use reference::{Reference, normalize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -158,14 +161,61 @@ pub enum ImageError {
 pub enum Origin {
     /// An archive file, as given.
     Archive(PathBuf),
+    /// A registry, by host (and port).
+    Registry(String),
 }
 
 impl fmt::Display for Origin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Origin::Archive(path) => write!(f, "{}", path.display()),
+            Origin::Registry(host) => write!(f, "registry {host}"),
         }
     }
+}
+
+/// One image about to be stored, its manifest and config read and verified.
+struct FoundImage {
+    /// Its names as the source gives them, not yet normalised.
+    names: Vec<String>,
+    /// The manifest; a docker-archive has none.
+    manifest: Option<Blob>,
+    config: Blob,
+    created: Option<String>,
+    /// Lowest first.
+    layers: Vec<LayerSource>,
+}
+
+impl FoundImage {
+    /// The bytes of all its blobs, as the source has them (layers compressed or not).
+    fn size(&self) -> u64 {
+        let metadata = self.manifest.iter().chain([&self.config]);
+        metadata.map(|blob| blob.bytes.len() as u64).sum::<u64>()
+            + self.layers.iter().map(|layer| layer.size).sum::<u64>()
+    }
+}
+
+struct Blob {
+    digest: Digest,
+    bytes: Vec<u8>,
+}
+
+struct LayerSource {
+    /// Where the source keeps the layer's blob: an archive member, or for a pull
+    /// the blob's digest.
+    blob: String,
+    /// The digest of its uncompressed tar, from the image config.
+    diff_id: Digest,
+    size: u64,
+}
+
+/// What the layers of images being stored are read from: an archive, or the
+/// blobs a pull downloaded.
+trait LayerBlobs {
+    /// What errors about the layers name.
+    fn origin(&self) -> &Origin;
+    /// The layer's blob as the source has it (compressed or not).
+    fn open(&self, layer: &LayerSource) -> Result<Box<dyn Read>, ImageError>;
 }
 
 /// An image as `list` and `import` report it (one per reference).
@@ -250,18 +300,19 @@ impl ImageStore {
         self.clear_tmp()?;
         let staging = self.temp_dir()?;
         let archive = Archive::open(tarball, staging.path())?;
-        self.store_images(&archive, staging.path())
+        let images = archive.images()?;
+        self.store_images(&archive, &images, staging.path())
     }
 
-    /// Stores every image of `archive` under each of its names, its blobs and new
-    /// layers staged in `staging` (an empty directory under tmp/) first. Call with
-    /// the lock held.
+    /// Stores every image of `images` under each of its names, its blobs and new
+    /// layers (read from `source`) staged in `staging` (an empty directory under
+    /// tmp/) first. Call with the lock held.
     fn store_images(
         &self,
-        archive: &Archive,
+        source: &dyn LayerBlobs,
+        images: &[FoundImage],
         staging: &Path,
     ) -> Result<Vec<ImageSummary>, ImageError> {
-        let images = archive.images()?;
         let named = images
             .iter()
             .flat_map(|image| image.names.iter().map(move |name| (name, image)))
@@ -270,7 +321,7 @@ impl ImageStore {
 
         // Stage everything new, verified and durable, before anything is moved
         // into place or named.
-        let staged = self.stage(archive, &images, staging)?;
+        let staged = self.stage(source, images, staging)?;
         for (staged, dest) in &staged {
             for entry in fs::read_dir(staged).map_err(io_error(staged))? {
                 let entry = entry.map_err(io_error(staged))?;
@@ -295,7 +346,7 @@ impl ImageStore {
     /// with the store directory its entries go to.
     fn stage(
         &self,
-        archive: &Archive,
+        source: &dyn LayerBlobs,
         images: &[FoundImage],
         staging: &Path,
     ) -> Result<[(PathBuf, PathBuf); 2], ImageError> {
@@ -319,11 +370,11 @@ impl ImageStore {
                 continue;
             }
             fs::create_dir(&dir).map_err(io_error(&dir))?;
-            layer::unpack(archive.layer(layer)?, &layer.diff_id, &dir).map_err(|source| {
+            layer::unpack(source.open(layer)?, &layer.diff_id, &dir).map_err(|error| {
                 ImageError::Layer {
-                    origin: archive.origin().clone(),
+                    origin: source.origin().clone(),
                     layer: layer.diff_id.clone(),
-                    source,
+                    source: error,
                 }
             })?;
         }
@@ -461,12 +512,17 @@ impl ImageStore {
         Ok(file)
     }
 
-    /// Removes what killed imports left in tmp/ (call with the lock held).
+    /// Removes what killed imports and pulls left in tmp/ (call with the lock
+    /// held). A pull downloads without the store's lock, holding a lock of its own
+    /// in its directory (see `pull`): that directory stays.
     fn clear_tmp(&self) -> Result<(), ImageError> {
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(io_error(&tmp))? {
             let entry = entry.map_err(io_error(&tmp))?;
             let path = entry.path();
+            if pull::in_use(&path) {
+                continue;
+            }
             let removed = match entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 true => fs::remove_dir_all(&path),
                 false => fs::remove_file(&path),
@@ -527,6 +583,31 @@ fn summary(reference: &str, record: &ImageRecord) -> ImageSummary {
         size: record.size,
         created: record.created.clone(),
     }
+}
+
+/// The creation time and diff ids of an image config, `member` naming it in errors.
+fn config_layers(
+    origin: &Origin,
+    member: &str,
+    config: &Blob,
+) -> Result<(Option<String>, Vec<Digest>), ImageError> {
+    let malformed = |reason: String| ImageError::Malformed {
+        origin: origin.clone(),
+        member: member.to_owned(),
+        reason,
+    };
+    let parsed: ImageConfiguration =
+        serde_json::from_slice(&config.bytes).map_err(|error| malformed(error.to_string()))?;
+    let diff_ids = parsed
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|text| {
+            Digest::parse(text)
+                .ok_or_else(|| malformed(format!("diff id {text:?} is not a sha256 digest")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((parsed.created().clone(), diff_ids))
 }
 
 /// Maps an I/O error to one naming `path`.

@@ -19,19 +19,17 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
-use oci_spec::image::{
-    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os,
-};
+use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os};
 use serde::Deserialize;
 
 use super::digest::{Digest, Digesting};
 use super::reference::is_bare_tag;
-use super::{ImageError, Origin, io_error};
+use super::{Blob, FoundImage, ImageError, LayerBlobs, LayerSource, Origin, io_error};
 
 const OCI_INDEX: &str = "index.json";
 const DOCKER_MANIFEST: &str = "manifest.json";
 /// Manifests, indexes and configs are read whole; registries cap them at 4 MiB.
-const MAX_METADATA_SIZE: u64 = 16 << 20;
+pub(super) const MAX_METADATA_SIZE: u64 = 16 << 20;
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 /// Symlinks between members (newer `docker save` links `<id>/layer.tar` to the
 /// blob) are followed this many times at most.
@@ -40,41 +38,8 @@ const MAX_LINK_DEPTH: usize = 16;
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// One image found in an archive.
-pub struct FoundImage {
-    /// Its names as the archive writes them, not yet normalised.
-    pub names: Vec<String>,
-    /// The manifest, for OCI layouts; a docker-archive has none.
-    pub manifest: Option<Blob>,
-    pub config: Blob,
-    pub created: Option<String>,
-    /// Lowest first.
-    pub layers: Vec<LayerSource>,
-}
-
-impl FoundImage {
-    /// The bytes of all its blobs, as in the archive (layers compressed or not).
-    pub fn size(&self) -> u64 {
-        let metadata = self.manifest.iter().chain([&self.config]);
-        metadata.map(|blob| blob.bytes.len() as u64).sum::<u64>()
-            + self.layers.iter().map(|layer| layer.size).sum::<u64>()
-    }
-}
-
-pub struct Blob {
-    pub digest: Digest,
-    pub bytes: Vec<u8>,
-}
-
-pub struct LayerSource {
-    /// The archive member holding the layer.
-    pub member: String,
-    /// The digest of its uncompressed tar, from the image config.
-    pub diff_id: Digest,
-    pub size: u64,
-}
+pub(super) const DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// An indexed import tarball.
 pub struct Archive {
@@ -176,16 +141,6 @@ impl Archive {
         }
     }
 
-    /// What errors about the archive name.
-    pub fn origin(&self) -> &Origin {
-        &self.origin
-    }
-
-    /// The layer's bytes, as stored in the archive.
-    pub fn layer(&self, layer: &LayerSource) -> Result<impl Read + use<>, ImageError> {
-        self.open_member(&layer.member).map(|(reader, _)| reader)
-    }
-
     fn oci_images(&self) -> Result<Vec<FoundImage>, ImageError> {
         let index: ImageIndex = self.read_json(OCI_INDEX, &self.read_member(OCI_INDEX)?)?;
         // Newer `docker save` names images in manifest.json; its index.json may only
@@ -223,12 +178,7 @@ impl Archive {
             let parsed: ImageManifest =
                 self.read_json(&blob_member(&manifest.digest), &manifest.bytes)?;
             let config_descriptor = parsed.config();
-            let is_config = match config_descriptor.media_type() {
-                MediaType::ImageConfig => true,
-                MediaType::Other(other) => other == DOCKER_CONFIG,
-                _ => false,
-            };
-            if !is_config {
+            if !is_image_config(config_descriptor.media_type()) {
                 return Err(ImageError::NotAnImage {
                     origin: self.origin.clone(),
                     manifest: manifest.digest,
@@ -252,7 +202,7 @@ impl Archive {
                     let digest = self.descriptor_digest(layer)?;
                     self.verify_blob(&digest, layer.size())?;
                     Ok(LayerSource {
-                        member: blob_member(&digest),
+                        blob: blob_member(&digest),
                         diff_id,
                         size: layer.size(),
                     })
@@ -314,7 +264,7 @@ impl Archive {
                     .map(|(member, diff_id)| {
                         let (_, size) = self.open_member(member)?;
                         Ok(LayerSource {
-                            member: member.clone(),
+                            blob: member.clone(),
                             diff_id,
                             size,
                         })
@@ -347,40 +297,18 @@ impl Archive {
     fn platform_manifest(&self, index_descriptor: &Descriptor) -> Result<Descriptor, ImageError> {
         let blob = self.read_blob(index_descriptor)?;
         let index: ImageIndex = self.read_json(&blob_member(&blob.digest), &blob.bytes)?;
-        let arch = Arch::default();
-        index
-            .manifests()
-            .iter()
-            .find(|manifest| {
-                manifest.platform().as_ref().is_some_and(|platform| {
-                    *platform.os() == Os::Linux && *platform.architecture() == arch
-                })
-            })
+        this_platform(index.manifests())
             .cloned()
             .ok_or_else(|| ImageError::NoPlatform {
                 origin: self.origin.clone(),
                 index: blob.digest,
-                platform: format!("linux/{arch}"),
+                platform: format!("linux/{}", Arch::default()),
             })
     }
 
     /// The config's creation time and diff ids.
     fn config_layers(&self, config: &Blob) -> Result<(Option<String>, Vec<Digest>), ImageError> {
-        let member = blob_member(&config.digest);
-        let parsed: ImageConfiguration = self.read_json(&member, &config.bytes)?;
-        let diff_ids = parsed
-            .rootfs()
-            .diff_ids()
-            .iter()
-            .map(|text| {
-                Digest::parse(text).ok_or_else(|| ImageError::Malformed {
-                    origin: self.origin.clone(),
-                    member: member.clone(),
-                    reason: format!("diff id {text:?} is not a sha256 digest"),
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((parsed.created().clone(), diff_ids))
+        super::config_layers(&self.origin, &blob_member(&config.digest), config)
     }
 
     fn layer_count_mismatch(&self, config: &Digest, layers: usize, diff_ids: usize) -> ImageError {
@@ -504,12 +432,45 @@ impl Archive {
     }
 }
 
+impl LayerBlobs for Archive {
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn open(&self, layer: &LayerSource) -> Result<Box<dyn Read>, ImageError> {
+        let (reader, _) = self.open_member(&layer.blob)?;
+        Ok(Box::new(reader))
+    }
+}
+
+/// Whether the media type is an OCI image index or a Docker manifest list.
 fn is_index(media_type: &MediaType) -> bool {
     match media_type {
         MediaType::ImageIndex => true,
         MediaType::Other(other) => other == DOCKER_MANIFEST_LIST,
         _ => false,
     }
+}
+
+/// Whether a manifest's config media type is a container image's (OCI or Docker).
+pub(super) fn is_image_config(media_type: &MediaType) -> bool {
+    match media_type {
+        MediaType::ImageConfig => true,
+        MediaType::Other(other) => other == DOCKER_CONFIG,
+        _ => false,
+    }
+}
+
+/// The first manifest of an index for this machine: linux and the architecture
+/// skiff was built for.
+pub(super) fn this_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    let arch = Arch::default();
+    manifests.iter().find(|manifest| {
+        manifest
+            .platform()
+            .as_ref()
+            .is_some_and(|platform| *platform.os() == Os::Linux && *platform.architecture() == arch)
+    })
 }
 
 fn blob_member(digest: &Digest) -> String {
