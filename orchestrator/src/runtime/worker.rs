@@ -12,7 +12,7 @@ use log::{info, warn};
 use tokio::sync::watch;
 
 use crate::api::registry::{ObjectRef, Propagation, Registry};
-use crate::image::ImageStore;
+use crate::image::{ImageStore, PullOptions};
 use crate::model::{Container, Kind, Object, Pod, Probe, RestartPolicy};
 
 use super::cni::Network;
@@ -42,6 +42,8 @@ pub struct Context {
     pub host_ip: Option<IpAddr>,
     pub paths: Paths,
     pub images: Arc<ImageStore>,
+    /// How images missing from the store are pulled.
+    pub pull: PullOptions,
     pub oci: Oci,
     pub network: Network,
     pub dns: pod_files::Dns,
