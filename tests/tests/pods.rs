@@ -146,7 +146,7 @@ fn restart_policies_and_last_state() {
     let agent = Agent::start_node(&[]);
     let failing = |name: &str, policy: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, 'echo failing; exit 3']\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [sh, -c, 'echo failing; exit 3']\n"
         )
     };
     agent.apply(&failing("on-failure", "OnFailure"));
@@ -182,10 +182,10 @@ metadata: {{name: ordered}}
 spec:
   nodeName: {NODE_NAME}
   initContainers:
-  - {{name: first, image: busybox, command: [sh, -c, "sleep 1"]}}
-  - {{name: second, image: busybox, command: [sh, -c, "sleep 1"]}}
+  - {{name: first, image: busybox:1.36, command: [sh, -c, "sleep 1"]}}
+  - {{name: second, image: busybox:1.36, command: [sh, -c, "sleep 1"]}}
   containers:
-  - {{name: app, image: busybox, command: [sleep, "3600"]}}
+  - {{name: app, image: busybox:1.36, command: [sleep, "3600"]}}
 "#
     ));
     let pod = agent.wait_pod("ordered", START, running).unwrap();
@@ -221,8 +221,13 @@ fn bad_images_and_commands_are_reported_and_the_agent_carries_on() {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: {image}\n    command: [{command}]\n"
         )
     };
-    agent.apply(&pod("no-image", "nosuch:1.0", "sh"));
-    agent.apply(&pod("no-command", "busybox", "/bin/does-not-exist"));
+    // Never: a missing image is not pulled (these tests reach no registry).
+    agent.apply(&pod(
+        "no-image",
+        "nosuch:1.0\n    imagePullPolicy: Never",
+        "sh",
+    ));
+    agent.apply(&pod("no-command", "busybox:1.36", "/bin/does-not-exist"));
     agent.apply(&http_pod("fine"));
     let waiting = |name: &str, reason: &str| {
         let pod = agent
@@ -237,12 +242,12 @@ fn bad_images_and_commands_are_reported_and_the_agent_carries_on() {
             .unwrap_or_default()
             .to_string()
     };
-    let message = waiting("no-image", "ErrImagePull");
+    let message = waiting("no-image", "ErrImageNeverPull");
     assert!(message.contains("nosuch"), "{message}");
     let message = waiting("no-command", "CreateContainerError");
     assert!(message.contains("/bin/does-not-exist"), "{message}");
     agent.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: tiny}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, '3600']\n    resources: {{limits: {{memory: 4Ki}}}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: tiny}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [sleep, '3600']\n    resources: {{limits: {{memory: 4Ki}}}}\n"
     ));
     // A memory limit below what the container needs to start: runc refuses it.
     let message = waiting("tiny", "CreateContainerError");
@@ -305,7 +310,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"]
     livenessProbe:
       exec: {{command: [cat, /tmp/healthy]}}
@@ -351,7 +356,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: web
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "mkdir -p /www; (sleep 3; echo ok > /www/ready; sleep 3; rm /www/ready) & exec httpd -f -p 8080 -h /www"]
     ports: [{{name: http, containerPort: 8080}}]
     readinessProbe:
@@ -386,7 +391,7 @@ spec:
   nodeName: {NODE_NAME}
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "x=$(head -c 100000000 /dev/zero | tr '\\0' x); sleep 3600"]
     resources:
       limits: {{memory: 16Mi}}
@@ -419,7 +424,7 @@ spec:
   terminationGracePeriodSeconds: 5
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: [sleep, "3600"]
     lifecycle:
       preStop:
