@@ -742,6 +742,9 @@ impl Container {
                 );
             }
             check_required(errors, &path.field("mountPath"), &mount.mount_path);
+            if let Some(sub_path) = &mount.sub_path {
+                check_relative_path(errors, &path.field("subPath"), sub_path);
+            }
         }
         check_unique(
             errors,
@@ -1033,6 +1036,16 @@ impl Volume {
 }
 
 /// The keys a ConfigMap or Secret volume projects, and their file modes.
+/// A path inside a volume (an item's path, a subPath): it may not leave it.
+fn check_relative_path(errors: &mut FieldErrors, path: &Path, value: &str) {
+    if value.starts_with('/') || value.split('/').any(|part| part == "..") {
+        errors.push(
+            path.clone(),
+            format!("{value:?} must be a relative path without '..'"),
+        );
+    }
+}
+
 fn validate_projection(
     errors: &mut FieldErrors,
     path: &Path,
@@ -1045,12 +1058,8 @@ fn validate_projection(
         check_name(errors, &path.field("key"), &item.key, Format::ConfigKey);
         if item.path.is_empty() {
             errors.push(path.field("path"), "required");
-        } else if item.path.starts_with('/') || item.path.split('/').any(|part| part == "..") {
-            errors.push(
-                path.field("path"),
-                format!("{:?} must be a relative path without '..'", item.path),
-            );
         }
+        check_relative_path(errors, &path.field("path"), &item.path);
         check_range(errors, &path.field("mode"), item.mode, 0, 0o777);
     }
 }

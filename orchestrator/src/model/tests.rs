@@ -570,13 +570,17 @@ fn pod_without_containers() {
 fn bad_volumes_and_mounts() {
     let text = pod(
         "  containers:\n  - name: web\n    image: nginx\n    volumeMounts:\n    - name: data\n      \
-         mountPath: /data\n    - name: cache\n      mountPath: /data\n  volumes:\n  - name: cache\n    \
+         mountPath: /data\n    - name: cache\n      mountPath: /data\n    - name: cache\n      \
+         mountPath: /up\n      subPath: a/../../etc\n    - name: cache\n      mountPath: /abs\n      \
+         subPath: /etc\n    - name: cache\n      mountPath: /ok\n      subPath: a/b\n  volumes:\n  - name: cache\n    \
          emptyDir: {}\n    hostPath: {path: /tmp}\n  - name: cache\n    secret: {secretName: s, defaultMode: 0777}\n  \
          - name: conf\n",
     );
     assert_eq!(
         parse_err(&text),
         "app.yaml doc 1: spec.containers[0].volumeMounts[0].name: no volume named \"data\"\n\
+         app.yaml doc 1: spec.containers[0].volumeMounts[2].subPath: \"a/../../etc\" must be a relative path without '..'\n\
+         app.yaml doc 1: spec.containers[0].volumeMounts[3].subPath: \"/etc\" must be a relative path without '..'\n\
          app.yaml doc 1: spec.containers[0].volumeMounts[1].mountPath: duplicate mount path \"/data\"\n\
          app.yaml doc 1: spec.volumes[1].name: duplicate name \"cache\"\n\
          app.yaml doc 1: spec.volumes[0]: exactly one of emptyDir, hostPath, configMap or secret must be set, found 2\n\
