@@ -356,6 +356,17 @@ fn failed_pulls_say_why_and_name_the_reference() {
         "{error}"
     );
 
+    // A name that cannot resolve (.invalid); the node namespace has no route
+    // out, so the lookup fails at once without leaving it.
+    let unknown = "registry.invalid/test/app:1";
+    let error = fails(unknown);
+    assert!(
+        error.contains(&format!(
+            "Error from server (ServiceUnavailable): pulling {unknown}: unknown host: registry.invalid does not resolve"
+        )),
+        "{error}"
+    );
+
     // Nothing listens there.
     let unreachable = "127.0.0.1:5009/test/app:1";
     let error = fails(unreachable);
