@@ -274,6 +274,10 @@ struct AgentArgs {
     /// Most processes in one container
     #[arg(long, default_value_t = 4096)]
     pod_pids_limit: i64,
+    /// How often each running pod's network is checked with the CNI plugin (CNI
+    /// CHECK), e.g. 60s
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pod_network_check_interval: std::time::Duration,
     /// A container's log file is rotated past this many bytes
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     container_log_max_bytes: u64,
@@ -606,6 +610,7 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             mtu: args.pod_mtu,
             pids_limit: args.pod_pids_limit,
             log_max_bytes: args.container_log_max_bytes,
+            network_check: args.pod_network_check_interval,
             pull: crate::image::PullOptions {
                 insecure_registries: args.insecure_registries,
             },

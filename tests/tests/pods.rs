@@ -490,3 +490,34 @@ spec:
     assert_eq!(said, "goodbye from polite\n");
     agent.wait_pod("polite", START, |p| p.is_none());
 }
+
+#[test]
+fn a_broken_pod_network_is_reported_by_the_periodic_cni_check() {
+    let agent = Agent::start_node(&["--pod-network-check-interval", "1s"]);
+    agent.apply(&http_pod("checked"));
+    let pod = agent.wait_pod("checked", START, running).unwrap();
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let healthy = agent.ok(&["describe", "pod", "checked"]);
+    assert!(!healthy.contains("NetworkCheckFailed"), "{healthy}");
+    // Break the pod's network behind the agent's back.
+    let netns = format!("skiff-{uid}");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns, "ip", "route", "del", "default"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let described = agent.ok(&["describe", "pod", "checked"]);
+        if described.contains("NetworkCheckFailed") && described.contains("CNI CHECK failed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{described}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}

@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub log_max_bytes: u64,
     /// How images are pulled from registries.
     pub pull: PullOptions,
+    /// How often a running pod's network is checked (CNI CHECK).
+    pub network_check: std::time::Duration,
 }
 
 /// What the API needs of the node to serve `logs`, `exec` and image pulls: its
@@ -86,6 +88,7 @@ impl NodeConfig {
         } = self.handle();
         Context {
             pull,
+            network_check: self.network_check,
             registry,
             node_name: name,
             host_ip: self.identity.host_ip,

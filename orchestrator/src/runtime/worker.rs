@@ -51,6 +51,8 @@ pub struct Context {
     pub dns: pod_files::Dns,
     pub pids_limit: i64,
     pub log_max_bytes: u64,
+    /// How often a running pod's network is checked with the CNI plugin.
+    pub network_check: Duration,
 }
 
 /// What a reconcile pass asks for next.
@@ -70,12 +72,20 @@ pub async fn run(ctx: Arc<Context>, uid: String, mut desired: watch::Receiver<Op
         ..PodRecord::default()
     });
     let mut probes = Probes::default();
+    let mut network_check = Instant::now() + ctx.network_check;
     loop {
         let pod = desired.borrow_and_update().clone();
-        let next = reconcile(&ctx, &mut record, &mut probes, pod).await;
+        let next = reconcile(&ctx, &mut record, &mut probes, pod.clone()).await;
         let Next::After(wait) = next else {
             return;
         };
+        if Instant::now() >= network_check {
+            if let Some(pod) = pod.filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                check_network(&ctx, &record, &pod).await;
+            }
+            network_check = Instant::now() + ctx.network_check;
+        }
+        let wait = wait.min(network_check.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = desired.changed() => {
@@ -174,6 +184,38 @@ async fn attach(ctx: &Context, record: &mut PodRecord, pod: &Pod) -> Result<(), 
     record
         .save(&ctx.paths.record(&record.uid))
         .map_err(|e| format!("saving the pod's record: {e}"))
+}
+
+/// Asks the CNI plugin whether the pod's network is still as ADD left it (CNI
+/// CHECK); a broken one is reported as a warning event on the pod. Its addresses
+/// stay: a pod keeps its IPs for life, so repairing is the plugin's business.
+async fn check_network(ctx: &Context, record: &PodRecord, pod: &Pod) {
+    let Some(previous) = record.cni_result.clone() else {
+        return;
+    };
+    let (network, uid) = (ctx.network.clone(), record.uid.clone());
+    let netns = ctx.paths.netns(&uid);
+    let checked = blocking(move || {
+        network
+            .check(&uid, &netns, &previous)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    if let Err(message) = checked {
+        warn!(
+            "pod {}/{}: network check: {message}",
+            record.namespace, record.name
+        );
+        events::record(
+            &ctx.registry,
+            &ctx.node_name,
+            pod,
+            events::Type::Warning,
+            "NetworkCheckFailed",
+            &format!("CNI CHECK failed: {message}"),
+        )
+        .await;
+    }
 }
 
 /// Notices containers that ended (conmon wrote their exit) and records how.
