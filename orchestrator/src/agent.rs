@@ -100,6 +100,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut dataplane = dataplane::Dataplane::load(&dataplane::Config {
         cgroup,
         ebpf_log: config.ebpf_log,
+        // Pods' namespaces, where their connected UDP sockets live.
+        socket_netns: vec![config.node.netns_dir.clone()],
     })?;
     for program in dataplane.attached() {
         info!(

@@ -3,29 +3,54 @@
 //!
 //! Programs are attached through bpf links owned by this process: dropping the
 //! [`Dataplane`] (or the process dying) detaches them and unloads everything.
+//!
+//! When an update removes backends, their counters go, and for UDP services the
+//! connected sockets skiff pinned to them are destroyed (see [`sockets`]).
 
+mod btf;
+mod counters;
+mod published;
 mod services;
+mod sockets;
 
 use std::fs::File;
 use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use log::LevelFilter;
-use skiff_ebpf_common::{BACKENDS_MAP, Backend, BackendSlotKey, SERVICES_MAP, Service, ServiceKey};
+use log::{info, warn};
+use skiff_ebpf_common::{
+    BACKENDS_MAP, Backend, BackendSlotKey, COUNTERS_MAP, DESTROY_TARGETS_MAP, SERVICES_MAP,
+    SOCK_OFFSETS_GLOBAL, Service, ServiceBackendKey, ServiceKey,
+};
 
+pub use counters::BackendCount;
 pub use services::{Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
+pub use sockets::{SocketError, Unsupported};
+
+use published::PublishedServices;
+use sockets::{KernelObject, SocketDestroyer};
 
 /// The eBPF object built by `cargo xtask build` (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_OBJECT"));
 
 /// The socket load balancer's programs, by their function names in the object.
-const SOCK_LB_PROGRAMS: [&str; 2] = ["skiff_connect4", "skiff_connect6"];
+const SOCK_LB_PROGRAMS: [&str; 8] = [
+    "skiff_connect4",
+    "skiff_connect6",
+    "skiff_sendmsg4",
+    "skiff_sendmsg6",
+    "skiff_recvmsg4",
+    "skiff_recvmsg6",
+    "skiff_getpeername4",
+    "skiff_getpeername6",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -52,6 +77,13 @@ pub enum Error {
     Log(#[from] aya_log::Error),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error(
+        "service {frontend} is updated, but its connected UDP sockets to removed backends were not all destroyed: {source}"
+    )]
+    Sockets {
+        frontend: Frontend,
+        source: SocketError,
+    },
 }
 
 /// Where and how to run the dataplane.
@@ -62,6 +94,10 @@ pub struct Config {
     /// Most verbose kernel-side log level emitted; `Off` compiles logging out of the
     /// verifier's view, so it costs nothing on the connect() path.
     pub ebpf_log: LevelFilter,
+    /// Network namespaces whose connected UDP sockets are checked when backends are
+    /// removed, besides the agent's own: namespace files (as `ip netns` pins them)
+    /// or directories of them (such as /run/netns, where pods' namespaces live).
+    pub socket_netns: Vec<PathBuf>,
 }
 
 /// A program attached by this dataplane.
@@ -79,21 +115,36 @@ pub struct Dataplane {
     links: Vec<(AttachedProgram, CgroupSockAddrLinkId)>,
     maps: KernelMaps,
     services: ServiceTable,
+    published: PublishedServices,
+    /// None when this kernel cannot destroy sockets (see [`Dataplane::load`]).
+    destroyer: Option<SocketDestroyer>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
 impl Dataplane {
     /// Loads the programs and attaches them to `config.cgroup`. On error nothing
     /// stays attached: the links of a partly built dataplane are dropped.
+    ///
+    /// On a kernel without the `bpf_sock_destroy` kfunc (before 6.5) or without BTF,
+    /// the load balancer works but connected UDP sockets are not destroyed when
+    /// their backend goes; a warning says why.
     pub fn load(config: &Config) -> Result<Self, Error> {
         let cgroup_dir = File::open(&config.cgroup).map_err(|source| Error::Cgroup {
             path: config.cgroup.clone(),
             source,
         })?;
         let level = config.ebpf_log as u8; // Off=0 .. Trace=5, as aya-log's levels
-        let mut ebpf = EbpfLoader::new()
-            .override_global(aya_log::LEVEL, &level, true)
-            .load(EBPF_OBJECT)?;
+        let object = KernelObject::prepare(EBPF_OBJECT);
+        let mut loader = EbpfLoader::new();
+        loader.override_global(aya_log::LEVEL, &level, true);
+        if let Ok(support) = &object.destroy {
+            loader.btf(Some(&support.btf)).override_global(
+                SOCK_OFFSETS_GLOBAL,
+                &support.offsets,
+                true,
+            );
+        }
+        let mut ebpf = loader.load(object.bytes())?;
         let logger = match config.ebpf_log {
             LevelFilter::Off => None,
             _ => Some(EbpfLogger::init(&mut ebpf)?),
@@ -113,12 +164,29 @@ impl Dataplane {
                 .map_err(program_error)?;
             links.push((AttachedProgram { name, id }, link));
         }
+        let destroyer = match &object.destroy {
+            Ok(support) => Some(
+                SocketDestroyer::load(&mut ebpf, &support.btf, config.socket_netns.clone())
+                    .map_err(|source| Error::Program {
+                        name: sockets::DESTROY_PROGRAM,
+                        source,
+                    })?,
+            ),
+            Err(reason) => {
+                warn!(
+                    "connected UDP sockets will not be destroyed when their backend is removed: {reason}"
+                );
+                None
+            }
+        };
         Ok(Self {
             ebpf,
             cgroup: config.cgroup.clone(),
             links,
             maps,
             services: ServiceTable::default(),
+            published: PublishedServices::default(),
+            destroyer,
             logger,
         })
     }
@@ -137,18 +205,103 @@ impl Dataplane {
         self.logger.take()
     }
 
-    /// Sets the backends of a service (see [`ServiceTable::upsert`]).
+    /// Sets the backends of a service (see [`ServiceTable::upsert`]). Backends it no
+    /// longer has lose their counters, and for a UDP service the connected sockets
+    /// skiff pinned to them are destroyed once the new set is published, so their
+    /// owners reconnect to a live backend.
     pub fn upsert_service(
         &mut self,
         frontend: &Frontend,
         backends: &[SocketAddr],
     ) -> Result<(), Error> {
-        Ok(self.services.upsert(&mut self.maps, frontend, backends)?)
+        self.services.upsert(&mut self.maps, frontend, backends)?;
+        let Some(id) = self.services.service_id(frontend) else {
+            return Ok(()); // upsert() keeps every service it published
+        };
+        let removed = self.published.replace(frontend, id, backends);
+        self.forget_backends(frontend, id, &removed)
     }
 
-    /// Removes a service; false when it was not present.
+    /// Removes a service; false when it was not present. Its counters go, and for a
+    /// UDP service its connected sockets are destroyed as in
+    /// [`upsert_service`](Self::upsert_service).
     pub fn remove_service(&mut self, frontend: &Frontend) -> Result<bool, Error> {
-        Ok(self.services.remove(&mut self.maps, frontend)?)
+        let id = self.services.service_id(frontend);
+        let removed = self.services.remove(&mut self.maps, frontend)?;
+        match (self.published.remove(frontend), id) {
+            (Some(published), Some(id)) => {
+                self.forget_backends(frontend, id, &published.backends)?
+            }
+            _ => {}
+        }
+        Ok(removed)
+    }
+
+    /// Connections per service backend (connect rewrites plus sendmsg rewrites),
+    /// summed over CPUs, for the published services.
+    pub fn counters(&self) -> Result<Vec<BackendCount>, Error> {
+        let map_error = |source| Error::Map {
+            name: COUNTERS_MAP,
+            source,
+        };
+        let entries = self
+            .maps
+            .counters
+            .iter()
+            .map(|entry| {
+                entry.map(|(key, values)| (key, values.iter().copied().collect::<Vec<_>>()))
+            })
+            .collect::<Result<Vec<_>, MapError>>()
+            .map_err(map_error)?;
+        Ok(counters::summarize(entries, &self.published.frontends()))
+    }
+
+    /// Connected UDP sockets destroyed since load because their backend was removed;
+    /// None when this kernel cannot destroy sockets.
+    pub fn sockets_destroyed(&self) -> Option<u64> {
+        self.destroyer.as_ref().map(SocketDestroyer::destroyed)
+    }
+
+    /// After `removed` left service `id`: drops their counters and, for UDP,
+    /// destroys the sockets connected to them.
+    fn forget_backends(
+        &mut self,
+        frontend: &Frontend,
+        id: u32,
+        removed: &[SocketAddr],
+    ) -> Result<(), Error> {
+        let keys: Vec<ServiceBackendKey> = removed
+            .iter()
+            .map(|b| ServiceBackendKey::new(id, &Backend::from_socket_addr(*b)))
+            .collect();
+        for key in &keys {
+            // A program that read the old table just before the switch may count
+            // once more and re-create the entry; counters() skips such strays only
+            // once the service is gone, so this is a best effort.
+            if let Err(e) = self.maps.counters.remove(key) {
+                if !matches!(into_io(e).kind(), io::ErrorKind::NotFound) {
+                    warn!("service {frontend}: removing a backend's counter failed");
+                }
+            }
+        }
+        if frontend.protocol != Protocol::Udp || keys.is_empty() {
+            return Ok(());
+        }
+        let Some(destroyer) = self.destroyer.as_mut() else {
+            return Ok(());
+        };
+        let destroyed = destroyer
+            .destroy(&mut self.ebpf, &mut self.maps.destroy_targets, &keys)
+            .map_err(|source| Error::Sockets {
+                frontend: *frontend,
+                source,
+            })?;
+        if destroyed > 0 {
+            info!(
+                "service {frontend}: destroyed {destroyed} connected UDP sockets of removed backends"
+            );
+        }
+        Ok(())
     }
 
     /// Detaches every program, reporting the first failure, then unloads them.
@@ -178,10 +331,12 @@ fn sock_addr_program<'a>(
         .map_err(|source| Error::Program { name, source })
 }
 
-/// The kernel maps of the socket load balancer.
+/// The kernel maps of the socket load balancer that user space writes or reads.
 struct KernelMaps {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: HashMap<MapData, BackendSlotKey, Backend>,
+    counters: PerCpuHashMap<MapData, ServiceBackendKey, u64>,
+    destroy_targets: HashMap<MapData, ServiceBackendKey, u8>,
 }
 
 impl KernelMaps {
@@ -195,9 +350,18 @@ impl KernelMaps {
                 .ok_or(Error::Missing { kind: "map", name })?;
             HashMap::try_from(map).map_err(|source| Error::Map { name, source })
         }
+        let counters = ebpf.take_map(COUNTERS_MAP).ok_or(Error::Missing {
+            kind: "map",
+            name: COUNTERS_MAP,
+        })?;
         Ok(Self {
             services: take_map(ebpf, SERVICES_MAP)?,
             backends: take_map(ebpf, BACKENDS_MAP)?,
+            counters: PerCpuHashMap::try_from(counters).map_err(|source| Error::Map {
+                name: COUNTERS_MAP,
+                source,
+            })?,
+            destroy_targets: take_map(ebpf, DESTROY_TARGETS_MAP)?,
         })
     }
 }

@@ -32,6 +32,7 @@ impl Lab {
         let dataplane = Dataplane::load(&dataplane::Config {
             cgroup: cgroup.path().to_path_buf(),
             ebpf_log,
+            socket_netns: vec![netns.path()],
         })
         .expect("load and attach the dataplane");
         Self {

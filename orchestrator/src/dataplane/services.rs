@@ -46,6 +46,13 @@ impl Frontend {
         }
     }
 
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Udp,
+        }
+    }
+
     fn key(&self) -> ServiceKey {
         ServiceKey::from_socket_addr(self.addr, self.protocol.number())
     }
@@ -178,6 +185,12 @@ impl ServiceTable {
         }
         self.entries.remove(&key);
         Ok(true)
+    }
+
+    /// The id of `frontend`'s service in the maps (its backend slots, counters and
+    /// reverse entries are keyed by it).
+    pub fn service_id(&self, frontend: &Frontend) -> Option<u32> {
+        self.entries.get(&frontend.key()).map(|entry| entry.id)
     }
 
     /// How many services (frontends) are in the maps or being written.
@@ -438,6 +451,10 @@ mod tests {
         let ids: Vec<u32> = maps.services.values().map(|s| s.id).collect();
         assert_eq!(ids.len(), 2);
         assert_ne!(ids[0], ids[1]);
+        let (a, b) = (table.service_id(&vip()), table.service_id(&other));
+        assert!(a.is_some_and(|id| ids.contains(&id)), "{a:?}");
+        assert!(b.is_some_and(|id| ids.contains(&id)) && a != b, "{b:?}");
+        assert_eq!(table.service_id(&Frontend::udp(vip().addr)), None);
         assert_eq!(
             maps.resolve(&other.key()),
             Some(addrs(&["[fd00:10:244::2]:8443"]))
