@@ -8,6 +8,7 @@
 //! connected sockets skiff pinned to them are destroyed (see [`sockets`]).
 
 mod btf;
+mod changes;
 mod counters;
 mod published;
 mod services;
@@ -24,7 +25,7 @@ use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use log::LevelFilter;
-use log::{info, warn};
+use log::warn;
 use skiff_ebpf_common::{
     BACKENDS_MAP, Backend, BackendSlotKey, COUNTERS_MAP, DESTROY_TARGETS_MAP, SERVICES_MAP,
     SOCK_OFFSETS_GLOBAL, Service, ServiceBackendKey, ServiceKey,
@@ -82,7 +83,7 @@ pub enum Error {
     )]
     Sockets {
         frontend: Frontend,
-        source: SocketError,
+        source: Box<SocketError>,
     },
 }
 
@@ -228,80 +229,10 @@ impl Dataplane {
     pub fn remove_service(&mut self, frontend: &Frontend) -> Result<bool, Error> {
         let id = self.services.service_id(frontend);
         let removed = self.services.remove(&mut self.maps, frontend)?;
-        match (self.published.remove(frontend), id) {
-            (Some(published), Some(id)) => {
-                self.forget_backends(frontend, id, &published.backends)?
-            }
-            _ => {}
+        if let (Some(published), Some(id)) = (self.published.remove(frontend), id) {
+            self.forget_backends(frontend, id, &published.backends)?;
         }
         Ok(removed)
-    }
-
-    /// Connections per service backend (connect rewrites plus sendmsg rewrites),
-    /// summed over CPUs, for the published services.
-    pub fn counters(&self) -> Result<Vec<BackendCount>, Error> {
-        let map_error = |source| Error::Map {
-            name: COUNTERS_MAP,
-            source,
-        };
-        let entries = self
-            .maps
-            .counters
-            .iter()
-            .map(|entry| {
-                entry.map(|(key, values)| (key, values.iter().copied().collect::<Vec<_>>()))
-            })
-            .collect::<Result<Vec<_>, MapError>>()
-            .map_err(map_error)?;
-        Ok(counters::summarize(entries, &self.published.frontends()))
-    }
-
-    /// Connected UDP sockets destroyed since load because their backend was removed;
-    /// None when this kernel cannot destroy sockets.
-    pub fn sockets_destroyed(&self) -> Option<u64> {
-        self.destroyer.as_ref().map(SocketDestroyer::destroyed)
-    }
-
-    /// After `removed` left service `id`: drops their counters and, for UDP,
-    /// destroys the sockets connected to them.
-    fn forget_backends(
-        &mut self,
-        frontend: &Frontend,
-        id: u32,
-        removed: &[SocketAddr],
-    ) -> Result<(), Error> {
-        let keys: Vec<ServiceBackendKey> = removed
-            .iter()
-            .map(|b| ServiceBackendKey::new(id, &Backend::from_socket_addr(*b)))
-            .collect();
-        for key in &keys {
-            // A program that read the old table just before the switch may count
-            // once more and re-create the entry; counters() skips such strays only
-            // once the service is gone, so this is a best effort.
-            if let Err(e) = self.maps.counters.remove(key) {
-                if !matches!(into_io(e).kind(), io::ErrorKind::NotFound) {
-                    warn!("service {frontend}: removing a backend's counter failed");
-                }
-            }
-        }
-        if frontend.protocol != Protocol::Udp || keys.is_empty() {
-            return Ok(());
-        }
-        let Some(destroyer) = self.destroyer.as_mut() else {
-            return Ok(());
-        };
-        let destroyed = destroyer
-            .destroy(&mut self.ebpf, &mut self.maps.destroy_targets, &keys)
-            .map_err(|source| Error::Sockets {
-                frontend: *frontend,
-                source,
-            })?;
-        if destroyed > 0 {
-            info!(
-                "service {frontend}: destroyed {destroyed} connected UDP sockets of removed backends"
-            );
-        }
-        Ok(())
     }
 
     /// Detaches every program, reporting the first failure, then unloads them.

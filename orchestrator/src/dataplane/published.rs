@@ -46,9 +46,15 @@ impl PublishedServices {
         self.services.remove(frontend)
     }
 
-    /// Frontends by service id.
-    pub fn frontends(&self) -> HashMap<u32, Frontend> {
-        self.services.iter().map(|(f, p)| (p.id, *f)).collect()
+    /// The frontend of each (service id, backend) published.
+    pub fn by_backend(&self) -> HashMap<(u32, SocketAddr), Frontend> {
+        let mut index = HashMap::new();
+        for (frontend, published) in &self.services {
+            for backend in &published.backends {
+                index.insert((published.id, *backend), *frontend);
+            }
+        }
+        index
     }
 }
 
@@ -103,7 +109,10 @@ mod tests {
         let all = addrs(&["10.244.0.2:53", "10.244.0.3:53"]);
         assert_eq!(published.replace(&vip(), 1, &all), [], "a new service");
         assert_eq!(published.replace(&vip(), 1, &all[1..]), all[..1]);
-        assert_eq!(published.frontends(), HashMap::from([(1, vip())]));
+        assert_eq!(
+            published.by_backend(),
+            HashMap::from([((1, all[1]), vip())])
+        );
         assert_eq!(
             published.remove(&vip()),
             Some(Published {
@@ -111,7 +120,7 @@ mod tests {
                 backends: all[1..].to_vec()
             })
         );
-        assert!(published.frontends().is_empty());
+        assert!(published.by_backend().is_empty());
         // Re-created under a new id: nothing of the old one is reported again.
         published.replace(&vip(), 1, &all);
         assert_eq!(published.replace(&vip(), 2, &[]), []);
