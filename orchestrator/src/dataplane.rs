@@ -33,7 +33,7 @@ use skiff_ebpf_common::{
 
 pub use counters::BackendCount;
 pub use services::{Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
-pub use sockets::{SocketError, Unsupported};
+pub use sockets::SocketError;
 
 use published::PublishedServices;
 use sockets::{KernelObject, SocketDestroyer};

@@ -1,6 +1,7 @@
 //! A lab for the socket load balancer: a network namespace, a cgroup, and a
 //! dataplane attached to that cgroup only, so tests run side by side (and beside a
-//! running agent) without seeing each other's services.
+//! running agent) without seeing each other's services. TCP and UDP backends answer
+//! with their names; clients run as processes inside the namespace and cgroup.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};

@@ -13,6 +13,15 @@
 //! publishes it by replacing the [`Service`] value (count and table together) in one
 //! map update. A program that looks up a service therefore sees either the whole
 //! old backend set or the whole new one, never a mix or a half-written one.
+//!
+//! # After the rewrite
+//!
+//! Every rewrite (connect, or sendmsg for unconnected UDP) is remembered in
+//! [`REVERSE_MAP`] under (socket cookie, backend) so the recvmsg and getpeername hooks
+//! show the application the frontend it asked for, and counted in [`COUNTERS_MAP`]
+//! under (service id, backend). When backends are removed, user space lists them in
+//! [`DESTROY_TARGETS_MAP`] and runs the `iter/udp` program, which destroys the
+//! connected UDP sockets skiff pinned to them ([`should_destroy`]).
 #![no_std]
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -88,18 +88,17 @@ impl KernelObject {
     /// not to be loaded.
     pub fn prepare(object: &[u8]) -> Self {
         let mut words = vec![0u64; object.len().div_ceil(8)];
-        let len = object.len();
-        let mut prepared = Self {
-            words: Vec::new(),
-            len,
-            destroy: Err(Unsupported::Object(String::new())),
-        };
         for (word, chunk) in words.iter_mut().zip(object.chunks(8)) {
             let mut bytes = [0u8; 8];
             bytes[..chunk.len()].copy_from_slice(chunk);
             *word = u64::from_ne_bytes(bytes);
         }
-        prepared.words = words;
+        let mut prepared = Self {
+            words,
+            len: object.len(),
+            destroy: Err(Unsupported::Object("not prepared".into())),
+        };
+        // patch() writes to the object only once every check has passed.
         prepared.destroy = prepared.patch();
         prepared
     }
