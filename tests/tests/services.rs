@@ -265,14 +265,6 @@ fn weights_split_ten_thousand_connections_ninety_to_ten() {
         .unwrap();
     let vip = SocketAddr::new(ip, 80);
     wait_for(&agent, vip, &["backend-0", "backend-1"]);
-    let wide = agent.ok(&["get", "services", "-o", "wide"]);
-    let header = wide.lines().next().unwrap_or_default();
-    assert!(header.ends_with("BACKENDS"), "{wide}");
-    assert!(
-        wide.lines()
-            .any(|l| l.starts_with("web ") && l.ends_with(" 127.0.0.2:8080(9),127.0.0.3:8080")),
-        "{wide}"
-    );
     let counts = connect(&agent, vip, 10_000);
     let canary = counts.get("backend-1").copied().unwrap_or(0);
     assert_eq!(counts.values().sum::<usize>(), 10_000, "{counts:?}");
@@ -280,5 +272,29 @@ fn weights_split_ten_thousand_connections_ninety_to_ten() {
     assert!(
         (850..=1150).contains(&canary),
         "canary got {canary} of 10,000: {counts:?}"
+    );
+    // -o wide shows the weights and the connections the dataplane counted.
+    let wide = agent.ok(&["get", "services", "-o", "wide"]);
+    let header = wide.lines().next().unwrap_or_default();
+    assert!(header.ends_with("BACKENDS"), "{wide}");
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_default();
+    let backends = row.rsplit(' ').next().unwrap_or_default();
+    let counted: Vec<(String, usize)> = backends
+        .split(',')
+        .filter_map(|b| b.split_once('='))
+        .map(|(addr, n)| (addr.to_string(), n.parse().unwrap_or(0)))
+        .collect();
+    let names: Vec<&str> = counted.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(names, ["127.0.0.2:8080[w9]", "127.0.0.3:8080"], "{wide}");
+    // The 10,000 and the few hundred made while waiting for the maps.
+    let total: usize = counted.iter().map(|(_, n)| n).sum();
+    assert!((10_000..11_000).contains(&total), "{wide}");
+    // Each backend's count covers at least the connections it answered above.
+    assert!(
+        counted[0].1 >= 10_000 - canary && counted[1].1 >= canary,
+        "{wide}"
     );
 }

@@ -463,11 +463,16 @@ impl api_server::Api for ApiService {
         &self,
         _request: Request<proto::ListFrontendsRequest>,
     ) -> Result<Response<proto::ListFrontendsResponse>, Status> {
-        let frontends = self
-            .dataplane
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .frontends();
+        let (frontends, counts) = {
+            let dataplane = self
+                .dataplane
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let counts = dataplane
+                .counters()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            (dataplane.frontends(), counts)
+        };
         let frontends = frontends
             .into_iter()
             .map(|(frontend, slots)| {
@@ -476,7 +481,14 @@ impl api_server::Api for ApiService {
                     let address = backend.to_string();
                     match backends.iter_mut().find(|b| b.address == address) {
                         Some(b) => b.slots += 1,
-                        None => backends.push(proto::FrontendBackend { address, slots: 1 }),
+                        None => backends.push(proto::FrontendBackend {
+                            address,
+                            slots: 1,
+                            connections: counts
+                                .iter()
+                                .find(|c| c.frontend == frontend && c.backend == backend)
+                                .map_or(0, |c| c.connections),
+                        }),
                     }
                 }
                 proto::Frontend {

@@ -100,7 +100,8 @@ impl Table {
 
 /// A Service's backends as this node's dataplane holds them, for `get services -o
 /// wide`: the backends of its cluster-IP frontends, each once, with its weight
-/// in parentheses when it has more than one slot.
+/// when it has more than one slot and the connections balanced to it:
+/// `10.244.0.2:8080[w9]=120`.
 pub fn service_backends(service: &Value, frontends: &[proto::Frontend]) -> String {
     let spec = &service["spec"];
     let ips: Vec<String> = items(&spec["clusterIPs"]).map(text).collect();
@@ -119,13 +120,14 @@ pub fn service_backends(service: &Value, frontends: &[proto::Frontend]) -> Strin
                 .iter()
                 .find(|f| f.address == address && f.protocol == protocol);
             for backend in frontend.map(|f| f.backends.as_slice()).unwrap_or_default() {
-                let cell = match backend.slots {
-                    0 | 1 => backend.address.clone(),
-                    slots => format!("{}({slots})", backend.address),
+                let weight = match backend.slots {
+                    0 | 1 => String::new(),
+                    slots => format!("[w{slots}]"),
                 };
-                if !shown.contains(&cell) {
-                    shown.push(cell);
-                }
+                shown.push(format!(
+                    "{}{weight}={}",
+                    backend.address, backend.connections
+                ));
             }
         }
     }
