@@ -9,8 +9,10 @@
 //! `skiff-bench cni`: skiff-cni's ADD and DEL latency (p50/p99) against the
 //! standard bridge plugin with host-local IPAM.
 
+mod agent;
 mod api;
 mod cni;
+mod netns;
 mod stats;
 
 use clap::{Parser, Subcommand};
