@@ -43,6 +43,10 @@ impl Netns {
         }
     }
 
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     pub fn path(&self) -> PathBuf {
         Path::new("/run/netns").join(&self.name)
     }

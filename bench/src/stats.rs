@@ -1,5 +1,5 @@
 //! The figures every benchmark reports: percentiles of one round's samples, the
-//! median of the rounds, and a process's memory.
+//! median of the rounds, and processes' memory.
 
 use anyhow::{Context, Result};
 
@@ -21,6 +21,13 @@ pub fn median(values: impl Iterator<Item = f64>) -> f64 {
 /// A process's resident memory (VmRSS), in MiB.
 pub fn rss_mib(pid: u32) -> Result<f64> {
     kib_field(&format!("/proc/{pid}/status"), "VmRSS:").map(|kib| kib / 1024.0)
+}
+
+/// A process's proportional set size (its resident pages, each page it shares
+/// with n processes counted 1/n), in MiB: what many copies of one program cost
+/// together is the sum of their PSS, where RSS would count shared pages each time.
+pub fn pss_mib(pid: u32) -> Result<f64> {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:").map(|kib| kib / 1024.0)
 }
 
 fn kib_field(path: &str, field: &str) -> Result<f64> {
