@@ -194,9 +194,32 @@ struct AgentArgs {
     /// root of the cgroup v2 hierarchy]
     #[arg(long, value_name = "DIR")]
     cgroup: Option<PathBuf>,
+    /// Serve Prometheus metrics (GET /metrics) on this address
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9962")]
+    metrics_addr: std::net::SocketAddr,
     /// Kernel-side eBPF log level: off, error, warn, info, debug or trace
     #[arg(long, value_name = "LEVEL", default_value = "off")]
     ebpf_log: LevelFilter,
+    /// bpffs directory where the dataplane's maps and links are pinned, so that
+    /// services keep working while the agent restarts (mounts bpffs at /sys/fs/bpf
+    /// if needed); SIGINT/SIGTERM remove it
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "/sys/fs/bpf/skiff",
+        conflicts_with = "no_bpf_pin"
+    )]
+    bpf_pin_dir: PathBuf,
+    /// Keep the dataplane's maps and links in the agent process only: they go when it does
+    #[arg(long)]
+    no_bpf_pin: bool,
+    /// Capacity of the service map: frontends (VIP or node address, port, protocol)
+    #[arg(long, value_name = "N", default_value_t = skiff_ebpf_common::MAX_SERVICES, value_parser = clap::value_parser!(u32).range(1..))]
+    max_services: u32,
+    /// Capacity of the backend map: backend slots over all services (each service
+    /// takes up to twice its backends while an update switches tables)
+    #[arg(long, value_name = "N", default_value_t = skiff_ebpf_common::MAX_BACKEND_SLOTS, value_parser = clap::value_parser!(u32).range(1..))]
+    max_backend_slots: u32,
     /// Where the store, the API token and the encryption key live
     #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
@@ -521,6 +544,12 @@ fn agent_config(args: AgentArgs) -> agent::Config {
     agent::Config {
         cgroup: args.cgroup,
         ebpf_log: args.ebpf_log,
+        bpf_pin_dir: (!args.no_bpf_pin).then_some(args.bpf_pin_dir),
+        metrics_addr: args.metrics_addr,
+        map_capacity: crate::dataplane::Capacity {
+            services: args.max_services,
+            backend_slots: args.max_backend_slots,
+        },
         state_dir: args.state_dir.clone(),
         socket: args.socket,
         tls: args.listen.map(|addr| TlsListener {
@@ -781,6 +810,21 @@ async fn get(
             }
             _ => eprintln!("No resources found"),
         },
+        _ if wide && query.kind == Kind::Service => {
+            // Services show their backends as this node's dataplane holds them.
+            let frontends = client
+                .list_frontends(proto::ListFrontendsRequest {})
+                .await?
+                .into_inner()
+                .frontends;
+            let mut table =
+                Table::new(query.kind, wide, query.namespace.is_none()).with_column("BACKENDS");
+            for object in &objects {
+                let backends = print::service_backends(object, &frontends);
+                table.push_with(query.kind, object, wide, now, [backends]);
+            }
+            print!("{}", table.render(true));
+        }
         _ => {
             let mut table = Table::new(query.kind, wide, query.namespace.is_none());
             for object in &objects {

@@ -1,10 +1,19 @@
 //! The eBPF dataplane: loads skiff's programs (embedded in the binary), attaches the
 //! socket load balancer to a cgroup v2 directory, and keeps the service maps.
 //!
-//! Programs are attached through bpf links owned by this process: dropping the
-//! [`Dataplane`] (or the process dying) detaches them and unloads everything.
+//! Without a pin directory, programs are attached through bpf links owned by this
+//! process: dropping the [`Dataplane`] (or the process dying) detaches them and
+//! unloads everything. With one (the agent's default), the maps and links are
+//! pinned in bpffs, so services keep working while no agent runs (a crash, a
+//! restart); the next agent reuses the maps, adopts their contents and replaces
+//! the links with its own programs, attaching before it lets the old ones go.
+//! [`Dataplane::detach`] removes the pins: a clean stop leaves nothing behind.
 
+mod addresses;
+pub mod desired;
+mod metrics;
 mod services;
+pub mod sync;
 
 use std::fs::File;
 use std::io;
@@ -13,13 +22,16 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, MapError};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use log::LevelFilter;
 use skiff_ebpf_common::{BACKENDS_MAP, Backend, BackendSlotKey, SERVICES_MAP, Service, ServiceKey};
 
-pub use services::{Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
+pub use addresses::node_addresses;
+pub use metrics::{DataplaneMetrics, Stats};
+pub use services::{Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
 
 /// The eBPF object built by `cargo xtask build` (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_OBJECT"));
@@ -52,6 +64,24 @@ pub enum Error {
     Log(#[from] aya_log::Error),
     #[error(transparent)]
     Service(#[from] ServiceError),
+    #[error("pin directory {}: {source}", path.display())]
+    Pin { path: PathBuf, source: io::Error },
+    #[error("pinning program {name} at {}: {reason}", path.display())]
+    PinLink {
+        name: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error(
+        "the pinned map {} was made for other settings ({found}, this agent needs {wanted}): \
+         stop the agent that made it with SIGTERM, or remove the pins, to change them",
+        path.display()
+    )]
+    PinnedMapMismatch {
+        path: PathBuf,
+        found: String,
+        wanted: String,
+    },
 }
 
 /// Where and how to run the dataplane.
@@ -62,7 +92,15 @@ pub struct Config {
     /// Most verbose kernel-side log level emitted; `Off` compiles logging out of the
     /// verifier's view, so it costs nothing on the connect() path.
     pub ebpf_log: LevelFilter,
+    /// A bpffs directory for the maps and links (see the module docs); none keeps
+    /// everything owned by this process.
+    pub pin_dir: Option<PathBuf>,
+    pub capacity: Capacity,
 }
+
+/// Where bpffs is mounted when the host has not mounted it yet.
+pub const BPFFS: &str = "/sys/fs/bpf";
+const BPF_FS_MAGIC: u32 = 0xcafe_4a11;
 
 /// A program attached by this dataplane.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -72,13 +110,24 @@ pub struct AttachedProgram {
     pub id: u32,
 }
 
+/// How a program stays attached.
+enum Attachment {
+    /// Owned by this process: detached when it is dropped or the process dies.
+    Owned(CgroupSockAddrLinkId),
+    /// Pinned in bpffs: attached until the pin is removed.
+    Pinned(PinnedLink),
+}
+
 /// The loaded and attached dataplane.
 pub struct Dataplane {
     ebpf: Ebpf,
     cgroup: PathBuf,
-    links: Vec<(AttachedProgram, CgroupSockAddrLinkId)>,
+    links: Vec<(AttachedProgram, Attachment)>,
     maps: KernelMaps,
     services: ServiceTable,
+    /// Frontends a previous agent left in pinned maps, with their backends.
+    adopted: std::collections::HashMap<Frontend, Vec<SocketAddr>>,
+    pin_dir: Option<PathBuf>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -90,15 +139,32 @@ impl Dataplane {
             path: config.cgroup.clone(),
             source,
         })?;
+        if let Some(dir) = &config.pin_dir {
+            prepare_pin_dir(dir)?;
+        }
         let level = config.ebpf_log as u8; // Off=0 .. Trace=5, as aya-log's levels
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .override_global(aya_log::LEVEL, &level, true)
-            .load(EBPF_OBJECT)?;
+            .map_max_entries(SERVICES_MAP, config.capacity.services)
+            .map_max_entries(BACKENDS_MAP, config.capacity.backend_slots);
+        if let Some(dir) = &config.pin_dir {
+            for name in PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        if let Some(dir) = &config.pin_dir {
+            check_pinned_maps(dir, &config.capacity)?;
+        }
         let logger = match config.ebpf_log {
             LevelFilter::Off => None,
             _ => Some(EbpfLogger::init(&mut ebpf)?),
         };
-        let maps = KernelMaps::take(&mut ebpf)?;
+        let mut maps = KernelMaps::take(&mut ebpf)?;
+        let mut services = ServiceTable::new(config.capacity);
+        // Fresh maps are empty; pinned ones hold what the previous agent wrote.
+        let adopted = services.adopt(&mut maps)?;
 
         let mut links = Vec::with_capacity(SOCK_LB_PROGRAMS.len());
         for name in SOCK_LB_PROGRAMS {
@@ -107,20 +173,47 @@ impl Dataplane {
             program.load().map_err(program_error)?;
             let id = program.info().map_err(program_error)?.id();
             // bpf links: attached in multi-program mode, so an agent at the root and a
-            // test's dataplane in a child cgroup coexist.
+            // test's dataplane in a child cgroup coexist, and a restarted agent's
+            // programs run beside the previous agent's until it unpins those.
             let link = program
                 .attach(&cgroup_dir, CgroupAttachMode::Single)
                 .map_err(program_error)?;
-            links.push((AttachedProgram { name, id }, link));
+            let attachment = match &config.pin_dir {
+                None => Attachment::Owned(link),
+                Some(dir) => {
+                    let owned = program.take_link(link).map_err(program_error)?;
+                    Attachment::Pinned(pin_link(name, owned.try_into(), dir)?)
+                }
+            };
+            links.push((AttachedProgram { name, id }, attachment));
         }
         Ok(Self {
             ebpf,
             cgroup: config.cgroup.clone(),
             links,
             maps,
-            services: ServiceTable::default(),
+            services,
+            adopted,
+            pin_dir: config.pin_dir.clone(),
             logger,
         })
+    }
+
+    /// Frontends found in pinned maps at load, with their backends (empty for a
+    /// fresh dataplane). The caller compares them with what it wants and removes
+    /// the ones it no longer wants.
+    pub fn take_adopted(&mut self) -> std::collections::HashMap<Frontend, Vec<SocketAddr>> {
+        std::mem::take(&mut self.adopted)
+    }
+
+    /// Every published frontend with its backends, slot by slot.
+    pub fn frontends(&self) -> Vec<(Frontend, Vec<SocketAddr>)> {
+        self.services.frontends()
+    }
+
+    /// How full the maps are.
+    pub fn stats(&self) -> Stats {
+        self.services.stats()
     }
 
     pub fn cgroup(&self) -> &Path {
@@ -151,18 +244,162 @@ impl Dataplane {
         Ok(self.services.remove(&mut self.maps, frontend)?)
     }
 
-    /// Detaches every program, reporting the first failure, then unloads them.
+    /// Detaches every program, reporting the first failure, then unloads them and
+    /// removes the pins.
     pub fn detach(mut self) -> Result<Vec<AttachedProgram>, Error> {
         let mut detached = Vec::with_capacity(self.links.len());
-        for (program, link) in std::mem::take(&mut self.links) {
+        for (program, attachment) in std::mem::take(&mut self.links) {
             let name = program.name;
-            sock_addr_program(&mut self.ebpf, name)?
-                .detach(link)
-                .map_err(|source| Error::Program { name, source })?;
+            match attachment {
+                Attachment::Owned(link) => sock_addr_program(&mut self.ebpf, name)?
+                    .detach(link)
+                    .map_err(|source| Error::Program { name, source })?,
+                // Without its pin, the link goes with the last descriptor, dropped here.
+                Attachment::Pinned(link) => drop(link.unpin().map_err(|source| Error::Pin {
+                    path: self.pin_dir.clone().unwrap_or_default(),
+                    source,
+                })?),
+            }
             detached.push(program);
+        }
+        if let Some(dir) = &self.pin_dir {
+            std::fs::remove_dir_all(dir).map_err(|source| Error::Pin {
+                path: dir.clone(),
+                source,
+            })?;
         }
         Ok(detached)
     }
+}
+
+/// Maps kept in bpffs across agent restarts.
+const PINNED_MAPS: [&str; 2] = [SERVICES_MAP, BACKENDS_MAP];
+
+/// Mounts bpffs at [`BPFFS`] if the host has not, and makes `dir` (0700) on it.
+fn prepare_pin_dir(dir: &Path) -> Result<(), Error> {
+    let pin_error = |source| Error::Pin {
+        path: dir.to_path_buf(),
+        source,
+    };
+    if dir.starts_with(BPFFS) && !is_bpffs(Path::new(BPFFS)).map_err(pin_error)? {
+        let none = c"bpffs";
+        let target = c"/sys/fs/bpf";
+        let fstype = c"bpf";
+        // SAFETY: all three are NUL-terminated strings; no data argument.
+        let mounted = unsafe {
+            libc::mount(
+                none.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                0,
+                std::ptr::null(),
+            )
+        };
+        if mounted != 0 {
+            return Err(pin_error(io::Error::last_os_error()));
+        }
+    }
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir.join("links"))
+        .map_err(pin_error)?;
+    if !is_bpffs(dir).map_err(pin_error)? {
+        return Err(pin_error(io::Error::other(
+            "not on a BPF file system (bpffs)",
+        )));
+    }
+    Ok(())
+}
+
+fn is_bpffs(path: &Path) -> io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut stat = std::mem::MaybeUninit::<libc::statfs>::uninit();
+    // SAFETY: path is NUL-terminated and stat is written by the call before it is read.
+    if unsafe { libc::statfs(path.as_ptr(), stat.as_mut_ptr()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: statfs succeeded, so it filled `stat`.
+    Ok(unsafe { stat.assume_init() }.f_type as u32 == BPF_FS_MAGIC)
+}
+
+/// Pins `link` at `dir/links/<name>` in place of any previous agent's link, which
+/// is detached when its pin is replaced (after this one is attached).
+fn pin_link(
+    name: &'static str,
+    link: Result<FdLink, aya::programs::links::LinkError>,
+    dir: &Path,
+) -> Result<PinnedLink, Error> {
+    let path = dir.join("links").join(name);
+    let fail = |error: &dyn std::error::Error| Error::PinLink {
+        name,
+        path: path.clone(),
+        reason: error_chain(error),
+    };
+    // bpffs refuses names with dots.
+    let fresh = dir.join("links").join(format!("new-{name}"));
+    let _ = std::fs::remove_file(&fresh);
+    let pinned = link
+        .map_err(|e| fail(&e))?
+        .pin(&fresh)
+        .map_err(|e| fail(&e))?;
+    std::fs::rename(&fresh, &path).map_err(|e| fail(&e))?;
+    drop(pinned); // it names the old path; the pin holds the link now
+    PinnedLink::from_pin(&path).map_err(|e| fail(&e))
+}
+
+/// An error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(e) = source {
+        text.push_str(&format!(": {e}"));
+        source = e.source();
+    }
+    text
+}
+
+/// Refuses pinned maps whose shape differs from what this agent would create
+/// (capacity flags changed, or another skiff version's layout).
+fn check_pinned_maps(dir: &Path, capacity: &Capacity) -> Result<(), Error> {
+    use skiff_ebpf_common::{Backend, BackendSlotKey, Service, ServiceKey};
+    let shapes = [
+        (
+            SERVICES_MAP,
+            size_of::<ServiceKey>(),
+            size_of::<Service>(),
+            capacity.services,
+        ),
+        (
+            BACKENDS_MAP,
+            size_of::<BackendSlotKey>(),
+            size_of::<Backend>(),
+            capacity.backend_slots,
+        ),
+    ];
+    for (name, key, value, entries) in shapes {
+        let path = dir.join(name);
+        let info =
+            aya::maps::MapInfo::from_pin(&path).map_err(|source| Error::Map { name, source })?;
+        let found = (
+            info.key_size() as usize,
+            info.value_size() as usize,
+            info.max_entries(),
+        );
+        if found != (key, value, entries) {
+            return Err(Error::PinnedMapMismatch {
+                path,
+                found: format!(
+                    "key {} bytes, value {} bytes, {} entries",
+                    found.0, found.1, found.2
+                ),
+                wanted: format!("key {key} bytes, value {value} bytes, {entries} entries"),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn sock_addr_program<'a>(
@@ -217,6 +454,14 @@ impl ServiceMaps for KernelMaps {
 
     fn remove_backend(&mut self, key: &BackendSlotKey) -> io::Result<()> {
         absent_is_ok(self.backends.remove(key))
+    }
+
+    fn services(&self) -> io::Result<Vec<(ServiceKey, Service)>> {
+        self.services.iter().map(|e| e.map_err(into_io)).collect()
+    }
+
+    fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>> {
+        self.backends.iter().map(|e| e.map_err(into_io)).collect()
     }
 }
 

@@ -32,6 +32,8 @@ impl Lab {
         let dataplane = Dataplane::load(&dataplane::Config {
             cgroup: cgroup.path().to_path_buf(),
             ebpf_log,
+            pin_dir: None,
+            capacity: dataplane::Capacity::default(),
         })
         .expect("load and attach the dataplane");
         Self {

@@ -1,5 +1,6 @@
 //! The `skiff agent` binary: attaches its programs where it is told (or at the cgroup
-//! v2 root), and leaves nothing attached or loaded once it exits, however it exits.
+//! v2 root) and leaves nothing attached or loaded once it stops. A killed agent's
+//! pinned dataplane goes on serving until the next agent takes it over.
 
 use std::path::Path;
 use std::process::{Command, ExitStatus};
@@ -52,6 +53,11 @@ fn stops_cleanly_on(signal: i32, name: &str) {
     );
     assert_eq!(cgroup_programs(&cgroup), vec![], "programs left attached");
     assert_unloaded(&ids);
+    assert!(
+        !agent.pin_dir().exists(),
+        "pins left in {}",
+        agent.pin_dir().display()
+    );
 }
 
 #[test]
@@ -65,8 +71,8 @@ fn agent_detaches_everything_on_sigint() {
 }
 
 #[test]
-fn killed_agent_leaves_nothing_attached() {
-    let mut agent = Agent::start(&[]);
+fn a_killed_agent_without_pins_leaves_nothing_attached() {
+    let mut agent = Agent::start(&["--no-bpf-pin"]);
     let ids = agent.program_ids.clone();
     assert_eq!(attached_ids(agent.cgroup.path(), &ids).len(), 2);
     agent.signal(libc::SIGKILL);
@@ -74,6 +80,44 @@ fn killed_agent_leaves_nothing_attached() {
     // The links die with the process's file descriptors.
     assert_eq!(cgroup_programs(agent.cgroup.path()), vec![]);
     assert_unloaded(&ids);
+}
+
+#[test]
+fn a_killed_agents_pinned_programs_stay_until_the_next_agent_replaces_them() {
+    let agent = Agent::start(&[]);
+    let cgroup = agent.cgroup.path().to_path_buf();
+    let old = agent.program_ids.clone();
+    let pins = agent.pin_dir().to_path_buf();
+    let mut agent = agent.kill_and_restart_after(|_| {
+        assert_eq!(
+            attached_ids(&cgroup, &old).len(),
+            2,
+            "pinned programs stay attached"
+        );
+        for pin in [
+            "SERVICES",
+            "BACKENDS",
+            "links/skiff_connect4",
+            "links/skiff_connect6",
+        ] {
+            assert!(pins.join(pin).exists(), "{pin} is not pinned");
+        }
+    });
+    let new = agent.program_ids.clone();
+    assert_eq!(attached_ids(&cgroup, &new).len(), 2);
+    // The old programs are detached and unloaded once their pins are replaced.
+    assert_eq!(
+        cgroup_programs(&cgroup).len(),
+        2,
+        "only the new agent's programs"
+    );
+    assert_unloaded(&old);
+
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait().success());
+    assert_eq!(cgroup_programs(&cgroup), vec![]);
+    assert_unloaded(&new);
+    assert!(!pins.exists(), "pins left in {}", pins.display());
 }
 
 #[test]

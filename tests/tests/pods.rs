@@ -117,16 +117,23 @@ fn a_pod_serves_http_on_both_families_and_leaves_nothing_when_deleted() {
     agent.ok(&["delete", "pod", "web"]);
     agent.wait_pod("web", START, |p| p.is_none());
     // Nothing of the pod is left on the node.
+    assert_nothing_left(&agent, &uid);
+}
+
+/// Nothing of pod `uid` is left on the node: network namespace, pod directory,
+/// veth, containers, cgroups.
+fn assert_nothing_left(agent: &Agent, uid: &str) {
     let netns = Path::new("/run/netns").join(format!("skiff-{uid}"));
     assert!(!netns.exists(), "{} left", netns.display());
     assert!(
-        !agent.state_dir().join("pods").join(&uid).exists(),
+        !agent.state_dir().join("pods").join(uid).exists(),
         "pod directory left"
     );
+    let veth = skiff_cni::wiring::host_veth_name(uid, "eth0");
     let links = agent.in_node("ip", &["-o", "link"]);
     assert!(
-        !String::from_utf8_lossy(&links.stdout).contains("skf"),
-        "veth left"
+        !String::from_utf8_lossy(&links.stdout).contains(&veth),
+        "veth {veth} left"
     );
     let runc = std::process::Command::new("runc")
         .arg("--root")
@@ -134,11 +141,54 @@ fn a_pod_serves_http_on_both_families_and_leaves_nothing_when_deleted() {
         .args(["list", "-q"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&runc.stdout), "", "containers left");
+    let containers = String::from_utf8_lossy(&runc.stdout);
+    assert!(!containers.contains(uid), "containers left: {containers}");
     for hierarchy in skiff::cgroup::hierarchies().unwrap() {
         let cgroup = hierarchy.join(format!("skiff/pod{uid}"));
         assert!(!cgroup.exists(), "{} left", cgroup.display());
     }
+}
+
+#[test]
+fn exits_and_deletions_while_the_agent_is_down_are_caught_up() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: short}}\nspec:\n  nodeName: {NODE_NAME}\n  \
+         restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox\n    \
+         command: [sh, -c, 'sleep 6; exit 3']\n"
+    ));
+    // PID 1 of a container ignores SIGTERM when it has no handler: the stop takes
+    // the whole grace period.
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: slow-stop}}\nspec:\n  nodeName: {NODE_NAME}\n  \
+         terminationGracePeriodSeconds: 4\n  containers:\n  - name: main\n    image: busybox\n    \
+         command: [sleep, '3600']\n"
+    ));
+    agent.wait_pod("short", START, running).unwrap();
+    let slow = agent.wait_pod("slow-stop", START, running).unwrap();
+    let slow_uid = slow["metadata"]["uid"].as_str().unwrap().to_string();
+    agent.ok(&["delete", "pod", "slow-stop"]);
+    agent.wait_pod("slow-stop", START, |p| {
+        p.is_some_and(|p| !p["metadata"]["deletionTimestamp"].is_null())
+    });
+    assert!(
+        running(agent.object("pod", "short").as_ref()),
+        "the short pod must still run when the agent dies"
+    );
+    // The agent dies while it waits out the grace period, and stays away until
+    // the short pod's container has exited.
+    let agent = agent.kill_and_restart_after(|_| std::thread::sleep(Duration::from_secs(7)));
+    let short = agent
+        .wait_pod("short", START, |p| {
+            p.is_some_and(|p| p["status"]["phase"] == "Failed")
+        })
+        .unwrap();
+    let state = &container_state(&short, "main")["state"]["terminated"];
+    assert_eq!(state["exitCode"], 3, "{}", short["status"]);
+    assert_eq!(state["reason"], "Error", "{}", short["status"]);
+    // The deletion the old agent began is finished by the new one.
+    agent.wait_pod("slow-stop", START, |p| p.is_none());
+    assert_nothing_left(&agent, &slow_uid);
 }
 
 #[test]

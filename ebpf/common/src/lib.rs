@@ -103,6 +103,13 @@ impl ServiceKey {
     }
 }
 
+impl ServiceKey {
+    /// The frontend's address (host byte order port).
+    pub fn socket_addr(&self) -> SocketAddr {
+        SocketAddr::new(ip_of(self.addr, self.family), u16::from_be(self.port))
+    }
+}
+
 impl BackendSlotKey {
     pub const fn new(service_id: u32, table: u8, index: u16) -> Self {
         Self {
@@ -126,12 +133,15 @@ impl Backend {
     }
 
     pub fn socket_addr(&self) -> SocketAddr {
-        let port = u16::from_be(self.port);
-        if self.family == AF_INET {
-            SocketAddr::new(Ipv4Addr::from(self.addr[0].to_ne_bytes()).into(), port)
-        } else {
-            SocketAddr::new(Ipv6Addr::from(raw_octets(self.addr)).into(), port)
-        }
+        SocketAddr::new(ip_of(self.addr, self.family), u16::from_be(self.port))
+    }
+}
+
+fn ip_of(addr: RawAddr, family: u8) -> IpAddr {
+    if family == AF_INET {
+        Ipv4Addr::from(addr[0].to_ne_bytes()).into()
+    } else {
+        Ipv6Addr::from(raw_octets(addr)).into()
     }
 }
 
@@ -234,6 +244,10 @@ mod tests {
         for addr in ["10.96.0.10:80", "[fd00:10:96::a]:53", "127.0.0.1:65535"] {
             let addr: SocketAddr = addr.parse().unwrap();
             assert_eq!(Backend::from_socket_addr(addr).socket_addr(), addr);
+            assert_eq!(
+                ServiceKey::from_socket_addr(addr, IPPROTO_UDP).socket_addr(),
+                addr
+            );
         }
     }
 

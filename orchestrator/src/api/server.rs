@@ -23,6 +23,7 @@ use tonic::{Code, Request, Response, Status};
 use super::containers::{self, ContainerError, NodeContainer};
 use super::proto::{self, api_server, exec_output::Output};
 use super::registry::{ApiError, EventType, ObjectRef, Outcome, Propagation, Registry, Violation};
+use crate::dataplane::Dataplane;
 use crate::image::{ImageError, ImageStore, ImageSummary};
 use crate::model::{FieldSelector, Kind, Selector};
 use crate::runtime::logs;
@@ -113,6 +114,7 @@ pub async fn serve(
     registry: Registry,
     images: Arc<ImageStore>,
     node: Arc<NodeHandle>,
+    dataplane: Arc<std::sync::Mutex<Dataplane>>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
@@ -124,6 +126,7 @@ pub async fn serve(
             registry,
             images,
             node,
+            dataplane,
         },
         auth,
     );
@@ -234,6 +237,7 @@ struct ApiService {
     registry: Registry,
     images: Arc<ImageStore>,
     node: Arc<NodeHandle>,
+    dataplane: Arc<std::sync::Mutex<Dataplane>>,
 }
 
 impl ApiService {
@@ -434,6 +438,36 @@ impl api_server::Api for ApiService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(image_status)?;
         Ok(Response::new(proto::RemoveImageResponse {}))
+    }
+
+    async fn list_frontends(
+        &self,
+        _request: Request<proto::ListFrontendsRequest>,
+    ) -> Result<Response<proto::ListFrontendsResponse>, Status> {
+        let frontends = self
+            .dataplane
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .frontends();
+        let frontends = frontends
+            .into_iter()
+            .map(|(frontend, slots)| {
+                let mut backends: Vec<proto::FrontendBackend> = Vec::new();
+                for backend in slots {
+                    let address = backend.to_string();
+                    match backends.iter_mut().find(|b| b.address == address) {
+                        Some(b) => b.slots += 1,
+                        None => backends.push(proto::FrontendBackend { address, slots: 1 }),
+                    }
+                }
+                proto::Frontend {
+                    address: frontend.addr.to_string(),
+                    protocol: frontend.protocol.to_string(),
+                    backends,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListFrontendsResponse { frontends }))
     }
 
     type LogsStream = LogStream;
