@@ -83,6 +83,11 @@ impl Agent {
             .arg(&cgroup)
             .arg("--log-dir")
             .arg(state.path().join("logs"))
+            // Any free port, so that agents never meet on the default one.
+            .args(["--metrics-addr", "127.0.0.1:0"])
+            // The dataplane goes with the process, even when the run fails and it
+            // is killed: nothing pinned in bpffs to clean up.
+            .arg("--no-bpf-pin")
             .args(args)
             .env("RUST_LOG", log_filter)
             .stderr(Stdio::piped());
