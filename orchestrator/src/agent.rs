@@ -113,6 +113,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         ebpf_log: config.ebpf_log,
         pin_dir: config.bpf_pin_dir.clone(),
         capacity: config.map_capacity,
+        // Pods' namespaces, where their connected UDP sockets live.
+        socket_netns: vec![config.node.netns_dir.clone()],
     })?;
     for program in dataplane.attached() {
         info!(

@@ -24,7 +24,7 @@ use super::containers::{self, ContainerError, NodeContainer};
 use super::proto::{self, api_server, exec_output::Output};
 use super::registry::{ApiError, EventType, ObjectRef, Outcome, Propagation, Registry, Violation};
 use crate::dataplane::Dataplane;
-use crate::image::{ImageError, ImageStore, ImageSummary};
+use crate::image::{ImageError, ImageStore, ImageSummary, PullError};
 use crate::model::{FieldSelector, Kind, Selector};
 use crate::runtime::logs;
 use crate::runtime::node::NodeHandle;
@@ -413,6 +413,25 @@ impl api_server::Api for ApiService {
         }))
     }
 
+    async fn pull_image(
+        &self,
+        request: Request<proto::PullImageRequest>,
+    ) -> Result<Response<proto::PullImageResponse>, Status> {
+        let reference = request.into_inner().reference;
+        let pulled = self
+            .images
+            .pull(&reference, &self.node.pull)
+            .await
+            .map_err(pull_status)?;
+        Ok(Response::new(proto::PullImageResponse {
+            image: Some(image_message(pulled.image)),
+            digest: pulled.digest,
+            layers: u32::try_from(pulled.layers).unwrap_or(u32::MAX),
+            layers_downloaded: u32::try_from(pulled.layers_downloaded).unwrap_or(u32::MAX),
+            bytes_downloaded: pulled.bytes_downloaded,
+        }))
+    }
+
     async fn list_images(
         &self,
         _request: Request<proto::ListImagesRequest>,
@@ -649,6 +668,23 @@ fn image_status(error: ImageError) -> Status {
             Status::internal(error.to_string())
         }
         _ => Status::invalid_argument(error.to_string()),
+    }
+}
+
+fn pull_status(error: PullError) -> Status {
+    let message = error.to_string();
+    match error {
+        PullError::InvalidReference { .. } => Status::invalid_argument(message),
+        PullError::ManifestUnknown { .. } => Status::not_found(message),
+        PullError::Unauthorized { .. } => Status::permission_denied(message),
+        PullError::UnknownHost { .. }
+        | PullError::Unreachable { .. }
+        | PullError::Registry { .. } => Status::unavailable(message),
+        PullError::DigestMismatch { .. }
+        | PullError::SizeMismatch { .. }
+        | PullError::UnsupportedMediaType { .. }
+        | PullError::NoPlatform { .. } => Status::failed_precondition(message),
+        PullError::Image { .. } => Status::internal(message),
     }
 }
 

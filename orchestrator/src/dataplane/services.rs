@@ -55,6 +55,13 @@ impl Frontend {
         Self::new(addr, Protocol::Tcp)
     }
 
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Udp,
+        }
+    }
+
     fn key(&self) -> ServiceKey {
         ServiceKey::from_socket_addr(self.addr, self.protocol.number())
     }
@@ -143,8 +150,6 @@ struct Entry {
     published: Option<u8>,
     /// Slots that may hold entries in each table (an upper bound after a failed write).
     slots: [u16; 2],
-    /// The backends of the published table, slot by slot.
-    backends: Vec<SocketAddr>,
 }
 
 /// Every service this node has written to the maps.
@@ -216,7 +221,6 @@ impl ServiceTable {
                     id,
                     published: Some(service.table),
                     slots,
-                    backends: backends.clone(),
                 },
             );
             if let Some(protocol) = Protocol::from_number(key.protocol) {
@@ -229,24 +233,6 @@ impl ServiceTable {
     /// Writes refused so far because a map was full.
     pub fn full_refusals(&self) -> u64 {
         self.full_refusals
-    }
-
-    /// Every published frontend with its backends, slot by slot.
-    pub fn frontends(&self) -> Vec<(Frontend, Vec<SocketAddr>)> {
-        let mut out: Vec<(Frontend, Vec<SocketAddr>)> = self
-            .entries
-            .iter()
-            .filter(|(_, e)| e.published.is_some())
-            .filter_map(|(key, e)| {
-                let protocol = Protocol::from_number(key.protocol)?;
-                Some((
-                    Frontend::new(key.socket_addr(), protocol),
-                    e.backends.clone(),
-                ))
-            })
-            .collect();
-        out.sort();
-        out
     }
 
     pub fn stats(&self) -> super::Stats {
@@ -327,7 +313,6 @@ impl ServiceTable {
                     id: self.last_id,
                     published: None,
                     slots: [0, 0],
-                    backends: Vec::new(),
                 })
             }
         };
@@ -359,7 +344,6 @@ impl ServiceTable {
         maps.put_service(&key, &service)
             .map_err(map_error(frontend, SERVICES_MAP))?;
         entry.published = Some(table);
-        entry.backends = backends.iter().map(Backend::socket_addr).collect();
         Ok(())
     }
 
@@ -390,6 +374,12 @@ impl ServiceTable {
         }
         self.entries.remove(&key);
         Ok(true)
+    }
+
+    /// The id of `frontend`'s service in the maps (its backend slots, counters and
+    /// reverse entries are keyed by it).
+    pub fn service_id(&self, frontend: &Frontend) -> Option<u32> {
+        self.entries.get(&frontend.key()).map(|entry| entry.id)
     }
 
     /// How many services (frontends) are in the maps or being written.
@@ -660,6 +650,10 @@ mod tests {
         let ids: Vec<u32> = maps.services.values().map(|s| s.id).collect();
         assert_eq!(ids.len(), 2);
         assert_ne!(ids[0], ids[1]);
+        let (a, b) = (table.service_id(&vip()), table.service_id(&other));
+        assert!(a.is_some_and(|id| ids.contains(&id)), "{a:?}");
+        assert!(b.is_some_and(|id| ids.contains(&id)) && a != b, "{b:?}");
+        assert_eq!(table.service_id(&Frontend::udp(vip().addr)), None);
         assert_eq!(
             maps.resolve(&other.key()),
             Some(addrs(&["[fd00:10:244::2]:8443"]))
