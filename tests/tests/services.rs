@@ -292,6 +292,17 @@ fn weights_split_ten_thousand_connections_ninety_to_ten() {
     // The 10,000 and the few hundred made while waiting for the maps.
     let total: usize = counted.iter().map(|(_, n)| n).sum();
     assert!((10_000..11_000).contains(&total), "{wide}");
+    // /metrics has the same counts.
+    let metrics = agent.metrics();
+    let vip_label = format!("frontend=\"{vip}/tcp\"");
+    let scraped: usize = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("skiff_service_backend_connections_total{") && l.contains(&vip_label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert!(scraped >= total, "{scraped} < {total}: {metrics}");
     // Each backend's count covers at least the connections it answered above.
     assert!(
         counted[0].1 >= 10_000 - canary && counted[1].1 >= canary,

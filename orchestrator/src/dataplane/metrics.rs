@@ -34,11 +34,14 @@ impl std::fmt::Debug for Dataplane {
 
 impl Collector for DataplaneMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .stats();
+        let (stats, counts) = {
+            let dataplane = self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // A failed read leaves the per-backend series out of this scrape.
+            (dataplane.stats(), dataplane.counters().unwrap_or_default())
+        };
         let gauge = ConstGauge::new(i64::from(stats.frontends));
         gauge.encode(encoder.encode_descriptor(
             "skiff_dataplane_frontends",
@@ -62,6 +65,19 @@ impl Collector for DataplaneMetrics {
             for (map, value) in [SERVICES_MAP, BACKENDS_MAP].into_iter().zip(values) {
                 ConstGauge::new(i64::from(value)).encode(family.encode_family(&[("map", map)])?)?;
             }
+        }
+        let mut family = encoder.encode_descriptor(
+            "skiff_service_backend_connections",
+            "Connections (and unconnected UDP datagrams) balanced to each backend of each frontend",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for count in counts {
+            let labels = [
+                ("frontend", count.frontend.to_string()),
+                ("backend", count.backend.to_string()),
+            ];
+            ConstCounter::new(count.connections).encode(family.encode_family(&labels)?)?;
         }
         let full = ConstCounter::new(stats.full_refusals);
         full.encode(encoder.encode_descriptor(
