@@ -186,6 +186,32 @@ async fn attach(ctx: &Context, record: &mut PodRecord, pod: &Pod) -> Result<(), 
         .map_err(|e| format!("saving the pod's record: {e}"))
 }
 
+fn waiting_for(entry: &ContainerRecord, reason: &str) -> bool {
+    entry.waiting.as_ref().is_some_and(|w| w.reason == reason)
+}
+
+/// Puts a container in the waiting state `reason` because its image cannot be
+/// used, with the kubelet's two warning events (`event_reason`, then "Failed")
+/// when it enters that state.
+async fn image_unusable(
+    ctx: &Context,
+    pod: &Pod,
+    entry: &mut ContainerRecord,
+    reason: &str,
+    event_reason: &str,
+    message: String,
+) {
+    if !waiting_for(entry, reason) {
+        event(ctx, pod, events::Type::Warning, event_reason, &message).await;
+        let failed = format!("Error: {reason}");
+        event(ctx, pod, events::Type::Warning, "Failed", &failed).await;
+    }
+    entry.waiting = Some(Waiting {
+        reason: reason.into(),
+        message: Some(message),
+    });
+}
+
 /// Asks the CNI plugin whether the pod's network is still as ADD left it (CNI
 /// CHECK); a broken one is reported as a warning event on the pod. Its addresses
 /// stay: a pod keeps its IPs for life, so repairing is the plugin's business.
@@ -595,28 +621,19 @@ async fn ensure_image(
     let reference = image.clone();
     let found = blocking(move || Ok::<_, String>(images.resolve(&reference).map(drop))).await;
     let entry = record.container(&container.name);
-    let waiting_for = |entry: &ContainerRecord, reason: &str| {
-        entry.waiting.as_ref().is_some_and(|w| w.reason == reason)
-    };
     let present = match found {
         Ok(Ok(())) => true,
         Ok(Err(ImageError::InvalidReference { reason, .. })) => {
             let message = format!("Failed to apply default image tag {image:?}: {reason}");
-            if !waiting_for(entry, "InvalidImageName") {
-                event(ctx, pod, events::Type::Warning, "InspectFailed", &message).await;
-                event(
-                    ctx,
-                    pod,
-                    events::Type::Warning,
-                    "Failed",
-                    "Error: InvalidImageName",
-                )
-                .await;
-            }
-            entry.waiting = Some(Waiting {
-                reason: "InvalidImageName".into(),
-                message: Some(message),
-            });
+            image_unusable(
+                ctx,
+                pod,
+                entry,
+                "InvalidImageName",
+                "InspectFailed",
+                message,
+            )
+            .await;
             // Only a change of the pod (which wakes the worker) can fix it.
             return Err(Duration::from_secs(60));
         }
@@ -634,28 +651,15 @@ async fn ensure_image(
     }
     if !pull {
         let message = format!("Container image {image:?} is not present with pull policy of Never");
-        if !waiting_for(entry, "ErrImageNeverPull") {
-            event(
-                ctx,
-                pod,
-                events::Type::Warning,
-                "ErrImageNeverPull",
-                &message,
-            )
-            .await;
-            event(
-                ctx,
-                pod,
-                events::Type::Warning,
-                "Failed",
-                "Error: ErrImageNeverPull",
-            )
-            .await;
-        }
-        entry.waiting = Some(Waiting {
-            reason: "ErrImageNeverPull".into(),
-            message: Some(message),
-        });
+        image_unusable(
+            ctx,
+            pod,
+            entry,
+            "ErrImageNeverPull",
+            "ErrImageNeverPull",
+            message,
+        )
+        .await;
         // An import may bring it.
         return Err(Duration::from_secs(5));
     }
