@@ -28,7 +28,6 @@ mod rules;
 mod traffic;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -43,10 +42,6 @@ use traffic::{Backends, ClientSpec};
 
 #[derive(clap::Args)]
 pub struct Options {
-    /// Accepted because `cargo xtask bench` names the skiff binary; unused, as the
-    /// dataplane measured is the skiff library linked into this benchmark.
-    #[arg(long)]
-    skiff: Option<PathBuf>,
     /// Numbers of services programmed, one column each.
     #[arg(long, value_delimiter = ',', default_value = "100,1000,10000")]
     services: Vec<usize>,
@@ -287,6 +282,9 @@ fn build_bed(options: &Options) -> Result<Bed> {
         let mut dataplane = Dataplane::load(&dataplane::Config {
             cgroup: cgroup.path().to_path_buf(),
             ebpf_log: log::LevelFilter::Off,
+            pin_dir: None,
+            capacity: Default::default(),
+            socket_netns: Vec::new(),
         })
         .context("loading skiff's dataplane")?;
         let took = program_skiff(&mut dataplane, &services)?;
@@ -576,6 +574,9 @@ fn measure_programming(options: &Options) -> Result<Programming> {
                     let mut dataplane = Dataplane::load(&dataplane::Config {
                         cgroup: cgroup.path().to_path_buf(),
                         ebpf_log: log::LevelFilter::Off,
+                        pin_dir: None,
+                        capacity: Default::default(),
+                        socket_netns: Vec::new(),
                     })
                     .context("loading skiff's dataplane")?;
                     let took = program_skiff(&mut dataplane, &services)?.as_secs_f64();

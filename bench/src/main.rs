@@ -12,10 +12,16 @@
 //! `skiff-bench dataplane`: new connections per second through skiff's service
 //! virtual IPs against direct connections, kube-proxy's iptables rules and its
 //! nftables rules, with 100 to 10,000 services; and the time to program them.
+//! `skiff-bench pods`: pod start latency (apply to Ready, p50/p99) against bare
+//! `runc create` + `runc start` of the same container, with where skiff's time
+//! goes and the agent's memory holding the pods.
 
+mod agent;
 mod api;
 mod cni;
 mod dataplane;
+mod netns;
+mod pods;
 mod stats;
 
 use clap::{Parser, Subcommand};
@@ -34,6 +40,8 @@ enum Bench {
     Cni(cni::Options),
     /// skiff's eBPF service load balancing against iptables and nftables DNAT.
     Dataplane(dataplane::Options),
+    /// Pod start latency against bare runc.
+    Pods(pods::Options),
 }
 
 #[tokio::main]
@@ -42,5 +50,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Api(options) => api::run(options).await,
         Bench::Cni(options) => cni::run(options),
         Bench::Dataplane(options) => dataplane::run(options),
+        Bench::Pods(options) => pods::run(options).await,
     }
 }

@@ -35,6 +35,8 @@ pub enum Error {
     Cgroup(#[from] cgroup::Error),
     #[error(transparent)]
     Dataplane(#[from] dataplane::Error),
+    #[error("the dataplane is still in use at shutdown")]
+    DataplaneInUse,
     #[error("state directory {}: {source}", path.display())]
     StateDir { path: PathBuf, source: io::Error },
     #[error(transparent)]
@@ -51,6 +53,8 @@ pub enum Error {
     Images(crate::image::ImageError),
     #[error("node: {0}")]
     Node(ApiError),
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics::MetricsError),
     #[error("installing the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -66,6 +70,12 @@ pub struct Config {
     pub cgroup: Option<PathBuf>,
     /// Kernel-side eBPF log level (off by default).
     pub ebpf_log: LevelFilter,
+    /// Where the dataplane's maps and links are pinned, so services keep working
+    /// while the agent restarts; none ties them to the agent process.
+    pub bpf_pin_dir: Option<PathBuf>,
+    pub map_capacity: dataplane::Capacity,
+    /// Where `GET /metrics` is served (Prometheus text format).
+    pub metrics_addr: std::net::SocketAddr,
     /// Store file, API token and encryption key (created at first start, 0700).
     pub state_dir: PathBuf,
     /// The API's unix socket (0600).
@@ -96,10 +106,15 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
 
-    // From here on an early return drops the dataplane, which detaches it.
+    // From here on an early return drops the dataplane: what it owns is detached,
+    // what it pinned stays (as after a crash) for the next agent.
     let mut dataplane = dataplane::Dataplane::load(&dataplane::Config {
         cgroup,
         ebpf_log: config.ebpf_log,
+        pin_dir: config.bpf_pin_dir.clone(),
+        capacity: config.map_capacity,
+        // Pods' namespaces, where their connected UDP sockets live.
+        socket_netns: vec![config.node.netns_dir.clone()],
     })?;
     for program in dataplane.attached() {
         info!(
@@ -112,6 +127,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let log_reader = dataplane
         .take_logger()
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
+    let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
 
     let (registry, store) = open_registry(&config).await?;
     let images =
@@ -127,9 +143,31 @@ pub async fn run(config: Config) -> Result<(), Error> {
         registry.clone(),
         images.clone(),
         Arc::new(config.node.handle()),
+        dataplane.clone(),
         listeners,
         async {
             let _ = api_stopped.await;
+        },
+    ));
+    let mut metrics = prometheus_client::registry::Registry::default();
+    metrics.register_collector(Box::new(dataplane::DataplaneMetrics(dataplane.clone())));
+    let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
+    let metrics_addr = metrics_endpoint.local_addr();
+    let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+    let metrics_server = tokio::spawn(metrics_endpoint.serve(Arc::new(metrics), async {
+        let _ = metrics_stopped.await;
+    }));
+    let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
+    let node_addresses = dataplane::node_addresses().unwrap_or_else(|e| {
+        warn!("listing the node's addresses for NodePort services: {e}");
+        Vec::new()
+    });
+    let service_sync = tokio::spawn(dataplane::sync::run(
+        registry.clone(),
+        dataplane.clone(),
+        node_addresses,
+        async {
+            let _ = sync_stopped.await;
         },
     ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -144,6 +182,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     info!("API listening on unix://{}", config.socket.display());
     if let Some(tls) = &config.tls {
         info!("API listening on https://{}", tls.addr);
+    }
+    if let Some(addr) = metrics_addr {
+        info!("metrics on http://{addr}/metrics");
     }
     info!("skiff agent ready");
 
@@ -180,6 +221,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Ok(Err(e)) = api.await {
         warn!("API server: {e}");
     }
+    let _ = stop_metrics.send(());
+    if let Ok(Err(e)) = metrics_server.await {
+        warn!("metrics endpoint: {e}");
+    }
+    let _ = stop_sync.send(());
+    let _ = service_sync.await;
+    // The sync task, its only other holder, has ended.
+    let dataplane = Arc::into_inner(dataplane)
+        .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
+        .ok_or(Error::DataplaneInUse)?;
     let cgroup = dataplane.cgroup().to_path_buf();
     for program in dataplane.detach()? {
         info!(

@@ -22,6 +22,7 @@ pub mod cgroup;
 pub mod cli;
 pub mod dataplane;
 pub mod image;
+pub mod metrics;
 pub mod model;
 pub mod runtime;
 pub mod store;

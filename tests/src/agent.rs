@@ -17,6 +17,8 @@ pub struct Agent {
     // Fields drop in order: the agent, then what its pods left, then the rest.
     child: KillOnDrop,
     _leftovers: Option<PodLeftovers>,
+    /// The dataplane's bpffs pins (they outlive a killed agent).
+    pins: Option<PinDir>,
     /// The node namespace the agent runs in, for agents that run pods (their
     /// CNI routes and forwarding sysctls stay there).
     pub node_netns: Option<crate::netns::NetNs>,
@@ -52,7 +54,8 @@ impl Agent {
             .tempdir()
             .expect("state dir");
         let args = extra_args.iter().map(|a| a.to_string()).collect();
-        Self::start_in(state, Cgroup::new(), args, in_test_cgroup, None)
+        let pins = PinDir::for_state(state.path());
+        Self::start_in(state, Cgroup::new(), args, in_test_cgroup, None, pins)
     }
 
     /// An agent that runs pods: inside a node network namespace of its own, named
@@ -72,7 +75,8 @@ impl Agent {
         ];
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let netns = crate::netns::NetNs::new();
-        let agent = Self::start_in(state, Cgroup::new(), args, true, Some(netns));
+        let pins = PinDir::for_state(state.path());
+        let agent = Self::start_in(state, Cgroup::new(), args, true, Some(netns), pins);
         for reference in ["busybox:latest", "busybox:1.36"] {
             agent.ok(&[
                 "image",
@@ -89,6 +93,7 @@ impl Agent {
         extra_args: Vec<String>,
         in_test_cgroup: bool,
         node_netns: Option<crate::netns::NetNs>,
+        pins: PinDir,
     ) -> Agent {
         let mut command = match &node_netns {
             Some(netns) => netns.command(workspace_bin("skiff")),
@@ -102,6 +107,12 @@ impl Agent {
             .arg(state.path().join("skiff.sock"));
         if in_test_cgroup {
             command.arg("--cgroup").arg(cgroup.path());
+        }
+        if !extra_args.iter().any(|a| a == "--metrics-addr") {
+            command.args(["--metrics-addr", "127.0.0.1:0"]);
+        }
+        if !extra_args.iter().any(|a| a == "--no-bpf-pin") {
+            command.arg("--bpf-pin-dir").arg(&pins.0);
         }
         let mut child = command
             .args(&extra_args)
@@ -123,6 +134,7 @@ impl Agent {
         let mut agent = Agent {
             child: KillOnDrop(child),
             _leftovers: leftovers,
+            pins: Some(pins),
             node_netns,
             lines,
             log: Vec::new(),
@@ -150,14 +162,14 @@ impl Agent {
 
     /// Kills the agent with SIGKILL and starts a new one on the same state.
     pub fn kill_and_restart(self) -> Agent {
-        self.kill_and_restart_after(|| {})
+        self.kill_and_restart_after(|_| {})
     }
 
     /// Like [`Agent::kill_and_restart`], running `while_down` between the two.
-    pub fn kill_and_restart_after(mut self, while_down: impl FnOnce()) -> Agent {
+    pub fn kill_and_restart_after(mut self, while_down: impl FnOnce(&Agent)) -> Agent {
         self.signal(libc::SIGKILL);
         self.wait();
-        while_down();
+        while_down(&self);
         let Agent {
             state,
             cgroup,
@@ -165,13 +177,57 @@ impl Agent {
             in_test_cgroup,
             node_netns,
             _leftovers: leftovers,
+            mut pins,
             ..
         } = self;
         // The pods stay for the new agent to adopt; its own guard takes over.
         if let Some(mut leftovers) = leftovers {
             leftovers.state = None;
         }
-        Self::start_in(state, cgroup, extra_args, in_test_cgroup, node_netns)
+        let pins = pins.take().expect("an agent holds its pin directory");
+        Self::start_in(state, cgroup, extra_args, in_test_cgroup, node_netns, pins)
+    }
+
+    /// The agent's `GET /metrics` body (asked from its namespace).
+    pub fn metrics(&self) -> String {
+        use std::io::{Read, Write};
+        let addr: std::net::SocketAddr = self
+            .log
+            .iter()
+            .find_map(|l| l.split("metrics on http://").nth(1))
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|addr| addr.parse().ok())
+            .expect("the agent logs its metrics address");
+        let fetch = || -> std::io::Result<String> {
+            let mut stream = std::net::TcpStream::connect(addr)?;
+            stream.write_all(b"GET /metrics HTTP/1.0\r\nHost: skiff\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        };
+        let response = match &self.node_netns {
+            Some(netns) => netns.run(fetch),
+            None => fetch(),
+        }
+        .expect("GET /metrics");
+        assert!(
+            response.starts_with("HTTP/1.0 200") || response.starts_with("HTTP/1.1 200"),
+            "{response}"
+        );
+        response
+            .split("\r\n\r\n")
+            .nth(1)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    /// Where the agent pins its dataplane in bpffs.
+    pub fn pin_dir(&self) -> &Path {
+        &self
+            .pins
+            .as_ref()
+            .expect("an agent holds its pin directory")
+            .0
     }
 
     /// Applies a manifest from a string; fails the test if apply fails.
@@ -444,6 +500,23 @@ impl Drop for PodLeftovers {
             }
             skiff::cgroup::remove_everywhere(&format!("/skiff/pod{uid}"));
         }
+    }
+}
+
+/// A test agent's bpffs pin directory, removed (which detaches what is pinned
+/// there) when the test lets go of the agent.
+struct PinDir(PathBuf);
+
+impl PinDir {
+    fn for_state(state: &Path) -> Self {
+        let name = state.file_name().expect("a state directory has a name");
+        Self(Path::new(skiff::dataplane::BPFFS).join(name))
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -11,12 +11,12 @@ use std::io;
 use std::net::SocketAddr;
 
 use skiff_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKENDS_PER_SERVICE,
-    SERVICES_MAP, Service, ServiceKey,
+    BACKENDS_MAP, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKEND_SLOTS,
+    MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICES_MAP, Service, ServiceKey,
 };
 
 /// Transport protocol of a service port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Protocol {
     Tcp,
     Udp,
@@ -29,20 +29,36 @@ impl Protocol {
             Protocol::Udp => IPPROTO_UDP,
         }
     }
+
+    fn from_number(number: u8) -> Option<Self> {
+        match number {
+            IPPROTO_TCP => Some(Protocol::Tcp),
+            IPPROTO_UDP => Some(Protocol::Udp),
+            _ => None,
+        }
+    }
 }
 
 /// What clients connect to: a service's virtual IP and port for one protocol.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Frontend {
     pub addr: SocketAddr,
     pub protocol: Protocol,
 }
 
 impl Frontend {
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Self {
+        Self { addr, protocol }
+    }
+
     pub fn tcp(addr: SocketAddr) -> Self {
+        Self::new(addr, Protocol::Tcp)
+    }
+
+    pub fn udp(addr: SocketAddr) -> Self {
         Self {
             addr,
-            protocol: Protocol::Tcp,
+            protocol: Protocol::Udp,
         }
     }
 
@@ -51,12 +67,18 @@ impl Frontend {
     }
 }
 
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let proto = self.protocol.to_string().to_lowercase();
         write!(f, "{}/{proto}", self.addr)
     }
 }
@@ -71,6 +93,41 @@ pub enum ServiceError {
         map: &'static str,
         source: io::Error,
     },
+    #[error(
+        "service {frontend}: map {map} is full ({in_use} of {capacity} entries in use, \
+         {needed} more needed); raise {flag}"
+    )]
+    Full {
+        frontend: Frontend,
+        map: &'static str,
+        capacity: u32,
+        in_use: u32,
+        needed: u32,
+        flag: &'static str,
+    },
+    #[error("reading map {map} of the previous agent: {source}")]
+    Adopt {
+        map: &'static str,
+        source: io::Error,
+    },
+}
+
+/// How many entries the maps hold (their max_entries in the kernel).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// Frontends in SERVICES.
+    pub services: u32,
+    /// Backend slots in BACKENDS, over both tables of every service.
+    pub backend_slots: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        Self {
+            services: MAX_SERVICES,
+            backend_slots: MAX_BACKEND_SLOTS,
+        }
+    }
 }
 
 /// Writes to the kernel's service and backend maps. Removing an absent key succeeds.
@@ -79,6 +136,10 @@ pub trait ServiceMaps {
     fn remove_service(&mut self, key: &ServiceKey) -> io::Result<()>;
     fn put_backend(&mut self, key: &BackendSlotKey, backend: &Backend) -> io::Result<()>;
     fn remove_backend(&mut self, key: &BackendSlotKey) -> io::Result<()>;
+    /// Everything in SERVICES (for adopting maps a previous agent left).
+    fn services(&self) -> io::Result<Vec<(ServiceKey, Service)>>;
+    /// Every key in BACKENDS.
+    fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>>;
 }
 
 /// What user space knows of one service in the maps.
@@ -96,9 +157,138 @@ struct Entry {
 pub struct ServiceTable {
     entries: HashMap<ServiceKey, Entry>,
     last_id: u32,
+    capacity: Capacity,
+    /// Backend slots that may hold entries, over all services and tables.
+    slots_in_use: u32,
+    /// Writes refused because a map was full (a metric).
+    full_refusals: u64,
 }
 
 impl ServiceTable {
+    pub fn new(capacity: Capacity) -> Self {
+        Self {
+            capacity,
+            ..Self::default()
+        }
+    }
+
+    /// Takes over maps a previous agent left: the published services are kept as
+    /// they are (the kernel goes on using them), slots no published service can
+    /// reach are cleared, and the published frontends are returned with their
+    /// backends so the caller can leave unchanged ones alone.
+    pub fn adopt(
+        &mut self,
+        maps: &mut impl ServiceMaps,
+    ) -> Result<HashMap<Frontend, Vec<SocketAddr>>, ServiceError> {
+        let adopt_error = |map| move |source| ServiceError::Adopt { map, source };
+        let services = maps.services().map_err(adopt_error(SERVICES_MAP))?;
+        let slots = maps.backend_slots().map_err(adopt_error(BACKENDS_MAP))?;
+        let mut by_id: HashMap<u32, (ServiceKey, Service)> = HashMap::new();
+        for (key, service) in services {
+            by_id.insert(service.id, (key, service));
+        }
+        let mut slot_counts: HashMap<(u32, u8), u16> = HashMap::new();
+        let mut published: HashMap<u32, Vec<(u16, Backend)>> = HashMap::new();
+        for (slot, backend) in slots {
+            let Some((_, service)) = by_id.get(&slot.service_id) else {
+                // Written by an agent that died before publishing the service.
+                maps.remove_backend(&slot)
+                    .map_err(adopt_error(BACKENDS_MAP))?;
+                continue;
+            };
+            let count = slot_counts
+                .entry((slot.service_id, slot.table))
+                .or_default();
+            *count = (*count).max(slot.index.saturating_add(1));
+            if slot.table == service.table && slot.index < service.backend_count {
+                published
+                    .entry(slot.service_id)
+                    .or_default()
+                    .push((slot.index, backend));
+            }
+        }
+        let mut frontends = HashMap::new();
+        for (id, (key, service)) in by_id {
+            let slots = [0u8, 1].map(|t| slot_counts.get(&(id, t)).copied().unwrap_or(0));
+            self.slots_in_use += u32::from(slots[0]) + u32::from(slots[1]);
+            self.last_id = self.last_id.max(id);
+            let mut backends = published.remove(&id).unwrap_or_default();
+            backends.sort_by_key(|(index, _)| *index);
+            let backends: Vec<SocketAddr> = backends.iter().map(|(_, b)| b.socket_addr()).collect();
+            self.entries.insert(
+                key,
+                Entry {
+                    id,
+                    published: Some(service.table),
+                    slots,
+                },
+            );
+            if let Some(protocol) = Protocol::from_number(key.protocol) {
+                frontends.insert(Frontend::new(key.socket_addr(), protocol), backends);
+            }
+        }
+        Ok(frontends)
+    }
+
+    /// Writes refused so far because a map was full.
+    pub fn full_refusals(&self) -> u64 {
+        self.full_refusals
+    }
+
+    pub fn stats(&self) -> super::Stats {
+        super::Stats {
+            frontends: self.entries.len() as u32,
+            backend_slots: self.slots_in_use,
+            capacity: self.capacity,
+            full_refusals: self.full_refusals,
+        }
+    }
+
+    /// Fails with [`ServiceError::Full`] when writing `count` backends for
+    /// `frontend` would take a map past its capacity; nothing is written then.
+    fn check_capacity(&mut self, frontend: &Frontend, count: u16) -> Result<(), ServiceError> {
+        let key = frontend.key();
+        let (is_new, unpublished_slots) = match self.entries.get(&key) {
+            Some(entry) => {
+                let table = entry.published.map_or(0, |t| 1 - t);
+                (false, entry.slots[usize::from(table)])
+            }
+            None => (true, 0),
+        };
+        let full = if is_new && self.entries.len() as u32 >= self.capacity.services {
+            Some((
+                SERVICES_MAP,
+                self.capacity.services,
+                self.entries.len() as u32,
+                1,
+                "--max-services",
+            ))
+        } else {
+            let needed = u32::from(count.saturating_sub(unpublished_slots));
+            (self.slots_in_use + needed > self.capacity.backend_slots).then_some((
+                BACKENDS_MAP,
+                self.capacity.backend_slots,
+                self.slots_in_use,
+                needed,
+                "--max-backend-slots",
+            ))
+        };
+        match full {
+            Some((map, capacity, in_use, needed, flag)) => {
+                self.full_refusals += 1;
+                Err(ServiceError::Full {
+                    frontend: *frontend,
+                    map,
+                    capacity,
+                    in_use,
+                    needed,
+                    flag,
+                })
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Sets the backends of `frontend`, creating the service if needed. An empty
     /// backend list publishes a service that refuses connections.
     ///
@@ -113,6 +303,7 @@ impl ServiceTable {
         backends: &[SocketAddr],
     ) -> Result<(), ServiceError> {
         let backends = validate(frontend, backends)?;
+        self.check_capacity(frontend, backends.len() as u16)?;
         let key = frontend.key();
         let entry = match self.entries.get_mut(&key) {
             Some(entry) => entry,
@@ -129,16 +320,20 @@ impl ServiceTable {
         let table = entry.published.map_or(0, |t| 1 - t);
         let count = backends.len() as u16; // validate() bounds it by MAX_BACKENDS_PER_SERVICE
         let stale = entry.slots[usize::from(table)];
-        entry.slots[usize::from(table)] = stale.max(count);
+        let grown = stale.max(count);
+        entry.slots[usize::from(table)] = grown;
+        self.slots_in_use += u32::from(grown - stale);
         for (index, backend) in (0..count).zip(&backends) {
             maps.put_backend(&BackendSlotKey::new(entry.id, table, index), backend)
                 .map_err(map_error(frontend, BACKENDS_MAP))?;
         }
-        for index in count..stale {
+        // From the top, so the slot count stays an upper bound if a removal fails.
+        for index in (count..stale).rev() {
             maps.remove_backend(&BackendSlotKey::new(entry.id, table, index))
                 .map_err(map_error(frontend, BACKENDS_MAP))?;
+            entry.slots[usize::from(table)] = index;
+            self.slots_in_use -= 1;
         }
-        entry.slots[usize::from(table)] = count;
 
         let service = Service {
             id: entry.id,
@@ -174,10 +369,17 @@ impl ServiceTable {
                 maps.remove_backend(&BackendSlotKey::new(entry.id, table, index))
                     .map_err(map_error(frontend, BACKENDS_MAP))?;
                 entry.slots[usize::from(table)] = index;
+                self.slots_in_use -= 1;
             }
         }
         self.entries.remove(&key);
         Ok(true)
+    }
+
+    /// The id of `frontend`'s service in the maps (its backend slots, counters and
+    /// reverse entries are keyed by it).
+    pub fn service_id(&self, frontend: &Frontend) -> Option<u32> {
+        self.entries.get(&frontend.key()).map(|entry| entry.id)
     }
 
     /// How many services (frontends) are in the maps or being written.
@@ -308,6 +510,16 @@ mod tests {
             self.backends.remove(&(k.service_id, k.table, k.index));
             Ok(())
         }
+        fn services(&self) -> io::Result<Vec<(ServiceKey, Service)>> {
+            Ok(self.services.iter().map(|(k, v)| (*k, *v)).collect())
+        }
+        fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>> {
+            Ok(self
+                .backends
+                .iter()
+                .map(|(&(id, table, index), b)| (BackendSlotKey::new(id, table, index), *b))
+                .collect())
+        }
     }
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
@@ -372,8 +584,8 @@ mod tests {
             maps.log,
             [
                 "backend t0[0]=10.244.0.9:80",
-                "remove t0[1]",
                 "remove t0[2]",
+                "remove t0[1]",
                 "service count=1 table=0"
             ]
         );
@@ -438,10 +650,102 @@ mod tests {
         let ids: Vec<u32> = maps.services.values().map(|s| s.id).collect();
         assert_eq!(ids.len(), 2);
         assert_ne!(ids[0], ids[1]);
+        let (a, b) = (table.service_id(&vip()), table.service_id(&other));
+        assert!(a.is_some_and(|id| ids.contains(&id)), "{a:?}");
+        assert!(b.is_some_and(|id| ids.contains(&id)) && a != b, "{b:?}");
+        assert_eq!(table.service_id(&Frontend::udp(vip().addr)), None);
         assert_eq!(
             maps.resolve(&other.key()),
             Some(addrs(&["[fd00:10:244::2]:8443"]))
         );
+    }
+
+    #[test]
+    fn a_full_map_refuses_the_write_and_leaves_the_maps_as_they_were() {
+        let capacity = Capacity {
+            services: 2,
+            backend_slots: 5,
+        };
+        let (mut table, mut maps) = (ServiceTable::new(capacity), FakeMaps::default());
+        let two = addrs(&["10.244.0.2:80", "10.244.0.3:80"]);
+        table.upsert(&mut maps, &vip(), &two).unwrap();
+        let other = Frontend::tcp("10.96.0.2:80".parse().unwrap());
+        table.upsert(&mut maps, &other, &two).unwrap();
+        let log = maps.log.clone();
+
+        let third = Frontend::tcp("10.96.0.3:80".parse().unwrap());
+        let err = table
+            .upsert(&mut maps, &third, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(
+                "map SERVICES is full (2 of 2 entries in use, 1 more needed); raise --max-services"
+            ),
+            "{err}"
+        );
+        // vip's other table needs 2 slots; only 1 is left.
+        let err = table
+            .upsert(&mut maps, &vip(), &two)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("map BACKENDS is full (4 of 5 entries in use, 2 more needed); raise --max-backend-slots"),
+            "{err}"
+        );
+        assert_eq!(maps.log, log, "nothing was written");
+        assert_eq!(table.full_refusals(), 2);
+        // Fewer backends fit, and removing a service frees its slots.
+        table.upsert(&mut maps, &vip(), &two[..1]).unwrap();
+        assert!(table.remove(&mut maps, &other).unwrap());
+        table.upsert(&mut maps, &third, &two).unwrap();
+        assert_eq!(maps.resolve(&third.key()), Some(two));
+    }
+
+    #[test]
+    fn adoption_rebuilds_the_table_and_clears_unreachable_slots() {
+        let mut maps = FakeMaps::default();
+        let mut before = ServiceTable::default();
+        before
+            .upsert(
+                &mut maps,
+                &vip(),
+                &addrs(&["10.244.0.2:80", "10.244.0.3:80"]),
+            )
+            .unwrap();
+        before
+            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.4:80"]))
+            .unwrap();
+        // A backend written for a service that was never published.
+        maps.backends.insert(
+            (99, 0, 0),
+            Backend::from_socket_addr("10.244.0.9:80".parse().unwrap()),
+        );
+
+        let mut table = ServiceTable::default();
+        let adopted = table.adopt(&mut maps).unwrap();
+        assert_eq!(adopted, HashMap::from([(vip(), addrs(&["10.244.0.4:80"]))]));
+        assert!(!maps.backends.contains_key(&(99, 0, 0)));
+        // The adopted service updates like one of its own: into the other table,
+        // clearing that table's leftovers, and new services get fresh ids.
+        maps.log.clear();
+        table
+            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.5:80"]))
+            .unwrap();
+        assert_eq!(
+            maps.log,
+            [
+                "backend t0[0]=10.244.0.5:80",
+                "remove t0[1]",
+                "service count=1 table=0"
+            ]
+        );
+        let other = Frontend::tcp("10.96.0.2:80".parse().unwrap());
+        table.upsert(&mut maps, &other, &[]).unwrap();
+        let ids: std::collections::HashSet<u32> = maps.services.values().map(|s| s.id).collect();
+        assert_eq!(ids.len(), 2);
+        assert!(table.remove(&mut maps, &vip()).unwrap());
+        assert!(maps.backends.is_empty(), "{:?}", maps.backends);
     }
 
     #[test]

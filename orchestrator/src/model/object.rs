@@ -232,6 +232,18 @@ macro_rules! objects {
             }
         })+
 
+        $(impl TryFrom<Object> for $kind {
+            /// The object, when it is of another kind.
+            type Error = Object;
+
+            fn try_from(object: Object) -> Result<Self, Object> {
+                match object {
+                    Object::$kind(o) => Ok(o),
+                    other => Err(other),
+                }
+            }
+        })+
+
         impl Object {
             pub fn kind(&self) -> Kind {
                 match self {
