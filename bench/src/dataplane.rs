@@ -25,9 +25,11 @@
 
 mod lab;
 mod rules;
+mod store_latency;
 mod traffic;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -38,6 +40,7 @@ use skiff::dataplane::{self, Dataplane, Frontend};
 use crate::stats::median;
 use lab::{Cgroup, Netns};
 use rules::{BACKEND_PORT, ServiceSet};
+use store_latency::StoreLatency;
 use traffic::{Backends, ClientSpec};
 
 #[derive(clap::Args)]
@@ -76,14 +79,20 @@ pub struct Options {
     /// takes minutes here.
     #[arg(long, default_value_t = 1)]
     program_rounds: usize,
+    /// The skiff binary whose agent the store-to-map latency is measured on.
+    #[arg(long)]
+    skiff: Option<PathBuf>,
+    /// Services (each with an EndpointSlice) in the store while the latency from an
+    /// EndpointSlice change to the map update is measured.
+    #[arg(long, default_value_t = 10_000)]
+    latency_services: usize,
+    /// EndpointSlice changes timed (0 skips the measurement).
+    #[arg(long, default_value_t = 200)]
+    latency_changes: usize,
     /// Internal: run as the client process against these addresses.
     #[arg(long, hide = true, value_delimiter = ',')]
     client_targets: Vec<SocketAddr>,
 }
-
-/// What the p99 latency from an EndpointSlice change in the store to the map
-/// update needs before it can be measured; the report says so in its place.
-const STORE_TO_MAP_LATENCY: &str = "not measured: needs the store-driven dataplane sync";
 
 /// Where the measured service's backends listen (on the namespace's loopback, in
 /// the pod CIDR); the client's source address is the one before them.
@@ -111,7 +120,7 @@ impl Mode {
     }
 }
 
-pub fn run(options: Options) -> Result<()> {
+pub async fn run(options: Options) -> Result<()> {
     if !options.client_targets.is_empty() {
         return traffic::client_main(&ClientSpec {
             targets: &options.client_targets,
@@ -139,7 +148,20 @@ pub fn run(options: Options) -> Result<()> {
         "[dataplane] programming times measured in {:.0}s",
         started.elapsed().as_secs_f64()
     );
-    print_report(&options, &iptables, &rates, &programming);
+    let latency = match (&options.skiff, options.latency_changes) {
+        (_, 0) => None,
+        (Some(skiff), changes) => {
+            let started = Instant::now();
+            let latency = store_latency::measure(skiff, options.latency_services, changes).await?;
+            eprintln!(
+                "[dataplane] store-to-map latency measured in {:.0}s",
+                started.elapsed().as_secs_f64()
+            );
+            Some(latency)
+        }
+        (None, _) => None, // refused by validate()
+    };
+    print_report(&options, &iptables, &rates, &programming, latency.as_ref());
     Ok(())
 }
 
@@ -159,6 +181,16 @@ fn validate(options: &Options) -> Result<()> {
     }
     ensure!(options.clients > 0, "--clients must be at least 1");
     ensure!(options.rounds > 0, "--rounds must be at least 1");
+    if options.latency_changes > 0 {
+        ensure!(
+            options.skiff.is_some(),
+            "--skiff names no binary for the store-to-map latency (or pass --latency-changes 0)"
+        );
+        ensure!(
+            options.latency_services > 0,
+            "--latency-services must be at least 1 (the measured service)"
+        );
+    }
     ensure!(
         options.filler_backends > 0 && options.program_backends > 0,
         "services need at least one backend"
@@ -611,7 +643,13 @@ fn measure_programming(options: &Options) -> Result<Programming> {
     Ok(times)
 }
 
-fn print_report(options: &Options, iptables: &str, rates: &Rates, programming: &Programming) {
+fn print_report(
+    options: &Options,
+    iptables: &str,
+    rates: &Rates,
+    programming: &Programming,
+    latency: Option<&StoreLatency>,
+) {
     let per_second: fn(&Sample) -> f64 = |s| s.per_second;
     let cpu_us: fn(&Sample) -> f64 = |s| s.cpu_us;
     println!(
@@ -711,9 +749,22 @@ fn print_report(options: &Options, iptables: &str, rates: &Rates, programming: &
             median(programming.nftables.iter().copied()),
         );
     }
-    println!(
-        "\np99 from an EndpointSlice change in the store to the map update: {STORE_TO_MAP_LATENCY}"
-    );
+    if let Some(l) = latency {
+        println!(
+            "\nFrom an EndpointSlice Apply sent to the SERVICES map showing it ({} changes, {} \
+             services in the store): p50 {:.2} ms, p99 {:.2} ms; the Apply call alone (API and \
+             durable store commit): p50 {:.2} ms, p99 {:.2} ms; from its return to the map: \
+             p50 {:.3} ms, p99 {:.3} ms",
+            l.changes,
+            l.services,
+            l.to_map_p50_ms,
+            l.to_map_p99_ms,
+            l.apply_p50_ms,
+            l.apply_p99_ms,
+            l.after_apply_p50_ms,
+            l.after_apply_p99_ms,
+        );
+    }
 }
 
 /// The 1, 5 and 15 minute load averages, for the report: other work on the machine

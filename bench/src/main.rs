@@ -49,7 +49,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(options) => api::run(options).await,
         Bench::Cni(options) => cni::run(options),
-        Bench::Dataplane(options) => dataplane::run(options),
+        Bench::Dataplane(options) => dataplane::run(options).await,
         Bench::Pods(options) => pods::run(options).await,
     }
 }

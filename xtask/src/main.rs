@@ -118,11 +118,9 @@ fn main() -> Result<()> {
             let release = ws.target.join("release");
             let mut bench = Command::new(release.join("skiff-bench"));
             bench.arg(&name);
-            // Each benchmark that runs a release binary is told where it is; the
-            // dataplane benchmark links skiff's library instead.
+            // Each benchmark is told where the release binary it measures is.
             match name.as_str() {
                 "cni" => bench.arg("--skiff-cni").arg(release.join("skiff-cni")),
-                "dataplane" => &mut bench,
                 _ => bench.arg("--skiff").arg(release.join("skiff")),
             };
             run_checked(bench.args(&bench_args))
