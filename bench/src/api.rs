@@ -3,7 +3,6 @@
 //! key-value writes of the same bytes. The Kubernetes API server adds its own work
 //! on top of etcd, so etcd alone is the strict side of the comparison.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -12,10 +11,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use skiff::api::client::{ApiClient, Connection, connect};
+use skiff::api::client::ApiClient;
 use skiff::api::proto;
 
-use crate::stats::{median, percentile};
+use crate::agent::Agent;
+use crate::stats::{median, percentile, rss_mib};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -66,7 +66,7 @@ pub async fn run(options: Options) -> Result<()> {
         for system in order {
             let figures = match system {
                 "skiff" => {
-                    let server = SkiffServer::start(&options.skiff).await?;
+                    let server = Agent::start(&options.skiff, "warn,skiff::agent=info").await?;
                     let target = Target::Skiff(server.client.clone());
                     let figures = measure(&options, &target, server.pid(), epoch).await?;
                     server.stop()?;
@@ -256,17 +256,6 @@ async fn measure(options: &Options, target: &Target, pid: u32, epoch: Instant) -
     })
 }
 
-fn rss_mib(pid: u32) -> Result<f64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("VmRSS missing")?;
-    Ok(kib / 1024.0)
-}
-
 fn print_report(options: &Options, skiff: &[Figures], etcd: &[Figures]) {
     type Pick = fn(&Figures) -> f64;
     let rows: [(&str, Pick, bool); 5] = [
@@ -296,71 +285,6 @@ fn print_report(options: &Options, skiff: &[Figures], etcd: &[Figures]) {
             "| {name} | {s:.1} | {e:.1} | {ratio:.2}x {} |",
             if ratio >= 1.0 { "better" } else { "worse" }
         );
-    }
-}
-
-/// A `skiff agent` with its own state directory and cgroup.
-struct SkiffServer {
-    child: Child,
-    client: ApiClient,
-    _state: tempfile::TempDir,
-    cgroup: PathBuf,
-}
-
-impl SkiffServer {
-    async fn start(binary: &Path) -> Result<Self> {
-        let state = tempfile::Builder::new().prefix("skiff-bench-").tempdir()?;
-        let root = skiff::cgroup::v2_mount_point()?;
-        let cgroup = root.join(format!("skiff-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&cgroup)?;
-        let socket = state.path().join("skiff.sock");
-        let mut child = Command::new(binary)
-            .args(["agent", "--state-dir"])
-            .arg(state.path())
-            .arg("--socket")
-            .arg(&socket)
-            .arg("--cgroup")
-            .arg(&cgroup)
-            .env("RUST_LOG", "warn,skiff::agent=info")
-            .stderr(Stdio::piped())
-            .spawn()
-            .with_context(|| format!("starting {}", binary.display()))?;
-        let stderr = child.stderr.take().context("agent stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        loop {
-            match lines.next() {
-                Some(Ok(line)) if line.contains("skiff agent ready") => break,
-                Some(Ok(_)) => {}
-                _ => bail!("the agent exited before it was ready"),
-            }
-        }
-        // Keep draining the agent's log so it never blocks on a full pipe.
-        std::thread::spawn(move || lines.for_each(drop));
-        let token = std::fs::read_to_string(state.path().join("token"))?;
-        let client = connect(&Connection {
-            server: format!("unix://{}", socket.display()),
-            token: token.trim().to_string(),
-            ca_cert: None,
-        })
-        .await?;
-        Ok(Self {
-            child,
-            client,
-            _state: state,
-            cgroup,
-        })
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn stop(mut self) -> Result<()> {
-        // SAFETY: signalling our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        self.child.wait()?;
-        std::fs::remove_dir(&self.cgroup)?;
-        Ok(())
     }
 }
 

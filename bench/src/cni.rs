@@ -8,18 +8,15 @@
 //! a fresh node namespace, fresh data directories and pod namespaces made before
 //! timing starts; the pods are attached one after another, then detached.
 
-use std::fs::File;
 use std::io::Write;
-use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Stdio;
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
+use crate::netns::Netns;
 use crate::stats::{median, percentile};
 
 #[derive(clap::Args)]
@@ -144,7 +141,8 @@ fn measure(options: &Options, plugin: Plugin) -> Result<Samples> {
         .collect::<Result<Vec<_>>>()?;
     let conf = plugin.conf(data.path()).to_string();
     let call = |command: &str, pod_index: usize| -> Result<(f64, Vec<u8>)> {
-        node.call(
+        run_plugin(
+            &node,
             &plugin.binary(options),
             &options.cni_plugins,
             &[
@@ -228,99 +226,41 @@ fn print_report(options: &Options, skiff: &[Figures], bridge: &[Figures]) {
     }
 }
 
-/// A network namespace made for the benchmark, deleted (with every interface in
-/// it, the bridge included) on drop.
-struct Netns {
-    name: String,
-    /// Open for as long as the namespace is used: plugins enter it through this.
-    file: File,
-}
-
-impl Netns {
-    fn create() -> Result<Self> {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let name = format!(
-            "skiff-bench-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
+/// Runs a CNI plugin inside the node namespace `node` with the CNI variables `env`
+/// and `conf` on stdin; returns the milliseconds from spawn to exit and its stdout.
+fn run_plugin(
+    node: &Netns,
+    plugin: &Path,
+    cni_path: &Path,
+    env: &[(&str, &str)],
+    conf: &[u8],
+) -> Result<(f64, Vec<u8>)> {
+    let mut cmd = node.command(plugin)?;
+    cmd.env_clear()
+        .env("CNI_PATH", cni_path)
+        .envs(env.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", plugin.display()))?;
+    child
+        .stdin
+        .take()
+        .context("plugin stdin")?
+        .write_all(conf)?;
+    let out = child.wait_with_output()?;
+    let ms = started.elapsed().as_secs_f64() * 1_000.0;
+    if !out.status.success() {
+        bail!(
+            "{} {env:?} failed ({}): {}{}",
+            plugin.display(),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
         );
-        let status = Command::new("ip")
-            .args(["netns", "add", &name])
-            .status()
-            .context("running ip netns add")?;
-        if !status.success() {
-            bail!("ip netns add {name} failed: {status}");
-        }
-        let path = Path::new("/run/netns").join(&name);
-        match File::open(&path) {
-            Ok(file) => Ok(Self { name, file }),
-            Err(e) => {
-                // Not yet a Netns, so nothing else deletes it.
-                let _ = Command::new("ip").args(["netns", "del", &name]).status();
-                Err(e).with_context(|| format!("opening {}", path.display()))
-            }
-        }
     }
-
-    fn path(&self) -> PathBuf {
-        Path::new("/run/netns").join(&self.name)
-    }
-
-    /// Runs a CNI plugin inside this namespace with the CNI variables `env` and
-    /// `conf` on stdin; returns the milliseconds from spawn to exit and its stdout.
-    fn call(
-        &self,
-        plugin: &Path,
-        cni_path: &Path,
-        env: &[(&str, &str)],
-        conf: &[u8],
-    ) -> Result<(f64, Vec<u8>)> {
-        let netns = self.file.as_raw_fd();
-        let mut cmd = Command::new(plugin);
-        cmd.env_clear()
-            .env("CNI_PATH", cni_path)
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        // SAFETY: setns is async-signal-safe, and the fd stays open (self.file) until
-        // spawn returns.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns, libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {}", plugin.display()))?;
-        child
-            .stdin
-            .take()
-            .context("plugin stdin")?
-            .write_all(conf)?;
-        let out = child.wait_with_output()?;
-        let ms = started.elapsed().as_secs_f64() * 1_000.0;
-        if !out.status.success() {
-            bail!(
-                "{} {env:?} failed ({}): {}{}",
-                plugin.display(),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok((ms, out.stdout))
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-    }
+    Ok((ms, out.stdout))
 }

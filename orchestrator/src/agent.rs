@@ -116,6 +116,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         pin_dir: config.bpf_pin_dir.clone(),
         capacity: config.map_capacity,
         nodeport: config.nodeport.clone(),
+        // Pods' namespaces, where their connected UDP sockets live.
+        socket_netns: vec![config.node.netns_dir.clone()],
     })?;
     for program in dataplane.attached() {
         info!(
@@ -134,6 +136,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let log_reader = dataplane
         .take_logger()
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
+    let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
 
     let (registry, store) = open_registry(&config).await?;
     let images =
@@ -149,17 +152,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         registry.clone(),
         images.clone(),
         Arc::new(config.node.handle()),
+        dataplane.clone(),
         listeners,
         async {
             let _ = api_stopped.await;
         },
     ));
-    let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(dataplane::DataplaneMetrics(dataplane.clone())));
-    metrics.register_collector(Box::new(dataplane::nodeport::NodePortMetrics(
-        dataplane.clone(),
-    )));
     let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
     let metrics_addr = metrics_endpoint.local_addr();
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();

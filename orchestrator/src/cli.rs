@@ -157,6 +157,9 @@ enum Command {
 enum ImageCommand {
     /// Import an OCI image layout or docker-archive tarball into the node's store
     Import { file: PathBuf },
+    /// Pull an image from its registry into the node's store (anonymously),
+    /// downloading only the layers the node lacks
+    Pull { reference: String },
     /// List the node's images
     #[command(alias = "list")]
     Ls,
@@ -289,9 +292,29 @@ struct AgentArgs {
     /// Most processes in one container
     #[arg(long, default_value_t = 4096)]
     pod_pids_limit: i64,
+    /// How often each running pod's network is checked with the CNI plugin (CNI
+    /// CHECK), e.g. 60s
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pod_network_check_interval: std::time::Duration,
     /// A container's log file is rotated past this many bytes
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     container_log_max_bytes: u64,
+    /// A registry (HOST:PORT, as image references name it) to pull from over
+    /// plain HTTP rather than HTTPS; repeatable
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = parse_registry_host)]
+    insecure_registries: Vec<String>,
+}
+
+fn parse_registry_host(text: &str) -> Result<String, String> {
+    // The host part of a reference that names it, parsed as references are.
+    let parsed = crate::image::Reference::parse(&format!("{text}/probe"))
+        .map_err(|_| format!("\"{text}\" is not a registry host like registry.local:5000"))?;
+    match parsed.domain() == text {
+        true => Ok(text.to_owned()),
+        false => Err(format!(
+            "\"{text}\" is not a registry host like registry.local:5000"
+        )),
+    }
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -370,6 +393,8 @@ fn reason(code: Code) -> &'static str {
         Code::Aborted => "Conflict",
         Code::InvalidArgument => "BadRequest",
         Code::Unauthenticated => "Unauthorized",
+        Code::PermissionDenied => "Forbidden",
+        Code::FailedPrecondition => "Invalid",
         Code::OutOfRange => "Expired",
         Code::ResourceExhausted => "ServiceUnavailable",
         Code::Unavailable => "ServiceUnavailable",
@@ -616,6 +641,10 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             mtu: args.pod_mtu,
             pids_limit: args.pod_pids_limit,
             log_max_bytes: args.container_log_max_bytes,
+            network_check: args.pod_network_check_interval,
+            pull: crate::image::PullOptions {
+                insecure_registries: args.insecure_registries,
+            },
         },
     }
 }
@@ -650,6 +679,22 @@ async fn image(overrides: &Overrides, command: ImageCommand) -> Result<(), CliEr
             for image in imported.images {
                 println!("imported {} ({})", image.reference, image.id);
             }
+        }
+        ImageCommand::Pull { reference } => {
+            let pulled = client
+                .pull_image(proto::PullImageRequest { reference })
+                .await?
+                .into_inner();
+            let image = pulled.image.unwrap_or_default();
+            println!("pulled {}", image.reference);
+            println!("id: {}", image.id);
+            println!("digest: {}", pulled.digest);
+            println!(
+                "layers: {} downloaded ({} bytes), {} already present",
+                pulled.layers_downloaded,
+                pulled.bytes_downloaded,
+                pulled.layers.saturating_sub(pulled.layers_downloaded)
+            );
         }
         ImageCommand::Ls => {
             let listed = client
@@ -841,6 +886,21 @@ async fn get(
             }
             _ => eprintln!("No resources found"),
         },
+        _ if wide && query.kind == Kind::Service => {
+            // Services show their backends as this node's dataplane holds them.
+            let frontends = client
+                .list_frontends(proto::ListFrontendsRequest {})
+                .await?
+                .into_inner()
+                .frontends;
+            let mut table =
+                Table::new(query.kind, wide, query.namespace.is_none()).with_column("BACKENDS");
+            for object in &objects {
+                let backends = print::service_backends(object, &frontends);
+                table.push_with(query.kind, object, wide, now, [backends]);
+            }
+            print!("{}", table.render(true));
+        }
         _ => {
             let mut table = Table::new(query.kind, wide, query.namespace.is_none());
             for object in &objects {
@@ -1044,5 +1104,26 @@ async fn delete(
         Ok(())
     } else {
         Err(CliError::Failures(failures))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn insecure_registries_are_hosts_as_references_name_them() {
+        for good in ["127.0.0.1:5000", "registry.local", "localhost:5000"] {
+            assert_eq!(parse_registry_host(good).as_deref(), Ok(good));
+        }
+        for bad in [
+            "myhost",
+            "http://registry.local:5000",
+            "registry.local/x",
+            "",
+        ] {
+            let error = parse_registry_host(bad).unwrap_err();
+            assert!(error.contains("is not a registry host"), "{bad}: {error}");
+        }
     }
 }

@@ -8,13 +8,21 @@
 //! restart); the next agent reuses the maps, adopts their contents and replaces
 //! the links with its own programs, attaching before it lets the old ones go.
 //! [`Dataplane::detach`] removes the pins: a clean stop leaves nothing behind.
+//!
+//! When an update removes backends, their counters go, and for UDP services the
+//! connected sockets skiff pinned to them are destroyed (see [`sockets`]).
 
 mod addresses;
+mod btf;
+mod changes;
+mod counters;
 pub mod desired;
 mod maglev;
 mod metrics;
 pub mod nodeport;
+mod published;
 mod services;
+mod sockets;
 pub mod sync;
 
 use std::fs::File;
@@ -22,24 +30,42 @@ use std::io;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, MapError};
+use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
-use log::LevelFilter;
-use skiff_ebpf_common::{BACKENDS_MAP, Backend, BackendSlotKey, SERVICES_MAP, Service, ServiceKey};
+use log::{LevelFilter, warn};
+use skiff_ebpf_common::nodeport::{PACKET_COUNTERS_MAP, PacketCounters};
+use skiff_ebpf_common::{
+    BACKENDS_MAP, Backend, BackendSlotKey, COUNTERS_MAP, DESTROY_TARGETS_MAP, REVERSE_MAP,
+    SERVICES_MAP, SOCK_OFFSETS_GLOBAL, Service, ServiceBackendKey, ServiceKey,
+};
 
 pub use addresses::node_addresses;
+pub use counters::{BackendCount, BackendPackets};
 pub use metrics::{DataplaneMetrics, Stats};
 pub use services::{Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
+pub use sockets::SocketError;
+
+use published::PublishedServices;
+use sockets::{KernelObject, SocketDestroyer};
 
 /// The eBPF object built by `cargo xtask build` (see build.rs).
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("SKIFF_EBPF_OBJECT"));
 
 /// The socket load balancer's programs, by their function names in the object.
-const SOCK_LB_PROGRAMS: [&str; 2] = ["skiff_connect4", "skiff_connect6"];
+const SOCK_LB_PROGRAMS: [&str; 8] = [
+    "skiff_connect4",
+    "skiff_connect6",
+    "skiff_sendmsg4",
+    "skiff_sendmsg6",
+    "skiff_recvmsg4",
+    "skiff_recvmsg6",
+    "skiff_getpeername4",
+    "skiff_getpeername6",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -86,6 +112,13 @@ pub enum Error {
         found: String,
         wanted: String,
     },
+    #[error(
+        "service {frontend} is updated, but its connected UDP sockets to removed backends were not all destroyed: {source}"
+    )]
+    Sockets {
+        frontend: Frontend,
+        source: Box<SocketError>,
+    },
 }
 
 /// Where and how to run the dataplane.
@@ -102,6 +135,10 @@ pub struct Config {
     pub capacity: Capacity,
     /// The packet-level NodePort path (off without devices).
     pub nodeport: nodeport::Settings,
+    /// Network namespaces whose connected UDP sockets are checked when backends are
+    /// removed, besides the agent's own: namespace files (as `ip netns` pins them)
+    /// or directories of them (such as /run/netns, where pods' namespaces live).
+    pub socket_netns: Vec<PathBuf>,
 }
 
 /// Where bpffs is mounted when the host has not mounted it yet.
@@ -131,9 +168,12 @@ pub struct Dataplane {
     links: Vec<(AttachedProgram, Attachment)>,
     maps: KernelMaps,
     services: ServiceTable,
+    published: PublishedServices,
     /// Frontends a previous agent left in pinned maps, with their backends.
     adopted: std::collections::HashMap<Frontend, Vec<SocketAddr>>,
     pin_dir: Option<PathBuf>,
+    /// None when this kernel cannot destroy sockets (see [`Dataplane::load`]).
+    destroyer: Option<SocketDestroyer>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     nodeport: nodeport::NodePortLinks,
 }
@@ -141,6 +181,10 @@ pub struct Dataplane {
 impl Dataplane {
     /// Loads the programs and attaches them to `config.cgroup`. On error nothing
     /// stays attached: the links of a partly built dataplane are dropped.
+    ///
+    /// On a kernel without the `bpf_sock_destroy` kfunc (before 6.5) or without BTF,
+    /// the load balancer works but connected UDP sockets are not destroyed when
+    /// their backend goes; a warning says why.
     pub fn load(config: &Config) -> Result<Self, Error> {
         let cgroup_dir = File::open(&config.cgroup).map_err(|source| Error::Cgroup {
             path: config.cgroup.clone(),
@@ -150,18 +194,26 @@ impl Dataplane {
             prepare_pin_dir(dir)?;
         }
         let level = config.ebpf_log as u8; // Off=0 .. Trace=5, as aya-log's levels
+        let object = KernelObject::prepare(EBPF_OBJECT);
         let mut loader = EbpfLoader::new();
         loader
             .override_global(aya_log::LEVEL, &level, true)
             .map_max_entries(SERVICES_MAP, config.capacity.services)
             .map_max_entries(BACKENDS_MAP, config.capacity.backend_slots);
+        if let Ok(support) = &object.destroy {
+            loader.btf(Some(&support.btf)).override_global(
+                SOCK_OFFSETS_GLOBAL,
+                &support.offsets,
+                true,
+            );
+        }
         if let Some(dir) = &config.pin_dir {
             for name in PINNED_MAPS {
                 loader.map_pin_path(name, dir.join(name));
             }
         }
         nodeport::configure(&mut loader, &config.nodeport, config.pin_dir.as_deref())?;
-        let mut ebpf = loader.load(EBPF_OBJECT)?;
+        let mut ebpf = loader.load(object.bytes())?;
         if let Some(dir) = &config.pin_dir {
             check_pinned_maps(dir, &config.capacity)?;
         }
@@ -173,11 +225,17 @@ impl Dataplane {
         let mut services = ServiceTable::new(config.capacity);
         // Fresh maps are empty; pinned ones hold what the previous agent wrote.
         let mut adopted = services.adopt(&mut maps)?;
-        let published = maps.services().map_err(|source| ServiceError::Adopt {
+        let in_maps = maps.services().map_err(|source| ServiceError::Adopt {
             map: SERVICES_MAP,
             source,
         })?;
-        maps.nodeport.adopt(&published, &mut adopted)?;
+        maps.nodeport.adopt(&in_maps, &mut adopted)?;
+        let mut published = PublishedServices::default();
+        for (frontend, backends) in &adopted {
+            if let Some(id) = services.service_id(frontend) {
+                published.replace(frontend, id, backends);
+            }
+        }
 
         let mut links = Vec::with_capacity(SOCK_LB_PROGRAMS.len());
         for name in SOCK_LB_PROGRAMS {
@@ -200,6 +258,21 @@ impl Dataplane {
             };
             links.push((AttachedProgram { name, id }, attachment));
         }
+        let destroyer = match &object.destroy {
+            Ok(support) => Some(
+                SocketDestroyer::load(&mut ebpf, &support.btf, config.socket_netns.clone())
+                    .map_err(|source| Error::Program {
+                        name: sockets::DESTROY_PROGRAM,
+                        source,
+                    })?,
+            ),
+            Err(reason) => {
+                warn!(
+                    "connected UDP sockets will not be destroyed when their backend is removed: {reason}"
+                );
+                None
+            }
+        };
         let nodeport = nodeport::NodePortLinks::attach(
             &mut ebpf,
             &config.nodeport,
@@ -211,8 +284,10 @@ impl Dataplane {
             links,
             maps,
             services,
+            published,
             adopted,
             pin_dir: config.pin_dir.clone(),
+            destroyer,
             logger,
             nodeport,
         })
@@ -223,6 +298,11 @@ impl Dataplane {
     /// the ones it no longer wants.
     pub fn take_adopted(&mut self) -> std::collections::HashMap<Frontend, Vec<SocketAddr>> {
         std::mem::take(&mut self.adopted)
+    }
+
+    /// Every published frontend with its backends, slot by slot.
+    pub fn frontends(&self) -> Vec<(Frontend, Vec<SocketAddr>)> {
+        self.published.frontends()
     }
 
     /// How full the maps are.
@@ -243,12 +323,6 @@ impl Dataplane {
         self.nodeport.attached()
     }
 
-    /// The NodePort path's packet and byte counters per frontend and backend.
-    pub fn nodeport_counters(&self) -> Vec<nodeport::Counters> {
-        let services = self.maps.services().unwrap_or_default();
-        self.maps.nodeport.counters(&services)
-    }
-
     /// The reader of kernel-side log records, when logging is on. The caller polls
     /// its fd and calls `flush`.
     pub fn take_logger(&mut self) -> Option<EbpfLogger<&'static dyn log::Log>> {
@@ -256,17 +330,33 @@ impl Dataplane {
     }
 
     /// Sets the backends of a service (see [`ServiceTable::upsert`]).
+    ///
+    /// Backends it no longer has lose their counters, and for a UDP service the
+    /// connected sockets skiff pinned to them are destroyed once the new set is
+    /// published, so their owners reconnect to a live backend.
     pub fn upsert_service(
         &mut self,
         frontend: &Frontend,
         backends: &[SocketAddr],
     ) -> Result<(), Error> {
-        Ok(self.services.upsert(&mut self.maps, frontend, backends)?)
+        self.services.upsert(&mut self.maps, frontend, backends)?;
+        let Some(id) = self.services.service_id(frontend) else {
+            return Ok(()); // upsert() keeps every service it published
+        };
+        let removed = self.published.replace(frontend, id, backends);
+        self.forget_backends(frontend, id, &removed)
     }
 
-    /// Removes a service; false when it was not present.
+    /// Removes a service; false when it was not present. Its counters go, and for a
+    /// UDP service its connected sockets are destroyed as in
+    /// [`upsert_service`](Self::upsert_service).
     pub fn remove_service(&mut self, frontend: &Frontend) -> Result<bool, Error> {
-        Ok(self.services.remove(&mut self.maps, frontend)?)
+        let id = self.services.service_id(frontend);
+        let removed = self.services.remove(&mut self.maps, frontend)?;
+        if let (Some(published), Some(id)) = (self.published.remove(frontend), id) {
+            self.forget_backends(frontend, id, &published.backends)?;
+        }
+        Ok(removed)
     }
 
     /// Detaches every program, reporting the first failure, then unloads them and
@@ -299,8 +389,9 @@ impl Dataplane {
     }
 }
 
-/// Maps kept in bpffs across agent restarts.
-const PINNED_MAPS: [&str; 2] = [SERVICES_MAP, BACKENDS_MAP];
+/// Maps kept in bpffs across agent restarts: the services, the reverse
+/// translations of sockets already balanced, and the counters.
+const PINNED_MAPS: [&str; 4] = [SERVICES_MAP, BACKENDS_MAP, REVERSE_MAP, COUNTERS_MAP];
 
 /// Mounts bpffs at [`BPFFS`] if the host has not, and makes `dir` (0700) on it.
 fn prepare_pin_dir(dir: &Path) -> Result<(), Error> {
@@ -447,6 +538,10 @@ struct KernelMaps {
     services: HashMap<MapData, ServiceKey, Service>,
     backends: HashMap<MapData, BackendSlotKey, Backend>,
     nodeport: nodeport::NodePortMaps,
+    counters: PerCpuHashMap<MapData, ServiceBackendKey, u64>,
+    /// Packets and bytes per service backend on the NodePort path.
+    packets: PerCpuHashMap<MapData, ServiceBackendKey, PacketCounters>,
+    destroy_targets: HashMap<MapData, ServiceBackendKey, u8>,
 }
 
 impl KernelMaps {
@@ -460,10 +555,22 @@ impl KernelMaps {
                 .ok_or(Error::Missing { kind: "map", name })?;
             HashMap::try_from(map).map_err(|source| Error::Map { name, source })
         }
+        fn take_per_cpu<V: aya::Pod>(
+            ebpf: &mut Ebpf,
+            name: &'static str,
+        ) -> Result<PerCpuHashMap<MapData, ServiceBackendKey, V>, Error> {
+            let map = ebpf
+                .take_map(name)
+                .ok_or(Error::Missing { kind: "map", name })?;
+            PerCpuHashMap::try_from(map).map_err(|source| Error::Map { name, source })
+        }
         Ok(Self {
             services: take_map(ebpf, SERVICES_MAP)?,
             backends: take_map(ebpf, BACKENDS_MAP)?,
             nodeport: nodeport::NodePortMaps::take(ebpf, nodeport)?,
+            counters: take_per_cpu(ebpf, COUNTERS_MAP)?,
+            packets: take_per_cpu(ebpf, PACKET_COUNTERS_MAP)?,
+            destroy_targets: take_map(ebpf, DESTROY_TARGETS_MAP)?,
         })
     }
 }

@@ -1,5 +1,5 @@
-//! The node's image store: images imported from tarballs (no registry is reached),
-//! kept content-addressed, their layers unpacked once for overlayfs.
+//! The node's image store: images imported from tarballs or pulled from registries
+//! (see `pull`), kept content-addressed, their layers unpacked once for overlayfs.
 //!
 //! On disk, under the store's root (e.g. /var/lib/skiff/images):
 //!
@@ -9,7 +9,8 @@
 //! blobs/sha256/<hex>    manifests and configs, named by their digest
 //! layers/<hex>/         one unpacked layer per diff id (digest of its uncompressed tar),
 //!                       shared by every image that has it; an overlayfs lowerdir
-//! tmp/                  imports in progress; cleared by the next import
+//! tmp/                  imports and pulls in progress; cleared by the next one,
+//!                       except a pull's downloads while it holds their lock
 //! ```
 //!
 //! Compressed layer blobs are not kept: once verified and unpacked, the tree is
@@ -34,23 +35,26 @@ mod digest;
 mod index;
 mod layer;
 mod mounts;
+mod pull;
 mod reference;
 #[cfg(test)]
 mod tests;
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::fmt;
 use std::fs::{self, File};
-use std::io;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use oci_spec::image::ImageConfiguration;
 
-use archive::{Archive, FoundImage};
+use archive::Archive;
 pub use digest::Digest;
 use index::{ImageRecord, Index, sync_dir};
 pub use layer::LayerError;
-pub use reference::normalize;
+pub use pull::{PullError, PullOptions, Pulled};
+pub use reference::{Reference, normalize};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -59,56 +63,62 @@ pub enum ImageError {
     #[error("{archive}: not a tar archive: {source}")]
     NotATar { archive: PathBuf, source: io::Error },
     #[error(
-        "{archive}: neither an OCI image layout (no index.json) nor a docker-archive (no manifest.json)"
+        "{origin}: neither an OCI image layout (no index.json) nor a docker-archive (no manifest.json)"
     )]
-    UnknownFormat { archive: PathBuf },
-    #[error("{archive}: {member} is missing from the archive")]
-    MissingMember { archive: PathBuf, member: String },
-    #[error("{archive}: {member}: {reason}")]
+    UnknownFormat { origin: Origin },
+    #[error("{origin}: {member} is missing from the archive")]
+    MissingMember { origin: Origin, member: String },
+    #[error("{origin}: reading {member}: {source}")]
+    ReadMember {
+        origin: Origin,
+        member: String,
+        source: io::Error,
+    },
+    #[error("{origin}: {member}: {reason}")]
     Malformed {
-        archive: PathBuf,
+        origin: Origin,
         member: String,
         reason: String,
     },
-    #[error("{archive}: blob {digest} is corrupt: its content hashes to {actual}")]
+    #[error("{origin}: blob {digest} is corrupt: its content hashes to {actual}")]
     DigestMismatch {
-        archive: PathBuf,
+        origin: Origin,
         digest: Digest,
         actual: Digest,
     },
-    #[error("{archive}: blob {digest} is {size} bytes where its descriptor says {expected}")]
+    #[error("{origin}: blob {digest} is {size} bytes where its descriptor says {expected}")]
     SizeMismatch {
-        archive: PathBuf,
+        origin: Origin,
         digest: Digest,
         size: u64,
         expected: u64,
     },
-    #[error("{archive}: digest {digest:?} is not sha256, the only algorithm skiff reads")]
-    UnsupportedDigest { archive: PathBuf, digest: String },
-    #[error("{archive}: manifest {manifest} is not a container image (its config is {media_type})")]
+    #[error("{origin}: digest {digest:?} is not sha256, the only algorithm skiff reads")]
+    UnsupportedDigest { origin: Origin, digest: String },
+    #[error("{origin}: manifest {manifest} is not a container image (its config is {media_type})")]
     NotAnImage {
-        archive: PathBuf,
+        origin: Origin,
         manifest: Digest,
         media_type: String,
     },
-    #[error("{archive}: image index {index} has no manifest for {platform}")]
+    #[error("{origin}: image index {index} has no manifest for {platform}")]
     NoPlatform {
-        archive: PathBuf,
+        origin: Origin,
         index: Digest,
         platform: String,
     },
     #[error(
-        "{archive}: image {id} has no repository name{}; name it when saving (docker save NAME:TAG, skopeo ... oci-archive:FILE:NAME:TAG)",
+        "{origin}: image {id} has no repository name{}; name it when saving (docker save NAME:TAG, skopeo ... oci-archive:FILE:NAME:TAG)",
         .tag.as_ref().map(|tag| format!(" (only the tag {tag:?})")).unwrap_or_default()
     )]
     Unnamed {
-        archive: PathBuf,
+        origin: Origin,
         id: Digest,
         tag: Option<String>,
     },
-    #[error("{archive}: layer {layer}: {source}")]
+    #[error("{origin}: layer {layer}: {source}")]
     Layer {
-        archive: PathBuf,
+        origin: Origin,
         layer: Digest,
         source: LayerError,
     },
@@ -144,6 +154,68 @@ pub enum ImageError {
     Build { what: String, source: io::Error },
     #[error("running {busybox} --list: {reason}")]
     Busybox { busybox: PathBuf, reason: String },
+}
+
+/// Where the blobs of an import come from, as its errors name them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Origin {
+    /// An archive file, as given.
+    Archive(PathBuf),
+    /// A registry, by host (and port).
+    Registry(String),
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Archive(path) => write!(f, "{}", path.display()),
+            Origin::Registry(host) => write!(f, "registry {host}"),
+        }
+    }
+}
+
+/// One image about to be stored, its manifest and config read and verified.
+struct FoundImage {
+    /// Its names as the source gives them, not yet normalised.
+    names: Vec<String>,
+    /// The manifest; a docker-archive has none.
+    manifest: Option<Blob>,
+    config: Blob,
+    created: Option<String>,
+    /// Lowest first.
+    layers: Vec<LayerSource>,
+}
+
+impl FoundImage {
+    /// The bytes of all its blobs, as the source has them (layers compressed or not).
+    fn size(&self) -> u64 {
+        let metadata = self.manifest.iter().chain([&self.config]);
+        metadata.map(|blob| blob.bytes.len() as u64).sum::<u64>()
+            + self.layers.iter().map(|layer| layer.size).sum::<u64>()
+    }
+}
+
+struct Blob {
+    digest: Digest,
+    bytes: Vec<u8>,
+}
+
+struct LayerSource {
+    /// Where the source keeps the layer's blob: an archive member, or for a pull
+    /// the blob's digest.
+    blob: String,
+    /// The digest of its uncompressed tar, from the image config.
+    diff_id: Digest,
+    size: u64,
+}
+
+/// What the layers of images being stored are read from: an archive, or the
+/// blobs a pull downloaded.
+trait LayerBlobs {
+    /// What errors about the layers name.
+    fn origin(&self) -> &Origin;
+    /// The layer's blob as the source has it (compressed or not).
+    fn open(&self, layer: &LayerSource) -> Result<Box<dyn Read>, ImageError>;
 }
 
 /// An image as `list` and `import` report it (one per reference).
@@ -229,6 +301,18 @@ impl ImageStore {
         let staging = self.temp_dir()?;
         let archive = Archive::open(tarball, staging.path())?;
         let images = archive.images()?;
+        self.store_images(&archive, &images, staging.path())
+    }
+
+    /// Stores every image of `images` under each of its names, its blobs and new
+    /// layers (read from `source`) staged in `staging` (an empty directory under
+    /// tmp/) first. Call with the lock held.
+    fn store_images(
+        &self,
+        source: &dyn LayerBlobs,
+        images: &[FoundImage],
+        staging: &Path,
+    ) -> Result<Vec<ImageSummary>, ImageError> {
         let named = images
             .iter()
             .flat_map(|image| image.names.iter().map(move |name| (name, image)))
@@ -237,7 +321,7 @@ impl ImageStore {
 
         // Stage everything new, verified and durable, before anything is moved
         // into place or named.
-        let staged = self.stage(&archive, &images, staging.path())?;
+        let staged = self.stage(source, images, staging)?;
         for (staged, dest) in &staged {
             for entry in fs::read_dir(staged).map_err(io_error(staged))? {
                 let entry = entry.map_err(io_error(staged))?;
@@ -262,7 +346,7 @@ impl ImageStore {
     /// with the store directory its entries go to.
     fn stage(
         &self,
-        archive: &Archive,
+        source: &dyn LayerBlobs,
         images: &[FoundImage],
         staging: &Path,
     ) -> Result<[(PathBuf, PathBuf); 2], ImageError> {
@@ -286,11 +370,11 @@ impl ImageStore {
                 continue;
             }
             fs::create_dir(&dir).map_err(io_error(&dir))?;
-            layer::unpack(archive.layer(layer)?, &layer.diff_id, &dir).map_err(|source| {
+            layer::unpack(source.open(layer)?, &layer.diff_id, &dir).map_err(|error| {
                 ImageError::Layer {
-                    archive: archive.path().to_owned(),
+                    origin: source.origin().clone(),
                     layer: layer.diff_id.clone(),
-                    source,
+                    source: error,
                 }
             })?;
         }
@@ -428,12 +512,17 @@ impl ImageStore {
         Ok(file)
     }
 
-    /// Removes what killed imports left in tmp/ (call with the lock held).
+    /// Removes what killed imports and pulls left in tmp/ (call with the lock
+    /// held). A pull downloads without the store's lock, holding a lock of its own
+    /// in its directory (see `pull`): that directory stays.
     fn clear_tmp(&self) -> Result<(), ImageError> {
         let tmp = self.tmp_dir();
         for entry in fs::read_dir(&tmp).map_err(io_error(&tmp))? {
             let entry = entry.map_err(io_error(&tmp))?;
             let path = entry.path();
+            if pull::in_use(&path) {
+                continue;
+            }
             let removed = match entry.file_type().is_ok_and(|kind| kind.is_dir()) {
                 true => fs::remove_dir_all(&path),
                 false => fs::remove_file(&path),
@@ -494,6 +583,31 @@ fn summary(reference: &str, record: &ImageRecord) -> ImageSummary {
         size: record.size,
         created: record.created.clone(),
     }
+}
+
+/// The creation time and diff ids of an image config, `member` naming it in errors.
+fn config_layers(
+    origin: &Origin,
+    member: &str,
+    config: &Blob,
+) -> Result<(Option<String>, Vec<Digest>), ImageError> {
+    let malformed = |reason: String| ImageError::Malformed {
+        origin: origin.clone(),
+        member: member.to_owned(),
+        reason,
+    };
+    let parsed: ImageConfiguration =
+        serde_json::from_slice(&config.bytes).map_err(|error| malformed(error.to_string()))?;
+    let diff_ids = parsed
+        .rootfs()
+        .diff_ids()
+        .iter()
+        .map(|text| {
+            Digest::parse(text)
+                .ok_or_else(|| malformed(format!("diff id {text:?} is not a sha256 digest")))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok((parsed.created().clone(), diff_ids))
 }
 
 /// Maps an I/O error to one naming `path`.

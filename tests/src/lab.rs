@@ -1,14 +1,17 @@
 //! A lab for the socket load balancer: a network namespace, a cgroup, and a
 //! dataplane attached to that cgroup only, so tests run side by side (and beside a
-//! running agent) without seeing each other's services.
+//! running agent) without seeing each other's services. TCP and UDP backends answer
+//! with their names; clients run as processes inside the namespace and cgroup.
 
 use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
+use std::process::{Child, ChildStdin, ChildStdout, Stdio};
 
 use log::LevelFilter;
 use skiff::dataplane::{self, Dataplane};
 
-use crate::backend::NamedBackend;
+use crate::backend::{NamedBackend, UdpBackend};
 use crate::cgroup::Cgroup;
 use crate::netns::NetNs;
 use crate::{require_root, workspace_bin};
@@ -35,6 +38,7 @@ impl Lab {
             pin_dir: None,
             capacity: dataplane::Capacity::default(),
             nodeport: dataplane::nodeport::Settings::default(),
+            socket_netns: vec![netns.path()],
         })
         .expect("load and attach the dataplane");
         Self {
@@ -50,6 +54,29 @@ impl Lab {
         (0..count)
             .map(|i| NamedBackend::start(&self.netns, &format!("backend-{i}"), bind))
             .collect()
+    }
+
+    /// UDP backends named `backend-0`.. on `ip` (any free port) in the lab.
+    pub fn udp_backends(&self, ip: &str, count: usize) -> Vec<UdpBackend> {
+        let bind = SocketAddr::new(ip.parse().expect("backend IP"), 0);
+        (0..count)
+            .map(|i| UdpBackend::start(&self.netns, &format!("backend-{i}"), bind))
+            .collect()
+    }
+
+    /// A long-lived client process inside the lab's namespace and cgroup, driven
+    /// one command at a time (see skiff-test-sock).
+    pub fn client(&self) -> SockClient {
+        let mut cmd = self
+            .cgroup
+            .command_in(&self.netns, workspace_bin("skiff-test-sock"));
+        SockClient::spawn(&mut cmd)
+    }
+
+    /// The same outside the cgroup: sockets skiff does not balance.
+    pub fn client_without_skiff(&self) -> SockClient {
+        let mut cmd = self.netns.command(workspace_bin("skiff-test-sock"));
+        SockClient::spawn(&mut cmd)
     }
 
     /// Connects `count` times to `addr` from a process inside the lab's namespace and
@@ -91,6 +118,56 @@ fn client_output(mut cmd: std::process::Command, addr: SocketAddr, count: usize)
         .lines()
         .map(str::to_string)
         .collect()
+}
+
+/// A skiff-test-sock process; killed on drop.
+pub struct SockClient {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl SockClient {
+    fn spawn(cmd: &mut std::process::Command) -> Self {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start skiff-test-sock");
+        let stdin = child.stdin.take().expect("stdin");
+        let stdout = BufReader::new(child.stdout.take().expect("stdout"));
+        Self {
+            child,
+            stdin,
+            stdout,
+        }
+    }
+
+    /// Sends one command and reads its `lines` lines of output.
+    pub fn lines(&mut self, command: &str, lines: usize) -> Vec<String> {
+        writeln!(self.stdin, "{command}").expect("write command");
+        self.stdin.flush().expect("flush command");
+        (0..lines)
+            .map(|_| {
+                let mut line = String::new();
+                let n = self.stdout.read_line(&mut line).expect("read reply");
+                assert!(n > 0, "skiff-test-sock ended during {command:?}");
+                line.trim_end().to_string()
+            })
+            .collect()
+    }
+
+    /// Sends one command and reads its one line of output.
+    pub fn run(&mut self, command: &str) -> String {
+        self.lines(command, 1).remove(0)
+    }
+}
+
+impl Drop for SockClient {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// How many times each reply occurred.

@@ -1,7 +1,8 @@
 //! Helpers for skiff's integration tests: uniquely named network namespaces and
 //! cgroups that clean up after themselves (also when a test panics), processes
 //! placed inside them, TCP backends that answer with their name, what the kernel
-//! reports (through bpftool) about attached programs, and what skiff-cni left.
+//! reports (through bpftool) about attached programs, what skiff-cni left, and
+//! image registries to pull from.
 //!
 //! The tests run as root against the real kernel, in parallel, so every resource
 //! gets a name no other test (or test run) uses.
@@ -13,6 +14,7 @@ pub mod cni;
 pub mod kernel;
 pub mod lab;
 pub mod netns;
+pub mod registry;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};

@@ -9,6 +9,18 @@ use skiff_tests::agent::Agent;
 use skiff_tests::kernel::{assert_unloaded, cgroup_programs};
 use skiff_tests::{require_root, workspace_bin};
 
+/// The socket load balancer's hooks as bpftool names their attach types, sorted.
+const HOOKS: [&str; 8] = [
+    "cgroup_inet4_connect",
+    "cgroup_inet4_getpeername",
+    "cgroup_inet6_connect",
+    "cgroup_inet6_getpeername",
+    "cgroup_udp4_recvmsg",
+    "cgroup_udp4_sendmsg",
+    "cgroup_udp6_recvmsg",
+    "cgroup_udp6_sendmsg",
+];
+
 fn attached_ids(cgroup: &Path, ours: &[u32]) -> Vec<(u32, String)> {
     let mut found: Vec<(u32, String)> = cgroup_programs(cgroup)
         .into_iter()
@@ -23,10 +35,11 @@ fn stops_cleanly_on(signal: i32, name: &str) {
     let mut agent = Agent::start(&[]);
     let cgroup = agent.cgroup.path().to_path_buf();
     let ids = agent.program_ids.clone();
-    assert_eq!(ids.len(), 2, "{:#?}", agent.log);
+    assert_eq!(ids.len(), HOOKS.len(), "{:#?}", agent.log);
     let attached = attached_ids(&cgroup, &ids);
-    let types: Vec<&str> = attached.iter().map(|(_, t)| t.as_str()).collect();
-    assert_eq!(types, ["cgroup_inet4_connect", "cgroup_inet6_connect"]);
+    let mut types: Vec<&str> = attached.iter().map(|(_, t)| t.as_str()).collect();
+    types.sort();
+    assert_eq!(types, HOOKS);
 
     agent.signal(signal);
     let status = agent.wait();
@@ -47,9 +60,9 @@ fn stops_cleanly_on(signal: i32, name: &str) {
         agent
             .log
             .iter()
-            .filter(|l| l.contains("detached skiff_connect"))
+            .filter(|l| l.contains("detached skiff_"))
             .count(),
-        2
+        HOOKS.len()
     );
     assert_eq!(cgroup_programs(&cgroup), vec![], "programs left attached");
     assert_unloaded(&ids);
@@ -74,7 +87,7 @@ fn agent_detaches_everything_on_sigint() {
 fn a_killed_agent_without_pins_leaves_nothing_attached() {
     let mut agent = Agent::start(&["--no-bpf-pin"]);
     let ids = agent.program_ids.clone();
-    assert_eq!(attached_ids(agent.cgroup.path(), &ids).len(), 2);
+    assert_eq!(attached_ids(agent.cgroup.path(), &ids).len(), HOOKS.len());
     agent.signal(libc::SIGKILL);
     agent.wait();
     // The links die with the process's file descriptors.
@@ -91,12 +104,14 @@ fn a_killed_agents_pinned_programs_stay_until_the_next_agent_replaces_them() {
     let mut agent = agent.kill_and_restart_after(|_| {
         assert_eq!(
             attached_ids(&cgroup, &old).len(),
-            2,
+            HOOKS.len(),
             "pinned programs stay attached"
         );
         for pin in [
             "SERVICES",
             "BACKENDS",
+            "REVERSE_SK",
+            "LB_COUNTERS",
             "links/skiff_connect4",
             "links/skiff_connect6",
         ] {
@@ -104,11 +119,11 @@ fn a_killed_agents_pinned_programs_stay_until_the_next_agent_replaces_them() {
         }
     });
     let new = agent.program_ids.clone();
-    assert_eq!(attached_ids(&cgroup, &new).len(), 2);
+    assert_eq!(attached_ids(&cgroup, &new).len(), HOOKS.len());
     // The old programs are detached and unloaded once their pins are replaced.
     assert_eq!(
         cgroup_programs(&cgroup).len(),
-        2,
+        HOOKS.len(),
         "only the new agent's programs"
     );
     assert_unloaded(&old);
@@ -135,7 +150,7 @@ fn agent_attaches_at_the_cgroup_v2_root_by_default() {
     );
     assert_eq!(
         attached_ids(&root, &ids).len(),
-        2,
+        HOOKS.len(),
         "not attached at {}",
         root.display()
     );

@@ -27,7 +27,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, {script:?}]
 "#
     )
@@ -328,8 +328,8 @@ spec:
   nodeName: {NODE_NAME}
   terminationGracePeriodSeconds: 1
   containers:
-  - {{name: a, image: busybox, command: [sh, -c, "echo from a; exec sleep 3600"]}}
-  - {{name: b, image: busybox, command: [sh, -c, "echo from b; exec sleep 3600"]}}
+  - {{name: a, image: busybox:1.36, command: [sh, -c, "echo from a; exec sleep 3600"]}}
+  - {{name: b, image: busybox:1.36, command: [sh, -c, "echo from b; exec sleep 3600"]}}
 ---
 apiVersion: v1
 kind: Pod
@@ -337,10 +337,14 @@ metadata: {{name: far}}
 spec:
   nodeName: other-node
   containers:
-  - {{name: main, image: busybox}}
+  - {{name: main, image: busybox:1.36}}
 "#
     ));
-    agent.apply(&pod("no-image", "Always", "true").replace("busybox", "nosuch:1.0"));
+    // Never: a missing image is not pulled (these tests reach no registry).
+    agent.apply(&pod("no-image", "Always", "true").replace(
+        "image: busybox:1.36",
+        "image: nosuch:1.0\n    imagePullPolicy: Never",
+    ));
     assert_fails(
         &agent,
         &["logs", "multi"],
@@ -371,13 +375,13 @@ spec:
     );
     agent.wait_pod("no-image", START, |p| {
         p.is_some_and(|p| {
-            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImagePull"
+            p["status"]["containerStatuses"][0]["state"]["waiting"]["reason"] == "ErrImageNeverPull"
         })
     });
     assert_fails(
         &agent,
         &["logs", "no-image"],
-        "Error from server (BadRequest): container \"main\" in pod \"no-image\" is waiting to start: ErrImagePull",
+        "Error from server (BadRequest): container \"main\" in pod \"no-image\" is waiting to start: ErrImageNeverPull",
     );
 }
 

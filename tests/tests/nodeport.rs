@@ -367,14 +367,14 @@ fn node_ports_from_outside_spread_over_backends_and_keep_established_flows() {
         for direction in ["in", "out"] {
             let packets = metric(
                 &metrics,
-                "skiff_nodeport_packets",
+                "skiff_service_backend_packets",
                 frontend,
                 backend,
                 direction,
             );
             let bytes = metric(
                 &metrics,
-                "skiff_nodeport_bytes",
+                "skiff_service_backend_bytes",
                 frontend,
                 backend,
                 direction,

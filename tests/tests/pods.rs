@@ -154,14 +154,14 @@ fn exits_and_deletions_while_the_agent_is_down_are_caught_up() {
     let agent = Agent::start_node(&[]);
     agent.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: short}}\nspec:\n  nodeName: {NODE_NAME}\n  \
-         restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox\n    \
+         restartPolicy: Never\n  containers:\n  - name: main\n    image: busybox:1.36\n    \
          command: [sh, -c, 'sleep 6; exit 3']\n"
     ));
     // PID 1 of a container ignores SIGTERM when it has no handler: the stop takes
     // the whole grace period.
     agent.apply(&format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: slow-stop}}\nspec:\n  nodeName: {NODE_NAME}\n  \
-         terminationGracePeriodSeconds: 4\n  containers:\n  - name: main\n    image: busybox\n    \
+         terminationGracePeriodSeconds: 4\n  containers:\n  - name: main\n    image: busybox:1.36\n    \
          command: [sleep, '3600']\n"
     ));
     agent.wait_pod("short", START, running).unwrap();
@@ -196,7 +196,7 @@ fn restart_policies_and_last_state() {
     let agent = Agent::start_node(&[]);
     let failing = |name: &str, policy: &str| {
         format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: busybox\n    command: [sh, -c, 'echo failing; exit 3']\n"
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  restartPolicy: {policy}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [sh, -c, 'echo failing; exit 3']\n"
         )
     };
     agent.apply(&failing("on-failure", "OnFailure"));
@@ -232,10 +232,10 @@ metadata: {{name: ordered}}
 spec:
   nodeName: {NODE_NAME}
   initContainers:
-  - {{name: first, image: busybox, command: [sh, -c, "sleep 1"]}}
-  - {{name: second, image: busybox, command: [sh, -c, "sleep 1"]}}
+  - {{name: first, image: busybox:1.36, command: [sh, -c, "sleep 1"]}}
+  - {{name: second, image: busybox:1.36, command: [sh, -c, "sleep 1"]}}
   containers:
-  - {{name: app, image: busybox, command: [sleep, "3600"]}}
+  - {{name: app, image: busybox:1.36, command: [sleep, "3600"]}}
 "#
     ));
     let pod = agent.wait_pod("ordered", START, running).unwrap();
@@ -271,8 +271,13 @@ fn bad_images_and_commands_are_reported_and_the_agent_carries_on() {
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: {image}\n    command: [{command}]\n"
         )
     };
-    agent.apply(&pod("no-image", "nosuch:1.0", "sh"));
-    agent.apply(&pod("no-command", "busybox", "/bin/does-not-exist"));
+    // Never: a missing image is not pulled (these tests reach no registry).
+    agent.apply(&pod(
+        "no-image",
+        "nosuch:1.0\n    imagePullPolicy: Never",
+        "sh",
+    ));
+    agent.apply(&pod("no-command", "busybox:1.36", "/bin/does-not-exist"));
     agent.apply(&http_pod("fine"));
     let waiting = |name: &str, reason: &str| {
         let pod = agent
@@ -287,12 +292,12 @@ fn bad_images_and_commands_are_reported_and_the_agent_carries_on() {
             .unwrap_or_default()
             .to_string()
     };
-    let message = waiting("no-image", "ErrImagePull");
+    let message = waiting("no-image", "ErrImageNeverPull");
     assert!(message.contains("nosuch"), "{message}");
     let message = waiting("no-command", "CreateContainerError");
     assert!(message.contains("/bin/does-not-exist"), "{message}");
     agent.apply(&format!(
-        "apiVersion: v1\nkind: Pod\nmetadata: {{name: tiny}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: busybox\n    command: [sleep, '3600']\n    resources: {{limits: {{memory: 4Ki}}}}\n"
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: tiny}}\nspec:\n  nodeName: {NODE_NAME}\n  containers:\n  - name: main\n    image: busybox:1.36\n    command: [sleep, '3600']\n    resources: {{limits: {{memory: 4Ki}}}}\n"
     ));
     // A memory limit below what the container needs to start: runc refuses it.
     let message = waiting("tiny", "CreateContainerError");
@@ -355,7 +360,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "touch /tmp/healthy; sleep 2; rm /tmp/healthy; sleep 3600"]
     livenessProbe:
       exec: {{command: [cat, /tmp/healthy]}}
@@ -401,7 +406,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: web
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "mkdir -p /www; (sleep 3; echo ok > /www/ready; sleep 3; rm /www/ready) & exec httpd -f -p 8080 -h /www"]
     ports: [{{name: http, containerPort: 8080}}]
     readinessProbe:
@@ -436,7 +441,7 @@ spec:
   nodeName: {NODE_NAME}
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "x=$(head -c 100000000 /dev/zero | tr '\\0' x); sleep 3600"]
     resources:
       limits: {{memory: 16Mi}}
@@ -469,7 +474,7 @@ spec:
   terminationGracePeriodSeconds: 5
   containers:
   - name: main
-    image: busybox
+    image: busybox:1.36
     command: [sleep, "3600"]
     lifecycle:
       preStop:
@@ -484,4 +489,35 @@ spec:
     conn.read_to_string(&mut said).unwrap();
     assert_eq!(said, "goodbye from polite\n");
     agent.wait_pod("polite", START, |p| p.is_none());
+}
+
+#[test]
+fn a_broken_pod_network_is_reported_by_the_periodic_cni_check() {
+    let agent = Agent::start_node(&["--pod-network-check-interval", "1s"]);
+    agent.apply(&http_pod("checked"));
+    let pod = agent.wait_pod("checked", START, running).unwrap();
+    let uid = pod["metadata"]["uid"].as_str().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let healthy = agent.ok(&["describe", "pod", "checked"]);
+    assert!(!healthy.contains("NetworkCheckFailed"), "{healthy}");
+    // Break the pod's network behind the agent's back.
+    let netns = format!("skiff-{uid}");
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", &netns, "ip", "route", "del", "default"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let described = agent.ok(&["describe", "pod", "checked"]);
+        if described.contains("NetworkCheckFailed") && described.contains("CNI CHECK failed") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{described}");
+        std::thread::sleep(Duration::from_millis(300));
+    }
 }

@@ -273,4 +273,39 @@ fn weights_split_ten_thousand_connections_ninety_to_ten() {
         (850..=1150).contains(&canary),
         "canary got {canary} of 10,000: {counts:?}"
     );
+    // -o wide shows the weights and the connections the dataplane counted.
+    let wide = agent.ok(&["get", "services", "-o", "wide"]);
+    let header = wide.lines().next().unwrap_or_default();
+    assert!(header.ends_with("BACKENDS"), "{wide}");
+    let row = wide
+        .lines()
+        .find(|l| l.starts_with("web "))
+        .unwrap_or_default();
+    let backends = row.rsplit(' ').next().unwrap_or_default();
+    let counted: Vec<(String, usize)> = backends
+        .split(',')
+        .filter_map(|b| b.split_once('='))
+        .map(|(addr, n)| (addr.to_string(), n.parse().unwrap_or(0)))
+        .collect();
+    let names: Vec<&str> = counted.iter().map(|(a, _)| a.as_str()).collect();
+    assert_eq!(names, ["127.0.0.2:8080[w9]", "127.0.0.3:8080"], "{wide}");
+    // The 10,000 and the few hundred made while waiting for the maps.
+    let total: usize = counted.iter().map(|(_, n)| n).sum();
+    assert!((10_000..11_000).contains(&total), "{wide}");
+    // /metrics has the same counts.
+    let metrics = agent.metrics();
+    let vip_label = format!("frontend=\"{vip}/tcp\"");
+    let scraped: usize = metrics
+        .lines()
+        .filter(|l| {
+            l.starts_with("skiff_service_backend_connections_total{") && l.contains(&vip_label)
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum();
+    assert!(scraped >= total, "{scraped} < {total}: {metrics}");
+    // Each backend's count covers at least the connections it answered above.
+    assert!(
+        counted[0].1 >= 10_000 - canary && counted[1].1 >= canary,
+        "{wide}"
+    );
 }

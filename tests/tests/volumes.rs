@@ -114,13 +114,13 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: writer
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "echo from-writer > /shared/x && grep ' /cache ' /proc/mounts > /shared/cache-mount; exec sleep 3600"]
     volumeMounts:
     - {{name: shared, mountPath: /shared}}
     - {{name: cache, mountPath: /cache}}
   - name: reader
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "until [ -f /data/x ]; do sleep 1; done; cat /data/x > /data/seen; echo in-sub-path > /logs/f; touch /ro/y || echo refused > /data/read-only; exec sleep 3600"]
     volumeMounts:
     - {{name: shared, mountPath: /data}}
@@ -205,7 +205,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: app
-    image: busybox
+    image: busybox:1.36
     command: [sleep, "3600"]
     volumeMounts:
     - {{name: config, mountPath: /etc/app}}
@@ -336,7 +336,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: app
-    image: busybox
+    image: busybox:1.36
     command: [sleep, "3600"]
     volumeMounts:
     - {{name: creds, mountPath: /secret}}
@@ -387,7 +387,7 @@ spec:
   terminationGracePeriodSeconds: 1
   containers:
   - name: app
-    image: busybox
+    image: busybox:1.36
     command: [sh, -c, "echo from-{name} > /host/file; exec sleep 3600"]
     volumeMounts:
     - {{name: data, mountPath: /host}}

@@ -19,8 +19,23 @@ pub enum Profile {
     Release,
 }
 
-/// Builds the eBPF programs crate and returns the path of the object.
+/// Builds the eBPF programs crate and returns the path of the object; an object
+/// already named in SKIFF_EBPF_OBJECT (as the agent's build script takes it) is
+/// used as it is, unbuilt.
 pub fn ebpf(ws: &Workspace) -> Result<PathBuf> {
+    if let Some(object) = std::env::var_os("SKIFF_EBPF_OBJECT").map(PathBuf::from) {
+        if !object.is_file() {
+            bail!(
+                "SKIFF_EBPF_OBJECT names {}, which is not a file",
+                object.display()
+            );
+        }
+        eprintln!(
+            "[build] eBPF object {} (SKIFF_EBPF_OBJECT), not rebuilt",
+            object.display()
+        );
+        return Ok(object);
+    }
     if !Path::new(DEBIAN_RUSTC).exists() {
         bail!("{DEBIAN_RUSTC} is missing: run `cargo xtask setup` (as root) first");
     }

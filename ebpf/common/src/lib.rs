@@ -13,6 +13,15 @@
 //! publishes it by replacing the [`Service`] value (count and table together) in one
 //! map update. A program that looks up a service therefore sees either the whole
 //! old backend set or the whole new one, never a mix or a half-written one.
+//!
+//! # After the rewrite
+//!
+//! Every rewrite (connect, or sendmsg for unconnected UDP) is remembered in
+//! [`REVERSE_MAP`] under (socket cookie, backend) so the recvmsg and getpeername hooks
+//! show the application the frontend it asked for, and counted in [`COUNTERS_MAP`]
+//! under (service id, backend). When backends are removed, user space lists them in
+//! [`DESTROY_TARGETS_MAP`] and runs the `iter/udp` program, which destroys the
+//! connected UDP sockets skiff pinned to them ([`should_destroy`]).
 #![no_std]
 
 pub mod nodeport;
@@ -23,6 +32,16 @@ use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub const SERVICES_MAP: &str = "SERVICES";
 /// Name of the backend slot map in the eBPF object.
 pub const BACKENDS_MAP: &str = "BACKENDS";
+/// Name of the reverse-translation map (socket and backend to service frontend).
+pub const REVERSE_MAP: &str = "REVERSE_SK";
+/// Name of the per-CPU map of connections per service backend.
+pub const COUNTERS_MAP: &str = "LB_COUNTERS";
+/// Name of the map of backends whose connected UDP sockets the destroy pass aborts.
+pub const DESTROY_TARGETS_MAP: &str = "DESTROY_TARGETS";
+/// Name of the read-only global holding [`SockOffsets`].
+pub const SOCK_OFFSETS_GLOBAL: &str = "SKIFF_SOCK_OFFSETS";
+/// ELF section of the UDP socket iterator that destroys sockets.
+pub const DESTROY_UDP_SECTION: &str = "iter/udp";
 
 /// Capacity of [`SERVICES_MAP`]: frontends (VIP, port, protocol) on a node.
 pub const MAX_SERVICES: u32 = 16_384;
@@ -30,6 +49,14 @@ pub const MAX_SERVICES: u32 = 16_384;
 pub const MAX_BACKEND_SLOTS: u32 = 262_144;
 /// Most backends one service may have.
 pub const MAX_BACKENDS_PER_SERVICE: u16 = 4_096;
+/// Capacity of [`REVERSE_MAP`] (an LRU map): load-balanced sockets and backends
+/// remembered for translating replies and peer names back to the service.
+pub const MAX_REVERSE_ENTRIES: u32 = 262_144;
+/// Capacity of [`COUNTERS_MAP`]: one counter per backend of a service, as many as
+/// one table of every service can hold.
+pub const MAX_COUNTERS: u32 = MAX_BACKEND_SLOTS / 2;
+/// Capacity of [`DESTROY_TARGETS_MAP`]: the backends removed in one update.
+pub const MAX_DESTROY_TARGETS: u32 = MAX_BACKENDS_PER_SERVICE as u32;
 
 /// Address family numbers as the kernel's `AF_*` constants.
 pub const AF_INET: u8 = 2;
@@ -147,6 +174,63 @@ fn ip_of(addr: RawAddr, family: u8) -> IpAddr {
     }
 }
 
+impl ReverseKey {
+    pub const fn new(cookie: u64, addr: RawAddr, port: u16, family: u8) -> Self {
+        Self {
+            cookie,
+            addr,
+            port,
+            family,
+            _pad: 0,
+            _pad_tail: 0,
+        }
+    }
+}
+
+impl ServiceBackendKey {
+    pub const fn new(service_id: u32, backend: &Backend) -> Self {
+        Self {
+            service_id,
+            addr: backend.addr,
+            port: backend.port,
+            family: backend.family,
+            _pad: 0,
+        }
+    }
+
+    pub fn backend(&self) -> Backend {
+        Backend {
+            addr: self.addr,
+            port: self.port,
+            family: self.family,
+            _pad: 0,
+        }
+    }
+}
+
+impl DestroyRecord {
+    pub const SIZE: usize = core::mem::size_of::<Self>();
+
+    pub fn to_bytes(&self) -> [u8; Self::SIZE] {
+        let mut out = [0u8; Self::SIZE];
+        out[..8].copy_from_slice(&self.cookie.to_ne_bytes());
+        out[8..12].copy_from_slice(&self.result.to_ne_bytes());
+        out
+    }
+
+    pub fn from_bytes(bytes: &[u8; Self::SIZE]) -> Self {
+        let mut cookie = [0u8; 8];
+        cookie.copy_from_slice(&bytes[..8]);
+        let mut result = [0u8; 4];
+        result.copy_from_slice(&bytes[8..12]);
+        Self {
+            cookie: u64::from_ne_bytes(cookie),
+            result: i32::from_ne_bytes(result),
+            _pad: 0,
+        }
+    }
+}
+
 /// The kernel's representation of `ip` and its family.
 pub fn raw_addr(ip: IpAddr) -> (RawAddr, u8) {
     match ip {
@@ -167,6 +251,82 @@ pub fn raw_octets(addr: RawAddr) -> [u8; 16] {
         chunk.copy_from_slice(&word.to_ne_bytes());
     }
     out
+}
+
+/// Key of [`REVERSE_MAP`]: a socket (by its cookie) and the backend a load-balancing
+/// hook sent it to. Replies from that backend on that socket, and its peer name, are
+/// translated back to the service frontend.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ReverseKey {
+    pub cookie: u64,
+    pub addr: RawAddr,
+    /// Port in network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    pub _pad_tail: u32,
+}
+
+/// Value of [`REVERSE_MAP`]: the frontend the socket asked for.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReverseValue {
+    pub addr: RawAddr,
+    /// Port in network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+    /// The service (its [`Service::id`]) that chose the backend.
+    pub service_id: u32,
+}
+
+/// One backend of one service: the key of [`COUNTERS_MAP`] and
+/// [`DESTROY_TARGETS_MAP`]. Keyed by address rather than slot index, so a count stays
+/// with its backend when the service's table is rewritten.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceBackendKey {
+    pub service_id: u32,
+    pub addr: RawAddr,
+    /// Port in network byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Byte offsets of `struct sock_common` fields in the running kernel (read from its
+/// BTF by user space), for the socket iterator.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockOffsets {
+    /// `skc_family` (u16).
+    pub family: u32,
+    /// `skc_daddr` (IPv4 peer, network order u32).
+    pub daddr: u32,
+    /// `skc_dport` (peer port, network order u16).
+    pub dport: u32,
+    /// `skc_v6_daddr` (IPv6 peer, 16 bytes).
+    pub v6_daddr: u32,
+}
+
+/// What the socket iterator reports for each socket it destroyed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DestroyRecord {
+    pub cookie: u64,
+    /// What `bpf_sock_destroy` returned (0, or a negative errno).
+    pub result: i32,
+    pub _pad: u32,
+}
+
+/// The peer of a socket as the iterator reads it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub addr: RawAddr,
+    /// Port in network byte order.
+    pub port: u16,
+    pub family: u8,
 }
 
 /// What a connect() to a frontend should do.
@@ -207,14 +367,120 @@ pub fn select_backend(
     }
 }
 
+/// A rewrite made by a load-balancing hook (connect or sendmsg): what to remember in
+/// [`REVERSE_MAP`] so replies and peer names translate back to `frontend`.
+#[inline(always)]
+pub fn reverse_entry(
+    cookie: u64,
+    frontend: &ServiceKey,
+    service_id: u32,
+    backend: &Backend,
+) -> (ReverseKey, ReverseValue) {
+    (
+        ReverseKey::new(cookie, backend.addr, backend.port, backend.family),
+        ReverseValue {
+            addr: frontend.addr,
+            port: frontend.port,
+            family: frontend.family,
+            _pad: 0,
+            service_id,
+        },
+    )
+}
+
+/// What a recvmsg or getpeername hook should report instead of the backend
+/// `(addr, port)` of `family` that a socket sees: the frontend it asked for, or
+/// `None` to leave the address alone (the socket was not load-balanced to it).
+#[inline(always)]
+pub fn reverse_translation(
+    cookie: u64,
+    addr: RawAddr,
+    port: u16,
+    family: u8,
+    lookup: impl FnOnce(&ReverseKey) -> Option<ReverseValue>,
+) -> Option<(RawAddr, u16)> {
+    let value = lookup(&ReverseKey::new(cookie, addr, port, family))?;
+    // A socket of one family only ever records frontends of that family; anything else
+    // is not ours to translate.
+    (value.family == family).then_some((value.addr, value.port))
+}
+
+/// Whether the socket iterator destroys a UDP socket: it is connected (`peer`) to a
+/// backend that one of skiff's hooks chose for it (its cookie and peer are in
+/// [`REVERSE_MAP`]) and that backend was removed from the service that chose it
+/// (`is_target`). Sockets that talk to a backend address directly, or that were
+/// balanced by another service that still has the backend, are left alone.
+#[inline(always)]
+pub fn should_destroy(
+    cookie: u64,
+    peer: Option<Peer>,
+    reverse: impl FnOnce(&ReverseKey) -> Option<ReverseValue>,
+    is_target: impl FnOnce(&ServiceBackendKey) -> bool,
+) -> bool {
+    let Some(peer) = peer else {
+        return false;
+    };
+    if peer.port == 0 || (peer.family != AF_INET && peer.family != AF_INET6) {
+        return false;
+    }
+    let Some(value) = reverse(&ReverseKey::new(cookie, peer.addr, peer.port, peer.family)) else {
+        return false;
+    };
+    let backend = Backend {
+        addr: peer.addr,
+        port: peer.port,
+        family: peer.family,
+        _pad: 0,
+    };
+    is_target(&ServiceBackendKey::new(value.service_id, &backend))
+}
+
+/// The `code` byte of a BPF call instruction (`BPF_JMP | BPF_CALL`).
+const BPF_CALL_CODE: u8 = 0x85;
+/// `src_reg` of a call to a kernel function (kfunc) named by its BTF id.
+const BPF_PSEUDO_KFUNC_CALL: u8 = 2;
+
+/// Placeholder `imm` of the call to the `bpf_sock_destroy` kfunc, replaced at load
+/// time by the function's BTF id in the running kernel (see [`patch_kfunc_calls`]).
+pub const SOCK_DESTROY_PLACEHOLDER: i32 = 0x5d5d_0001;
+
+/// A call to the kfunc with BTF id `imm` in vmlinux, as one little-endian
+/// instruction: code, registers (src 2 = kfunc, dst 0), offset 0 (vmlinux), imm.
+pub const fn kfunc_call_insn(imm: i32) -> u64 {
+    let imm = imm as u32 as u64;
+    (imm << 32) | ((BPF_PSEUDO_KFUNC_CALL as u64) << 12) | BPF_CALL_CODE as u64
+}
+
+/// Replaces the `imm` of every kfunc call in `code` (the instructions of one program
+/// section, little-endian) whose `imm` is `placeholder` with `btf_id`. Returns how
+/// many calls were patched.
+///
+/// aya 0.14 does not resolve kfunc calls, so the program emits the call instruction
+/// itself with a placeholder and user space patches it before loading.
+pub fn patch_kfunc_calls(code: &mut [u8], placeholder: i32, btf_id: u32) -> usize {
+    let wanted = kfunc_call_insn(placeholder).to_le_bytes();
+    let mut patched = 0;
+    for insn in code.chunks_exact_mut(8) {
+        if insn == wanted {
+            insn[4..].copy_from_slice(&btf_id.to_le_bytes());
+            patched += 1;
+        }
+    }
+    patched
+}
+
 #[cfg(feature = "user")]
 mod user {
-    // SAFETY: all four are repr(C) with explicit padding fields and no pointers, so
-    // every byte is initialised and any bit pattern is a valid value.
+    // SAFETY: all are repr(C) with explicit padding fields and no pointers, so every
+    // byte is initialised and any bit pattern is a valid value.
     unsafe impl aya::Pod for super::ServiceKey {}
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::BackendSlotKey {}
     unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::ReverseKey {}
+    unsafe impl aya::Pod for super::ReverseValue {}
+    unsafe impl aya::Pod for super::ServiceBackendKey {}
+    unsafe impl aya::Pod for super::SockOffsets {}
 }
 
 #[cfg(test)]
@@ -239,6 +505,11 @@ mod tests {
         assert_eq!(core::mem::size_of::<Service>(), 8);
         assert_eq!(core::mem::size_of::<BackendSlotKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 20);
+        assert_eq!(core::mem::size_of::<ReverseKey>(), 32);
+        assert_eq!(core::mem::size_of::<ReverseValue>(), 24);
+        assert_eq!(core::mem::size_of::<ServiceBackendKey>(), 24);
+        assert_eq!(core::mem::size_of::<SockOffsets>(), 16);
+        assert_eq!(DestroyRecord::SIZE, 16);
     }
 
     #[test]
@@ -301,5 +572,138 @@ mod tests {
             select_backend(service(2, 0), AF_INET, 0, |_| Some(v6)),
             Verdict::Refuse
         );
+    }
+
+    fn sa(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn a_rewrite_is_remembered_under_the_socket_and_backend() {
+        let frontend = ServiceKey::from_socket_addr(sa("10.96.0.10:53"), IPPROTO_UDP);
+        let backend = Backend::from_socket_addr(sa("10.244.0.7:5353"));
+        let (key, value) = reverse_entry(42, &frontend, 7, &backend);
+        assert_eq!(
+            key,
+            ReverseKey::new(42, backend.addr, backend.port, AF_INET)
+        );
+        assert_eq!((value.addr, value.port), (frontend.addr, frontend.port));
+        assert_eq!((value.family, value.service_id), (AF_INET, 7));
+        assert_eq!(
+            (key._pad, key._pad_tail),
+            (0, 0),
+            "keys are compared bytewise"
+        );
+    }
+
+    #[test]
+    fn replies_from_a_chosen_backend_translate_back_to_the_frontend() {
+        let frontend = ServiceKey::from_socket_addr(sa("[fd00:10:96::a]:53"), IPPROTO_UDP);
+        let backend = Backend::from_socket_addr(sa("[fd00:10:244::7]:5353"));
+        let (key, value) = reverse_entry(42, &frontend, 7, &backend);
+        let lookup = |k: &ReverseKey| (*k == key).then_some(value);
+        assert_eq!(
+            reverse_translation(42, backend.addr, backend.port, AF_INET6, lookup),
+            Some((frontend.addr, frontend.port))
+        );
+        // Another socket, another peer port, or the other family: left alone.
+        assert_eq!(
+            reverse_translation(43, backend.addr, backend.port, AF_INET6, lookup),
+            None
+        );
+        assert_eq!(
+            reverse_translation(42, backend.addr, 1u16.to_be(), AF_INET6, lookup),
+            None
+        );
+        let v4 = ReverseValue {
+            family: AF_INET,
+            ..value
+        };
+        assert_eq!(
+            reverse_translation(42, backend.addr, backend.port, AF_INET6, |_| Some(v4)),
+            None
+        );
+    }
+
+    #[test]
+    fn only_balanced_sockets_connected_to_a_removed_backend_are_destroyed() {
+        let frontend = ServiceKey::from_socket_addr(sa("10.96.0.10:53"), IPPROTO_UDP);
+        let removed = Backend::from_socket_addr(sa("10.244.0.7:53"));
+        let kept = Backend::from_socket_addr(sa("10.244.0.8:53"));
+        let (key, value) = reverse_entry(42, &frontend, 7, &removed);
+        let reverse = |k: &ReverseKey| (*k == key).then_some(value);
+        let target = ServiceBackendKey::new(7, &removed);
+        let is_target = |k: &ServiceBackendKey| *k == target;
+        let peer = |b: &Backend| {
+            Some(Peer {
+                addr: b.addr,
+                port: b.port,
+                family: b.family,
+            })
+        };
+        assert!(should_destroy(42, peer(&removed), reverse, is_target));
+        // Connected to the backend without skiff (no reverse entry for this socket).
+        assert!(!should_destroy(43, peer(&removed), reverse, is_target));
+        // Balanced, but now connected elsewhere.
+        assert!(!should_destroy(42, peer(&kept), reverse, is_target));
+        // Unconnected.
+        assert!(!should_destroy(42, None, reverse, is_target));
+        let unconnected = Peer {
+            addr: [0; 4],
+            port: 0,
+            family: AF_INET,
+        };
+        assert!(!should_destroy(
+            42,
+            Some(unconnected),
+            |_| unreachable!(),
+            is_target
+        ));
+        // Balanced to the backend by another service that still has it.
+        let other = ReverseValue {
+            service_id: 8,
+            ..value
+        };
+        assert!(!should_destroy(
+            42,
+            peer(&removed),
+            |_| Some(other),
+            is_target
+        ));
+    }
+
+    #[test]
+    fn destroy_records_round_trip() {
+        let record = DestroyRecord {
+            cookie: 0x0102_0304_0506_0708,
+            result: -22,
+            _pad: 0,
+        };
+        assert_eq!(DestroyRecord::from_bytes(&record.to_bytes()), record);
+    }
+
+    #[test]
+    fn kfunc_call_is_encoded_as_the_kernel_reads_it() {
+        let insn = kfunc_call_insn(0x1234_5678).to_le_bytes();
+        // code BPF_JMP|BPF_CALL, dst_reg 0 in the low nibble, src_reg 2 in the high one,
+        // offset 0 (vmlinux BTF), imm little-endian.
+        assert_eq!(insn, [0x85, 0x20, 0, 0, 0x78, 0x56, 0x34, 0x12]);
+    }
+
+    #[test]
+    fn only_placeholder_kfunc_calls_are_patched() {
+        let mut code = Vec::new();
+        let helper_call = [0x85, 0x00, 0, 0, 14, 0, 0, 0]; // bpf_get_current_pid_tgid
+        code.extend_from_slice(&helper_call);
+        code.extend_from_slice(&kfunc_call_insn(SOCK_DESTROY_PLACEHOLDER).to_le_bytes());
+        code.extend_from_slice(&kfunc_call_insn(99).to_le_bytes());
+        assert_eq!(
+            patch_kfunc_calls(&mut code, SOCK_DESTROY_PLACEHOLDER, 4242),
+            1
+        );
+        assert_eq!(&code[..8], &helper_call);
+        assert_eq!(&code[8..16], &kfunc_call_insn(4242).to_le_bytes());
+        assert_eq!(&code[16..], &kfunc_call_insn(99).to_le_bytes());
+        assert_eq!(patch_kfunc_calls(&mut code, SOCK_DESTROY_PLACEHOLDER, 1), 0);
     }
 }

@@ -29,8 +29,8 @@ pub const NODEPORT_CONFIG_MAP: &str = "NP_CONFIG";
 pub const CT_MAP: &str = "NP_CT";
 /// Conntrack, reply direction: [`FlowKey`] (as the backend sends it) -> [`CtReverse`].
 pub const CT_REVERSE_MAP: &str = "NP_CT_REV";
-/// Per-CPU packet and byte counters: [`NodePortCounterKey`] -> [`NodePortCounters`].
-pub const NODEPORT_COUNTERS_MAP: &str = "NP_COUNTERS";
+/// Per-CPU packet and byte counters: [`crate::ServiceBackendKey`] -> [`PacketCounters`].
+pub const PACKET_COUNTERS_MAP: &str = "NP_COUNTERS";
 
 /// Backend slot indexes per [`MaglevChunk`].
 pub const MAGLEV_CHUNK: usize = 64;
@@ -44,8 +44,6 @@ pub const MAX_MAGLEV_SIZE: u32 = 65_521;
 pub const MAX_MAGLEV_CHUNKS: u32 = 65_536;
 /// Capacity of each conntrack map (flows; least recently used ones are evicted).
 pub const MAX_CONNTRACK: u32 = 65_536;
-/// Capacity of [`NODEPORT_COUNTERS_MAP`]: (service, backend) pairs.
-pub const MAX_NODEPORT_COUNTERS: u32 = 16_384;
 /// NodePort devices the programs tell apart (see [`NodePortConfig::devices`]).
 pub const MAX_NODEPORT_DEVICES: usize = 8;
 /// Ports tried for a source-translated flow before it is dropped.
@@ -134,23 +132,12 @@ pub struct NodePortConfig {
     pub devices: [u32; MAX_NODEPORT_DEVICES],
 }
 
-/// A counter: one backend of one service.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct NodePortCounterKey {
-    pub backend: RawAddr,
-    pub service_id: u32,
-    /// Network byte order.
-    pub port: u16,
-    pub family: u8,
-    pub _pad: u8,
-}
-
-/// Packets and bytes (as the IP layer sees them) from clients to the backend and
-/// back, on one CPU.
+/// Packets and bytes (as the IP layer sees them) from clients to one backend of
+/// one service and back, on one CPU. Keyed by [`crate::ServiceBackendKey`], as the
+/// socket path's connection counters, so both follow a backend the same way.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct NodePortCounters {
+pub struct PacketCounters {
     pub packets_in: u64,
     pub bytes_in: u64,
     pub packets_out: u64,
@@ -465,12 +452,29 @@ pub fn reverse_rewrite(reverse: &CtReverse) -> Rewrite {
     )
 }
 
+impl PacketCounters {
+    /// The sum of two CPUs' counters (wrapping, as the kernel's do).
+    pub fn wrapping_add(self, other: Self) -> Self {
+        Self {
+            packets_in: self.packets_in.wrapping_add(other.packets_in),
+            bytes_in: self.bytes_in.wrapping_add(other.bytes_in),
+            packets_out: self.packets_out.wrapping_add(other.packets_out),
+            bytes_out: self.bytes_out.wrapping_add(other.bytes_out),
+        }
+    }
+}
+
 /// The counter of a backend of a service.
 #[inline(always)]
-pub fn counter_key(service_id: u32, backend: RawAddr, port: u16, family: u8) -> NodePortCounterKey {
-    NodePortCounterKey {
-        backend,
+pub fn counter_key(
+    service_id: u32,
+    backend: RawAddr,
+    port: u16,
+    family: u8,
+) -> crate::ServiceBackendKey {
+    crate::ServiceBackendKey {
         service_id,
+        addr: backend,
         port,
         family,
         _pad: 0,
@@ -556,8 +560,7 @@ mod user {
     unsafe impl aya::Pod for super::MaglevKey {}
     unsafe impl aya::Pod for super::MaglevChunk {}
     unsafe impl aya::Pod for super::NodePortConfig {}
-    unsafe impl aya::Pod for super::NodePortCounterKey {}
-    unsafe impl aya::Pod for super::NodePortCounters {}
+    unsafe impl aya::Pod for super::PacketCounters {}
 }
 
 #[cfg(test)]
@@ -593,8 +596,7 @@ mod tests {
         assert_eq!(size_of::<MaglevKey>(), 8);
         assert_eq!(size_of::<MaglevChunk>(), 2 * MAGLEV_CHUNK);
         assert_eq!(size_of::<NodePortConfig>(), 8 + 4 * MAX_NODEPORT_DEVICES);
-        assert_eq!(size_of::<NodePortCounterKey>(), 24);
-        assert_eq!(size_of::<NodePortCounters>(), 32);
+        assert_eq!(size_of::<PacketCounters>(), 32);
     }
 
     #[test]

@@ -30,14 +30,14 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap};
 use aya_ebpf::programs::TcContext;
 use skiff_ebpf_common::nodeport::{
     CT_SNAT, CtForward, CtReverse, ETH_P_IP_BE, ETH_P_IPV6_BE, FlowKey, MAGLEV_CHUNK,
-    MAX_CONNTRACK, MAX_MAGLEV_CHUNKS, MAX_NODEPORT_COUNTERS, MaglevChunk, MaglevKey,
-    NAT_PORT_ATTEMPTS, NodePortChoice, NodePortConfig, NodePortCounterKey, NodePortCounters,
-    counter_key, flow_hash, forward_rewrite, l4_csum_offset, nat_port_candidate, offsets,
-    parse_ipv4, reverse_rewrite, select_nodeport_backend, write_reverse_entry,
+    MAX_CONNTRACK, MAX_MAGLEV_CHUNKS, MaglevChunk, MaglevKey, NAT_PORT_ATTEMPTS, NodePortChoice,
+    NodePortConfig, PacketCounters, counter_key, flow_hash, forward_rewrite, l4_csum_offset,
+    nat_port_candidate, offsets, parse_ipv4, reverse_rewrite, select_nodeport_backend,
+    write_reverse_entry,
 };
-use skiff_ebpf_common::{AF_INET, AF_INET6, IPPROTO_UDP, RawAddr};
+use skiff_ebpf_common::{AF_INET, AF_INET6, IPPROTO_UDP, MAX_COUNTERS, RawAddr, ServiceBackendKey};
 
-use crate::{BACKENDS, SERVICES};
+use crate::maps::{BACKENDS, SERVICES};
 
 #[map(name = "NP_MAGLEV")]
 static MAGLEV: HashMap<MaglevKey, MaglevChunk> =
@@ -53,8 +53,8 @@ static CT: LruHashMap<FlowKey, CtForward> = LruHashMap::with_max_entries(MAX_CON
 static CT_REV: LruHashMap<FlowKey, CtReverse> = LruHashMap::with_max_entries(MAX_CONNTRACK, 0);
 
 #[map(name = "NP_COUNTERS")]
-static COUNTERS: PerCpuHashMap<NodePortCounterKey, NodePortCounters> =
-    PerCpuHashMap::with_max_entries(MAX_NODEPORT_COUNTERS, BPF_F_NO_PREALLOC);
+static COUNTERS: PerCpuHashMap<ServiceBackendKey, PacketCounters> =
+    PerCpuHashMap::with_max_entries(MAX_COUNTERS, BPF_F_NO_PREALLOC);
 
 /// The working state of one packet: the programs' large values live here rather
 /// than on the stack. One entry per program, so ingress and egress never share.
@@ -65,7 +65,7 @@ const INGRESS: u32 = 0;
 const EGRESS: u32 = 1;
 
 /// A new counter's value (in read-only data, so it needs no stack).
-static ZERO: NodePortCounters = NodePortCounters {
+static ZERO: PacketCounters = PacketCounters {
     packets_in: 0,
     bytes_in: 0,
     packets_out: 0,
@@ -89,7 +89,7 @@ struct Scratch {
     /// A reply direction's key and entry.
     reply: FlowKey,
     reverse: CtReverse,
-    counter: NodePortCounterKey,
+    counter: ServiceBackendKey,
 }
 
 #[inline(always)]
@@ -434,7 +434,7 @@ fn ifindex(ctx: &TcContext) -> u32 {
 
 /// Adds the packet to `key`'s counter on this CPU (`reply`: backend to client).
 #[inline(never)]
-fn count(ctx: &TcContext, key: &NodePortCounterKey, reply: bool) {
+fn count(ctx: &TcContext, key: &ServiceBackendKey, reply: bool) {
     // SAFETY: the context is a valid __sk_buff.
     let segments = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     let bytes = u64::from(ctx.len().saturating_sub(offsets::ETH_HLEN as u32));

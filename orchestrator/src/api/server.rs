@@ -23,7 +23,8 @@ use tonic::{Code, Request, Response, Status};
 use super::containers::{self, ContainerError, NodeContainer};
 use super::proto::{self, api_server, exec_output::Output};
 use super::registry::{ApiError, EventType, ObjectRef, Outcome, Propagation, Registry, Violation};
-use crate::image::{ImageError, ImageStore, ImageSummary};
+use crate::dataplane::Dataplane;
+use crate::image::{ImageError, ImageStore, ImageSummary, PullError};
 use crate::model::{FieldSelector, Kind, Selector};
 use crate::runtime::logs;
 use crate::runtime::node::NodeHandle;
@@ -113,6 +114,7 @@ pub async fn serve(
     registry: Registry,
     images: Arc<ImageStore>,
     node: Arc<NodeHandle>,
+    dataplane: Arc<std::sync::Mutex<Dataplane>>,
     listeners: Listeners,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
@@ -124,6 +126,7 @@ pub async fn serve(
             registry,
             images,
             node,
+            dataplane,
         },
         auth,
     );
@@ -234,6 +237,7 @@ struct ApiService {
     registry: Registry,
     images: Arc<ImageStore>,
     node: Arc<NodeHandle>,
+    dataplane: Arc<std::sync::Mutex<Dataplane>>,
 }
 
 impl ApiService {
@@ -409,6 +413,25 @@ impl api_server::Api for ApiService {
         }))
     }
 
+    async fn pull_image(
+        &self,
+        request: Request<proto::PullImageRequest>,
+    ) -> Result<Response<proto::PullImageResponse>, Status> {
+        let reference = request.into_inner().reference;
+        let pulled = self
+            .images
+            .pull(&reference, &self.node.pull)
+            .await
+            .map_err(pull_status)?;
+        Ok(Response::new(proto::PullImageResponse {
+            image: Some(image_message(pulled.image)),
+            digest: pulled.digest,
+            layers: u32::try_from(pulled.layers).unwrap_or(u32::MAX),
+            layers_downloaded: u32::try_from(pulled.layers_downloaded).unwrap_or(u32::MAX),
+            bytes_downloaded: pulled.bytes_downloaded,
+        }))
+    }
+
     async fn list_images(
         &self,
         _request: Request<proto::ListImagesRequest>,
@@ -434,6 +457,48 @@ impl api_server::Api for ApiService {
             .map_err(|e| Status::internal(e.to_string()))?
             .map_err(image_status)?;
         Ok(Response::new(proto::RemoveImageResponse {}))
+    }
+
+    async fn list_frontends(
+        &self,
+        _request: Request<proto::ListFrontendsRequest>,
+    ) -> Result<Response<proto::ListFrontendsResponse>, Status> {
+        let (frontends, counts) = {
+            let dataplane = self
+                .dataplane
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let counts = dataplane
+                .counters()
+                .map_err(|e| Status::internal(e.to_string()))?;
+            (dataplane.frontends(), counts)
+        };
+        let frontends = frontends
+            .into_iter()
+            .map(|(frontend, slots)| {
+                let mut backends: Vec<proto::FrontendBackend> = Vec::new();
+                for backend in slots {
+                    let address = backend.to_string();
+                    match backends.iter_mut().find(|b| b.address == address) {
+                        Some(b) => b.slots += 1,
+                        None => backends.push(proto::FrontendBackend {
+                            address,
+                            slots: 1,
+                            connections: counts
+                                .iter()
+                                .find(|c| c.frontend == frontend && c.backend == backend)
+                                .map_or(0, |c| c.connections),
+                        }),
+                    }
+                }
+                proto::Frontend {
+                    address: frontend.addr.to_string(),
+                    protocol: frontend.protocol.to_string(),
+                    backends,
+                }
+            })
+            .collect();
+        Ok(Response::new(proto::ListFrontendsResponse { frontends }))
     }
 
     type LogsStream = LogStream;
@@ -615,6 +680,23 @@ fn image_status(error: ImageError) -> Status {
             Status::internal(error.to_string())
         }
         _ => Status::invalid_argument(error.to_string()),
+    }
+}
+
+fn pull_status(error: PullError) -> Status {
+    let message = error.to_string();
+    match error {
+        PullError::InvalidReference { .. } => Status::invalid_argument(message),
+        PullError::ManifestUnknown { .. } => Status::not_found(message),
+        PullError::Unauthorized { .. } => Status::permission_denied(message),
+        PullError::UnknownHost { .. }
+        | PullError::Unreachable { .. }
+        | PullError::Registry { .. } => Status::unavailable(message),
+        PullError::DigestMismatch { .. }
+        | PullError::SizeMismatch { .. }
+        | PullError::UnsupportedMediaType { .. }
+        | PullError::NoPlatform { .. } => Status::failed_precondition(message),
+        PullError::Image { .. } => Status::internal(message),
     }
 }
 

@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use crate::api::proto;
 use crate::api::registry::resource;
 use crate::model::{Kind, manifest};
 
@@ -34,8 +35,27 @@ impl Table {
         }
     }
 
+    /// Adds a column after the kind's own, filled by [`Table::push_with`].
+    pub fn with_column(mut self, name: &str) -> Self {
+        self.header.push(name.into());
+        self
+    }
+
     pub fn push(&mut self, kind: Kind, object: &Value, wide: bool, now: i64) {
+        self.push_with(kind, object, wide, now, []);
+    }
+
+    /// A row with cells for the columns added by [`Table::with_column`].
+    pub fn push_with(
+        &mut self,
+        kind: Kind,
+        object: &Value,
+        wide: bool,
+        now: i64,
+        extra: impl IntoIterator<Item = String>,
+    ) {
         let mut row = cells(kind, object, wide, now);
+        row.extend(extra);
         if self.header.first().is_some_and(|h| h == "NAMESPACE") {
             row.insert(0, text(&object["metadata"]["namespace"]));
         }
@@ -75,6 +95,46 @@ impl Table {
             out.push_str(&line(row));
         }
         out
+    }
+}
+
+/// A Service's backends as this node's dataplane holds them, for `get services -o
+/// wide`: the backends of its cluster-IP frontends, each once, with its weight
+/// when it has more than one slot and the connections balanced to it:
+/// `10.244.0.2:8080[w9]=120`.
+pub fn service_backends(service: &Value, frontends: &[proto::Frontend]) -> String {
+    let spec = &service["spec"];
+    let ips: Vec<String> = items(&spec["clusterIPs"]).map(text).collect();
+    let mut shown: Vec<String> = Vec::new();
+    for port in items(&spec["ports"]) {
+        let protocol = or(&port["protocol"], "TCP");
+        for ip in &ips {
+            let Ok(ip) = ip.parse::<std::net::IpAddr>() else {
+                continue;
+            };
+            let Some(number) = port["port"].as_u64() else {
+                continue;
+            };
+            let address = std::net::SocketAddr::new(ip, number as u16).to_string();
+            let frontend = frontends
+                .iter()
+                .find(|f| f.address == address && f.protocol == protocol);
+            for backend in frontend.map(|f| f.backends.as_slice()).unwrap_or_default() {
+                let weight = match backend.slots {
+                    0 | 1 => String::new(),
+                    slots => format!("[w{slots}]"),
+                };
+                shown.push(format!(
+                    "{}{weight}={}",
+                    backend.address, backend.connections
+                ));
+            }
+        }
+    }
+    if shown.is_empty() {
+        "<none>".into()
+    } else {
+        shown.join(",")
     }
 }
 

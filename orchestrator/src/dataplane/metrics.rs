@@ -6,6 +6,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
+use skiff_ebpf_common::nodeport::PacketCounters;
 use skiff_ebpf_common::{BACKENDS_MAP, SERVICES_MAP};
 
 use super::Dataplane;
@@ -34,11 +35,18 @@ impl std::fmt::Debug for Dataplane {
 
 impl Collector for DataplaneMetrics {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let stats = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .stats();
+        let (stats, counts, packets) = {
+            let dataplane = self
+                .0
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            // A failed read leaves the per-backend series out of this scrape.
+            (
+                dataplane.stats(),
+                dataplane.counters().unwrap_or_default(),
+                dataplane.packet_counters().unwrap_or_default(),
+            )
+        };
         let gauge = ConstGauge::new(i64::from(stats.frontends));
         gauge.encode(encoder.encode_descriptor(
             "skiff_dataplane_frontends",
@@ -61,6 +69,51 @@ impl Collector for DataplaneMetrics {
             let mut family = encoder.encode_descriptor(name, help, None, gauge.metric_type())?;
             for (map, value) in [SERVICES_MAP, BACKENDS_MAP].into_iter().zip(values) {
                 ConstGauge::new(i64::from(value)).encode(family.encode_family(&[("map", map)])?)?;
+            }
+        }
+        let mut family = encoder.encode_descriptor(
+            "skiff_service_backend_connections",
+            "Connections (and unconnected UDP datagrams) balanced to each backend of each frontend",
+            None,
+            ConstCounter::new(0u64).metric_type(),
+        )?;
+        for count in counts {
+            let labels = [
+                ("frontend", count.frontend.to_string()),
+                ("backend", count.backend.to_string()),
+            ];
+            ConstCounter::new(count.connections).encode(family.encode_family(&labels)?)?;
+        }
+        type Pick = fn(&PacketCounters) -> [u64; 2];
+        let per_direction: [(&str, &str, Pick); 2] = [
+            (
+                "skiff_service_backend_packets",
+                "Packets translated on the NodePort path to (in) and from (out) each backend of each frontend",
+                |c| [c.packets_in, c.packets_out],
+            ),
+            (
+                "skiff_service_backend_bytes",
+                "Bytes (IP packets) translated on the NodePort path to (in) and from (out) each backend of each frontend",
+                |c| [c.bytes_in, c.bytes_out],
+            ),
+        ];
+        for (name, help, pick) in per_direction {
+            let mut family = encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                ConstCounter::new(0u64).metric_type(),
+            )?;
+            for count in &packets {
+                let (frontend, backend) = (count.frontend.to_string(), count.backend.to_string());
+                for (direction, value) in ["in", "out"].into_iter().zip(pick(&count.counters)) {
+                    let labels = [
+                        ("frontend", frontend.as_str()),
+                        ("backend", backend.as_str()),
+                        ("direction", direction),
+                    ];
+                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+                }
             }
         }
         let full = ConstCounter::new(stats.full_refusals);

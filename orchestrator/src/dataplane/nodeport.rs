@@ -16,7 +16,7 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, MapError, PerCpuHashMap};
+use aya::maps::{Array, HashMap, MapData, MapError};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
@@ -24,12 +24,12 @@ use aya::{Ebpf, EbpfLoader};
 use skiff_ebpf_common::nodeport::{
     CT_MAP, CT_REVERSE_MAP, CtForward, CtReverse, DEFAULT_MAGLEV_SIZE, FlowKey, MAGLEV_CHUNK,
     MAGLEV_MAP, MAX_CONNTRACK, MAX_NODEPORT_DEVICES, MaglevChunk, MaglevKey, NODEPORT_CONFIG_MAP,
-    NODEPORT_COUNTERS_MAP, NodePortConfig, NodePortCounterKey, NodePortCounters, maglev_chunks,
+    NodePortConfig, PACKET_COUNTERS_MAP, maglev_chunks,
 };
 use skiff_ebpf_common::{Backend, Service, ServiceKey};
 
 use super::maglev::{self, MaglevError};
-use super::{Dataplane, Frontend, Protocol};
+use super::{Frontend, absent_is_ok, into_io};
 
 /// The programs, by their function names in the object, and where they attach.
 const PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -48,7 +48,7 @@ const PINNED_MAPS: [&str; 5] = [
     NODEPORT_CONFIG_MAP,
     CT_MAP,
     CT_REVERSE_MAP,
-    NODEPORT_COUNTERS_MAP,
+    PACKET_COUNTERS_MAP,
 ];
 
 /// How the NodePort path runs.
@@ -101,6 +101,11 @@ pub enum NodePortError {
         name: &'static str,
         source: MapError,
     },
+    #[error("eBPF map {name}: {source}")]
+    MapWrite {
+        name: &'static str,
+        source: io::Error,
+    },
     #[error("pinning {name} on {device} at {}: {reason}", path.display())]
     Pin {
         name: &'static str,
@@ -117,19 +122,6 @@ pub struct TcProgram {
     pub device: String,
     /// The kernel's program id.
     pub id: u32,
-}
-
-/// Packets and bytes of one backend of one NodePort frontend, over all CPUs.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Counters {
-    pub frontend: Frontend,
-    pub backend: SocketAddr,
-    /// Client to backend.
-    pub packets_in: u64,
-    pub bytes_in: u64,
-    /// Backend to client.
-    pub packets_out: u64,
-    pub bytes_out: u64,
 }
 
 /// Prepares the loader: conntrack capacity and, with a pin directory, pins (stale
@@ -186,7 +178,6 @@ pub(super) fn configure(
 /// The maps user space writes.
 pub(super) struct NodePortMaps {
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
-    counters: PerCpuHashMap<MapData, NodePortCounterKey, NodePortCounters>,
     /// The programs' settings (also held because a map taken from the object
     /// closes with its last holder).
     config: Array<MapData, NodePortConfig>,
@@ -215,13 +206,12 @@ impl NodePortMaps {
         let previous = config.get(&0, 0).map_err(map_error(NODEPORT_CONFIG_MAP))?;
         let mut maps = Self {
             maglev: take_map(ebpf, MAGLEV_MAP)?,
-            counters: take_map(ebpf, NODEPORT_COUNTERS_MAP)?,
             config,
             addresses: HashSet::new(),
             maglev_size: settings.maglev_size,
         };
         if previous.maglev_size != settings.maglev_size {
-            maps.clear_maglev(|_| true).map_err(map_error(MAGLEV_MAP))?;
+            maps.clear_maglev(|_| true)?;
         }
         let mut devices = [0u32; MAX_NODEPORT_DEVICES];
         if settings.enabled() {
@@ -258,11 +248,7 @@ impl NodePortMaps {
         adopted: &mut StdHashMap<Frontend, Vec<SocketAddr>>,
     ) -> Result<(), NodePortError> {
         let ids: HashSet<u32> = services.iter().map(|(_, s)| s.id).collect();
-        self.clear_maglev(|key| !ids.contains(&key.service_id))
-            .map_err(|source| NodePortError::Map {
-                name: MAGLEV_MAP,
-                source,
-            })?;
+        self.clear_maglev(|key| !ids.contains(&key.service_id))?;
         for (key, service) in services {
             let frontend = key.socket_addr();
             if !self.wants_table(&frontend) || service.backend_count == 0 {
@@ -280,7 +266,7 @@ impl NodePortMaps {
         self.addresses.contains(&frontend.ip())
     }
 
-    fn clear_maglev(&mut self, doomed: impl Fn(&MaglevKey) -> bool) -> Result<(), MapError> {
+    fn clear_maglev(&mut self, doomed: impl Fn(&MaglevKey) -> bool) -> Result<(), NodePortError> {
         let keys: Vec<MaglevKey> = self
             .maglev
             .keys()
@@ -288,7 +274,10 @@ impl NodePortMaps {
             .filter(|k| doomed(k))
             .collect();
         for key in keys {
-            absent_is_ok(self.maglev.remove(&key))?;
+            absent_is_ok(self.maglev.remove(&key)).map_err(|source| NodePortError::MapWrite {
+                name: MAGLEV_MAP,
+                source,
+            })?;
         }
         Ok(())
     }
@@ -317,67 +306,18 @@ impl NodePortMaps {
         Ok(())
     }
 
-    /// Removes the Maglev tables and counters of a removed service.
+    /// Removes the Maglev tables of a removed service (its counters go with its
+    /// backends, see `changes.rs`).
     pub(super) fn service_removed(&mut self, key: &ServiceKey, id: u32) -> io::Result<()> {
         if self.wants_table(&key.socket_addr()) {
             for table in 0..2u8 {
                 for chunk in 0..maglev_chunks(self.maglev_size) {
                     let chunk_key = MaglevKey::new(id, table, chunk as u16);
-                    absent_is_ok(self.maglev.remove(&chunk_key)).map_err(into_io)?;
+                    absent_is_ok(self.maglev.remove(&chunk_key))?;
                 }
             }
         }
-        let keys: Vec<NodePortCounterKey> = self
-            .counters
-            .keys()
-            .filter_map(Result::ok)
-            .filter(|k| k.service_id == id)
-            .collect();
-        for key in keys {
-            absent_is_ok(self.counters.remove(&key)).map_err(into_io)?;
-        }
         Ok(())
-    }
-
-    /// Every counter, summed over the CPUs, named by frontend (from the published
-    /// services) and backend.
-    pub(super) fn counters(&self, services: &[(ServiceKey, Service)]) -> Vec<Counters> {
-        let frontends: StdHashMap<u32, Frontend> = services
-            .iter()
-            .filter_map(|(key, service)| {
-                let protocol = Protocol::from_number(key.protocol)?;
-                Some((service.id, Frontend::new(key.socket_addr(), protocol)))
-            })
-            .collect();
-        let mut out = Vec::new();
-        for (key, values) in self.counters.iter().filter_map(Result::ok) {
-            let Some(frontend) = frontends.get(&key.service_id) else {
-                continue;
-            };
-            let backend = Backend {
-                addr: key.backend,
-                port: key.port,
-                family: key.family,
-                _pad: 0,
-            };
-            let mut sum = Counters {
-                frontend: *frontend,
-                backend: backend.socket_addr(),
-                packets_in: 0,
-                bytes_in: 0,
-                packets_out: 0,
-                bytes_out: 0,
-            };
-            for value in values.iter() {
-                sum.packets_in += value.packets_in;
-                sum.bytes_in += value.bytes_in;
-                sum.packets_out += value.packets_out;
-                sum.bytes_out += value.bytes_out;
-            }
-            out.push(sum);
-        }
-        out.sort_by_key(|c| (c.frontend, c.backend));
-        out
     }
 }
 
@@ -612,18 +552,6 @@ fn default_device_v6(table: &str) -> Option<String> {
     })
 }
 
-fn into_io(error: MapError) -> io::Error {
-    super::into_io(error)
-}
-
-fn absent_is_ok(result: Result<(), MapError>) -> Result<(), MapError> {
-    match result {
-        Err(MapError::KeyNotFound) => Ok(()),
-        Err(MapError::SyscallError(e)) if e.io_error.kind() == io::ErrorKind::NotFound => Ok(()),
-        other => other,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -675,57 +603,5 @@ mod tests {
             configure(&mut loader, &Settings::default(), None).is_ok(),
             "off"
         );
-    }
-}
-
-/// The NodePort path's counters for the agent's metrics registry.
-#[derive(Debug)]
-pub struct NodePortMetrics(pub std::sync::Arc<std::sync::Mutex<Dataplane>>);
-
-impl prometheus_client::collector::Collector for NodePortMetrics {
-    fn encode(
-        &self,
-        mut encoder: prometheus_client::encoding::DescriptorEncoder,
-    ) -> Result<(), std::fmt::Error> {
-        use prometheus_client::encoding::EncodeMetric;
-        use prometheus_client::metrics::counter::ConstCounter;
-        let counters = self
-            .0
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .nodeport_counters();
-        type Pick = fn(&Counters) -> [u64; 2];
-        let families: [(&str, &str, Pick); 2] = [
-            (
-                "skiff_nodeport_packets",
-                "Packets translated on the NodePort path, per frontend, backend and direction",
-                |c| [c.packets_in, c.packets_out],
-            ),
-            (
-                "skiff_nodeport_bytes",
-                "Bytes (IP packets) translated on the NodePort path, per frontend, backend and direction",
-                |c| [c.bytes_in, c.bytes_out],
-            ),
-        ];
-        for (name, help, pick) in families {
-            let mut family = encoder.encode_descriptor(
-                name,
-                help,
-                None,
-                ConstCounter::new(0u64).metric_type(),
-            )?;
-            for c in &counters {
-                let (frontend, backend) = (c.frontend.to_string(), c.backend.to_string());
-                for (direction, value) in ["in", "out"].into_iter().zip(pick(c)) {
-                    let labels = [
-                        ("frontend", frontend.as_str()),
-                        ("backend", backend.as_str()),
-                        ("direction", direction),
-                    ];
-                    ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
-                }
-            }
-        }
-        Ok(())
     }
 }

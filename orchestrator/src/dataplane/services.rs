@@ -56,17 +56,30 @@ impl Frontend {
         Self::new(addr, Protocol::Tcp)
     }
 
+    pub fn udp(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            protocol: Protocol::Udp,
+        }
+    }
+
     fn key(&self) -> ServiceKey {
         ServiceKey::from_socket_addr(self.addr, self.protocol.number())
     }
 }
 
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Protocol::Tcp => "TCP",
+            Protocol::Udp => "UDP",
+        })
+    }
+}
+
 impl fmt::Display for Frontend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let proto = match self.protocol {
-            Protocol::Tcp => "tcp",
-            Protocol::Udp => "udp",
-        };
+        let proto = self.protocol.to_string().to_lowercase();
         write!(f, "{}/{proto}", self.addr)
     }
 }
@@ -215,6 +228,9 @@ impl ServiceTable {
             let slots = [0u8, 1].map(|t| slot_counts.get(&(id, t)).copied().unwrap_or(0));
             self.slots_in_use += u32::from(slots[0]) + u32::from(slots[1]);
             self.last_id = self.last_id.max(id);
+            let mut backends = published.remove(&id).unwrap_or_default();
+            backends.sort_by_key(|(index, _)| *index);
+            let backends: Vec<SocketAddr> = backends.iter().map(|(_, b)| b.socket_addr()).collect();
             self.entries.insert(
                 key,
                 Entry {
@@ -223,15 +239,9 @@ impl ServiceTable {
                     slots,
                 },
             );
-            let Some(protocol) = Protocol::from_number(key.protocol) else {
-                continue;
-            };
-            let mut backends = published.remove(&id).unwrap_or_default();
-            backends.sort_by_key(|(index, _)| *index);
-            frontends.insert(
-                Frontend::new(key.socket_addr(), protocol),
-                backends.iter().map(|(_, b)| b.socket_addr()).collect(),
-            );
+            if let Some(protocol) = Protocol::from_number(key.protocol) {
+                frontends.insert(Frontend::new(key.socket_addr(), protocol), backends);
+            }
         }
         Ok(frontends)
     }
@@ -384,6 +394,12 @@ impl ServiceTable {
             .map_err(map_error(frontend, MAGLEV_MAP))?;
         self.entries.remove(&key);
         Ok(true)
+    }
+
+    /// The id of `frontend`'s service in the maps (its backend slots, counters and
+    /// reverse entries are keyed by it).
+    pub fn service_id(&self, frontend: &Frontend) -> Option<u32> {
+        self.entries.get(&frontend.key()).map(|entry| entry.id)
     }
 
     /// How many services (frontends) are in the maps or being written.
@@ -674,6 +690,10 @@ mod tests {
         let ids: Vec<u32> = maps.services.values().map(|s| s.id).collect();
         assert_eq!(ids.len(), 2);
         assert_ne!(ids[0], ids[1]);
+        let (a, b) = (table.service_id(&vip()), table.service_id(&other));
+        assert!(a.is_some_and(|id| ids.contains(&id)), "{a:?}");
+        assert!(b.is_some_and(|id| ids.contains(&id)) && a != b, "{b:?}");
+        assert_eq!(table.service_id(&Frontend::udp(vip().addr)), None);
         assert_eq!(
             maps.resolve(&other.key()),
             Some(addrs(&["[fd00:10:244::2]:8443"]))

@@ -19,19 +19,17 @@ use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use flate2::read::MultiGzDecoder;
-use oci_spec::image::{
-    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, MediaType, Os,
-};
+use oci_spec::image::{Arch, Descriptor, ImageIndex, ImageManifest, MediaType, Os};
 use serde::Deserialize;
 
 use super::digest::{Digest, Digesting};
 use super::reference::is_bare_tag;
-use super::{ImageError, io_error};
+use super::{Blob, FoundImage, ImageError, LayerBlobs, LayerSource, Origin, io_error};
 
 const OCI_INDEX: &str = "index.json";
 const DOCKER_MANIFEST: &str = "manifest.json";
 /// Manifests, indexes and configs are read whole; registries cap them at 4 MiB.
-const MAX_METADATA_SIZE: u64 = 16 << 20;
+pub(super) const MAX_METADATA_SIZE: u64 = 16 << 20;
 const GZIP_MAGIC: &[u8] = &[0x1f, 0x8b];
 /// Symlinks between members (newer `docker save` links `<id>/layer.tar` to the
 /// blob) are followed this many times at most.
@@ -40,46 +38,13 @@ const MAX_LINK_DEPTH: usize = 16;
 const CONTAINERD_NAME: &str = "io.containerd.image.name";
 const OCI_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const DOCKER_MANIFEST_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-
-/// One image found in an archive.
-pub struct FoundImage {
-    /// Its names as the archive writes them, not yet normalised.
-    pub names: Vec<String>,
-    /// The manifest, for OCI layouts; a docker-archive has none.
-    pub manifest: Option<Blob>,
-    pub config: Blob,
-    pub created: Option<String>,
-    /// Lowest first.
-    pub layers: Vec<LayerSource>,
-}
-
-impl FoundImage {
-    /// The bytes of all its blobs, as in the archive (layers compressed or not).
-    pub fn size(&self) -> u64 {
-        let metadata = self.manifest.iter().chain([&self.config]);
-        metadata.map(|blob| blob.bytes.len() as u64).sum::<u64>()
-            + self.layers.iter().map(|layer| layer.size).sum::<u64>()
-    }
-}
-
-pub struct Blob {
-    pub digest: Digest,
-    pub bytes: Vec<u8>,
-}
-
-pub struct LayerSource {
-    /// The archive member holding the layer.
-    pub member: String,
-    /// The digest of its uncompressed tar, from the image config.
-    pub diff_id: Digest,
-    pub size: u64,
-}
+pub(super) const DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// An indexed import tarball.
 pub struct Archive {
-    /// The tarball as given, for messages.
-    shown: PathBuf,
+    /// What errors name.
+    origin: Origin,
     /// The plain tar read (the tarball itself, or its decompressed copy).
     tar: PathBuf,
     members: HashMap<String, Member>,
@@ -156,7 +121,7 @@ impl Archive {
             members.insert(name, member);
         }
         Ok(Archive {
-            shown: tarball.to_owned(),
+            origin: Origin::Archive(tarball.to_owned()),
             tar: plain,
             members,
         })
@@ -171,19 +136,9 @@ impl Archive {
             self.docker_images()
         } else {
             Err(ImageError::UnknownFormat {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
             })
         }
-    }
-
-    /// The tarball as given.
-    pub fn path(&self) -> &Path {
-        &self.shown
-    }
-
-    /// The layer's bytes, as stored in the archive.
-    pub fn layer(&self, layer: &LayerSource) -> Result<impl Read + use<>, ImageError> {
-        self.open_member(&layer.member).map(|(reader, _)| reader)
     }
 
     fn oci_images(&self) -> Result<Vec<FoundImage>, ImageError> {
@@ -223,14 +178,9 @@ impl Archive {
             let parsed: ImageManifest =
                 self.read_json(&blob_member(&manifest.digest), &manifest.bytes)?;
             let config_descriptor = parsed.config();
-            let is_config = match config_descriptor.media_type() {
-                MediaType::ImageConfig => true,
-                MediaType::Other(other) => other == DOCKER_CONFIG,
-                _ => false,
-            };
-            if !is_config {
+            if !is_image_config(config_descriptor.media_type()) {
                 return Err(ImageError::NotAnImage {
-                    archive: self.shown.clone(),
+                    origin: self.origin.clone(),
                     manifest: manifest.digest,
                     media_type: config_descriptor.media_type().to_string(),
                 });
@@ -252,7 +202,7 @@ impl Archive {
                     let digest = self.descriptor_digest(layer)?;
                     self.verify_blob(&digest, layer.size())?;
                     Ok(LayerSource {
-                        member: blob_member(&digest),
+                        blob: blob_member(&digest),
                         diff_id,
                         size: layer.size(),
                     })
@@ -267,7 +217,7 @@ impl Archive {
             };
             if names.is_empty() {
                 return Err(ImageError::Unnamed {
-                    archive: self.shown.clone(),
+                    origin: self.origin.clone(),
                     id: config.digest,
                     tag: ref_name,
                 });
@@ -293,7 +243,7 @@ impl Archive {
                     && named != digest
                 {
                     return Err(ImageError::DigestMismatch {
-                        archive: self.shown.clone(),
+                        origin: self.origin.clone(),
                         digest: named,
                         actual: digest,
                     });
@@ -314,7 +264,7 @@ impl Archive {
                     .map(|(member, diff_id)| {
                         let (_, size) = self.open_member(member)?;
                         Ok(LayerSource {
-                            member: member.clone(),
+                            blob: member.clone(),
                             diff_id,
                             size,
                         })
@@ -323,7 +273,7 @@ impl Archive {
                 let names = image.repo_tags.unwrap_or_default();
                 if names.is_empty() {
                     return Err(ImageError::Unnamed {
-                        archive: self.shown.clone(),
+                        origin: self.origin.clone(),
                         id: config.digest,
                         tag: None,
                     });
@@ -347,45 +297,23 @@ impl Archive {
     fn platform_manifest(&self, index_descriptor: &Descriptor) -> Result<Descriptor, ImageError> {
         let blob = self.read_blob(index_descriptor)?;
         let index: ImageIndex = self.read_json(&blob_member(&blob.digest), &blob.bytes)?;
-        let arch = Arch::default();
-        index
-            .manifests()
-            .iter()
-            .find(|manifest| {
-                manifest.platform().as_ref().is_some_and(|platform| {
-                    *platform.os() == Os::Linux && *platform.architecture() == arch
-                })
-            })
+        this_platform(index.manifests())
             .cloned()
             .ok_or_else(|| ImageError::NoPlatform {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 index: blob.digest,
-                platform: format!("linux/{arch}"),
+                platform: format!("linux/{}", Arch::default()),
             })
     }
 
     /// The config's creation time and diff ids.
     fn config_layers(&self, config: &Blob) -> Result<(Option<String>, Vec<Digest>), ImageError> {
-        let member = blob_member(&config.digest);
-        let parsed: ImageConfiguration = self.read_json(&member, &config.bytes)?;
-        let diff_ids = parsed
-            .rootfs()
-            .diff_ids()
-            .iter()
-            .map(|text| {
-                Digest::parse(text).ok_or_else(|| ImageError::Malformed {
-                    archive: self.shown.clone(),
-                    member: member.clone(),
-                    reason: format!("diff id {text:?} is not a sha256 digest"),
-                })
-            })
-            .collect::<Result<_, _>>()?;
-        Ok((parsed.created().clone(), diff_ids))
+        super::config_layers(&self.origin, &blob_member(&config.digest), config)
     }
 
     fn layer_count_mismatch(&self, config: &Digest, layers: usize, diff_ids: usize) -> ImageError {
         ImageError::Malformed {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             member: blob_member(config),
             reason: format!("lists {diff_ids} diff ids for the image's {layers} layers"),
         }
@@ -393,7 +321,7 @@ impl Archive {
 
     fn descriptor_digest(&self, descriptor: &Descriptor) -> Result<Digest, ImageError> {
         Digest::parse(descriptor.digest().as_ref()).ok_or_else(|| ImageError::UnsupportedDigest {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             digest: descriptor.digest().to_string(),
         })
     }
@@ -417,7 +345,7 @@ impl Archive {
         let (reader, _) = self.open_member(&member)?;
         let (_, actual, len) = Digesting::new(reader)
             .finish()
-            .map_err(io_error(&self.shown.join(&member)))?;
+            .map_err(|source| self.read_error(&member, source))?;
         self.check_blob(digest, size, &actual, len)
     }
 
@@ -430,14 +358,14 @@ impl Archive {
     ) -> Result<(), ImageError> {
         if actual != digest {
             return Err(ImageError::DigestMismatch {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 digest: digest.clone(),
                 actual: actual.clone(),
             });
         }
         if size != expected_size {
             return Err(ImageError::SizeMismatch {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 digest: digest.clone(),
                 size,
                 expected: expected_size,
@@ -452,7 +380,7 @@ impl Archive {
         bytes: &[u8],
     ) -> Result<T, ImageError> {
         serde_json::from_slice(bytes).map_err(|error| ImageError::Malformed {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             member: member.to_owned(),
             reason: error.to_string(),
         })
@@ -463,7 +391,7 @@ impl Archive {
         let (mut reader, size) = self.open_member(name)?;
         if size > MAX_METADATA_SIZE {
             return Err(ImageError::Malformed {
-                archive: self.shown.clone(),
+                origin: self.origin.clone(),
                 member: name.to_owned(),
                 reason: format!("{size} bytes is too large for a manifest, index or config"),
             });
@@ -471,13 +399,21 @@ impl Archive {
         let mut bytes = Vec::new();
         reader
             .read_to_end(&mut bytes)
-            .map_err(io_error(&self.shown.join(name)))?;
+            .map_err(|source| self.read_error(name, source))?;
         Ok(bytes)
+    }
+
+    fn read_error(&self, member: &str, source: io::Error) -> ImageError {
+        ImageError::ReadMember {
+            origin: self.origin.clone(),
+            member: member.to_owned(),
+            source,
+        }
     }
 
     fn open_member(&self, name: &str) -> Result<(io::Take<File>, u64), ImageError> {
         let missing = || ImageError::MissingMember {
-            archive: self.shown.clone(),
+            origin: self.origin.clone(),
             member: name.to_owned(),
         };
         let mut current = clean_member_name("", name).ok_or_else(missing)?;
@@ -496,12 +432,45 @@ impl Archive {
     }
 }
 
+impl LayerBlobs for Archive {
+    fn origin(&self) -> &Origin {
+        &self.origin
+    }
+
+    fn open(&self, layer: &LayerSource) -> Result<Box<dyn Read>, ImageError> {
+        let (reader, _) = self.open_member(&layer.blob)?;
+        Ok(Box::new(reader))
+    }
+}
+
+/// Whether the media type is an OCI image index or a Docker manifest list.
 fn is_index(media_type: &MediaType) -> bool {
     match media_type {
         MediaType::ImageIndex => true,
         MediaType::Other(other) => other == DOCKER_MANIFEST_LIST,
         _ => false,
     }
+}
+
+/// Whether a manifest's config media type is a container image's (OCI or Docker).
+pub(super) fn is_image_config(media_type: &MediaType) -> bool {
+    match media_type {
+        MediaType::ImageConfig => true,
+        MediaType::Other(other) => other == DOCKER_CONFIG,
+        _ => false,
+    }
+}
+
+/// The first manifest of an index for this machine: linux and the architecture
+/// skiff was built for.
+pub(super) fn this_platform(manifests: &[Descriptor]) -> Option<&Descriptor> {
+    let arch = Arch::default();
+    manifests.iter().find(|manifest| {
+        manifest
+            .platform()
+            .as_ref()
+            .is_some_and(|platform| *platform.os() == Os::Linux && *platform.architecture() == arch)
+    })
 }
 
 fn blob_member(digest: &Digest) -> String {

@@ -34,6 +34,17 @@ pub fn build_busybox_oci_archive(
     reference: &str,
     out: &Path,
 ) -> Result<(), ImageError> {
+    build_busybox_oci_archive_with_layers(busybox, reference, &[], out)
+}
+
+/// The busybox image of [`build_busybox_oci_archive`] with the layers `extra`
+/// (uncompressed tar streams, lowest first) above its own.
+pub fn build_busybox_oci_archive_with_layers(
+    busybox: &Path,
+    reference: &str,
+    extra: &[Vec<u8>],
+    out: &Path,
+) -> Result<(), ImageError> {
     let binary = fs::read(busybox).map_err(io_error(busybox))?;
     let modified = fs::metadata(busybox)
         .and_then(|meta| meta.modified())
@@ -58,13 +69,11 @@ pub fn build_busybox_oci_archive(
     let created = jiff::Timestamp::try_from(modified)
         .ok()
         .map(|time| time.to_string());
-    write_oci_archive(
-        out,
-        reference,
-        &[layer.finish()?],
-        &config,
-        created.as_deref(),
-    )
+    let layers: Vec<Vec<u8>> = [layer.finish()?]
+        .into_iter()
+        .chain(extra.iter().cloned())
+        .collect();
+    write_oci_archive(out, reference, &layers, &config, created.as_deref())
 }
 
 /// Writes to `out` an OCI image layout tarball holding one image named

@@ -69,6 +69,20 @@ impl<'de> serde::Deserialize<'de> for Digest {
     }
 }
 
+/// A digest computed over bytes that arrive piecemeal.
+#[derive(Clone, Default)]
+pub struct Hasher(Sha256);
+
+impl Hasher {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    pub fn finish(self) -> Digest {
+        Digest::from_hasher(self.0)
+    }
+}
+
 /// Passes reads through while hashing and counting them.
 pub struct Digesting<R> {
     inner: R,
@@ -118,6 +132,10 @@ mod tests {
         assert_eq!(digest, Digest::of(b"hello world"));
         assert_eq!(len, 11);
         assert_eq!(Digest::of(b"").to_string(), format!("sha256:{EMPTY}"));
+        let mut hasher = Hasher::default();
+        hasher.update(b"hello ");
+        hasher.update(b"world");
+        assert_eq!(hasher.finish(), Digest::of(b"hello world"));
     }
 
     #[test]

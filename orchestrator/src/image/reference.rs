@@ -93,6 +93,20 @@ impl Reference {
     }
 }
 
+impl Reference {
+    /// The registry: `docker.io`, `127.0.0.1:5000`.
+    pub fn domain(&self) -> &str {
+        self.repository
+            .split_once('/')
+            .map_or("", |(domain, _)| domain)
+    }
+
+    /// The repository within its registry: `library/busybox`.
+    pub fn path(&self) -> &str {
+        self.repository.split_once('/').map_or("", |(_, path)| path)
+    }
+}
+
 impl fmt::Display for Reference {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.repository)?;
@@ -183,6 +197,11 @@ mod tests {
             ),
         ];
         for (short, full) in cases {
+            let parsed = Reference::parse(short).unwrap();
+            assert_eq!(
+                format!("{}/{}", parsed.domain(), parsed.path()),
+                parsed.repository
+            );
             assert_eq!(normalize(short).unwrap(), full, "{short}");
             assert_eq!(normalize(full).unwrap(), full, "{full} is a fixed point");
         }

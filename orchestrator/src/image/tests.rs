@@ -771,6 +771,30 @@ fn leftovers_of_a_killed_import_are_not_trusted() {
 }
 
 #[test]
+fn a_running_pulls_downloads_outlive_an_import_and_a_dead_ones_do_not() {
+    let (dir, store) = new_store();
+    let tmp = dir.path().join("images/tmp");
+    // A pull downloading (its lock held), and one that was killed.
+    for name in ["running", "killed"] {
+        fs::create_dir(tmp.join(name)).unwrap();
+        fs::write(tmp.join(name).join("blob"), "downloaded").unwrap();
+    }
+    let lock = fs::File::create(tmp.join("running/lock")).unwrap();
+    lock.lock().unwrap();
+    fs::File::create(tmp.join("killed/lock")).unwrap();
+
+    store
+        .import(&busybox_archive(dir.path(), "busybox:1"))
+        .unwrap();
+    assert_eq!(entries(&tmp), ["running"]);
+    drop(lock);
+    store
+        .import(&busybox_archive(dir.path(), "busybox:1"))
+        .unwrap();
+    assert!(entries(&tmp).is_empty());
+}
+
+#[test]
 fn bad_input_gives_errors_naming_what_is_wrong() {
     let (dir, store) = new_store();
     let shown = |path: &Path| path.display().to_string();

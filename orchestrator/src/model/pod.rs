@@ -671,6 +671,12 @@ impl PodSpec {
 }
 
 impl Container {
+    /// The image pull policy, defaulted as Kubernetes does when unset.
+    pub fn pull_policy(&self) -> ImagePullPolicy {
+        self.image_pull_policy
+            .unwrap_or_else(|| default_pull_policy(&self.image))
+    }
+
     fn apply_defaults(&mut self) {
         if self.image_pull_policy.is_none() {
             self.image_pull_policy = Some(default_pull_policy(&self.image));

@@ -393,6 +393,38 @@ fn unsupported_enum_value() {
         parse_err(&pod("  restartPolicy: Sometimes\n  containers: []\n")),
         "app.yaml doc 1: spec.restartPolicy: unsupported value \"Sometimes\" (supported: \"Always\", \"OnFailure\", \"Never\")"
     );
+    assert_eq!(
+        parse_err(&pod(
+            "  containers:\n  - name: web\n    image: nginx\n    imagePullPolicy: IfMissing\n"
+        )),
+        "app.yaml doc 1: spec.containers[0].imagePullPolicy: unsupported value \"IfMissing\" (supported: \"Always\", \"IfNotPresent\", \"Never\")"
+    );
+}
+
+#[test]
+fn pull_policy_defaults_as_kubernetes_does() {
+    let digest = format!("busybox@sha256:{}", "ab".repeat(32));
+    let cases = [
+        ("busybox", ImagePullPolicy::Always),
+        ("busybox:latest", ImagePullPolicy::Always),
+        ("registry.local:5000/app", ImagePullPolicy::Always),
+        ("registry.local:5000/app:1", ImagePullPolicy::IfNotPresent),
+        ("busybox:1.36", ImagePullPolicy::IfNotPresent),
+        (digest.as_str(), ImagePullPolicy::IfNotPresent),
+    ];
+    for (image, expected) in cases {
+        let container = Container {
+            image: image.into(),
+            ..Container::default()
+        };
+        assert_eq!(container.pull_policy(), expected, "{image}");
+    }
+    let explicit = Container {
+        image: "busybox".into(),
+        image_pull_policy: Some(ImagePullPolicy::Never),
+        ..Container::default()
+    };
+    assert_eq!(explicit.pull_policy(), ImagePullPolicy::Never);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Events about pods, as the kubelet records them (Pulled, Created, Started,
-//! Killing, BackOff, Unhealthy, Failed). Each is owned by its pod, so it goes
+//! Events about pods, as the kubelet records them (Pulling, Pulled, Created,
+//! Started, Killing, BackOff, Unhealthy, Failed). Each is owned by its pod, so it goes
 //! when the pod goes.
 
 use log::warn;

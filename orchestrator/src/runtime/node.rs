@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::api::registry::{ApiError, EventType, Registry};
+use crate::image::PullOptions;
 use crate::model::{FieldSelector, Kind, Object, Pod, Selector};
 
 use super::oci::Oci;
@@ -46,15 +47,20 @@ pub struct NodeConfig {
     pub mtu: Option<u32>,
     pub pids_limit: i64,
     pub log_max_bytes: u64,
+    /// How images are pulled from registries.
+    pub pull: PullOptions,
+    /// How often a running pod's network is checked (CNI CHECK).
+    pub network_check: std::time::Duration,
 }
 
-/// What the API needs of the node to serve `logs` and `exec`: its name, where
-/// its pods' files are, and the container runtime.
+/// What the API needs of the node to serve `logs`, `exec` and image pulls: its
+/// name, where its pods' files are, the container runtime, and how it pulls.
 #[derive(Debug, Clone)]
 pub struct NodeHandle {
     pub name: String,
     pub paths: Paths,
     pub oci: Oci,
+    pub pull: PullOptions,
 }
 
 impl NodeConfig {
@@ -68,13 +74,21 @@ impl NodeConfig {
                 cgroup_parent: "/skiff".into(),
             },
             oci: Oci::new(&self.state_dir),
+            pull: self.pull.clone(),
         }
     }
 
     /// The context the pod workers share.
     pub fn context(&self, registry: Registry, images: Arc<crate::image::ImageStore>) -> Context {
-        let NodeHandle { name, paths, oci } = self.handle();
+        let NodeHandle {
+            name,
+            paths,
+            oci,
+            pull,
+        } = self.handle();
         Context {
+            pull,
+            network_check: self.network_check,
             registry,
             node_name: name,
             host_ip: self.identity.host_ip,

@@ -53,6 +53,13 @@ pub struct ContainerRecord {
     pub backoff_seconds: u64,
     /// Unix seconds before which the container is not started again.
     pub backoff_until: Option<i64>,
+    /// Back-off between failed pulls of its image, apart from the restart
+    /// back-off as in the kubelet (10 s doubling up to 5 min).
+    #[serde(default)]
+    pub pull_backoff_seconds: u64,
+    /// Unix seconds before which its image is not pulled again.
+    #[serde(default)]
+    pub pull_backoff_until: Option<i64>,
     pub image_id: String,
     /// Readiness as last probed (true without a readiness probe).
     pub ready: bool,
@@ -86,6 +93,7 @@ pub struct Terminated {
 #[serde(rename_all = "camelCase")]
 pub struct Waiting {
     /// ContainerCreating, PodInitializing, CrashLoopBackOff, ErrImagePull,
+    /// ImagePullBackOff, ErrImageNeverPull, InvalidImageName,
     /// CreateContainerError, RunContainerError, CreateContainerConfigError.
     pub reason: String,
     pub message: Option<String>,

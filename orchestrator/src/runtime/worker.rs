@@ -12,15 +12,15 @@ use log::{info, warn};
 use tokio::sync::watch;
 
 use crate::api::registry::{ObjectRef, Propagation, Registry};
-use crate::image::ImageStore;
-use crate::model::{Container, Kind, Object, Pod, Probe, RestartPolicy};
+use crate::image::{ImageError, ImageStore, PullOptions};
+use crate::model::{Container, ImagePullPolicy, Kind, Object, Pod, Probe, RestartPolicy};
 
 use super::cni::Network;
 use super::container::{self, Launch};
 use super::oci::{Exit, Oci};
 use super::paths::Paths;
 use super::probes::{self, Tracker, Verdict};
-use super::record::{PodRecord, Running, Terminated, Waiting};
+use super::record::{ContainerRecord, PodRecord, Running, Terminated, Waiting};
 use super::status::{pod_status, will_restart};
 use super::volumes::{self, PreparedVolumes, VolumeError};
 use super::{events, netns, pod_files};
@@ -30,6 +30,8 @@ use super::{events, netns, pod_files};
 const MAX_BACKOFF_SECONDS: u64 = 300;
 const INITIAL_BACKOFF_SECONDS: u64 = 10;
 const BACKOFF_RESET_SECONDS: i64 = 600;
+/// How long a failed pull shows as ErrImagePull before ImagePullBackOff.
+const ERR_IMAGE_PULL_SECONDS: i64 = 3;
 /// How long a postStart hook may take.
 const POST_START_LIMIT: Duration = Duration::from_secs(30);
 /// How often running containers are checked for exits.
@@ -42,11 +44,15 @@ pub struct Context {
     pub host_ip: Option<IpAddr>,
     pub paths: Paths,
     pub images: Arc<ImageStore>,
+    /// How images missing from the store are pulled.
+    pub pull: PullOptions,
     pub oci: Oci,
     pub network: Network,
     pub dns: pod_files::Dns,
     pub pids_limit: i64,
     pub log_max_bytes: u64,
+    /// How often a running pod's network is checked with the CNI plugin.
+    pub network_check: Duration,
 }
 
 /// What a reconcile pass asks for next.
@@ -66,12 +72,20 @@ pub async fn run(ctx: Arc<Context>, uid: String, mut desired: watch::Receiver<Op
         ..PodRecord::default()
     });
     let mut probes = Probes::default();
+    let mut network_check = Instant::now() + ctx.network_check;
     loop {
         let pod = desired.borrow_and_update().clone();
-        let next = reconcile(&ctx, &mut record, &mut probes, pod).await;
+        let next = reconcile(&ctx, &mut record, &mut probes, pod.clone()).await;
         let Next::After(wait) = next else {
             return;
         };
+        if Instant::now() >= network_check {
+            if let Some(pod) = pod.filter(|p| p.metadata.deletion_timestamp.is_none()) {
+                check_network(&ctx, &record, &pod).await;
+            }
+            network_check = Instant::now() + ctx.network_check;
+        }
+        let wait = wait.min(network_check.saturating_duration_since(Instant::now()));
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = desired.changed() => {
@@ -170,6 +184,64 @@ async fn attach(ctx: &Context, record: &mut PodRecord, pod: &Pod) -> Result<(), 
     record
         .save(&ctx.paths.record(&record.uid))
         .map_err(|e| format!("saving the pod's record: {e}"))
+}
+
+fn waiting_for(entry: &ContainerRecord, reason: &str) -> bool {
+    entry.waiting.as_ref().is_some_and(|w| w.reason == reason)
+}
+
+/// Puts a container in the waiting state `reason` because its image cannot be
+/// used, with the kubelet's two warning events (`event_reason`, then "Failed")
+/// when it enters that state.
+async fn image_unusable(
+    ctx: &Context,
+    pod: &Pod,
+    entry: &mut ContainerRecord,
+    reason: &str,
+    event_reason: &str,
+    message: String,
+) {
+    if !waiting_for(entry, reason) {
+        event(ctx, pod, events::Type::Warning, event_reason, &message).await;
+        let failed = format!("Error: {reason}");
+        event(ctx, pod, events::Type::Warning, "Failed", &failed).await;
+    }
+    entry.waiting = Some(Waiting {
+        reason: reason.into(),
+        message: Some(message),
+    });
+}
+
+/// Asks the CNI plugin whether the pod's network is still as ADD left it (CNI
+/// CHECK); a broken one is reported as a warning event on the pod. Its addresses
+/// stay: a pod keeps its IPs for life, so repairing is the plugin's business.
+async fn check_network(ctx: &Context, record: &PodRecord, pod: &Pod) {
+    let Some(previous) = record.cni_result.clone() else {
+        return;
+    };
+    let (network, uid) = (ctx.network.clone(), record.uid.clone());
+    let netns = ctx.paths.netns(&uid);
+    let checked = blocking(move || {
+        network
+            .check(&uid, &netns, &previous)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    if let Err(message) = checked {
+        warn!(
+            "pod {}/{}: network check: {message}",
+            record.namespace, record.name
+        );
+        events::record(
+            &ctx.registry,
+            &ctx.node_name,
+            pod,
+            events::Type::Warning,
+            "NetworkCheckFailed",
+            &format!("CNI CHECK failed: {message}"),
+        )
+        .await;
+    }
 }
 
 /// Notices containers that ended (conmon wrote their exit) and records how.
@@ -361,6 +433,11 @@ async fn ensure_running(
         }
         return Some(Duration::from_secs((until - now) as u64));
     }
+    // The image first, as the kubelet does, then the container's configuration.
+    let pulled_now = match ensure_image(ctx, record, pod, container).await {
+        Ok(pulled_now) => pulled_now,
+        Err(wake) => return Some(wake),
+    };
     let resolved = environment::resolve(&ctx.registry, pod, container, &record.ips)
         .await
         .and_then(|env| {
@@ -427,17 +504,21 @@ async fn ensure_running(
                 container.name,
                 started.id
             );
-            for (reason, message) in [
+            // Recorded once the start succeeded, so that retries of a failing
+            // start do not repeat it.
+            let present = (!pulled_now).then(|| {
                 (
                     "Pulled",
                     format!(
                         "Container image {:?} already present on machine",
                         container.image
                     ),
-                ),
+                )
+            });
+            for (reason, message) in present.into_iter().chain([
                 ("Created", format!("Created container {}", container.name)),
                 ("Started", format!("Started container {}", container.name)),
-            ] {
+            ]) {
                 events::record(
                     &ctx.registry,
                     &ctx.node_name,
@@ -522,6 +603,170 @@ async fn ensure_running(
             Some(Duration::from_secs(entry.backoff_seconds))
         }
     }
+}
+
+/// Makes sure the container's image is in the store, pulling it as its
+/// imagePullPolicy says, with the kubelet's events and waiting reasons: Pulling
+/// and Pulled, or ErrImagePull and then ImagePullBackOff until the pull back-off
+/// ends, ErrImageNeverPull, InvalidImageName. Ok: whether it was pulled now;
+/// Err: not yet, look again after this long.
+async fn ensure_image(
+    ctx: &Context,
+    record: &mut PodRecord,
+    pod: &Pod,
+    container: &Container,
+) -> Result<bool, Duration> {
+    let image = container.image.clone();
+    let images = ctx.images.clone();
+    let reference = image.clone();
+    let found = blocking(move || Ok::<_, String>(images.resolve(&reference).map(drop))).await;
+    let entry = record.container(&container.name);
+    let present = match found {
+        Ok(Ok(())) => true,
+        Ok(Err(ImageError::InvalidReference { reason, .. })) => {
+            let message = format!("Failed to apply default image tag {image:?}: {reason}");
+            image_unusable(
+                ctx,
+                pod,
+                entry,
+                "InvalidImageName",
+                "InspectFailed",
+                message,
+            )
+            .await;
+            // Only a change of the pod (which wakes the worker) can fix it.
+            return Err(Duration::from_secs(60));
+        }
+        // Missing, or damaged (a pull stores it whole again).
+        Ok(Err(_)) | Err(_) => false,
+    };
+    let policy = container.pull_policy();
+    let pull = match policy {
+        ImagePullPolicy::Always => true,
+        ImagePullPolicy::IfNotPresent => !present,
+        ImagePullPolicy::Never => false,
+    };
+    if !pull && present {
+        return Ok(false);
+    }
+    if !pull {
+        let message = format!("Container image {image:?} is not present with pull policy of Never");
+        image_unusable(
+            ctx,
+            pod,
+            entry,
+            "ErrImageNeverPull",
+            "ErrImageNeverPull",
+            message,
+        )
+        .await;
+        // An import may bring it.
+        return Err(Duration::from_secs(5));
+    }
+    let now = unix_now();
+    if let Some(until) = entry.pull_backoff_until
+        && until > now
+    {
+        // ErrImagePull shows for a moment first, as it does until a kubelet's next
+        // sync (this worker's next pass may come at once, on its own status update).
+        let shown_until = until - entry.pull_backoff_seconds as i64 + ERR_IMAGE_PULL_SECONDS;
+        if waiting_for(entry, "ErrImagePull") && now < shown_until {
+            return Err(Duration::from_secs((shown_until - now) as u64));
+        }
+        if !waiting_for(entry, "ImagePullBackOff") {
+            let last = entry
+                .waiting
+                .as_ref()
+                .map(|w| {
+                    format!(
+                        ": {}: {}",
+                        w.reason,
+                        w.message.as_deref().unwrap_or_default()
+                    )
+                })
+                .unwrap_or_default();
+            entry.waiting = Some(Waiting {
+                reason: "ImagePullBackOff".into(),
+                message: Some(format!("Back-off pulling image {image:?}{last}")),
+            });
+            let message = format!("Back-off pulling image {image:?}");
+            event(ctx, pod, events::Type::Normal, "BackOff", &message).await;
+            event(
+                ctx,
+                pod,
+                events::Type::Warning,
+                "Failed",
+                "Error: ImagePullBackOff",
+            )
+            .await;
+        }
+        return Err(Duration::from_secs((until - now) as u64));
+    }
+    event(
+        ctx,
+        pod,
+        events::Type::Normal,
+        "Pulling",
+        &format!("Pulling image {image:?}"),
+    )
+    .await;
+    let began = Instant::now();
+    let pulled = ctx.images.pull(&image, &ctx.pull).await;
+    let entry = record.container(&container.name);
+    match pulled {
+        Ok(pulled) => {
+            // The kubelet's wording; milliseconds are enough.
+            let took = Duration::from_millis(began.elapsed().as_millis() as u64);
+            info!(
+                "pod {}/{}: pulled {} in {took:?} ({} of {} layers downloaded)",
+                pod_namespace(pod),
+                pod.metadata.name,
+                pulled.image.reference,
+                pulled.layers_downloaded,
+                pulled.layers
+            );
+            entry.pull_backoff_seconds = 0;
+            entry.pull_backoff_until = None;
+            let message = format!(
+                "Successfully pulled image {image:?} in {took:?} ({took:?} including waiting). Image size: {} bytes.",
+                pulled.image.size
+            );
+            event(ctx, pod, events::Type::Normal, "Pulled", &message).await;
+            Ok(true)
+        }
+        Err(error) => {
+            warn!(
+                "pod {}/{}: container {}: {error}",
+                pod_namespace(pod),
+                pod.metadata.name,
+                container.name
+            );
+            let reason = error.reason();
+            entry.waiting = Some(Waiting {
+                reason: reason.into(),
+                message: Some(error.to_string()),
+            });
+            entry.pull_backoff_seconds = (entry.pull_backoff_seconds * 2)
+                .clamp(INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS);
+            entry.pull_backoff_until = Some(unix_now() + entry.pull_backoff_seconds as i64);
+            let message = format!("Failed to pull image {image:?}: {error}");
+            event(ctx, pod, events::Type::Warning, "Failed", &message).await;
+            event(
+                ctx,
+                pod,
+                events::Type::Warning,
+                "Failed",
+                &format!("Error: {reason}"),
+            )
+            .await;
+            // Soon, so that the back-off shows as ImagePullBackOff.
+            Err(Duration::from_secs(ERR_IMAGE_PULL_SECONDS as u64))
+        }
+    }
+}
+
+async fn event(ctx: &Context, pod: &Pod, kind: events::Type, reason: &str, message: &str) {
+    events::record(&ctx.registry, &ctx.node_name, pod, kind, reason, message).await;
 }
 
 /// Probe trackers of the pod's containers. In memory: after an agent restart

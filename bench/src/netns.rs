@@ -1,0 +1,79 @@
+//! Network namespaces made for a benchmark with iproute2 (`ip netns add`, so
+//! `ip netns` shows them while it runs), and processes started inside them.
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use anyhow::{Context, Result, bail};
+
+/// A network namespace, deleted (with every interface in it) on drop.
+pub struct Netns {
+    name: String,
+    /// Open for as long as the namespace is used: processes enter it through this.
+    file: File,
+}
+
+impl Netns {
+    pub fn create() -> Result<Self> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let name = format!(
+            "skiff-bench-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        );
+        let status = Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .context("running ip netns add")?;
+        if !status.success() {
+            bail!("ip netns add {name} failed: {status}");
+        }
+        let path = Path::new("/run/netns").join(&name);
+        match File::open(&path) {
+            Ok(file) => Ok(Self { name, file }),
+            Err(e) => {
+                // Not yet a Netns, so nothing else deletes it.
+                let _ = Command::new("ip").args(["netns", "del", &name]).status();
+                Err(e).with_context(|| format!("opening {}", path.display()))
+            }
+        }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/run/netns").join(&self.name)
+    }
+
+    /// `program`, set up to start inside this namespace. (Not `ip netns exec`: it
+    /// remounts /sys for the child, and runc started below it then fails.)
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
+        // The closure owns its own handle, so the Command may outlive self.
+        let netns = self.file.try_clone().context("duplicating a netns fd")?;
+        let mut cmd = Command::new(program);
+        // SAFETY: only an async-signal-safe system call on an fd opened before fork.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Ok(cmd)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}

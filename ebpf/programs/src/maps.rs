@@ -1,0 +1,57 @@
+//! The maps shared by the programs. Names and capacities come from
+//! `skiff_ebpf_common`, which user space reads too.
+
+use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST};
+use aya_ebpf::macros::map;
+use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuHashMap};
+use skiff_ebpf_common::{
+    Backend, BackendSlotKey, MAX_BACKEND_SLOTS, MAX_COUNTERS, MAX_DESTROY_TARGETS,
+    MAX_REVERSE_ENTRIES, MAX_SERVICES, ReverseKey, ReverseValue, Service, ServiceBackendKey,
+    ServiceKey,
+};
+
+// Not preallocated: elements are then freed through RCU, so a value a program is
+// reading is never recycled under it by a concurrent update from user space.
+#[map(name = "SERVICES")]
+pub static SERVICES: HashMap<ServiceKey, Service> =
+    HashMap::with_max_entries(MAX_SERVICES, BPF_F_NO_PREALLOC);
+
+#[map(name = "BACKENDS")]
+pub static BACKENDS: HashMap<BackendSlotKey, Backend> =
+    HashMap::with_max_entries(MAX_BACKEND_SLOTS, BPF_F_NO_PREALLOC);
+
+/// (socket cookie, backend) -> frontend, written at every rewrite; least recently
+/// used entries (sockets long closed) make room for new ones.
+#[map(name = "REVERSE_SK")]
+pub static REVERSE_SK: LruHashMap<ReverseKey, ReverseValue> =
+    LruHashMap::with_max_entries(MAX_REVERSE_ENTRIES, 0);
+
+/// Connections (connect rewrites plus sendmsg rewrites) per service backend and CPU.
+/// Not preallocated: a preallocated per-CPU map costs entries x CPUs up front.
+#[map(name = "LB_COUNTERS")]
+pub static LB_COUNTERS: PerCpuHashMap<ServiceBackendKey, u64> =
+    PerCpuHashMap::with_max_entries(MAX_COUNTERS, BPF_F_NO_PREALLOC);
+
+/// Backends removed from a service, filled by user space for one destroy pass.
+#[map(name = "DESTROY_TARGETS")]
+pub static DESTROY_TARGETS: HashMap<ServiceBackendKey, u8> =
+    HashMap::with_max_entries(MAX_DESTROY_TARGETS, 0);
+
+/// Adds one connection to the counter of `key` on this CPU.
+#[inline(always)]
+pub fn count(key: &ServiceBackendKey) {
+    for _ in 0..2 {
+        if let Some(counter) = LB_COUNTERS.get_ptr_mut(key) {
+            // SAFETY: a per-CPU value is only written from this CPU, and programs do
+            // not migrate while they run.
+            unsafe { *counter += 1 };
+            return;
+        }
+        // The first connection creates the counter. If another CPU created it at the
+        // same time, NOEXIST fails and the second round increments it. A full map
+        // drops the count.
+        if LB_COUNTERS.insert(key, &1, u64::from(BPF_NOEXIST)).is_ok() {
+            return;
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! The cgroup `sock_addr` hooks of the socket load balancer.
+//!
+//! connect4/6 (TCP and connected UDP) and sendmsg4/6 (unconnected UDP: sendto with an
+//! address) rewrite a service frontend to a backend, remember the rewrite in
+//! `REVERSE_SK` under the socket's cookie and count it. recvmsg4/6 (the source of a
+//! datagram) and getpeername4/6 (the peer) translate such a backend back to the
+//! frontend, so the application only ever sees the address it asked for.
+
+use core::ffi::c_void;
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+
+use aya_ebpf::bindings::bpf_sock_addr;
+use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval};
+use aya_ebpf::macros::cgroup_sock_addr;
+use aya_ebpf::programs::SockAddrContext;
+use aya_log_ebpf::debug;
+use skiff_ebpf_common::{
+    AF_INET, AF_INET6, Backend, RawAddr, ServiceBackendKey, ServiceKey, Verdict, raw_octets,
+    reverse_entry, reverse_translation, select_backend,
+};
+
+use crate::maps::{BACKENDS, REVERSE_SK, SERVICES, count};
+
+/// cgroup sock_addr return values: 1 lets the call proceed, 0 fails it.
+const PROCEED: i32 = 1;
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+/// Logs an IPv4 rewrite at debug level. The format names the hook: aya-log wants a
+/// literal format string, and an `&str` argument would cost a copy loop.
+macro_rules! log_rewrite4 {
+    ($ctx:expr, $rewrite:expr, $fmt:tt) => {
+        if let Some(r) = $rewrite {
+            debug!(
+                &$ctx,
+                $fmt,
+                u32::from_be(r.frontend[0]),
+                u16::from_be(r.frontend_port),
+                u32::from_be(r.backend.addr[0]),
+                u16::from_be(r.backend.port)
+            );
+        }
+    };
+}
+
+/// Logs an IPv6 rewrite at debug level (see `log_rewrite4`).
+macro_rules! log_rewrite6 {
+    ($ctx:expr, $rewrite:expr, $fmt:tt) => {
+        if let Some(r) = $rewrite {
+            debug!(
+                &$ctx,
+                $fmt,
+                raw_octets(r.frontend),
+                u16::from_be(r.frontend_port),
+                raw_octets(r.backend.addr),
+                u16::from_be(r.backend.port)
+            );
+        }
+    };
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
+    let (ret, rewrite) = forward(&ctx, AF_INET);
+    log_rewrite4!(ctx, rewrite, "connect4 {:i}:{} -> {:i}:{}");
+    ret
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn skiff_connect6(ctx: SockAddrContext) -> i32 {
+    let (ret, rewrite) = forward(&ctx, AF_INET6);
+    log_rewrite6!(ctx, rewrite, "connect6 [{:i}]:{} -> [{:i}]:{}");
+    ret
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn skiff_sendmsg4(ctx: SockAddrContext) -> i32 {
+    let (ret, rewrite) = forward(&ctx, AF_INET);
+    log_rewrite4!(ctx, rewrite, "sendmsg4 {:i}:{} -> {:i}:{}");
+    ret
+}
+
+#[cgroup_sock_addr(sendmsg6)]
+pub fn skiff_sendmsg6(ctx: SockAddrContext) -> i32 {
+    let (ret, rewrite) = forward(&ctx, AF_INET6);
+    log_rewrite6!(ctx, rewrite, "sendmsg6 [{:i}]:{} -> [{:i}]:{}");
+    ret
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn skiff_recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(recvmsg6)]
+pub fn skiff_recvmsg6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, AF_INET6)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn skiff_getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, AF_INET)
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn skiff_getpeername6(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx, AF_INET6)
+}
+
+/// A rewrite a connect or sendmsg hook made, for its log line.
+struct Rewrite {
+    frontend: RawAddr,
+    frontend_port: u16,
+    backend: Backend,
+}
+
+/// connect and sendmsg: a frontend becomes one of its backends. Returns the hook's
+/// return value and the rewrite made, if any.
+#[inline(always)]
+fn forward(ctx: &SockAddrContext, family: u8) -> (i32, Option<Rewrite>) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands a valid bpf_sock_addr.
+    let (ip, port, protocol) = unsafe { (read_addr(sa, family), read_port(sa), read_protocol(sa)) };
+    let key = ServiceKey::new(ip, port, protocol, family);
+    // SAFETY: the values are copied out at once; BPF_F_NO_PREALLOC keeps them stable
+    // for the duration of this program.
+    let service = unsafe { SERVICES.get(&key) }.copied();
+    // SAFETY: bpf_get_prandom_u32 has no preconditions.
+    let random = unsafe { bpf_get_prandom_u32() };
+    let verdict = select_backend(service, family, random, |slot| {
+        // SAFETY: as above.
+        unsafe { BACKENDS.get(slot) }.copied()
+    });
+    let (backend, service_id) = match (verdict, service) {
+        (Verdict::Rewrite(backend), Some(service)) => (backend, service.id),
+        (Verdict::Pass, _) => return (PROCEED, None),
+        _ => return (refuse(), None),
+    };
+    // SAFETY: as above.
+    unsafe { write_addr(sa, family, backend.addr, backend.port) };
+
+    // SAFETY: the context is a bpf_sock_addr, which this helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    let (rkey, rvalue) = reverse_entry(cookie, &key, service_id, &backend);
+    // Unconnected UDP passes here for every datagram: write only what changed.
+    // SAFETY: the value is compared at once.
+    if unsafe { REVERSE_SK.get(&rkey) } != Some(&rvalue) {
+        // A full LRU map evicts its oldest entry; a failed update only loses the
+        // translation of replies for this socket.
+        let _ = REVERSE_SK.insert(&rkey, &rvalue, 0);
+    }
+    count(&ServiceBackendKey::new(service_id, &backend));
+    let rewrite = Rewrite {
+        frontend: ip,
+        frontend_port: port,
+        backend,
+    };
+    (PROCEED, Some(rewrite))
+}
+
+/// recvmsg and getpeername: a backend the socket was balanced to becomes the frontend.
+/// These hooks cannot fail the call; they always proceed.
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext, family: u8) -> i32 {
+    let sa = ctx.sock_addr;
+    // SAFETY: the kernel hands a valid bpf_sock_addr.
+    let (ip, port) = unsafe { (read_addr(sa, family), read_port(sa)) };
+    // SAFETY: the context is a bpf_sock_addr, which this helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    let translated = reverse_translation(cookie, ip, port, family, |k| {
+        // SAFETY: the value is copied out at once.
+        unsafe { REVERSE_SK.get(k) }.copied()
+    });
+    if let Some((addr, port)) = translated {
+        // SAFETY: as above.
+        unsafe { write_addr(sa, family, addr, port) };
+    }
+    PROCEED
+}
+
+/// Fails the call with ECONNREFUSED, as kube-proxy does for a service without
+/// endpoints, rather than the EPERM a bare rejection gives.
+#[inline(always)]
+fn refuse() -> i32 {
+    // SAFETY: bpf_set_retval is allowed in cgroup programs and only sets the errno.
+    unsafe { bpf_set_retval(-ECONNREFUSED) };
+    REJECT
+}
+
+// Context fields must be read and written with full 32-bit accesses, hence the
+// volatile operations on u32 fields.
+
+/// # Safety
+/// `sa` must be the program's context.
+#[inline(always)]
+unsafe fn read_addr(sa: *mut bpf_sock_addr, family: u8) -> RawAddr {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if family == AF_INET {
+            [read_volatile(addr_of!((*sa).user_ip4)), 0, 0, 0]
+        } else {
+            [
+                read_volatile(addr_of!((*sa).user_ip6[0])),
+                read_volatile(addr_of!((*sa).user_ip6[1])),
+                read_volatile(addr_of!((*sa).user_ip6[2])),
+                read_volatile(addr_of!((*sa).user_ip6[3])),
+            ]
+        }
+    }
+}
+
+/// The port in network byte order.
+///
+/// # Safety
+/// `sa` must be the program's context.
+#[inline(always)]
+unsafe fn read_port(sa: *mut bpf_sock_addr) -> u16 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { read_volatile(addr_of!((*sa).user_port)) as u16 }
+}
+
+/// # Safety
+/// `sa` must be the program's context.
+#[inline(always)]
+unsafe fn read_protocol(sa: *mut bpf_sock_addr) -> u8 {
+    // SAFETY: guaranteed by the caller.
+    unsafe { read_volatile(addr_of!((*sa).protocol)) as u8 }
+}
+
+/// # Safety
+/// `sa` must be the program's context.
+#[inline(always)]
+unsafe fn write_addr(sa: *mut bpf_sock_addr, family: u8, addr: RawAddr, port: u16) {
+    // SAFETY: guaranteed by the caller.
+    unsafe {
+        if family == AF_INET {
+            write_volatile(addr_of_mut!((*sa).user_ip4), addr[0]);
+        } else {
+            for (i, word) in addr.iter().enumerate() {
+                write_volatile(addr_of_mut!((*sa).user_ip6[i]), *word);
+            }
+        }
+        write_volatile(addr_of_mut!((*sa).user_port), u32::from(port));
+    }
+}
