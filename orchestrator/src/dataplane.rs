@@ -17,7 +17,7 @@ mod btf;
 mod changes;
 mod counters;
 pub mod desired;
-mod maglev;
+pub mod maglev;
 mod metrics;
 pub mod nodeport;
 mod published;
@@ -253,7 +253,7 @@ impl Dataplane {
                 None => Attachment::Owned(link),
                 Some(dir) => {
                     let owned = program.take_link(link).map_err(program_error)?;
-                    Attachment::Pinned(pin_link(name, owned.try_into(), dir)?)
+                    Attachment::Pinned(pin_link(name, name, owned.try_into(), dir)?)
                 }
             };
             links.push((AttachedProgram { name, id }, attachment));
@@ -390,8 +390,15 @@ impl Dataplane {
 }
 
 /// Maps kept in bpffs across agent restarts: the services, the reverse
-/// translations of sockets already balanced, and the counters.
-const PINNED_MAPS: [&str; 4] = [SERVICES_MAP, BACKENDS_MAP, REVERSE_MAP, COUNTERS_MAP];
+/// translations of sockets already balanced, and the counters (the NodePort path's
+/// own maps are listed in [`nodeport`]).
+const PINNED_MAPS: [&str; 5] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    REVERSE_MAP,
+    COUNTERS_MAP,
+    PACKET_COUNTERS_MAP,
+];
 
 /// Mounts bpffs at [`BPFFS`] if the host has not, and makes `dir` (0700) on it.
 fn prepare_pin_dir(dir: &Path) -> Result<(), Error> {
@@ -443,21 +450,23 @@ fn is_bpffs(path: &Path) -> io::Result<bool> {
     Ok(unsafe { stat.assume_init() }.f_type as u32 == BPF_FS_MAGIC)
 }
 
-/// Pins `link` at `dir/links/<name>` in place of any previous agent's link, which
-/// is detached when its pin is replaced (after this one is attached).
+/// Pins `link` at `dir/links/<pin>` in place of any previous agent's link, which
+/// is detached when its pin is replaced (after this one is attached). `name` is the
+/// program, for errors.
 fn pin_link(
     name: &'static str,
+    pin: &str,
     link: Result<FdLink, aya::programs::links::LinkError>,
     dir: &Path,
 ) -> Result<PinnedLink, Error> {
-    let path = dir.join("links").join(name);
+    let path = dir.join("links").join(pin);
     let fail = |error: &dyn std::error::Error| Error::PinLink {
         name,
         path: path.clone(),
         reason: error_chain(error),
     };
     // bpffs refuses names with dots.
-    let fresh = dir.join("links").join(format!("new-{name}"));
+    let fresh = dir.join("links").join(format!("new-{pin}"));
     let _ = std::fs::remove_file(&fresh);
     let pinned = link
         .map_err(|e| fail(&e))?
@@ -546,33 +555,26 @@ struct KernelMaps {
 
 impl KernelMaps {
     fn take(ebpf: &mut Ebpf, nodeport: &nodeport::Settings) -> Result<Self, Error> {
-        fn take_map<K: aya::Pod, V: aya::Pod>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<HashMap<MapData, K, V>, Error> {
-            let map = ebpf
-                .take_map(name)
-                .ok_or(Error::Missing { kind: "map", name })?;
-            HashMap::try_from(map).map_err(|source| Error::Map { name, source })
-        }
-        fn take_per_cpu<V: aya::Pod>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<PerCpuHashMap<MapData, ServiceBackendKey, V>, Error> {
-            let map = ebpf
-                .take_map(name)
-                .ok_or(Error::Missing { kind: "map", name })?;
-            PerCpuHashMap::try_from(map).map_err(|source| Error::Map { name, source })
-        }
         Ok(Self {
             services: take_map(ebpf, SERVICES_MAP)?,
             backends: take_map(ebpf, BACKENDS_MAP)?,
             nodeport: nodeport::NodePortMaps::take(ebpf, nodeport)?,
-            counters: take_per_cpu(ebpf, COUNTERS_MAP)?,
-            packets: take_per_cpu(ebpf, PACKET_COUNTERS_MAP)?,
+            counters: take_map(ebpf, COUNTERS_MAP)?,
+            packets: take_map(ebpf, PACKET_COUNTERS_MAP)?,
             destroy_targets: take_map(ebpf, DESTROY_TARGETS_MAP)?,
         })
     }
+}
+
+/// Takes map `name` out of the loaded object as a typed map.
+fn take_map<M: TryFrom<aya::maps::Map, Error = MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<M, Error> {
+    let map = ebpf
+        .take_map(name)
+        .ok_or(Error::Missing { kind: "map", name })?;
+    M::try_from(map).map_err(|source| Error::Map { name, source })
 }
 
 impl ServiceMaps for KernelMaps {

@@ -130,13 +130,7 @@ pub fn skiff_nodeport_ingress(ctx: TcContext) -> i32 {
     if rewrite(&ctx, s, false).is_err() {
         return DROP;
     }
-    s.counter = counter_key(
-        s.forward.service_id,
-        s.forward.backend,
-        s.forward.backend_port,
-        s.flow.family,
-    );
-    count(&ctx, &s.counter, false);
+    count(&ctx, s, false);
     if s.forward.flags & CT_SNAT != 0 {
         redirect(s.forward.ifindex)
     } else {
@@ -161,16 +155,9 @@ pub fn skiff_nodeport_egress(ctx: TcContext) -> i32 {
     if s.reverse.flags & CT_SNAT != 0 {
         return NEXT;
     }
-    if rewrite(&ctx, s, true).is_err() {
+    if !translate_reply(&ctx, s) {
         return DROP;
     }
-    s.counter = counter_key(
-        s.reverse.service_id,
-        s.flow.saddr,
-        s.flow.sport,
-        s.flow.family,
-    );
-    count(&ctx, &s.counter, true);
     NEXT
 }
 
@@ -178,19 +165,23 @@ pub fn skiff_nodeport_egress(ctx: TcContext) -> i32 {
 /// it to the client.
 #[inline(never)]
 fn reply_from_other_node(ctx: &TcContext, s: &mut Scratch) -> i32 {
-    if rewrite(ctx, s, true).is_err() {
+    if !translate_reply(ctx, s) {
         return DROP;
     }
-    s.counter = counter_key(
-        s.reverse.service_id,
-        s.flow.saddr,
-        s.flow.sport,
-        s.flow.family,
-    );
-    count(ctx, &s.counter, true);
     let out = egress_device(ctx, s.flow.family, &s.reverse.frontend, &s.reverse.client)
         .unwrap_or_else(|| ifindex(ctx));
     redirect(out)
+}
+
+/// Translates a reply (of the flow `s.reverse` names) back to the NodePort and
+/// counts it; false when the packet could not be rewritten.
+#[inline(always)]
+fn translate_reply(ctx: &TcContext, s: &mut Scratch) -> bool {
+    if rewrite(ctx, s, true).is_err() {
+        return false;
+    }
+    count(ctx, s, true);
+    true
 }
 
 /// Reads the flow of an Ethernet frame carrying TCP or UDP (IPv4 without
@@ -432,9 +423,26 @@ fn ifindex(ctx: &TcContext) -> u32 {
     unsafe { (*ctx.skb.skb).ifindex }
 }
 
-/// Adds the packet to `key`'s counter on this CPU (`reply`: backend to client).
+/// Adds the packet to its backend's counter on this CPU: the backend of
+/// `s.forward` for a packet to it, the sender for a reply (`reply`).
 #[inline(never)]
-fn count(ctx: &TcContext, key: &ServiceBackendKey, reply: bool) {
+fn count(ctx: &TcContext, s: &mut Scratch, reply: bool) {
+    s.counter = if reply {
+        counter_key(
+            s.reverse.service_id,
+            s.flow.saddr,
+            s.flow.sport,
+            s.flow.family,
+        )
+    } else {
+        counter_key(
+            s.forward.service_id,
+            s.forward.backend,
+            s.forward.backend_port,
+            s.flow.family,
+        )
+    };
+    let key = &s.counter;
     // SAFETY: the context is a valid __sk_buff.
     let segments = u64::from(unsafe { (*ctx.skb.skb).gso_segs }.max(1));
     let bytes = u64::from(ctx.len().saturating_sub(offsets::ETH_HLEN as u32));

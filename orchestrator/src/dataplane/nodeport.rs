@@ -1,5 +1,6 @@
 //! The packet-level NodePort path, user-space side: which devices the tc programs
-//! run on, the Maglev tables of NodePort frontends, and the per-CPU counters.
+//! run on, their conntrack maps, and the Maglev tables of NodePort frontends. (Its
+//! packet and byte counters are read with the other counters, in `counters.rs`.)
 //!
 //! The kernel side (`ebpf/programs/src/nodeport.rs`) translates packets that arrive
 //! on a NodePort device for a frontend that has a Maglev table. User space writes a
@@ -16,20 +17,20 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, MapData, MapError};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::maps::{Array, HashMap, MapData};
+use aya::programs::links::PinnedLink;
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
 use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use skiff_ebpf_common::nodeport::{
     CT_MAP, CT_REVERSE_MAP, CtForward, CtReverse, DEFAULT_MAGLEV_SIZE, FlowKey, MAGLEV_CHUNK,
     MAGLEV_MAP, MAX_CONNTRACK, MAX_NODEPORT_DEVICES, MaglevChunk, MaglevKey, NODEPORT_CONFIG_MAP,
-    NodePortConfig, PACKET_COUNTERS_MAP, maglev_chunks,
+    NodePortConfig, maglev_chunks,
 };
 use skiff_ebpf_common::{Backend, Service, ServiceKey};
 
 use super::maglev::{self, MaglevError};
-use super::{Frontend, absent_is_ok, into_io};
+use super::{Error, Frontend, absent_is_ok, into_io};
 
 /// The programs, by their function names in the object, and where they attach.
 const PROGRAMS: [(&str, TcAttachType); 2] = [
@@ -41,15 +42,9 @@ const PROGRAMS: [(&str, TcAttachType); 2] = [
 const LINK_PIN_PREFIX: &str = "np-";
 
 /// Maps of the NodePort path kept in bpffs with the service maps: the Maglev tables
-/// belong to the published services, conntrack keeps flows on their backends
-/// across an agent restart, and counters keep counting.
-const PINNED_MAPS: [&str; 5] = [
-    MAGLEV_MAP,
-    NODEPORT_CONFIG_MAP,
-    CT_MAP,
-    CT_REVERSE_MAP,
-    PACKET_COUNTERS_MAP,
-];
+/// belong to the published services, and conntrack keeps flows on their backends
+/// across an agent restart.
+const PINNED_MAPS: [&str; 4] = [MAGLEV_MAP, NODEPORT_CONFIG_MAP, CT_MAP, CT_REVERSE_MAP];
 
 /// How the NodePort path runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,8 +83,6 @@ pub enum NodePortError {
     TooManyDevices { count: usize },
     #[error("the conntrack size must be at least 1")]
     Conntrack,
-    #[error("the eBPF object has no program {0}")]
-    Missing(&'static str),
     #[error("eBPF program {name} on {device}: {source}")]
     Program {
         name: &'static str,
@@ -97,21 +90,9 @@ pub enum NodePortError {
         source: ProgramError,
     },
     #[error("eBPF map {name}: {source}")]
-    Map {
-        name: &'static str,
-        source: MapError,
-    },
-    #[error("eBPF map {name}: {source}")]
     MapWrite {
         name: &'static str,
         source: io::Error,
-    },
-    #[error("pinning {name} on {device} at {}: {reason}", path.display())]
-    Pin {
-        name: &'static str,
-        device: String,
-        path: PathBuf,
-        reason: String,
     },
 }
 
@@ -190,22 +171,12 @@ impl NodePortMaps {
     /// Takes the maps from the object and writes the programs' settings. A table
     /// size other than the previous agent's drops every Maglev table (see
     /// [`NodePortMaps::adopt`]).
-    pub(super) fn take(ebpf: &mut Ebpf, settings: &Settings) -> Result<Self, NodePortError> {
-        fn take_map<M: TryFrom<aya::maps::Map, Error = MapError>>(
-            ebpf: &mut Ebpf,
-            name: &'static str,
-        ) -> Result<M, NodePortError> {
-            let map = ebpf.take_map(name).ok_or(NodePortError::Map {
-                name,
-                source: MapError::InvalidName { name: name.into() },
-            })?;
-            M::try_from(map).map_err(|source| NodePortError::Map { name, source })
-        }
-        let map_error = |name| move |source| NodePortError::Map { name, source };
-        let config: Array<MapData, NodePortConfig> = take_map(ebpf, NODEPORT_CONFIG_MAP)?;
+    pub(super) fn take(ebpf: &mut Ebpf, settings: &Settings) -> Result<Self, Error> {
+        let map_error = |name| move |source| Error::Map { name, source };
+        let config: Array<MapData, NodePortConfig> = super::take_map(ebpf, NODEPORT_CONFIG_MAP)?;
         let previous = config.get(&0, 0).map_err(map_error(NODEPORT_CONFIG_MAP))?;
         let mut maps = Self {
-            maglev: take_map(ebpf, MAGLEV_MAP)?,
+            maglev: super::take_map(ebpf, MAGLEV_MAP)?,
             config,
             addresses: HashSet::new(),
             maglev_size: settings.maglev_size,
@@ -342,7 +313,7 @@ impl NodePortLinks {
         ebpf: &mut Ebpf,
         settings: &Settings,
         pin_dir: Option<&Path>,
-    ) -> Result<Self, NodePortError> {
+    ) -> Result<Self, Error> {
         let mut links = Vec::new();
         let mut pinned = HashSet::new();
         if settings.enabled() {
@@ -371,7 +342,7 @@ impl NodePortLinks {
                         Some(dir) => {
                             let owned = program.take_link(link).map_err(program_error(device))?;
                             let pin = pin_name(name, device);
-                            let link = pin_link(name, device, owned.try_into(), dir, &pin)?;
+                            let link = super::pin_link(name, &pin, owned.try_into(), dir)?;
                             pinned.insert(pin);
                             Attachment::Pinned(link)
                         }
@@ -407,7 +378,7 @@ impl NodePortLinks {
     }
 
     /// Detaches every program, reporting the first failure.
-    pub(super) fn detach(self, ebpf: &mut Ebpf) -> Result<Vec<TcProgram>, NodePortError> {
+    pub(super) fn detach(self, ebpf: &mut Ebpf) -> Result<Vec<TcProgram>, Error> {
         let mut detached = Vec::with_capacity(self.links.len());
         for (tc, attachment) in self.links {
             let device = tc.device.clone();
@@ -421,15 +392,11 @@ impl NodePortLinks {
                         }
                     })?
                 }
-                Attachment::Pinned(link) => {
-                    let path = self.pin_dir.clone().unwrap_or_default();
-                    drop(link.unpin().map_err(|e| NodePortError::Pin {
-                        name: tc.name,
-                        device,
-                        path,
-                        reason: e.to_string(),
-                    })?)
-                }
+                // Without its pin, the link goes with the last descriptor, dropped here.
+                Attachment::Pinned(link) => drop(link.unpin().map_err(|source| Error::Pin {
+                    path: self.pin_dir.clone().unwrap_or_default(),
+                    source,
+                })?),
             }
             detached.push(tc);
         }
@@ -437,18 +404,14 @@ impl NodePortLinks {
     }
 }
 
-fn program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut SchedClassifier, NodePortError> {
+fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, Error> {
     ebpf.program_mut(name)
-        .ok_or(NodePortError::Missing(name))?
-        .try_into()
-        .map_err(|source| NodePortError::Program {
+        .ok_or(Error::Missing {
+            kind: "program",
             name,
-            device: String::new(),
-            source,
-        })
+        })?
+        .try_into()
+        .map_err(|source| Error::Program { name, source })
 }
 
 /// The pin file name of `program` on `device` (bpffs refuses dots in names).
@@ -465,33 +428,6 @@ fn pin_name(program: &str, device: &str) -> String {
         })
         .collect();
     format!("{LINK_PIN_PREFIX}{direction}-{device}")
-}
-
-/// Pins `link` at `dir/links/<pin>` in place of any previous agent's link, which is
-/// detached when its pin is replaced (after this one is attached).
-fn pin_link(
-    name: &'static str,
-    device: &str,
-    link: Result<FdLink, aya::programs::links::LinkError>,
-    dir: &Path,
-    pin: &str,
-) -> Result<PinnedLink, NodePortError> {
-    let path = dir.join("links").join(pin);
-    let fail = |error: &dyn std::error::Error| NodePortError::Pin {
-        name,
-        device: device.to_string(),
-        path: path.clone(),
-        reason: super::error_chain(error),
-    };
-    let fresh = dir.join("links").join(format!("new-{pin}"));
-    let _ = std::fs::remove_file(&fresh);
-    let pinned = link
-        .map_err(|e| fail(&e))?
-        .pin(&fresh)
-        .map_err(|e| fail(&e))?;
-    std::fs::rename(&fresh, &path).map_err(|e| fail(&e))?;
-    drop(pinned); // it names the old path; the pin holds the link now
-    PinnedLink::from_pin(&path).map_err(|e| fail(&e))
 }
 
 /// Removes NodePort link pins a previous agent left for devices this one does not
