@@ -12,17 +12,22 @@
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use skiff::dataplane::maglev;
+use skiff_ebpf_common::nodeport::{DEFAULT_MAGLEV_SIZE, FlowKey, flow_hash};
+use skiff_ebpf_common::{IPPROTO_UDP, raw_addr};
 use skiff_tests::agent::Agent;
+use skiff_tests::backend::UdpBackend;
 use skiff_tests::netns::NetNs;
 
 const NODE_PORT: u16 = 30080;
+const UDP_NODE_PORT: u16 = 30053;
 const NODE_V4: &str = "192.168.77.2";
 const NODE_V6: &str = "fd00:77::2";
 const CLIENT_V4: &str = "192.168.77.1";
@@ -220,6 +225,7 @@ spec:
   ipFamilyPolicy: RequireDualStack
   ports:
   - {name: http, port: 80, targetPort: 8080, nodePort: 30080}
+  - {name: dns, port: 53, targetPort: 5353, protocol: UDP, nodePort: 30053}
 ";
 
 /// An EndpointSlice of the service with backends `indexes` (ready).
@@ -238,7 +244,7 @@ fn slice(family: &str, indexes: &[usize]) -> String {
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{}\n  \
          labels: {{kubernetes.io/service-name: web}}\naddressType: {family}\nports:\n\
-         - {{name: http, port: 8080, protocol: TCP}}\nendpoints:\n{endpoints}",
+         - {{name: http, port: 8080, protocol: TCP}}\n- {{name: dns, port: 5353, protocol: UDP}}\nendpoints:\n{endpoints}",
         family.to_lowercase()
     )
 }
@@ -417,4 +423,146 @@ fn node_ports_from_outside_spread_over_backends_and_keep_established_flows() {
             .unwrap_or_else(|e| panic!("{addr}: reading on the established flow: {e}"));
         assert_eq!(line.trim(), format!("{name}: still there?"), "{addr}");
     }
+}
+
+/// The ids of the agent's NodePort programs, from its log.
+fn tc_program_ids(agent: &Agent) -> Vec<u32> {
+    agent
+        .log
+        .iter()
+        .filter_map(|l| {
+            l.split("(tc program ")
+                .nth(1)?
+                .split(')')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+#[test]
+fn a_clean_stop_detaches_the_tc_programs() {
+    let topology = Topology::new();
+    let mut agent =
+        Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let ids = tc_program_ids(&agent);
+    assert_eq!(ids.len(), 2, "ingress and egress on np0: {:#?}", agent.log);
+    let loaded = |id: u32| {
+        Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string()])
+            .output()
+            .expect("run bpftool")
+            .status
+            .success()
+    };
+    assert!(ids.iter().all(|id| loaded(*id)));
+    agent.signal(libc::SIGTERM);
+    assert!(agent.wait().success());
+    // Unloaded: no link (pinned or not) holds them on the device any more.
+    for id in ids {
+        assert!(!loaded(id), "program {id} is still loaded");
+    }
+    assert!(!agent.pin_dir().exists(), "the pins are removed");
+}
+
+/// Sends one datagram from `client` (bound in the outside namespace) to `addr`
+/// and returns the name in the reply, which only a reply from `addr` reaches.
+fn ask_udp(outside: &NetNs, client: SocketAddr, addr: SocketAddr) -> std::io::Result<String> {
+    outside.run(|| {
+        let socket = UdpSocket::bind(client)?;
+        socket.connect(addr)?;
+        socket.set_read_timeout(Some(Duration::from_millis(500)))?;
+        socket.send(b"?")?;
+        let mut buf = [0u8; 64];
+        let n = socket.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+}
+
+/// The backend Maglev gives the flow `client` -> `node` (UDP), computed as every
+/// node computes it: the table of the service's slots (sorted backends) at the
+/// position of the flow's hash.
+fn maglev_choice(client: SocketAddr, node: SocketAddr, slots: &[SocketAddr]) -> SocketAddr {
+    let (saddr, family) = raw_addr(client.ip());
+    let (daddr, _) = raw_addr(node.ip());
+    let flow = FlowKey::new(
+        saddr,
+        client.port().to_be(),
+        daddr,
+        node.port().to_be(),
+        IPPROTO_UDP,
+        family,
+    );
+    let table = maglev::table(slots, DEFAULT_MAGLEV_SIZE);
+    let position = flow_hash(&flow) % DEFAULT_MAGLEV_SIZE;
+    slots[usize::from(table[position as usize])]
+}
+
+#[test]
+fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
+    let topology = Topology::new();
+    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let mut backends = Vec::new();
+    let mut names = BTreeMap::new();
+    for i in 0..3 {
+        for ip in [
+            format!("10.77.0.{}", i + 2),
+            format!("[fd00:77:1::{}]", i + 2),
+        ] {
+            let bind: SocketAddr = format!("{ip}:5353").parse().unwrap();
+            names.insert(bind, format!("backend-{i}"));
+            backends.push(UdpBackend::start(
+                &topology.pods,
+                &format!("backend-{i}"),
+                bind,
+            ));
+        }
+    }
+    agent.apply(SERVICE);
+    agent.apply(&slice("IPv4", &[0, 1, 2]));
+    agent.apply(&slice("IPv6", &[0, 1, 2]));
+    let outside = &topology.outside;
+    for (client, node) in [(CLIENT_V4, NODE_V4), (CLIENT_V6, NODE_V6)] {
+        let node = SocketAddr::new(node.parse().unwrap(), UDP_NODE_PORT);
+        let client_ip: IpAddr = client.parse().unwrap();
+        let slots: Vec<SocketAddr> = names
+            .keys()
+            .filter(|b| b.is_ipv4() == node.is_ipv4())
+            .copied()
+            .collect();
+        // The first answer says the frontend is programmed.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Err(e) = ask_udp(outside, SocketAddr::new(client_ip, 42_999), node) {
+            assert!(Instant::now() < deadline, "{node}: {e}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let mut seen = BTreeMap::new();
+        for port in 43_000..43_060 {
+            let client = SocketAddr::new(client_ip, port);
+            let expected = &names[&maglev_choice(client, node, &slots)];
+            for _ in 0..2 {
+                let answer = ask_udp(outside, client, node)
+                    .unwrap_or_else(|e| panic!("{client} -> {node}: {e}"));
+                assert_eq!(&answer, expected, "{client} -> {node}");
+            }
+            *seen.entry(expected.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(seen.len(), 3, "flows reach every backend: {seen:?}");
+    }
+    let metrics = agent.metrics();
+    let frontend = format!("{NODE_V4}:{UDP_NODE_PORT}/udp");
+    let total: u64 = ["10.77.0.2:5353", "10.77.0.3:5353", "10.77.0.4:5353"]
+        .iter()
+        .map(|b| {
+            metric(
+                &metrics,
+                "skiff_service_backend_packets",
+                &frontend,
+                b,
+                "out",
+            )
+        })
+        .sum();
+    assert!(total >= 120, "{total} replies counted\n{metrics}");
 }
