@@ -88,6 +88,9 @@ impl Agent {
             // The dataplane goes with the process, even when the run fails and it
             // is killed: nothing pinned in bpffs to clean up.
             .arg("--no-bpf-pin")
+            // The benches measure pods and the socket path; tc programs on the
+            // host's own device would only touch the machine's other traffic.
+            .arg("--no-nodeport")
             .args(args)
             .env("RUST_LOG", log_filter)
             .stderr(Stdio::piped());

@@ -316,6 +316,7 @@ fn build_bed(options: &Options) -> Result<Bed> {
             ebpf_log: log::LevelFilter::Off,
             pin_dir: None,
             capacity: Default::default(),
+            nodeport: Default::default(),
             socket_netns: Vec::new(),
         })
         .context("loading skiff's dataplane")?;
@@ -608,6 +609,7 @@ fn measure_programming(options: &Options) -> Result<Programming> {
                         ebpf_log: log::LevelFilter::Off,
                         pin_dir: None,
                         capacity: Default::default(),
+                        nodeport: Default::default(),
                         socket_netns: Vec::new(),
                     })
                     .context("loading skiff's dataplane")?;
