@@ -240,7 +240,7 @@ impl Dataplane {
         let mut links = Vec::with_capacity(SOCK_LB_PROGRAMS.len());
         for name in SOCK_LB_PROGRAMS {
             let program_error = |source| Error::Program { name, source };
-            let program = sock_addr_program(&mut ebpf, name)?;
+            let program = typed_program::<CgroupSockAddr>(&mut ebpf, name)?;
             program.load().map_err(program_error)?;
             let id = program.info().map_err(program_error)?.id();
             // bpf links: attached in multi-program mode, so an agent at the root and a
@@ -366,7 +366,7 @@ impl Dataplane {
         for (program, attachment) in std::mem::take(&mut self.links) {
             let name = program.name;
             match attachment {
-                Attachment::Owned(link) => sock_addr_program(&mut self.ebpf, name)?
+                Attachment::Owned(link) => typed_program::<CgroupSockAddr>(&mut self.ebpf, name)?
                     .detach(link)
                     .map_err(|source| Error::Program { name, source })?,
                 // Without its pin, the link goes with the last descriptor, dropped here.
@@ -529,10 +529,11 @@ fn check_pinned_maps(dir: &Path, capacity: &Capacity) -> Result<(), Error> {
     Ok(())
 }
 
-fn sock_addr_program<'a>(
-    ebpf: &'a mut Ebpf,
-    name: &'static str,
-) -> Result<&'a mut CgroupSockAddr, Error> {
+/// Program `name` of the loaded object, as its kind (`P`).
+fn typed_program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, Error>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = ProgramError>,
+{
     ebpf.program_mut(name)
         .ok_or(Error::Missing {
             kind: "program",

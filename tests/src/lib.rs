@@ -16,8 +16,11 @@ pub mod lab;
 pub mod netns;
 pub mod registry;
 
+use std::collections::BTreeMap;
+use std::fmt::Display;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
 
 /// A name unique to this process and call, e.g. `skt-4242-7`.
 pub fn unique_name(prefix: &str) -> String {
@@ -55,4 +58,28 @@ pub fn require_root() {
         euid, 0,
         "skiff's integration tests need root (real namespaces, cgroups and eBPF)"
     );
+}
+
+/// Polls `sample` (how many replies came from each backend, by name) until exactly
+/// the backends `expected` answer, since an agent programs its maps shortly after
+/// the store changes; fails after `timeout` with what `what` last gave.
+pub fn wait_for_names(
+    what: impl Display,
+    timeout: Duration,
+    expected: &[&str],
+    mut sample: impl FnMut() -> BTreeMap<String, usize>,
+) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let seen = sample();
+        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
+        if names == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: {seen:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }

@@ -20,8 +20,14 @@ impl NetNs {
         let name = unique_name("skt");
         run(Command::new("ip").args(["netns", "add", &name]));
         let ns = Self { name };
-        run(Command::new("ip").args(["-n", &ns.name, "link", "set", "lo", "up"]));
+        ns.ip(&["link", "set", "lo", "up"]);
         ns
+    }
+
+    /// Runs `ip -n NAME args...` (links, addresses, routes in this namespace),
+    /// failing the test with iproute2's message when it fails.
+    pub fn ip(&self, args: &[&str]) {
+        run(Command::new("ip").args(["-n", &self.name]).args(args));
     }
 
     pub fn name(&self) -> &str {

@@ -1,13 +1,17 @@
 //! NodePort from outside the node, on the packet path: a real agent in a node
 //! namespace runs the tc programs on its external device `np0`, a veth to an
 //! "outside host" namespace; the service's backends run in a "pod" namespace behind
-//! another veth of the node. Clients in the outside namespace connect to the node's
-//! address and NodePort over IPv4 and IPv6.
+//! another veth of the node, or on a "remote node" behind `np1` (a second external
+//! device). Clients in the outside namespace connect to the node's address and
+//! NodePort over IPv4 and IPv6.
 //!
 //! ```text
 //!  outside              node (agent, tc on np0)            pods
 //!  cli0 192.168.77.1 -- np0 192.168.77.2    pv0 10.77.0.1 -- eth0 10.77.0.{2,3,4}
 //!       fd00:77::1          fd00:77::2          fd00:77:1::1      fd00:77:1::{2,3,4}
+//!                           np1 192.168.78.2 -- eth0 192.168.78.3  remote node,
+//!                               fd00:78::2           fd00:78::3    pod 10.78.0.2
+//!                                                                  fd00:78:1::2 (lo)
 //! ```
 
 use std::collections::BTreeMap;
@@ -25,6 +29,7 @@ use skiff_ebpf_common::{IPPROTO_UDP, raw_addr};
 use skiff_tests::agent::Agent;
 use skiff_tests::backend::UdpBackend;
 use skiff_tests::netns::NetNs;
+use skiff_tests::wait_for_names;
 
 const NODE_PORT: u16 = 30080;
 const UDP_NODE_PORT: u16 = 30053;
@@ -33,25 +38,38 @@ const NODE_V6: &str = "fd00:77::2";
 const CLIENT_V4: &str = "192.168.77.1";
 const CLIENT_V6: &str = "fd00:77::1";
 
-fn ip(netns: &NetNs, args: &[&str]) {
-    let out = Command::new("ip")
-        .arg("-n")
-        .arg(netns.name())
-        .args(args)
-        .output()
-        .expect("run ip");
-    assert!(
-        out.status.success(),
-        "ip -n {} {args:?}: {}",
-        netns.name(),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// The outside host and the pods' namespace, wired to `node`.
+/// The outside host, the pods' namespace and the remote node, wired to `node`.
 struct Topology {
     outside: NetNs,
     pods: NetNs,
+    remote: NetNs,
+}
+
+/// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, with addresses.
+fn veth(a: &NetNs, a_if: &str, a_addrs: &[&str], b: &NetNs, b_if: &str, b_addrs: &[&str]) {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]);
+    for (netns, device, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        for addr in addrs {
+            // No duplicate address detection: IPv6 addresses work at once.
+            let mut args = vec!["addr", "add", addr, "dev", device];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            netns.ip(&args);
+        }
+        netns.ip(&["link", "set", device, "up"]);
+    }
 }
 
 impl Topology {
@@ -59,84 +77,48 @@ impl Topology {
         Self {
             outside: NetNs::new(),
             pods: NetNs::new(),
+            remote: NetNs::new(),
         }
     }
 
     /// Links, addresses, routes and forwarding (as the CNI plugin sets it for pods).
     fn wire(&self, node: &NetNs) {
-        let (outside, pods) = (&self.outside, &self.pods);
-        ip(
-            outside,
-            &[
-                "link",
-                "add",
-                "cli0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "np0",
-                "netns",
-                node.name(),
-            ],
-        );
-        ip(outside, &["addr", "add", "192.168.77.1/24", "dev", "cli0"]);
-        ip(
-            outside,
-            &["addr", "add", "fd00:77::1/64", "dev", "cli0", "nodad"],
-        );
-        ip(outside, &["link", "set", "cli0", "up"]);
-        ip(node, &["addr", "add", "192.168.77.2/24", "dev", "np0"]);
-        ip(
-            node,
-            &["addr", "add", "fd00:77::2/64", "dev", "np0", "nodad"],
-        );
-        ip(node, &["link", "set", "np0", "up"]);
+        let (outside, pods, remote) = (&self.outside, &self.pods, &self.remote);
+        let (v4, v6) = (format!("{NODE_V4}/24"), format!("{NODE_V6}/64"));
+        let client = [format!("{CLIENT_V4}/24"), format!("{CLIENT_V6}/64")];
+        let client: Vec<&str> = client.iter().map(String::as_str).collect();
+        veth(outside, "cli0", &client, node, "np0", &[&v4, &v6]);
 
-        ip(
+        let pod_addrs: Vec<String> = (2..5)
+            .flat_map(|i| [format!("10.77.0.{i}/24"), format!("fd00:77:1::{i}/64")])
+            .collect();
+        let pod_addrs: Vec<&str> = pod_addrs.iter().map(String::as_str).collect();
+        veth(
             node,
-            &[
-                "link",
-                "add",
-                "pv0",
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                pods.name(),
-            ],
-        );
-        ip(node, &["addr", "add", "10.77.0.1/24", "dev", "pv0"]);
-        ip(
-            node,
-            &["addr", "add", "fd00:77:1::1/64", "dev", "pv0", "nodad"],
-        );
-        ip(node, &["link", "set", "pv0", "up"]);
-        for i in 2..5 {
-            ip(
-                pods,
-                &["addr", "add", &format!("10.77.0.{i}/24"), "dev", "eth0"],
-            );
-            ip(
-                pods,
-                &[
-                    "addr",
-                    "add",
-                    &format!("fd00:77:1::{i}/64"),
-                    "dev",
-                    "eth0",
-                    "nodad",
-                ],
-            );
-        }
-        ip(pods, &["link", "set", "eth0", "up"]);
-        ip(pods, &["route", "add", "default", "via", "10.77.0.1"]);
-        ip(
+            "pv0",
+            &["10.77.0.1/24", "fd00:77:1::1/64"],
             pods,
-            &["-6", "route", "add", "default", "via", "fd00:77:1::1"],
+            "eth0",
+            &pod_addrs,
         );
+        pods.ip(&["route", "add", "default", "via", "10.77.0.1"]);
+        pods.ip(&["-6", "route", "add", "default", "via", "fd00:77:1::1"]);
+
+        veth(
+            node,
+            "np1",
+            &["192.168.78.2/24", "fd00:78::2/64"],
+            remote,
+            "eth0",
+            &["192.168.78.3/24", "fd00:78::3/64"],
+        );
+        remote.ip(&["addr", "add", "10.78.0.2/32", "dev", "lo"]);
+        remote.ip(&["addr", "add", "fd00:78:1::2/128", "dev", "lo"]);
+        remote.ip(&["route", "add", "default", "via", "192.168.78.2"]);
+        remote.ip(&["-6", "route", "add", "default", "via", "fd00:78::2"]);
+        node.ip(&["route", "add", "10.78.0.0/24", "via", "192.168.78.3"]);
+        node.ip(&["-6", "route", "add", "fd00:78:1::/64", "via", "fd00:78::3"]);
+
         let sysctl = Command::new("ip")
             .args(["netns", "exec", node.name(), "sysctl", "-qw"])
             .args(["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"])
@@ -230,16 +212,24 @@ spec:
 
 /// An EndpointSlice of the service with backends `indexes` (ready).
 fn slice(family: &str, indexes: &[usize]) -> String {
-    let endpoints: String = indexes
+    let ips: Vec<String> = indexes
         .iter()
         .map(|i| {
-            let ip = if family == "IPv4" {
+            if family == "IPv4" {
                 format!("10.77.0.{}", i + 2)
             } else {
                 format!("fd00:77:1::{}", i + 2)
-            };
-            format!("- addresses: ['{ip}']\n")
+            }
         })
+        .collect();
+    slice_of(family, &ips)
+}
+
+/// An EndpointSlice of the service with the ready endpoints `ips`.
+fn slice_of(family: &str, ips: &[String]) -> String {
+    let endpoints: String = ips
+        .iter()
+        .map(|ip| format!("- addresses: ['{ip}']\n"))
         .collect();
     format!(
         "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: web-{}\n  \
@@ -282,8 +272,7 @@ fn spread(
 
 /// Waits until new connections to `addr` reach exactly the backends `expected`.
 fn wait_for(outside: &NetNs, addr: SocketAddr, expected: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
+    wait_for_names(addr, Duration::from_secs(15), expected, || {
         let mut seen = BTreeMap::new();
         for _ in 0..30 {
             let reply = match connect(outside, addr) {
@@ -292,16 +281,8 @@ fn wait_for(outside: &NetNs, addr: SocketAddr, expected: &[&str]) {
             };
             *seen.entry(reply).or_insert(0) += 1;
         }
-        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
-        if names == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr}: {seen:?}, expected {expected:?}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+        seen
+    });
 }
 
 fn node_ports() -> [(SocketAddr, &'static str, &'static str); 2] {
@@ -565,4 +546,61 @@ fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
         })
         .sum();
     assert!(total >= 120, "{total} replies counted\n{metrics}");
+}
+
+#[test]
+fn node_ports_reach_backends_on_other_nodes_through_this_node() {
+    let topology = Topology::new();
+    let agent = Agent::start_node_with(
+        &["--nodeport-device", "np0", "--nodeport-device", "np1"],
+        |node| topology.wire(node),
+    );
+    let _backends = [
+        Backend::start(
+            &topology.remote,
+            "remote-0",
+            "10.78.0.2:8080".parse().unwrap(),
+        ),
+        Backend::start(
+            &topology.remote,
+            "remote-0",
+            "[fd00:78:1::2]:8080".parse().unwrap(),
+        ),
+    ];
+    agent.apply(SERVICE);
+    agent.apply(&slice_of("IPv4", &["10.78.0.2".into()]));
+    agent.apply(&slice_of("IPv6", &["fd00:78:1::2".into()]));
+    let outside = &topology.outside;
+    for (addr, _, _) in node_ports() {
+        wait_for(outside, addr, &["remote-0"]);
+        // The remote node answers the node (the source is translated, so replies
+        // come back through it), and the client hears the NodePort.
+        let (stream, greeting) = connect(outside, addr).expect("connect");
+        assert_eq!(greeting, format!("remote-0 {}", addr.ip()));
+        for line in ["one", "two"] {
+            let mut writer = &stream;
+            writeln!(writer, "{line}").expect("write");
+            let mut reply = String::new();
+            BufReader::new(&stream)
+                .read_line(&mut reply)
+                .unwrap_or_else(|e| panic!("{addr}: {e}"));
+            assert_eq!(reply.trim(), format!("remote-0: {line}"));
+        }
+    }
+    let metrics = agent.metrics();
+    for (frontend, backend) in [
+        ("192.168.77.2:30080/tcp", "10.78.0.2:8080"),
+        ("[fd00:77::2]:30080/tcp", "[fd00:78:1::2]:8080"),
+    ] {
+        for direction in ["in", "out"] {
+            let packets = metric(
+                &metrics,
+                "skiff_service_backend_packets",
+                frontend,
+                backend,
+                direction,
+            );
+            assert!(packets >= 3, "{frontend} {backend} {direction}\n{metrics}");
+        }
+    }
 }

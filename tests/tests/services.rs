@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use skiff_tests::agent::Agent;
 use skiff_tests::backend::NamedBackend;
 use skiff_tests::lab::tally;
-use skiff_tests::workspace_bin;
+use skiff_tests::{wait_for_names, workspace_bin};
 
 const ECONNREFUSED: &str = "error 111";
 
@@ -68,22 +68,11 @@ fn connect(agent: &Agent, addr: SocketAddr, count: usize) -> BTreeMap<String, us
     tally(&lines)
 }
 
-/// Polls until connections to `addr` reach exactly `expected` (names of replies),
-/// since the agent programs the maps shortly after the store changes.
+/// Polls until connections to `addr` reach exactly `expected` (names of replies).
 fn wait_for(agent: &Agent, addr: SocketAddr, expected: &[&str]) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let seen = connect(agent, addr, 60);
-        let names: Vec<&str> = seen.keys().map(String::as_str).collect();
-        if names == expected {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{addr}: {seen:?}, expected {expected:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_names(addr, Duration::from_secs(10), expected, || {
+        connect(agent, addr, 60)
+    });
 }
 
 fn slice(name: &str, family: &str, ips: &[(&str, bool)]) -> String {

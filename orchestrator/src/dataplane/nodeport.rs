@@ -318,7 +318,7 @@ impl NodePortLinks {
         let mut pinned = HashSet::new();
         if settings.enabled() {
             for (name, direction) in PROGRAMS {
-                let program = program(ebpf, name)?;
+                let program = super::typed_program::<SchedClassifier>(ebpf, name)?;
                 let program_error = |device: &str| {
                     let device = device.to_string();
                     move |source| NodePortError::Program {
@@ -383,15 +383,13 @@ impl NodePortLinks {
         for (tc, attachment) in self.links {
             let device = tc.device.clone();
             match attachment {
-                Attachment::Owned(link) => {
-                    program(ebpf, tc.name)?.detach(link).map_err(|source| {
-                        NodePortError::Program {
-                            name: tc.name,
-                            device,
-                            source,
-                        }
-                    })?
-                }
+                Attachment::Owned(link) => super::typed_program::<SchedClassifier>(ebpf, tc.name)?
+                    .detach(link)
+                    .map_err(|source| NodePortError::Program {
+                        name: tc.name,
+                        device,
+                        source,
+                    })?,
                 // Without its pin, the link goes with the last descriptor, dropped here.
                 Attachment::Pinned(link) => drop(link.unpin().map_err(|source| Error::Pin {
                     path: self.pin_dir.clone().unwrap_or_default(),
@@ -402,16 +400,6 @@ impl NodePortLinks {
         }
         Ok(detached)
     }
-}
-
-fn program<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut SchedClassifier, Error> {
-    ebpf.program_mut(name)
-        .ok_or(Error::Missing {
-            kind: "program",
-            name,
-        })?
-        .try_into()
-        .map_err(|source| Error::Program { name, source })
 }
 
 /// The pin file name of `program` on `device` (bpffs refuses dots in names).
