@@ -396,13 +396,9 @@ fn node_ports_from_outside_spread_over_backends_and_keep_established_flows() {
         assert!(!expected.contains(&name.as_str()));
     }
     for (stream, name, addr, _, _) in &established {
-        let mut writer = stream;
-        writeln!(writer, "still there?").expect("write on the established flow");
-        let mut line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut line)
-            .unwrap_or_else(|e| panic!("{addr}: reading on the established flow: {e}"));
-        assert_eq!(line.trim(), format!("{name}: still there?"), "{addr}");
+        let reply = echo(stream, "still there?")
+            .unwrap_or_else(|e| panic!("{addr}: on the established flow: {e}"));
+        assert_eq!(reply, format!("{name}: still there?"), "{addr}");
     }
 }
 
@@ -578,13 +574,8 @@ fn node_ports_reach_backends_on_other_nodes_through_this_node() {
         let (stream, greeting) = connect(outside, addr).expect("connect");
         assert_eq!(greeting, format!("remote-0 {}", addr.ip()));
         for line in ["one", "two"] {
-            let mut writer = &stream;
-            writeln!(writer, "{line}").expect("write");
-            let mut reply = String::new();
-            BufReader::new(&stream)
-                .read_line(&mut reply)
-                .unwrap_or_else(|e| panic!("{addr}: {e}"));
-            assert_eq!(reply.trim(), format!("remote-0: {line}"));
+            let reply = echo(&stream, line).unwrap_or_else(|e| panic!("{addr}: {e}"));
+            assert_eq!(reply, format!("remote-0: {line}"));
         }
     }
     let metrics = agent.metrics();
@@ -603,4 +594,46 @@ fn node_ports_reach_backends_on_other_nodes_through_this_node() {
             assert!(packets >= 3, "{frontend} {backend} {direction}\n{metrics}");
         }
     }
+}
+
+/// Writes a line on `stream` and reads the backend's echo.
+fn echo(stream: &TcpStream, line: &str) -> std::io::Result<String> {
+    let mut writer = stream;
+    writeln!(writer, "{line}")?;
+    let mut reply = String::new();
+    BufReader::new(stream).read_line(&mut reply)?;
+    Ok(reply.trim().to_string())
+}
+
+#[test]
+fn node_ports_keep_working_while_the_agent_restarts() {
+    let topology = Topology::new();
+    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let _backends = backends(&topology.pods);
+    agent.apply(SERVICE);
+    agent.apply(&slice("IPv4", &[0, 1, 2]));
+    agent.apply(&slice("IPv6", &[0, 1, 2]));
+    let outside = &topology.outside;
+    let all = ["backend-0", "backend-1", "backend-2"];
+    let mut established = Vec::new();
+    for (addr, _, _) in node_ports() {
+        wait_for(outside, addr, &all);
+        let (stream, greeting) = connect(outside, addr).expect("connect");
+        let name = greeting.split(' ').next().unwrap_or_default().to_string();
+        established.push((stream, name, addr));
+    }
+    let check = |when: &str| {
+        for (stream, name, addr) in &established {
+            let reply = echo(stream, when).unwrap_or_else(|e| panic!("{addr} {when}: {e}"));
+            assert_eq!(reply, format!("{name}: {when}"), "{addr}");
+            let (_, greeting) = connect(outside, *addr)
+                .unwrap_or_else(|e| panic!("{addr}: a new connection {when}: {e}"));
+            assert!(greeting.starts_with("backend-"), "{greeting}");
+        }
+    };
+    // Links and maps are pinned: the tc programs go on without an agent, and the
+    // next agent keeps conntrack and the Maglev tables.
+    let agent = agent.kill_and_restart_after(|_| check("while the agent is down"));
+    check("after the restart");
+    assert_eq!(tc_program_ids(&agent).len(), 2, "{:#?}", agent.log);
 }

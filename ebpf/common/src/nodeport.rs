@@ -19,7 +19,7 @@
 //! chunks of [`MAGLEV_CHUNK`] slot indexes, written before the service is published
 //! (see the crate docs), so a lookup never sees a half-built table.
 
-use crate::{AF_INET, RawAddr};
+use crate::RawAddr;
 
 /// Maglev lookup tables: [`MaglevKey`] -> [`MaglevChunk`].
 pub const MAGLEV_MAP: &str = "NP_MAGLEV";
@@ -369,26 +369,9 @@ pub fn nat_port_candidate(client_port: u16, hash: u32, attempt: u32) -> u16 {
     (port as u16).to_be()
 }
 
-/// The reply direction of a flow as the backend sends it, and what it is
-/// translated back to.
-#[inline(always)]
-pub fn reverse_entry(original: &FlowKey, forward: &CtForward) -> (FlowKey, CtReverse) {
-    let mut key = FlowKey::new([0; 4], 0, [0; 4], 0, 0, 0);
-    let mut value = CtReverse {
-        client: [0; 4],
-        frontend: [0; 4],
-        client_port: 0,
-        frontend_port: 0,
-        service_id: 0,
-        flags: 0,
-        _pad: [0; 3],
-    };
-    write_reverse_entry(original, forward, &mut key, &mut value);
-    (key, value)
-}
-
-/// [`reverse_entry`] written in place (the programs keep both in map memory: the
-/// BPF stack is small).
+/// The reply direction of a flow as the backend sends it (`key`), and what it is
+/// translated back to (`value`), written in place: the programs keep both in map
+/// memory, as the BPF stack is small.
 #[inline(always)]
 pub fn write_reverse_entry(
     original: &FlowKey,
@@ -486,12 +469,9 @@ pub mod offsets {
     /// Ethernet header length; the IP header follows.
     pub const ETH_HLEN: usize = 14;
     pub const ETH_PROTO: usize = 12;
-    pub const IPV4_PROTO: usize = 9;
     pub const IPV4_CSUM: usize = 10;
     pub const IPV4_SADDR: usize = 12;
     pub const IPV4_DADDR: usize = 16;
-    pub const IPV4_TOT_LEN: usize = 2;
-    pub const IPV6_PAYLOAD_LEN: usize = 4;
     pub const IPV6_NEXTHDR: usize = 6;
     pub const IPV6_SADDR: usize = 8;
     pub const IPV6_DADDR: usize = 24;
@@ -507,10 +487,10 @@ pub const ETH_P_IP_BE: u16 = 0x0800u16.to_be();
 pub const ETH_P_IPV6_BE: u16 = 0x86DDu16.to_be();
 
 /// The parts of an IPv4 header the programs need: (protocol, header length,
-/// saddr, daddr, total length). None for fragments (only whole datagrams carry the
+/// saddr, daddr). None for fragments (only whole datagrams carry the
 /// ports) and malformed headers.
 #[inline(always)]
-pub fn parse_ipv4(header: &[u8; 20]) -> Option<(u8, usize, u32, u32, u16)> {
+pub fn parse_ipv4(header: &[u8; 20]) -> Option<(u8, usize, u32, u32)> {
     if header[0] >> 4 != 4 {
         return None;
     }
@@ -525,13 +505,7 @@ pub fn parse_ipv4(header: &[u8; 20]) -> Option<(u8, usize, u32, u32, u16)> {
     }
     let word =
         |i: usize| u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-    Some((
-        header[9],
-        ihl,
-        word(12),
-        word(16),
-        u16::from_be_bytes([header[2], header[3]]),
-    ))
+    Some((header[9], ihl, word(12), word(16)))
 }
 
 /// The L4 checksum offset within the L4 header for `protocol`, if handled.
@@ -542,12 +516,6 @@ pub fn l4_csum_offset(protocol: u8) -> Option<usize> {
         crate::IPPROTO_UDP => Some(offsets::UDP_CSUM),
         _ => None,
     }
-}
-
-/// Whether `family` is IPv4.
-#[inline(always)]
-pub fn is_ipv4(family: u8) -> bool {
-    family == AF_INET
 }
 
 #[cfg(feature = "user")]
@@ -566,11 +534,28 @@ mod user {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{AF_INET6, Backend, BackendSlotKey, IPPROTO_TCP, Service, raw_addr};
+    use crate::{AF_INET, AF_INET6, Backend, BackendSlotKey, IPPROTO_TCP, Service, raw_addr};
 
     extern crate std;
     use std::collections::HashSet;
     use std::vec::Vec;
+
+    /// The reply direction of a flow as the backend sends it, and what it is
+    /// translated back to.
+    fn reverse_entry(original: &FlowKey, forward: &CtForward) -> (FlowKey, CtReverse) {
+        let mut key = FlowKey::new([0; 4], 0, [0; 4], 0, 0, 0);
+        let mut value = CtReverse {
+            client: [0; 4],
+            frontend: [0; 4],
+            client_port: 0,
+            frontend_port: 0,
+            service_id: 0,
+            flags: 0,
+            _pad: [0; 3],
+        };
+        write_reverse_entry(original, forward, &mut key, &mut value);
+        (key, value)
+    }
 
     fn flow(client: &str, frontend: &str) -> FlowKey {
         let c: core::net::SocketAddr = client.parse().unwrap();
@@ -835,8 +820,8 @@ mod tests {
         h[9] = IPPROTO_TCP;
         h[12..16].copy_from_slice(&[192, 168, 77, 1]);
         h[16..20].copy_from_slice(&[192, 168, 77, 2]);
-        let (proto, ihl, s, d, len) = parse_ipv4(&h).unwrap();
-        assert_eq!((proto, ihl, len), (IPPROTO_TCP, 20, 60));
+        let (proto, ihl, s, d) = parse_ipv4(&h).unwrap();
+        assert_eq!((proto, ihl), (IPPROTO_TCP, 20));
         assert_eq!(s.to_ne_bytes(), [192, 168, 77, 1]);
         assert_eq!(d.to_ne_bytes(), [192, 168, 77, 2]);
         // Don't-fragment is fine; more-fragments or an offset is not.

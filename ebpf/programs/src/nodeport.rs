@@ -196,7 +196,7 @@ fn parse(ctx: &TcContext, s: &mut Scratch) -> bool {
         let Ok(header) = ctx.load::<[u8; 20]>(l3) else {
             return false;
         };
-        let Some((protocol, ihl, saddr, daddr, _)) = parse_ipv4(&header) else {
+        let Some((protocol, ihl, saddr, daddr)) = parse_ipv4(&header) else {
             return false;
         };
         s.flow.saddr = [saddr, 0, 0, 0];
