@@ -28,6 +28,7 @@ use skiff_ebpf_common::nodeport::{DEFAULT_MAGLEV_SIZE, FlowKey, flow_hash};
 use skiff_ebpf_common::{IPPROTO_UDP, raw_addr};
 use skiff_tests::agent::Agent;
 use skiff_tests::backend::UdpBackend;
+use skiff_tests::kernel::{assert_unloaded, program_loaded};
 use skiff_tests::netns::NetNs;
 use skiff_tests::wait_for_names;
 
@@ -300,16 +301,39 @@ fn node_ports() -> [(SocketAddr, &'static str, &'static str); 2] {
     ]
 }
 
-/// A counter of the agent's metrics (0 when absent).
-fn metric(metrics: &str, name: &str, frontend: &str, backend: &str, direction: &str) -> u64 {
-    let prefix = format!(
-        "{name}_total{{frontend=\"{frontend}\",backend=\"{backend}\",direction=\"{direction}\"}} "
-    );
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(&prefix))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0)
+/// The packets and bytes the agent's metrics count for `backend` of `frontend` in
+/// `direction` (0 when absent).
+fn counted(metrics: &str, frontend: &str, backend: &str, direction: &str) -> (u64, u64) {
+    let value = |name: &str| {
+        let prefix = format!(
+            "{name}_total{{frontend=\"{frontend}\",backend=\"{backend}\",direction=\"{direction}\"}} "
+        );
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    (
+        value("skiff_service_backend_packets"),
+        value("skiff_service_backend_bytes"),
+    )
+}
+
+/// Checks that the agent's metrics count at least `packets` packets (of at least
+/// 40 bytes, the IP and TCP headers) each way for each (frontend, backend).
+fn assert_counted(agent: &Agent, pairs: &[(&str, &str)], packets: u64) {
+    let metrics = agent.metrics();
+    for (frontend, backend) in pairs {
+        for direction in ["in", "out"] {
+            let (n, bytes) = counted(&metrics, frontend, backend, direction);
+            assert!(
+                n >= packets,
+                "{frontend} {backend} {direction}: {n} packets\n{metrics}"
+            );
+            assert!(bytes >= n * 40, "{bytes} bytes for {n} packets");
+        }
+    }
 }
 
 #[test]
@@ -345,35 +369,16 @@ fn node_ports_from_outside_spread_over_backends_and_keep_established_flows() {
         }
     }
 
-    // Packets and bytes per frontend and backend, both ways.
-    let metrics = agent.metrics();
-    for (frontend, backend) in [
-        ("192.168.77.2:30080/tcp", "10.77.0.2:8080"),
-        ("[fd00:77::2]:30080/tcp", "[fd00:77:1::3]:8080"),
-    ] {
-        for direction in ["in", "out"] {
-            let packets = metric(
-                &metrics,
-                "skiff_service_backend_packets",
-                frontend,
-                backend,
-                direction,
-            );
-            let bytes = metric(
-                &metrics,
-                "skiff_service_backend_bytes",
-                frontend,
-                backend,
-                direction,
-            );
-            // Every connection is at least 3 packets each way.
-            assert!(
-                packets >= 150,
-                "{frontend} {backend} {direction}: {packets} packets\n{metrics}"
-            );
-            assert!(bytes >= packets * 40, "{bytes} bytes for {packets} packets");
-        }
-    }
+    // Packets and bytes per frontend and backend, both ways: every connection is
+    // at least 3 packets each way.
+    assert_counted(
+        &agent,
+        &[
+            ("192.168.77.2:30080/tcp", "10.77.0.2:8080"),
+            ("[fd00:77::2]:30080/tcp", "[fd00:77:1::3]:8080"),
+        ],
+        150,
+    );
 
     // Established flows keep their backend when it leaves the EndpointSlice, though
     // the Maglev table no longer has it: conntrack.
@@ -425,21 +430,11 @@ fn a_clean_stop_detaches_the_tc_programs() {
         Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
     let ids = tc_program_ids(&agent);
     assert_eq!(ids.len(), 2, "ingress and egress on np0: {:#?}", agent.log);
-    let loaded = |id: u32| {
-        Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string()])
-            .output()
-            .expect("run bpftool")
-            .status
-            .success()
-    };
-    assert!(ids.iter().all(|id| loaded(*id)));
+    assert!(ids.iter().all(|id| program_loaded(*id)));
     agent.signal(libc::SIGTERM);
     assert!(agent.wait().success());
     // Unloaded: no link (pinned or not) holds them on the device any more.
-    for id in ids {
-        assert!(!loaded(id), "program {id} is still loaded");
-    }
+    assert_unloaded(&ids);
     assert!(!agent.pin_dir().exists(), "the pins are removed");
 }
 
@@ -531,15 +526,7 @@ fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
     let frontend = format!("{NODE_V4}:{UDP_NODE_PORT}/udp");
     let total: u64 = ["10.77.0.2:5353", "10.77.0.3:5353", "10.77.0.4:5353"]
         .iter()
-        .map(|b| {
-            metric(
-                &metrics,
-                "skiff_service_backend_packets",
-                &frontend,
-                b,
-                "out",
-            )
-        })
+        .map(|b| counted(&metrics, &frontend, b, "out").0)
         .sum();
     assert!(total >= 120, "{total} replies counted\n{metrics}");
 }
@@ -578,22 +565,14 @@ fn node_ports_reach_backends_on_other_nodes_through_this_node() {
             assert_eq!(reply, format!("remote-0: {line}"));
         }
     }
-    let metrics = agent.metrics();
-    for (frontend, backend) in [
-        ("192.168.77.2:30080/tcp", "10.78.0.2:8080"),
-        ("[fd00:77::2]:30080/tcp", "[fd00:78:1::2]:8080"),
-    ] {
-        for direction in ["in", "out"] {
-            let packets = metric(
-                &metrics,
-                "skiff_service_backend_packets",
-                frontend,
-                backend,
-                direction,
-            );
-            assert!(packets >= 3, "{frontend} {backend} {direction}\n{metrics}");
-        }
-    }
+    assert_counted(
+        &agent,
+        &[
+            ("192.168.77.2:30080/tcp", "10.78.0.2:8080"),
+            ("[fd00:77::2]:30080/tcp", "[fd00:78:1::2]:8080"),
+        ],
+        3,
+    );
 }
 
 /// Writes a line on `stream` and reads the backend's echo.
