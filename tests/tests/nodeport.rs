@@ -185,19 +185,27 @@ impl Drop for Backend {
     }
 }
 
-/// backend-0..2 on port 8080 of 10.77.0.{2,3,4} and fd00:77:1::{2,3,4}.
-fn backends(pods: &NetNs) -> Vec<Backend> {
+/// backend-0..2 at `port` of 10.77.0.{2,3,4} and fd00:77:1::{2,3,4}.
+fn pod_backends(port: u16) -> Vec<(String, SocketAddr)> {
     let mut all = Vec::new();
     for i in 0..3 {
         for ip in [
             format!("10.77.0.{}", i + 2),
             format!("[fd00:77:1::{}]", i + 2),
         ] {
-            let bind: SocketAddr = format!("{ip}:8080").parse().unwrap();
-            all.push(Backend::start(pods, &format!("backend-{i}"), bind));
+            let bind: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+            all.push((format!("backend-{i}"), bind));
         }
     }
     all
+}
+
+/// The TCP backends of [`pod_backends`] on port 8080.
+fn backends(pods: &NetNs) -> Vec<Backend> {
+    pod_backends(8080)
+        .iter()
+        .map(|(name, bind)| Backend::start(pods, name, *bind))
+        .collect()
 }
 
 const SERVICE: &str = "apiVersion: v1
@@ -475,22 +483,14 @@ fn maglev_choice(client: SocketAddr, node: SocketAddr, slots: &[SocketAddr]) -> 
 fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
     let topology = Topology::new();
     let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
-    let mut backends = Vec::new();
-    let mut names = BTreeMap::new();
-    for i in 0..3 {
-        for ip in [
-            format!("10.77.0.{}", i + 2),
-            format!("[fd00:77:1::{}]", i + 2),
-        ] {
-            let bind: SocketAddr = format!("{ip}:5353").parse().unwrap();
-            names.insert(bind, format!("backend-{i}"));
-            backends.push(UdpBackend::start(
-                &topology.pods,
-                &format!("backend-{i}"),
-                bind,
-            ));
-        }
-    }
+    let names: BTreeMap<SocketAddr, String> = pod_backends(5353)
+        .into_iter()
+        .map(|(name, bind)| (bind, name))
+        .collect();
+    let _backends: Vec<UdpBackend> = names
+        .iter()
+        .map(|(bind, name)| UdpBackend::start(&topology.pods, name, *bind))
+        .collect();
     agent.apply(SERVICE);
     agent.apply(&slice("IPv4", &[0, 1, 2]));
     agent.apply(&slice("IPv6", &[0, 1, 2]));
