@@ -616,3 +616,37 @@ fn node_ports_keep_working_while_the_agent_restarts() {
     check("after the restart");
     assert_eq!(tc_program_ids(&agent).len(), 2, "{:#?}", agent.log);
 }
+
+#[test]
+fn node_ports_beyond_the_maglev_capacity_are_refused_with_the_flag_to_raise() {
+    let topology = Topology::new();
+    let mut agent = Agent::start_node_with(
+        &["--nodeport-device", "np0", "--max-nodeport-frontends", "1"],
+        |node| topology.wire(node),
+    );
+    let _backends = backends(&topology.pods);
+    let _udp_backends: Vec<UdpBackend> = pod_backends(5353)
+        .iter()
+        .map(|(name, bind)| UdpBackend::start(&topology.pods, name, *bind))
+        .collect();
+    // Four NodePort frontends on np0: TCP and UDP on its two addresses.
+    agent.apply(SERVICE);
+    agent.apply(&slice("IPv4", &[0]));
+    agent.apply(&slice("IPv6", &[0]));
+    agent.wait_for_line("raise --max-nodeport-frontends");
+    // The one that fits serves.
+    let served = node_ports()
+        .iter()
+        .filter(|(addr, _, _)| connect(&topology.outside, *addr).is_ok())
+        .count()
+        + [NODE_V4, NODE_V6]
+            .iter()
+            .filter(|ip| {
+                let node = SocketAddr::new(ip.parse().unwrap(), UDP_NODE_PORT);
+                let client = if node.is_ipv4() { CLIENT_V4 } else { CLIENT_V6 };
+                let client = SocketAddr::new(client.parse().unwrap(), 44_000);
+                ask_udp(&topology.outside, client, node).is_ok()
+            })
+            .count();
+    assert_eq!(served, 1, "{:#?}", agent.log);
+}

@@ -39,9 +39,12 @@ pub const MAGLEV_CHUNK: usize = 64;
 pub const DEFAULT_MAGLEV_SIZE: u32 = 16_381;
 /// The largest table size: chunk numbers fit in a u16.
 pub const MAX_MAGLEV_SIZE: u32 = 65_521;
-/// Capacity of [`MAGLEV_MAP`] in chunks (a NodePort frontend takes
-/// `2 * ceil(M / MAGLEV_CHUNK)`: 512 at the default size).
-pub const MAX_MAGLEV_CHUNKS: u32 = 65_536;
+/// NodePort frontends whose Maglev tables fit in [`MAGLEV_MAP`] by default.
+pub const MAX_NODEPORT_FRONTENDS: u32 = 512;
+/// Capacity of [`MAGLEV_MAP`] in chunks in the object; user space sizes it at load
+/// for its table size and frontends (a NodePort frontend takes two tables of
+/// `ceil(M / MAGLEV_CHUNK)` chunks: 512 chunks, 64 KiB, at the default size).
+pub const MAX_MAGLEV_CHUNKS: u32 = MAX_NODEPORT_FRONTENDS * 2 * maglev_chunks(DEFAULT_MAGLEV_SIZE);
 /// Capacity of each conntrack map (flows; least recently used ones are evicted).
 pub const MAX_CONNTRACK: u32 = 65_536;
 /// NodePort devices the programs tell apart (see [`NodePortConfig::devices`]).

@@ -7,6 +7,16 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 /// without a scope: IPv4 (loopback included, as kube-proxy's localhost NodePorts)
 /// and IPv6 other than link-local.
 pub fn node_addresses() -> io::Result<Vec<IpAddr>> {
+    interface_addresses(|_| true)
+}
+
+/// The addresses, as [`node_addresses`] lists them, of the interfaces `devices`.
+pub fn device_addresses(devices: &[String]) -> io::Result<Vec<IpAddr>> {
+    interface_addresses(|name| devices.iter().any(|d| d.as_bytes() == name.to_bytes()))
+}
+
+/// The addresses of the interfaces whose names `keep` accepts.
+fn interface_addresses(keep: impl Fn(&std::ffi::CStr) -> bool) -> io::Result<Vec<IpAddr>> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list` with a linked list we free below.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
@@ -16,10 +26,12 @@ pub fn node_addresses() -> io::Result<Vec<IpAddr>> {
     let mut cursor = list;
     while !cursor.is_null() {
         // SAFETY: cursor walks the list getifaddrs returned, which stays valid
-        // until freeifaddrs; ifa_addr points at a sockaddr of the family it names.
+        // until freeifaddrs; ifa_addr points at a sockaddr of the family it names,
+        // and ifa_name at a NUL-terminated interface name.
         unsafe {
             let entry = &*cursor;
-            if let Some(ip) = address(entry.ifa_addr) {
+            let name = std::ffi::CStr::from_ptr(entry.ifa_name);
+            if let Some(ip) = address(entry.ifa_addr).filter(|_| keep(name)) {
                 out.push(ip);
             }
             cursor = entry.ifa_next;
@@ -70,5 +82,14 @@ mod tests {
             all.iter().all(|ip| !ip.to_string().starts_with("fe80")),
             "{all:?}"
         );
+    }
+
+    #[test]
+    fn device_addresses_are_those_of_the_named_devices() {
+        assert_eq!(
+            device_addresses(&["lo".into()]).unwrap(),
+            [IpAddr::V4(Ipv4Addr::LOCALHOST), "::1".parse().unwrap()]
+        );
+        assert!(device_addresses(&[]).unwrap().is_empty());
     }
 }

@@ -24,8 +24,8 @@ use aya::programs::{LinkOrder, ProgramError, SchedClassifier, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use skiff_ebpf_common::nodeport::{
     CT_MAP, CT_REVERSE_MAP, CtForward, CtReverse, DEFAULT_MAGLEV_SIZE, FlowKey, MAGLEV_CHUNK,
-    MAGLEV_MAP, MAX_CONNTRACK, MAX_NODEPORT_DEVICES, MaglevChunk, MaglevKey, NODEPORT_CONFIG_MAP,
-    NodePortConfig, maglev_chunks,
+    MAGLEV_MAP, MAX_CONNTRACK, MAX_NODEPORT_DEVICES, MAX_NODEPORT_FRONTENDS, MaglevChunk,
+    MaglevKey, NODEPORT_CONFIG_MAP, NodePortConfig, maglev_chunks,
 };
 use skiff_ebpf_common::{Backend, Service, ServiceKey};
 
@@ -55,6 +55,8 @@ pub struct Settings {
     pub maglev_size: u32,
     /// Flows each conntrack map holds (least recently used ones are evicted).
     pub conntrack: u32,
+    /// NodePort frontends whose Maglev tables fit in the maps.
+    pub frontends: u32,
 }
 
 impl Default for Settings {
@@ -63,6 +65,7 @@ impl Default for Settings {
             devices: Vec::new(),
             maglev_size: DEFAULT_MAGLEV_SIZE,
             conntrack: MAX_CONNTRACK,
+            frontends: MAX_NODEPORT_FRONTENDS,
         }
     }
 }
@@ -83,6 +86,10 @@ pub enum NodePortError {
     TooManyDevices { count: usize },
     #[error("the conntrack size must be at least 1")]
     Conntrack,
+    #[error(
+        "Maglev tables of size {size} for {frontends} NodePort frontends do not fit in one map"
+    )]
+    MaglevCapacity { size: u32, frontends: u32 },
     #[error("eBPF program {name} on {device}: {source}")]
     Program {
         name: &'static str,
@@ -105,8 +112,9 @@ pub struct TcProgram {
     pub id: u32,
 }
 
-/// Prepares the loader: conntrack capacity and, with a pin directory, pins (stale
-/// conntrack maps of another size are dropped: their flows fall back to Maglev).
+/// Prepares the loader: map capacities and, with a pin directory, pins. Pinned
+/// conntrack and Maglev maps of another shape are dropped: flows then fall back to
+/// Maglev, and the frontends get their tables again (see [`NodePortMaps::adopt`]).
 pub(super) fn configure(
     loader: &mut EbpfLoader<'_>,
     settings: &Settings,
@@ -129,13 +137,31 @@ pub(super) fn configure(
     } else {
         1
     };
+    let chunks = maglev_chunk_capacity(settings)?;
     loader
         .map_max_entries(CT_MAP, conntrack)
-        .map_max_entries(CT_REVERSE_MAP, conntrack);
+        .map_max_entries(CT_REVERSE_MAP, conntrack)
+        .map_max_entries(MAGLEV_MAP, chunks);
     if let Some(dir) = pin_dir {
-        for (name, key, value) in [
-            (CT_MAP, size_of::<FlowKey>(), size_of::<CtForward>()),
-            (CT_REVERSE_MAP, size_of::<FlowKey>(), size_of::<CtReverse>()),
+        for (name, key, value, entries) in [
+            (
+                CT_MAP,
+                size_of::<FlowKey>(),
+                size_of::<CtForward>(),
+                conntrack,
+            ),
+            (
+                CT_REVERSE_MAP,
+                size_of::<FlowKey>(),
+                size_of::<CtReverse>(),
+                conntrack,
+            ),
+            (
+                MAGLEV_MAP,
+                size_of::<MaglevKey>(),
+                size_of::<MaglevChunk>(),
+                chunks,
+            ),
         ] {
             let path = dir.join(name);
             if let Ok(info) = aya::maps::MapInfo::from_pin(&path) {
@@ -144,7 +170,7 @@ pub(super) fn configure(
                     info.value_size() as usize,
                     info.max_entries(),
                 );
-                if found != (key, value, conntrack) {
+                if found != (key, value, entries) {
                     let _ = std::fs::remove_file(&path);
                 }
             }
@@ -156,15 +182,31 @@ pub(super) fn configure(
     Ok(())
 }
 
+/// Chunks in the Maglev map: two tables for each frontend.
+fn maglev_chunk_capacity(settings: &Settings) -> Result<u32, NodePortError> {
+    maglev_chunks(settings.maglev_size)
+        .checked_mul(2)
+        .and_then(|c| c.checked_mul(settings.frontends))
+        .ok_or(NodePortError::MaglevCapacity {
+            size: settings.maglev_size,
+            frontends: settings.frontends,
+        })
+}
+
 /// The maps user space writes.
 pub(super) struct NodePortMaps {
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
     /// The programs' settings (also held because a map taken from the object
     /// closes with its last holder).
     config: Array<MapData, NodePortConfig>,
-    /// Frontend addresses that get Maglev tables; empty when the path is off.
+    /// Frontend addresses that get Maglev tables (the NodePort devices' own, where
+    /// the programs see packets for NodePorts); empty when the path is off.
     addresses: HashSet<IpAddr>,
     maglev_size: u32,
+    /// The services (ids) that have Maglev tables, and how many fit (each may hold
+    /// both of its tables).
+    with_tables: HashSet<u32>,
+    max_frontends: usize,
 }
 
 impl NodePortMaps {
@@ -180,6 +222,8 @@ impl NodePortMaps {
             config,
             addresses: HashSet::new(),
             maglev_size: settings.maglev_size,
+            with_tables: HashSet::new(),
+            max_frontends: settings.frontends as usize,
         };
         if previous.maglev_size != settings.maglev_size {
             maps.clear_maglev(|_| true)?;
@@ -189,13 +233,12 @@ impl NodePortMaps {
             for (slot, device) in devices.iter_mut().zip(&settings.devices) {
                 *slot = ifindex(device)?;
             }
-            maps.addresses = super::node_addresses()
+            maps.addresses = super::addresses::device_addresses(&settings.devices)
                 .map_err(|source| NodePortError::Device {
                     device: settings.devices.join(","),
                     source,
                 })?
                 .into_iter()
-                .filter(|ip| !ip.is_loopback())
                 .collect();
         }
         let value = NodePortConfig {
@@ -220,6 +263,12 @@ impl NodePortMaps {
     ) -> Result<(), NodePortError> {
         let ids: HashSet<u32> = services.iter().map(|(_, s)| s.id).collect();
         self.clear_maglev(|key| !ids.contains(&key.service_id))?;
+        self.with_tables = self
+            .maglev
+            .keys()
+            .filter_map(Result::ok)
+            .map(|key| key.service_id)
+            .collect();
         for (key, service) in services {
             let frontend = key.socket_addr();
             if !self.wants_table(&frontend) || service.backend_count == 0 {
@@ -253,7 +302,8 @@ impl NodePortMaps {
         Ok(())
     }
 
-    /// Writes the Maglev table of `table` for a NodePort frontend.
+    /// Writes the Maglev table of `table` for a NodePort frontend; fails, writing
+    /// nothing, when a new frontend would take the map past its capacity.
     pub(super) fn table_written(
         &mut self,
         key: &ServiceKey,
@@ -263,6 +313,13 @@ impl NodePortMaps {
     ) -> io::Result<()> {
         if !self.wants_table(&key.socket_addr()) || backends.is_empty() {
             return Ok(());
+        }
+        if !self.with_tables.contains(&id) && self.with_tables.len() >= self.max_frontends {
+            return Err(io::Error::other(format!(
+                "full: the Maglev tables of {} NodePort frontends are in use; raise \
+                 --max-nodeport-frontends",
+                self.max_frontends
+            )));
         }
         let slots: Vec<SocketAddr> = backends.iter().map(Backend::socket_addr).collect();
         let entries = maglev::table(&slots, self.maglev_size);
@@ -274,6 +331,7 @@ impl NodePortMaps {
             let chunk_key = MaglevKey::new(id, table, index as u16);
             self.maglev.insert(chunk_key, chunk, 0).map_err(into_io)?;
         }
+        self.with_tables.insert(id);
         Ok(())
     }
 
@@ -287,6 +345,7 @@ impl NodePortMaps {
                     absent_is_ok(self.maglev.remove(&chunk_key))?;
                 }
             }
+            self.with_tables.remove(&id);
         }
         Ok(())
     }
