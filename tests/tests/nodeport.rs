@@ -450,7 +450,18 @@ fn a_clean_stop_detaches_the_tc_programs() {
 /// and returns the name in the reply, which only a reply from `addr` reaches.
 fn ask_udp(outside: &NetNs, client: SocketAddr, addr: SocketAddr) -> std::io::Result<String> {
     outside.run(|| {
-        let socket = UdpSocket::bind(client)?;
+        // A child another test thread forks holds our last socket of this port
+        // until it execs (the fd is close-on-exec): the port frees at once after.
+        let mut tries = 0;
+        let socket = loop {
+            match UdpSocket::bind(client) {
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 50 => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                other => break other?,
+            }
+        };
         socket.connect(addr)?;
         socket.set_read_timeout(Some(Duration::from_millis(500)))?;
         socket.send(b"?")?;
@@ -522,6 +533,7 @@ fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
         }
         assert_eq!(seen.len(), 3, "flows reach every backend: {seen:?}");
     }
+
     let metrics = agent.metrics();
     let frontend = format!("{NODE_V4}:{UDP_NODE_PORT}/udp");
     let total: u64 = ["10.77.0.2:5353", "10.77.0.3:5353", "10.77.0.4:5353"]
@@ -529,6 +541,23 @@ fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
         .map(|b| counted(&metrics, &frontend, b, "out").0)
         .sum();
     assert!(total >= 120, "{total} replies counted\n{metrics}");
+
+    // A removed backend's UDP flows choose again (conntrack forgets them), while
+    // its process still answers anything that reaches it.
+    let node = SocketAddr::new(NODE_V4.parse().unwrap(), UDP_NODE_PORT);
+    let client = SocketAddr::new(CLIENT_V4.parse().unwrap(), 43_000);
+    let before = ask_udp(outside, client, node).expect("ask");
+    let index: usize = before
+        .trim_start_matches("backend-")
+        .parse()
+        .expect("backend name");
+    let rest: Vec<usize> = (0..3).filter(|i| *i != index).collect();
+    agent.apply(&slice("IPv4", &rest));
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while ask_udp(outside, client, node).expect("ask") == before {
+        assert!(Instant::now() < deadline, "{client} stays on {before}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]

@@ -93,7 +93,7 @@ pub struct CtForward {
 /// How a reply is translated back (conntrack, reply direction): it leaves from
 /// the frontend to the client.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtReverse {
     pub client: RawAddr,
     pub frontend: RawAddr,

@@ -1,6 +1,8 @@
 //! What follows a change of a service's backends once the maps are written: the
-//! removed backends' counters (connections, and NodePort packets and bytes) are dropped and, for a UDP service, the connected
-//! sockets skiff pinned to them are destroyed (see [`super::sockets`]).
+//! removed backends' counters (connections, and NodePort packets and bytes) are
+//! dropped and, for a UDP service, the NodePort flows conntrack keeps on them are
+//! forgotten and the connected sockets skiff pinned to them are destroyed (see
+//! [`super::sockets`]).
 
 use std::net::SocketAddr;
 
@@ -34,6 +36,15 @@ impl Dataplane {
         }
         if frontend.protocol != Protocol::Udp || keys.is_empty() {
             return Ok(());
+        }
+        match self.maps.nodeport.forget_udp_flows(&keys) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                "service {frontend}: {n} NodePort UDP flows of removed backends will choose again"
+            ),
+            Err(e) => {
+                warn!("service {frontend}: forgetting NodePort flows of removed backends: {e}")
+            }
         }
         let Some(destroyer) = self.destroyer.as_mut() else {
             return Ok(());

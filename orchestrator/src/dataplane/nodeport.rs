@@ -25,9 +25,9 @@ use aya::{Ebpf, EbpfLoader};
 use skiff_ebpf_common::nodeport::{
     CT_MAP, CT_REVERSE_MAP, CtForward, CtReverse, DEFAULT_MAGLEV_SIZE, FlowKey, MAGLEV_CHUNK,
     MAGLEV_MAP, MAX_CONNTRACK, MAX_NODEPORT_DEVICES, MAX_NODEPORT_FRONTENDS, MaglevChunk,
-    MaglevKey, NODEPORT_CONFIG_MAP, NodePortConfig, maglev_chunks,
+    MaglevKey, NODEPORT_CONFIG_MAP, NodePortConfig, maglev_chunks, write_reverse_entry,
 };
-use skiff_ebpf_common::{Backend, Service, ServiceKey};
+use skiff_ebpf_common::{Backend, IPPROTO_UDP, Service, ServiceBackendKey, ServiceKey};
 
 use super::maglev::{self, MaglevError};
 use super::{Error, Frontend, absent_is_ok, into_io};
@@ -196,6 +196,9 @@ fn maglev_chunk_capacity(settings: &Settings) -> Result<u32, NodePortError> {
 /// The maps user space writes.
 pub(super) struct NodePortMaps {
     maglev: HashMap<MapData, MaglevKey, MaglevChunk>,
+    /// Conntrack, both directions.
+    flows: HashMap<MapData, FlowKey, CtForward>,
+    replies: HashMap<MapData, FlowKey, CtReverse>,
     /// The programs' settings (also held because a map taken from the object
     /// closes with its last holder).
     config: Array<MapData, NodePortConfig>,
@@ -219,6 +222,8 @@ impl NodePortMaps {
         let previous = config.get(&0, 0).map_err(map_error(NODEPORT_CONFIG_MAP))?;
         let mut maps = Self {
             maglev: super::take_map(ebpf, MAGLEV_MAP)?,
+            flows: super::take_map(ebpf, CT_MAP)?,
+            replies: super::take_map(ebpf, CT_REVERSE_MAP)?,
             config,
             addresses: HashSet::new(),
             maglev_size: settings.maglev_size,
@@ -333,6 +338,38 @@ impl NodePortMaps {
         }
         self.with_tables.insert(id);
         Ok(())
+    }
+
+    /// Forgets the UDP flows conntrack keeps on the backends `removed` (of their
+    /// services), so that the next datagram of such a flow chooses a live backend,
+    /// as connected UDP sockets of removed backends are destroyed on the socket
+    /// path. TCP flows stay: an established connection keeps its backend while it
+    /// terminates. Returns how many flows were forgotten.
+    pub(super) fn forget_udp_flows(&mut self, removed: &[ServiceBackendKey]) -> io::Result<usize> {
+        let doomed: Vec<(FlowKey, CtForward)> = self
+            .flows
+            .iter()
+            .filter_map(Result::ok)
+            .filter(|(flow, forward)| {
+                let backend = Backend {
+                    addr: forward.backend,
+                    port: forward.backend_port,
+                    family: flow.family,
+                    _pad: 0,
+                };
+                flow.protocol == IPPROTO_UDP
+                    && removed.contains(&ServiceBackendKey::new(forward.service_id, &backend))
+            })
+            .collect();
+        for (flow, forward) in &doomed {
+            // The reply entry first: a datagram of the flow arriving in between
+            // creates both again.
+            let (mut reply, mut reverse) = (*flow, CtReverse::default());
+            write_reverse_entry(flow, forward, &mut reply, &mut reverse);
+            absent_is_ok(self.replies.remove(&reply))?;
+            absent_is_ok(self.flows.remove(flow))?;
+        }
+        Ok(doomed.len())
     }
 
     /// Removes the Maglev tables of a removed service (its counters go with its
