@@ -17,7 +17,7 @@
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::process::Command;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -678,4 +678,125 @@ fn node_ports_beyond_the_maglev_capacity_are_refused_with_the_flag_to_raise() {
             })
             .count();
     assert_eq!(served, 1, "{:#?}", agent.log);
+}
+
+/// A TCP connection from `client` (address and port, in the outside namespace) to
+/// `addr`, with the greeting read.
+fn connect_from(
+    outside: &NetNs,
+    client: SocketAddr,
+    addr: SocketAddr,
+) -> std::io::Result<(TcpStream, String)> {
+    fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+        // SAFETY: all-zero is a valid sockaddr_storage.
+        let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let len = match addr {
+            SocketAddr::V4(v4) => {
+                // SAFETY: sockaddr_storage is large and aligned enough for any sockaddr.
+                let sin = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in) };
+                sin.sin_family = libc::AF_INET as libc::sa_family_t;
+                sin.sin_port = v4.port().to_be();
+                sin.sin_addr.s_addr = u32::from_ne_bytes(v4.ip().octets());
+                size_of::<libc::sockaddr_in>()
+            }
+            SocketAddr::V6(v6) => {
+                // SAFETY: as above.
+                let sin6 = unsafe { &mut *(&mut storage as *mut _ as *mut libc::sockaddr_in6) };
+                sin6.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                sin6.sin6_port = v6.port().to_be();
+                sin6.sin6_addr.s6_addr = v6.ip().octets();
+                size_of::<libc::sockaddr_in6>()
+            }
+        };
+        (storage, len as libc::socklen_t)
+    }
+    let check = |rc: i32| {
+        if rc < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(rc)
+        }
+    };
+    outside.run(|| {
+        let family = if client.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain system calls on a socket this function owns; the addresses
+        // are valid sockaddrs of the lengths given.
+        let stream = unsafe {
+            let fd = check(libc::socket(
+                family,
+                libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+                0,
+            ))?;
+            let fd = OwnedFd::from_raw_fd(fd);
+            let (local, local_len) = sockaddr(client);
+            check(libc::bind(
+                fd.as_raw_fd(),
+                (&local as *const libc::sockaddr_storage).cast(),
+                local_len,
+            ))?;
+            let (peer, peer_len) = sockaddr(addr);
+            check(libc::connect(
+                fd.as_raw_fd(),
+                (&peer as *const libc::sockaddr_storage).cast(),
+                peer_len,
+            ))?;
+            TcpStream::from(fd)
+        };
+        stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+        let mut line = String::new();
+        BufReader::new(&stream).read_line(&mut line)?;
+        Ok((stream, line.trim().to_string()))
+    })
+}
+
+#[test]
+fn a_new_connection_on_a_known_tuple_gets_a_backend_of_the_current_set() {
+    let topology = Topology::new();
+    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let _backends = backends(&topology.pods);
+    agent.apply(SERVICE);
+    agent.apply(&slice("IPv4", &[0, 1, 2]));
+    agent.apply(&slice("IPv6", &[0, 1, 2]));
+    let outside = &topology.outside;
+    for (addr, client, family) in node_ports() {
+        wait_for(outside, addr, &["backend-0", "backend-1", "backend-2"]);
+        let client = SocketAddr::new(client.parse().unwrap(), 45_000);
+        let (stream, greeting) = connect_from(outside, client, addr).expect("connect");
+        let name = greeting.split(' ').next().unwrap_or_default().to_string();
+        // Closed with a reset (linger 0): the client's port is free at once, with
+        // no TIME_WAIT, while conntrack still has the tuple.
+        let linger = libc::linger {
+            l_onoff: 1,
+            l_linger: 0,
+        };
+        // SAFETY: setsockopt on an open socket with a valid linger struct.
+        let rc = unsafe {
+            libc::setsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                (&linger as *const libc::linger).cast(),
+                size_of::<libc::linger>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_LINGER: {}", std::io::Error::last_os_error());
+        drop(stream);
+        let index: usize = name.trim_start_matches("backend-").parse().expect("name");
+        let rest: Vec<usize> = (0..3).filter(|i| *i != index).collect();
+        agent.apply(&slice(family, &rest));
+        let expected: Vec<String> = rest.iter().map(|i| format!("backend-{i}")).collect();
+        let expected: Vec<&str> = expected.iter().map(String::as_str).collect();
+        wait_for(outside, addr, &expected);
+        // The removed backend still listens: only the SYN rule keeps the same tuple
+        // away from it.
+        let (_, again) = connect_from(outside, client, addr).expect("connect again");
+        assert!(
+            !again.starts_with(&name),
+            "{client}: {again} after {name} was removed"
+        );
+    }
 }

@@ -481,6 +481,7 @@ pub mod offsets {
     pub const IPV6_HLEN: usize = 40;
     pub const L4_SPORT: usize = 0;
     pub const L4_DPORT: usize = 2;
+    pub const TCP_FLAGS: usize = 13;
     pub const TCP_CSUM: usize = 16;
     pub const UDP_CSUM: usize = 6;
 }
@@ -509,6 +510,18 @@ pub fn parse_ipv4(header: &[u8; 20]) -> Option<(u8, usize, u32, u32)> {
     let word =
         |i: usize| u32::from_ne_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
     Some((header[9], ihl, word(12), word(16)))
+}
+
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+
+/// Whether a packet opens a connection even when conntrack knows its tuple: a TCP
+/// SYN without ACK. A client that reuses a port after its connection closed then
+/// gets a backend of the current set, not the one conntrack remembers (which may
+/// be gone); a retransmitted SYN finds the same backend again (see the programs).
+#[inline(always)]
+pub fn opens_connection(protocol: u8, tcp_flags: u8) -> bool {
+    protocol == crate::IPPROTO_TCP && tcp_flags & (TCP_SYN | TCP_ACK) == TCP_SYN
 }
 
 /// The L4 checksum offset within the L4 header for `protocol`, if handled.
@@ -840,6 +853,15 @@ mod tests {
         assert_eq!(parse_ipv4(&h).unwrap().1, 24);
         h[0] = 0x44;
         assert!(parse_ipv4(&h).is_none());
+    }
+
+    #[test]
+    fn only_a_bare_syn_opens_a_connection() {
+        assert!(opens_connection(IPPROTO_TCP, TCP_SYN));
+        assert!(opens_connection(IPPROTO_TCP, TCP_SYN | 0x40)); // with ECE
+        assert!(!opens_connection(IPPROTO_TCP, TCP_SYN | TCP_ACK));
+        assert!(!opens_connection(IPPROTO_TCP, TCP_ACK));
+        assert!(!opens_connection(crate::IPPROTO_UDP, TCP_SYN));
     }
 
     #[test]

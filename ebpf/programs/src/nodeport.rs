@@ -1,7 +1,7 @@
 //! The packet-level NodePort path: tc programs on the node's external devices.
 //!
 //! - `skiff_nodeport_ingress` translates a packet for a NodePort frontend to its
-//!   flow's backend (conntrack, else Maglev), and translates replies of flows to
+//!   flow's backend (conntrack, else Maglev; a TCP SYN asks Maglev again), and translates replies of flows to
 //!   backends on other nodes (which come back through this device) back to the
 //!   NodePort.
 //! - `skiff_nodeport_egress` translates replies of flows to this node's pods, which
@@ -32,10 +32,12 @@ use skiff_ebpf_common::nodeport::{
     CT_SNAT, CtForward, CtReverse, ETH_P_IP_BE, ETH_P_IPV6_BE, FlowKey, MAGLEV_CHUNK,
     MAX_CONNTRACK, MAX_MAGLEV_CHUNKS, MaglevChunk, MaglevKey, NAT_PORT_ATTEMPTS, NodePortChoice,
     NodePortConfig, PacketCounters, counter_key, flow_hash, forward_rewrite, l4_csum_offset,
-    nat_port_candidate, offsets, parse_ipv4, reverse_rewrite, select_nodeport_backend,
-    write_reverse_entry,
+    nat_port_candidate, offsets, opens_connection, parse_ipv4, reverse_rewrite,
+    select_nodeport_backend, write_reverse_entry,
 };
-use skiff_ebpf_common::{AF_INET, AF_INET6, IPPROTO_UDP, MAX_COUNTERS, RawAddr, ServiceBackendKey};
+use skiff_ebpf_common::{
+    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, MAX_COUNTERS, RawAddr, ServiceBackendKey,
+};
 
 use crate::maps::{BACKENDS, SERVICES};
 
@@ -90,6 +92,8 @@ struct Scratch {
     reply: FlowKey,
     reverse: CtReverse,
     counter: ServiceBackendKey,
+    /// Whether the packet opens a connection ([`opens_connection`]).
+    opening: bool,
 }
 
 #[inline(always)]
@@ -115,17 +119,22 @@ pub fn skiff_nodeport_ingress(ctx: TcContext) -> i32 {
             return reply_from_other_node(&ctx, s);
         }
     }
-    match CT.get_ptr(&s.flow) {
+    let known = match CT.get_ptr(&s.flow) {
         Some(forward) => {
             // SAFETY: as above.
             s.forward = unsafe { *forward };
-            keep_reverse(s);
+            true
         }
-        None => match new_flow(&ctx, s) {
+        None => false,
+    };
+    if known && !s.opening {
+        keep_reverse(s);
+    } else {
+        match new_flow(&ctx, s, known) {
             FOUND => {}
             NOT_MINE => return NEXT,
             _ => return DROP,
-        },
+        }
     }
     if rewrite(&ctx, s, false).is_err() {
         return DROP;
@@ -228,6 +237,12 @@ fn parse(ctx: &TcContext, s: &mut Scratch) -> bool {
     };
     s.flow.sport = ports[0];
     s.flow.dport = ports[1];
+    let flags = if s.flow.protocol == IPPROTO_TCP {
+        ctx.load::<u8>(l4 + offsets::TCP_FLAGS).unwrap_or(0)
+    } else {
+        0
+    };
+    s.opening = opens_connection(s.flow.protocol, flags);
     s.flow._pad = 0;
     s.l4 = l4 as u32;
     s.csum = (l4 + csum) as u32;
@@ -239,11 +254,12 @@ const FOUND: i32 = 1;
 const NOT_MINE: i32 = 0;
 const NO_PORT: i32 = -1;
 
-/// Chooses the backend of a flow seen for the first time into `s.forward` and
-/// records it in both conntrack maps. NOT_MINE: not a NodePort flow (or no
-/// backend), leave it alone. NO_PORT: no source port was free, drop it.
+/// Chooses the backend of a new flow (or of a connection that opens on a known
+/// tuple, `known`: its entry is in `s.forward`) into `s.forward` and records it in
+/// both conntrack maps. NOT_MINE: not a NodePort flow (or no backend), leave it
+/// alone. NO_PORT: no source port was free, drop it.
 #[inline(never)]
-fn new_flow(ctx: &TcContext, s: &mut Scratch) -> i32 {
+fn new_flow(ctx: &TcContext, s: &mut Scratch, known: bool) -> i32 {
     // SAFETY: a BPF_F_NO_PREALLOC map; the value is copied at once.
     let Some(service) = (unsafe { SERVICES.get(&s.flow.service_key()) }).copied() else {
         return NOT_MINE;
@@ -265,6 +281,16 @@ fn new_flow(ctx: &TcContext, s: &mut Scratch) -> i32 {
     let NodePortChoice::Backend { backend, .. } = choice else {
         return NOT_MINE;
     };
+    if known
+        && s.forward.service_id == service.id
+        && s.forward.backend == backend.addr
+        && s.forward.backend_port == backend.port
+    {
+        // The backend conntrack has (a retransmitted SYN): the flow keeps its
+        // entry, and its translated port if it has one.
+        keep_reverse(s);
+        return FOUND;
+    }
     s.forward = CtForward {
         backend: backend.addr,
         backend_port: backend.port,
