@@ -241,12 +241,19 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .map(|m| m.into_inner().unwrap_or_else(|p| p.into_inner()))
         .ok_or(Error::DataplaneInUse)?;
     let cgroup = dataplane.cgroup().to_path_buf();
-    for program in dataplane.detach()? {
+    let detached = dataplane.detach()?;
+    for program in detached.cgroup {
         info!(
             "detached {} (program id {}) from {}",
             program.name,
             program.id,
             cgroup.display()
+        );
+    }
+    for program in detached.tc {
+        info!(
+            "detached {} (tc program {}) from device {}",
+            program.name, program.id, program.device
         );
     }
     info!("skiff agent stopped");

@@ -153,6 +153,15 @@ pub struct AttachedProgram {
     pub id: u32,
 }
 
+/// What [`Dataplane::detach`] detached.
+#[derive(Debug)]
+pub struct Detached {
+    /// The socket load balancer's programs, from the cgroup.
+    pub cgroup: Vec<AttachedProgram>,
+    /// The NodePort programs, from their devices.
+    pub tc: Vec<nodeport::TcProgram>,
+}
+
 /// How a program stays attached.
 enum Attachment {
     /// Owned by this process: detached when it is dropped or the process dies.
@@ -361,7 +370,7 @@ impl Dataplane {
 
     /// Detaches every program, reporting the first failure, then unloads them and
     /// removes the pins.
-    pub fn detach(mut self) -> Result<Vec<AttachedProgram>, Error> {
+    pub fn detach(mut self) -> Result<Detached, Error> {
         let mut detached = Vec::with_capacity(self.links.len());
         for (program, attachment) in std::mem::take(&mut self.links) {
             let name = program.name;
@@ -378,14 +387,17 @@ impl Dataplane {
             detached.push(program);
         }
         let nodeport = std::mem::replace(&mut self.nodeport, nodeport::NodePortLinks::none());
-        nodeport.detach(&mut self.ebpf)?;
+        let tc = nodeport.detach(&mut self.ebpf)?;
         if let Some(dir) = &self.pin_dir {
             std::fs::remove_dir_all(dir).map_err(|source| Error::Pin {
                 path: dir.clone(),
                 source,
             })?;
         }
-        Ok(detached)
+        Ok(Detached {
+            cgroup: detached,
+            tc,
+        })
     }
 }
 

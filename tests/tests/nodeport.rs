@@ -440,6 +440,7 @@ fn a_clean_stop_detaches_the_tc_programs() {
     assert_eq!(ids.len(), 2, "ingress and egress on np0: {:#?}", agent.log);
     assert!(ids.iter().all(|id| program_loaded(*id)));
     agent.signal(libc::SIGTERM);
+    agent.wait_for_line("detached skiff_nodeport_egress");
     assert!(agent.wait().success());
     // Unloaded: no link (pinned or not) holds them on the device any more.
     assert_unloaded(&ids);
