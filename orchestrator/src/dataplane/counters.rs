@@ -155,4 +155,29 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn per_cpu_packet_counters_are_summed_field_by_field() {
+        let node_port = Frontend::tcp("192.168.77.2:30080".parse().unwrap());
+        let cpu = |packets_in, bytes_in, packets_out, bytes_out| PacketCounters {
+            packets_in,
+            bytes_in,
+            packets_out,
+            bytes_out,
+        };
+        let entries = vec![(
+            key(1, "10.244.0.2:8080"),
+            vec![cpu(3, 180, 2, 120), cpu(1, 60, u64::MAX, 0)],
+        )];
+        let sums = summarize(entries, |_, _| Some(node_port));
+        assert_eq!(
+            sums,
+            [(
+                node_port,
+                "10.244.0.2:8080".parse().unwrap(),
+                // Wrapping, as the kernel's per-CPU counters do.
+                cpu(4, 240, 1, 120)
+            )]
+        );
+    }
 }
