@@ -1,9 +1,9 @@
 //! The packet-level NodePort path: tc programs on the node's external devices.
 //!
 //! - `skiff_nodeport_ingress` translates a packet for a NodePort frontend to its
-//!   flow's backend (conntrack, else Maglev; a TCP SYN asks Maglev again), and translates replies of flows to
-//!   backends on other nodes (which come back through this device) back to the
-//!   NodePort.
+//!   flow's backend (conntrack, else Maglev; a TCP SYN asks Maglev again), and
+//!   translates replies of flows to backends on other nodes (which come back
+//!   through this device) back to the NodePort.
 //! - `skiff_nodeport_egress` translates replies of flows to this node's pods, which
 //!   the kernel forwards out of this device, back to the NodePort.
 //!
