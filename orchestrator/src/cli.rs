@@ -241,8 +241,8 @@ struct AgentArgs {
     /// Flows each NodePort conntrack map holds (least recently used ones make room)
     #[arg(long, value_name = "N", default_value_t = skiff_ebpf_common::nodeport::MAX_CONNTRACK, value_parser = clap::value_parser!(u32).range(1..))]
     nodeport_conntrack: u32,
-    /// NodePort frontends (node address, port, protocol) whose Maglev tables the
-    /// maps hold; each takes two tables of M entries
+    /// NodePort frontends (a NodePort device's address, port, protocol) whose
+    /// Maglev tables the maps hold; each takes two tables of M entries
     #[arg(long, value_name = "N", default_value_t = skiff_ebpf_common::nodeport::MAX_NODEPORT_FRONTENDS, value_parser = clap::value_parser!(u32).range(1..))]
     max_nodeport_frontends: u32,
     /// Where the store, the API token and the encryption key live
