@@ -679,6 +679,13 @@ fn node_ports_beyond_the_maglev_capacity_are_refused_with_the_flag_to_raise() {
             })
             .count();
     assert_eq!(served, 1, "{:#?}", agent.log);
+    let metrics = agent.metrics();
+    let refusals: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("skiff_dataplane_map_full_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(refusals >= 3, "{metrics}");
 }
 
 /// A TCP connection from `client` (address and port, in the outside namespace) to

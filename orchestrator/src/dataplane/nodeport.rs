@@ -320,11 +320,14 @@ impl NodePortMaps {
             return Ok(());
         }
         if !self.with_tables.contains(&id) && self.with_tables.len() >= self.max_frontends {
-            return Err(io::Error::other(format!(
-                "full: the Maglev tables of {} NodePort frontends are in use; raise \
+            return Err(io::Error::new(
+                io::ErrorKind::StorageFull,
+                format!(
+                    "full: the Maglev tables of {} NodePort frontends are in use; raise \
                  --max-nodeport-frontends",
-                self.max_frontends
-            )));
+                    self.max_frontends
+                ),
+            ));
         }
         let slots: Vec<SocketAddr> = backends.iter().map(Backend::socket_addr).collect();
         let entries = maglev::table(&slots, self.maglev_size);

@@ -142,7 +142,8 @@ pub trait ServiceMaps {
     /// Every key in BACKENDS.
     fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>>;
     /// A table's backends are written and it is about to be published: maps that
-    /// index the table (the NodePort path's Maglev tables) are filled here.
+    /// index the table (the NodePort path's Maglev tables) are filled here. An
+    /// error of kind `StorageFull` counts as a refusal of a full map.
     fn table_written(
         &mut self,
         _key: &ServiceKey,
@@ -352,7 +353,13 @@ impl ServiceTable {
         }
 
         maps.table_written(&key, entry.id, table, &backends)
-            .map_err(map_error(frontend, MAGLEV_MAP))?;
+            .map_err(|e| {
+                // The NodePort path's tables are full: a refusal like ours.
+                if e.kind() == io::ErrorKind::StorageFull {
+                    self.full_refusals += 1;
+                }
+                map_error(frontend, MAGLEV_MAP)(e)
+            })?;
         let service = Service {
             id: entry.id,
             backend_count: count,
@@ -481,6 +488,8 @@ mod tests {
         fail_at_write: Option<usize>,
         /// Whether the table hooks are logged (and can fail) like writes.
         record_hooks: bool,
+        /// Whether the table hook says its map is full.
+        hook_full: bool,
     }
 
     impl FakeMaps {
@@ -542,6 +551,9 @@ mod tests {
             table: u8,
             backends: &[Backend],
         ) -> io::Result<()> {
+            if self.hook_full {
+                return Err(io::Error::new(io::ErrorKind::StorageFull, "full"));
+            }
             if self.record_hooks {
                 self.write(format!("table t{table} written ({})", backends.len()))?;
             }
@@ -834,6 +846,14 @@ mod tests {
             .upsert(&mut maps, &vip(), &addrs(&["10.244.0.3:80"]))
             .unwrap_err();
         assert!(err.to_string().contains("writing map NP_MAGLEV"), "{err}");
+        assert_eq!(maps.resolve(&vip().key()), Some(before.clone()));
+        assert_eq!(table.full_refusals(), 0, "a failed write is no refusal");
+        // A full hook map is a refusal, counted like a full service map.
+        (maps.fail_at_write, maps.hook_full) = (None, true);
+        table
+            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.3:80"]))
+            .unwrap_err();
+        assert_eq!(table.full_refusals(), 1);
         assert_eq!(maps.resolve(&vip().key()), Some(before));
     }
 
