@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use skiff::dataplane::Frontend;
+use skiff::dataplane::{Balancing, Frontend};
 use skiff_tests::kernel::{assert_unloaded, cgroup_programs};
 use skiff_tests::lab::{Lab, tally};
 
@@ -21,7 +21,10 @@ fn spreads_over_every_backend(vip: &str, backend_ip: &str) {
     let backends = lab.backends(backend_ip, 3);
     let targets: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(addr(vip)), &targets)
+        .upsert_service(
+            &Frontend::tcp(addr(vip)),
+            &Balancing::from(targets.to_vec()),
+        )
         .expect("publish service");
 
     let replies = lab.connect(addr(vip), 300);
@@ -58,7 +61,10 @@ fn destinations_not_in_the_map_are_left_alone() {
     let backends = lab.backends("127.0.0.1", 3);
     let targets: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(addr("10.96.7.1:80")), &targets)
+        .upsert_service(
+            &Frontend::tcp(addr("10.96.7.1:80")),
+            &Balancing::from(targets.to_vec()),
+        )
         .expect("publish service");
 
     // Another port of the VIP, another VIP, and the other family: the lab namespace
@@ -83,13 +89,16 @@ fn removed_backend_receives_no_new_connections() {
     let backends = lab.backends("127.0.0.1", 3);
     let all: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(vip), &all)
+        .upsert_service(&Frontend::tcp(vip), &Balancing::from(all.to_vec()))
         .expect("publish service");
     // Missing one of three backends in 60 tries has probability 3 * (2/3)^60 < 1e-10.
     assert_eq!(tally(&lab.connect(vip, 60)).len(), 3);
 
     lab.dataplane
-        .upsert_service(&Frontend::tcp(vip), &[all[0], all[2]])
+        .upsert_service(
+            &Frontend::tcp(vip),
+            &Balancing::from([all[0], all[2]].to_vec()),
+        )
         .expect("update service");
     let counts = tally(&lab.connect(vip, 200));
     let names: Vec<&str> = counts.keys().map(String::as_str).collect();
@@ -109,7 +118,7 @@ fn service_without_backends_refuses_connections() {
     let mut lab = Lab::new();
     for vip in ["10.96.7.1:80", "[fd00:10:96::7]:80"] {
         lab.dataplane
-            .upsert_service(&Frontend::tcp(addr(vip)), &[])
+            .upsert_service(&Frontend::tcp(addr(vip)), &Balancing::default())
             .expect("publish service");
         // As kube-proxy does: connection refused, not a timeout or EPERM.
         assert_eq!(
@@ -127,7 +136,10 @@ fn invalid_service_is_rejected_and_nothing_is_published() {
     let vip = addr("[fd00:10:96::7]:80");
     let err = lab
         .dataplane
-        .upsert_service(&Frontend::tcp(vip), &[backends[0].addr()])
+        .upsert_service(
+            &Frontend::tcp(vip),
+            &Balancing::from([backends[0].addr()].to_vec()),
+        )
         .expect_err("an IPv4 backend for an IPv6 VIP");
     assert!(err.to_string().contains("backends[0]: 127.0.0.1:"), "{err}");
     assert_eq!(lab.connect(vip, 1), [ENETUNREACH]);

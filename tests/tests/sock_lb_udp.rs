@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use skiff::dataplane::{BackendCount, Frontend};
+use skiff::dataplane::{BackendCount, Balancing, Frontend};
 use skiff_tests::lab::{Lab, SockClient, tally};
 
 /// What a UDP socket reports once skiff destroyed it: recv() gets the error
@@ -36,7 +36,10 @@ fn unconnected_udp_spreads_and_replies_come_from_the_vip(vip: &str, backend_ip: 
     let backends = lab.udp_backends(backend_ip, 3);
     let targets: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::udp(addr(vip)), &targets)
+        .upsert_service(
+            &Frontend::udp(addr(vip)),
+            &Balancing::from(targets.to_vec()),
+        )
         .expect("publish service");
 
     let mut client = lab.client();
@@ -72,7 +75,7 @@ fn unconnected_udp_to_a_service_without_backends_is_refused() {
     let mut lab = Lab::new();
     let vip = "10.96.8.1:53";
     lab.dataplane
-        .upsert_service(&Frontend::udp(addr(vip)), &[])
+        .upsert_service(&Frontend::udp(addr(vip)), &Balancing::default())
         .expect("publish service");
     let mut client = lab.client();
     assert_eq!(client.lines(&format!("sendto {vip} 1"), 1), ["error 111"]);
@@ -106,7 +109,7 @@ fn getpeername_reports_the_vip_for_tcp_and_connected_udp() {
     let mut client = lab.client();
     for (frontend, backends) in &cases {
         lab.dataplane
-            .upsert_service(frontend, backends)
+            .upsert_service(frontend, &Balancing::from(backends.to_vec()))
             .expect("publish service");
         let vip = frontend.addr;
         let tcp = frontend.protocol == skiff::dataplane::Protocol::Tcp;
@@ -153,11 +156,17 @@ fn removed_backend_destroys_its_connected_udp_sockets(vip: &str, other_vip: &str
     let (gone, kept) = (&backends[0], &backends[1]);
     let service = Frontend::udp(vip);
     lab.dataplane
-        .upsert_service(&service, &[gone.addr(), kept.addr()])
+        .upsert_service(
+            &service,
+            &Balancing::from([gone.addr(), kept.addr()].to_vec()),
+        )
         .expect("publish service");
     // Another service whose only backend is the one about to leave the first.
     lab.dataplane
-        .upsert_service(&Frontend::udp(other_vip), &[gone.addr()])
+        .upsert_service(
+            &Frontend::udp(other_vip),
+            &Balancing::from([gone.addr()].to_vec()),
+        )
         .expect("publish the other service");
     assert_eq!(lab.dataplane.sockets_destroyed(), Some(0), "kfunc support");
 
@@ -177,7 +186,7 @@ fn removed_backend_destroys_its_connected_udp_sockets(vip: &str, other_vip: &str
     }
 
     lab.dataplane
-        .upsert_service(&service, &[kept.addr()])
+        .upsert_service(&service, &Balancing::from([kept.addr()].to_vec()))
         .expect("remove a backend");
     assert_eq!(lab.dataplane.sockets_destroyed(), Some(1));
     let received = gone.received();
@@ -249,10 +258,10 @@ fn counters_count_every_balanced_connection_per_backend() {
     let tcp_addrs: Vec<SocketAddr> = tcp.iter().map(|b| b.addr()).collect();
     let udp_addrs: Vec<SocketAddr> = udp.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&tcp_service, &tcp_addrs)
+        .upsert_service(&tcp_service, &Balancing::from(tcp_addrs.to_vec()))
         .expect("publish TCP service");
     lab.dataplane
-        .upsert_service(&udp_service, &udp_addrs)
+        .upsert_service(&udp_service, &Balancing::from(udp_addrs.to_vec()))
         .expect("publish UDP service");
     assert_eq!(lab.dataplane.counters().expect("counters"), []);
 
@@ -286,7 +295,7 @@ fn counters_count_every_balanced_connection_per_backend() {
 
     // A removed backend's counter goes with it; a removed service's too.
     lab.dataplane
-        .upsert_service(&tcp_service, &tcp_addrs[1..])
+        .upsert_service(&tcp_service, &Balancing::from(tcp_addrs[1..].to_vec()))
         .expect("remove a backend");
     let counts = lab.dataplane.counters().expect("counters");
     let mut rest = expected.clone();

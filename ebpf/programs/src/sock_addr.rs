@@ -10,16 +10,19 @@ use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::bindings::bpf_sock_addr;
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval};
+use aya_ebpf::helpers::{
+    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    bpf_set_retval,
+};
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use aya_log_ebpf::debug;
 use skiff_ebpf_common::{
-    AF_INET, AF_INET6, Backend, RawAddr, ServiceBackendKey, ServiceKey, Verdict, raw_octets,
-    reverse_entry, reverse_translation, select_backend,
+    AF_INET, AF_INET6, AffinityKey, AffinityValue, Backend, RawAddr, ServiceBackendKey, ServiceKey,
+    Verdict, affine_backend, raw_octets, reverse_entry, reverse_translation, select_backend,
 };
 
-use crate::maps::{BACKENDS, REVERSE_SK, SERVICES, count};
+use crate::maps::{AFFINITY, AFFINITY_BACKENDS, BACKENDS, REVERSE_SK, SERVICES, count};
 
 /// cgroup sock_addr return values: 1 lets the call proceed, 0 fails it.
 const PROCEED: i32 = 1;
@@ -125,17 +128,44 @@ fn forward(ctx: &SockAddrContext, family: u8) -> (i32, Option<Rewrite>) {
     // SAFETY: the values are copied out at once; BPF_F_NO_PREALLOC keeps them stable
     // for the duration of this program.
     let service = unsafe { SERVICES.get(&key) }.copied();
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let random = unsafe { bpf_get_prandom_u32() };
-    let verdict = select_backend(service, family, random, |slot| {
-        // SAFETY: as above.
-        unsafe { BACKENDS.get(slot) }.copied()
+    let affinity = service.filter(|s| s.affinity_timeout != 0).map(|s| {
+        // SAFETY: the context is a bpf_sock_addr, which this helper takes; the
+        // clock helper has no preconditions.
+        let client = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
+        let now = unsafe { bpf_ktime_get_ns() };
+        let akey = AffinityKey::new(s.id, client);
+        // SAFETY: the values are copied or compared at once.
+        let remembered = unsafe { AFFINITY.get(&akey) }.copied();
+        let kept = affine_backend(&s, family, now, remembered, |k| unsafe {
+            AFFINITY_BACKENDS.get(k).is_some()
+        });
+        (akey, now, kept)
     });
+    let verdict = match affinity {
+        Some((_, _, Some(kept))) => Verdict::Rewrite(kept),
+        _ => {
+            // SAFETY: bpf_get_prandom_u32 has no preconditions.
+            let random = unsafe { bpf_get_prandom_u32() };
+            select_backend(service, family, random, |slot| {
+                // SAFETY: as above.
+                unsafe { BACKENDS.get(slot) }.copied()
+            })
+        }
+    };
     let (backend, service_id) = match (verdict, service) {
         (Verdict::Rewrite(backend), Some(service)) => (backend, service.id),
         (Verdict::Pass, _) => return (PROCEED, None),
         _ => return (refuse(), None),
     };
+    if let Some((akey, now, _)) = affinity {
+        let remember = AffinityValue {
+            last_used_ns: now,
+            backend,
+            _pad: 0,
+        };
+        // A full LRU map evicts the client not seen for longest.
+        let _ = AFFINITY.insert(&akey, &remember, 0);
+    }
     // SAFETY: as above.
     unsafe { write_addr(sa, family, backend.addr, backend.port) };
 
