@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use skiff_tests::agent::Agent;
-use skiff_tests::backend::NamedBackend;
-use skiff_tests::lab::tally;
+use skiff_tests::backend::{NamedBackend, UdpBackend};
+use skiff_tests::lab::{SockClient, tally};
 use skiff_tests::workspace_bin;
 
 const ECONNREFUSED: &str = "error 111";
@@ -427,4 +427,60 @@ fn client_ip_affinity_keeps_a_client_on_its_backend_until_it_goes_or_times_out()
         assert!(Instant::now() < deadline, "affinity still on");
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+#[test]
+fn established_connections_keep_working_while_the_agent_restarts() {
+    let agent = Agent::start_node(&[]);
+    let _backends = backends(&agent);
+    let netns = agent.node_netns.as_ref().expect("node agent");
+    let udp = UdpBackend::start(netns, "udp-0", "127.0.0.2:5353".parse().unwrap());
+    agent.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: both}\nspec:\n  ports:\n  \
+         - {name: dns, port: 53, targetPort: 5353, protocol: UDP}\n  \
+         - {name: http, port: 80, targetPort: 8080}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: both\n  \
+         labels: {kubernetes.io/service-name: both}\naddressType: IPv4\nports:\n\
+         - {name: dns, port: 5353, protocol: UDP}\n- {name: http, port: 8080, protocol: TCP}\n\
+         endpoints: [{addresses: ['127.0.0.2']}]\n",
+    );
+    let service = agent.object("service", "both").expect("service");
+    let ip: std::net::IpAddr = service["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (udp_vip, tcp_vip) = (SocketAddr::new(ip, 53), SocketAddr::new(ip, 80));
+    wait_for(&agent, tcp_vip, &["backend-0"]);
+
+    let mut client = SockClient::spawn(
+        &mut agent
+            .cgroup
+            .command_in(netns, workspace_bin("skiff-test-sock")),
+    );
+    assert_eq!(client.run(&format!("udp-connect {udp_vip}")), "ok");
+    let exchange = |client: &mut SockClient| {
+        assert_eq!(client.run("send"), "ok");
+        assert_eq!(client.run("recv"), "udp-0");
+        // The application goes on seeing the service as its peer.
+        assert_eq!(client.run("peer"), udp_vip.to_string());
+    };
+    exchange(&mut client);
+    let mut tcp = SockClient::spawn(
+        &mut agent
+            .cgroup
+            .command_in(netns, workspace_bin("skiff-test-sock")),
+    );
+    assert_eq!(tcp.run(&format!("tcp-connect {tcp_vip}")), "ok");
+    assert_eq!(tcp.run("peer"), tcp_vip.to_string());
+
+    let agent = agent.kill_and_restart_after(|_| {
+        exchange(&mut client);
+        assert_eq!(tcp.run("peer"), tcp_vip.to_string());
+    });
+    // The next agent takes the maps over without disturbing them.
+    wait_for(&agent, tcp_vip, &["backend-0"]);
+    exchange(&mut client);
+    assert_eq!(tcp.run("peer"), tcp_vip.to_string());
+    assert!(udp.received() >= 3, "{} datagrams", udp.received());
 }
