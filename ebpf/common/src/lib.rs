@@ -293,6 +293,39 @@ pub fn raw_addr(ip: IpAddr) -> (RawAddr, u8) {
     }
 }
 
+/// The third word of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4 address inside an IPv4-mapped IPv6 one, in the kernel's form: an IPv6
+/// socket reaches IPv4 services that way (Java's, by default).
+#[inline(always)]
+pub fn unmap_v4(addr: RawAddr) -> Option<RawAddr> {
+    (addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX).then_some([addr[3], 0, 0, 0])
+}
+
+/// The IPv4-mapped IPv6 form of an IPv4 address in the kernel's form.
+#[inline(always)]
+pub fn map_v4(addr: RawAddr) -> RawAddr {
+    [0, 0, V4_MAPPED_PREFIX, addr[0]]
+}
+
+/// An address a hook read from a socket of `socket_family`, as services, backends
+/// and records hold it: an IPv6 socket's IPv4-mapped address is IPv4. Returns the
+/// address, its family and whether it was mapped (see [`socket_view`]).
+#[inline(always)]
+pub fn service_view(addr: RawAddr, socket_family: u8) -> (RawAddr, u8, bool) {
+    match unmap_v4(addr) {
+        Some(v4) if socket_family == AF_INET6 => (v4, AF_INET, true),
+        _ => (addr, socket_family, false),
+    }
+}
+
+/// An address as a socket whose destination was `mapped` sees it.
+#[inline(always)]
+pub fn socket_view(addr: RawAddr, mapped: bool) -> RawAddr {
+    if mapped { map_v4(addr) } else { addr }
+}
+
 /// The 16 bytes of an address in the kernel's form, in network order.
 #[inline(always)]
 pub fn raw_octets(addr: RawAddr) -> [u8; 16] {
@@ -654,6 +687,24 @@ mod tests {
                 ServiceKey::from_socket_addr(addr, IPPROTO_UDP).socket_addr(),
                 addr
             );
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_map_and_unmap() {
+        let mapped: SocketAddr = "[::ffff:10.96.0.10]:53".parse().unwrap();
+        let (raw, family) = raw_addr(mapped.ip());
+        assert_eq!(family, AF_INET6);
+        let (v4, _) = raw_addr("10.96.0.10".parse().unwrap());
+        assert_eq!(unmap_v4(raw), Some(v4));
+        assert_eq!(map_v4(v4), raw);
+        assert_eq!(service_view(raw, AF_INET6), (v4, AF_INET, true));
+        assert_eq!(socket_view(v4, true), raw);
+        // Only an IPv6 socket has mapped addresses.
+        assert_eq!(service_view(raw, AF_INET), (raw, AF_INET, false));
+        for other in ["fd00:10:96::a", "::1", "::a60:a"] {
+            let (raw, _) = raw_addr(other.parse().unwrap());
+            assert_eq!(unmap_v4(raw), None, "{other}");
         }
     }
 
