@@ -35,7 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
-use skiff::dataplane::{self, Dataplane, Frontend};
+use skiff::dataplane::{self, Balancing, Dataplane, Frontend};
 
 use crate::stats::median;
 use lab::{Cgroup, Netns};
@@ -357,7 +357,7 @@ fn build_bed(options: &Options) -> Result<Bed> {
 fn program_skiff(dataplane: &mut Dataplane, services: &ServiceSet) -> Result<Duration> {
     let started = Instant::now();
     for (vip, backends) in services.skiff_services() {
-        dataplane.upsert_service(&Frontend::tcp(vip), &backends)?;
+        dataplane.upsert_service(&Frontend::tcp(vip), &Balancing::from(backends.to_vec()))?;
     }
     Ok(started.elapsed())
 }

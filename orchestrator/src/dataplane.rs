@@ -39,14 +39,17 @@ use aya_log::EbpfLogger;
 use log::{LevelFilter, warn};
 use skiff_ebpf_common::nodeport::{PACKET_COUNTERS_MAP, PacketCounters};
 use skiff_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendSlotKey, COUNTERS_MAP, DESTROY_TARGETS_MAP, REVERSE_MAP,
-    SERVICES_MAP, SOCK_OFFSETS_GLOBAL, Service, ServiceBackendKey, ServiceKey,
+    AFFINITY_BACKENDS_MAP, AFFINITY_MAP, BACKENDS_MAP, Backend, BackendSlotKey, COUNTERS_MAP,
+    DESTROY_TARGETS_MAP, REVERSE_MAP, SERVICES_MAP, SOCK_OFFSETS_GLOBAL, Service,
+    ServiceBackendKey, ServiceKey,
 };
 
 pub use addresses::node_addresses;
 pub use counters::{BackendCount, BackendPackets};
 pub use metrics::{DataplaneMetrics, Stats};
-pub use services::{Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
+pub use services::{
+    Balancing, Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable,
+};
 pub use sockets::SocketError;
 
 use published::PublishedServices;
@@ -179,7 +182,7 @@ pub struct Dataplane {
     services: ServiceTable,
     published: PublishedServices,
     /// Frontends a previous agent left in pinned maps, with their backends.
-    adopted: std::collections::HashMap<Frontend, Vec<SocketAddr>>,
+    adopted: std::collections::HashMap<Frontend, Balancing>,
     pin_dir: Option<PathBuf>,
     /// None when this kernel cannot destroy sockets (see [`Dataplane::load`]).
     destroyer: Option<SocketDestroyer>,
@@ -240,9 +243,9 @@ impl Dataplane {
         })?;
         maps.nodeport.adopt(&in_maps, &mut adopted)?;
         let mut published = PublishedServices::default();
-        for (frontend, backends) in &adopted {
+        for (frontend, balancing) in &adopted {
             if let Some(id) = services.service_id(frontend) {
-                published.replace(frontend, id, backends);
+                published.replace(frontend, id, &balancing.backends);
             }
         }
 
@@ -305,7 +308,7 @@ impl Dataplane {
     /// Frontends found in pinned maps at load, with their backends (empty for a
     /// fresh dataplane). The caller compares them with what it wants and removes
     /// the ones it no longer wants.
-    pub fn take_adopted(&mut self) -> std::collections::HashMap<Frontend, Vec<SocketAddr>> {
+    pub fn take_adopted(&mut self) -> std::collections::HashMap<Frontend, Balancing> {
         std::mem::take(&mut self.adopted)
     }
 
@@ -346,13 +349,13 @@ impl Dataplane {
     pub fn upsert_service(
         &mut self,
         frontend: &Frontend,
-        backends: &[SocketAddr],
+        balancing: &Balancing,
     ) -> Result<(), Error> {
-        self.services.upsert(&mut self.maps, frontend, backends)?;
+        self.services.upsert(&mut self.maps, frontend, balancing)?;
         let Some(id) = self.services.service_id(frontend) else {
             return Ok(()); // upsert() keeps every service it published
         };
-        let removed = self.published.replace(frontend, id, backends);
+        let removed = self.published.replace(frontend, id, &balancing.backends);
         self.forget_backends(frontend, id, &removed)
     }
 
@@ -402,14 +405,17 @@ impl Dataplane {
 }
 
 /// Maps kept in bpffs across agent restarts: the services, the reverse
-/// translations of sockets already balanced, and the counters (the NodePort path's
-/// own maps are listed in [`nodeport`]).
-const PINNED_MAPS: [&str; 5] = [
+/// translations of sockets already balanced, the counters, and session affinity
+/// (clients keep their backends across a restart). The NodePort path's own maps
+/// are listed in [`nodeport`].
+const PINNED_MAPS: [&str; 7] = [
     SERVICES_MAP,
     BACKENDS_MAP,
     REVERSE_MAP,
     COUNTERS_MAP,
     PACKET_COUNTERS_MAP,
+    AFFINITY_MAP,
+    AFFINITY_BACKENDS_MAP,
 ];
 
 /// Mounts bpffs at [`BPFFS`] if the host has not, and makes `dir` (0700) on it.
@@ -564,6 +570,7 @@ struct KernelMaps {
     /// Packets and bytes per service backend on the NodePort path.
     packets: PerCpuHashMap<MapData, ServiceBackendKey, PacketCounters>,
     destroy_targets: HashMap<MapData, ServiceBackendKey, u8>,
+    affinity_backends: HashMap<MapData, ServiceBackendKey, u8>,
 }
 
 impl KernelMaps {
@@ -575,6 +582,7 @@ impl KernelMaps {
             counters: take_map(ebpf, COUNTERS_MAP)?,
             packets: take_map(ebpf, PACKET_COUNTERS_MAP)?,
             destroy_targets: take_map(ebpf, DESTROY_TARGETS_MAP)?,
+            affinity_backends: take_map(ebpf, AFFINITY_BACKENDS_MAP)?,
         })
     }
 }
@@ -627,6 +635,21 @@ impl ServiceMaps for KernelMaps {
 
     fn service_removed(&mut self, key: &ServiceKey, id: u32) -> io::Result<()> {
         self.nodeport.service_removed(key, id)
+    }
+
+    fn put_affinity_backend(&mut self, key: &ServiceBackendKey) -> io::Result<()> {
+        self.affinity_backends.insert(key, 1, 0).map_err(into_io)
+    }
+
+    fn remove_affinity_backend(&mut self, key: &ServiceBackendKey) -> io::Result<()> {
+        absent_is_ok(self.affinity_backends.remove(key))
+    }
+
+    fn affinity_backends(&self) -> io::Result<Vec<ServiceBackendKey>> {
+        self.affinity_backends
+            .keys()
+            .map(|k| k.map_err(into_io))
+            .collect()
     }
 }
 

@@ -112,6 +112,8 @@ fn a_killed_agents_pinned_programs_stay_until_the_next_agent_replaces_them() {
             "BACKENDS",
             "REVERSE_SK",
             "LB_COUNTERS",
+            "AFFINITY",
+            "AFFINITY_BACKENDS",
             "links/skiff_connect4",
             "links/skiff_connect6",
         ] {

@@ -696,6 +696,7 @@ mod tests {
             backend_count: count,
             table: 1,
             _pad: 0,
+            affinity_timeout: 0,
         })
     }
 

@@ -261,10 +261,10 @@ impl NodePortMaps {
     /// of services that are gone, and takes NodePort frontends without a table (the
     /// previous agent ran without the path, or with another table size) out of the
     /// adopted set, so the sync writes them again.
-    pub(super) fn adopt(
+    pub(super) fn adopt<V>(
         &mut self,
         services: &[(ServiceKey, Service)],
-        adopted: &mut StdHashMap<Frontend, Vec<SocketAddr>>,
+        adopted: &mut StdHashMap<Frontend, V>,
     ) -> Result<(), NodePortError> {
         let ids: HashSet<u32> = services.iter().map(|(_, s)| s.id).collect();
         self.clear_maglev(|key| !ids.contains(&key.service_id))?;
