@@ -328,6 +328,16 @@ fn counted(metrics: &str, frontend: &str, backend: &str, direction: &str) -> (u6
     )
 }
 
+/// An agent with the tc programs on np0, serving the service with all three pod
+/// backends in its slices.
+fn serving_node(topology: &Topology) -> Agent {
+    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    agent.apply(SERVICE);
+    agent.apply(&slice("IPv4", &[0, 1, 2]));
+    agent.apply(&slice("IPv6", &[0, 1, 2]));
+    agent
+}
+
 /// Checks that the agent's metrics count at least `packets` packets (of at least
 /// 40 bytes, the IP and TCP headers) each way for each (frontend, backend).
 fn assert_counted(agent: &Agent, pairs: &[(&str, &str)], packets: u64) {
@@ -347,7 +357,7 @@ fn assert_counted(agent: &Agent, pairs: &[(&str, &str)], packets: u64) {
 #[test]
 fn node_ports_from_outside_spread_over_backends_and_keep_established_flows() {
     let topology = Topology::new();
-    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let agent = serving_node(&topology);
     assert!(
         agent
             .log
@@ -357,9 +367,6 @@ fn node_ports_from_outside_spread_over_backends_and_keep_established_flows() {
         agent.log
     );
     let _backends = backends(&topology.pods);
-    agent.apply(SERVICE);
-    agent.apply(&slice("IPv4", &[0, 1, 2]));
-    agent.apply(&slice("IPv6", &[0, 1, 2]));
     let outside = &topology.outside;
     let all = ["backend-0", "backend-1", "backend-2"];
     for (addr, _, _) in node_ports() {
@@ -494,7 +501,7 @@ fn maglev_choice(client: SocketAddr, node: SocketAddr, slots: &[SocketAddr]) -> 
 #[test]
 fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
     let topology = Topology::new();
-    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let agent = serving_node(&topology);
     let names: BTreeMap<SocketAddr, String> = pod_backends(5353)
         .into_iter()
         .map(|(name, bind)| (bind, name))
@@ -503,9 +510,6 @@ fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
         .iter()
         .map(|(bind, name)| UdpBackend::start(&topology.pods, name, *bind))
         .collect();
-    agent.apply(SERVICE);
-    agent.apply(&slice("IPv4", &[0, 1, 2]));
-    agent.apply(&slice("IPv6", &[0, 1, 2]));
     let outside = &topology.outside;
     for (client, node) in [(CLIENT_V4, NODE_V4), (CLIENT_V6, NODE_V6)] {
         let node = SocketAddr::new(node.parse().unwrap(), UDP_NODE_PORT);
@@ -617,11 +621,8 @@ fn echo(stream: &TcpStream, line: &str) -> std::io::Result<String> {
 #[test]
 fn node_ports_keep_working_while_the_agent_restarts() {
     let topology = Topology::new();
-    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let agent = serving_node(&topology);
     let _backends = backends(&topology.pods);
-    agent.apply(SERVICE);
-    agent.apply(&slice("IPv4", &[0, 1, 2]));
-    agent.apply(&slice("IPv6", &[0, 1, 2]));
     let outside = &topology.outside;
     let all = ["backend-0", "backend-1", "backend-2"];
     let mut established = Vec::new();
@@ -764,11 +765,8 @@ fn connect_from(
 #[test]
 fn a_new_connection_on_a_known_tuple_gets_a_backend_of_the_current_set() {
     let topology = Topology::new();
-    let agent = Agent::start_node_with(&["--nodeport-device", "np0"], |node| topology.wire(node));
+    let agent = serving_node(&topology);
     let _backends = backends(&topology.pods);
-    agent.apply(SERVICE);
-    agent.apply(&slice("IPv4", &[0, 1, 2]));
-    agent.apply(&slice("IPv6", &[0, 1, 2]));
     let outside = &topology.outside;
     for (addr, client, family) in node_ports() {
         wait_for(outside, addr, &["backend-0", "backend-1", "backend-2"]);
