@@ -426,8 +426,9 @@ impl NodePortLinks {
                         source,
                     }
                 };
-                program.load().map_err(program_error("(load)"))?;
-                let id = program.info().map_err(program_error("(load)"))?.id();
+                let load_error = |source| Error::Program { name, source };
+                program.load().map_err(load_error)?;
+                let id = program.info().map_err(load_error)?.id();
                 for device in &settings.devices {
                     let link = program
                         .attach_with_options(
