@@ -1,0 +1,162 @@
+//! A real single-member etcd (Debian's etcd-server) on free loopback ports with a
+//! data directory of its own, killed and removed when the test lets go of it (also
+//! when the test panics).
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian's etcd-server, installed by `cargo xtask setup`.
+pub const ETCD: &str = "/usr/bin/etcd";
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// Attempts at starting, each on new ports: another process may take a free port
+/// between the probe that found it and etcd's bind.
+const START_ATTEMPTS: usize = 3;
+
+pub struct EtcdServer {
+    child: Child,
+    client_port: u16,
+    peer_port: u16,
+    /// Holds the data directory and etcd's log; removed after the process is gone.
+    dir: tempfile::TempDir,
+}
+
+impl EtcdServer {
+    /// Starts etcd and waits until it serves requests.
+    pub fn start() -> EtcdServer {
+        let dir = tempfile::Builder::new()
+            .prefix("skiff-test-etcd-")
+            .tempdir()
+            .expect("etcd temp dir");
+        let mut failures = Vec::new();
+        for _ in 0..START_ATTEMPTS {
+            let (client_port, peer_port) = (free_port(), free_port());
+            let mut child = spawn(dir.path(), client_port, peer_port);
+            match wait_until_healthy(&mut child, client_port, dir.path()) {
+                Ok(()) => {
+                    return EtcdServer {
+                        child,
+                        client_port,
+                        peer_port,
+                        dir,
+                    };
+                }
+                Err(failure) => {
+                    failures.push(failure);
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    // A member half made on other ports would not start on new ones.
+                    let _ = std::fs::remove_dir_all(dir.path().join("data"));
+                }
+            }
+        }
+        panic!("etcd did not start: {failures:#?}");
+    }
+
+    /// `host:port` of the client URL.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// The agent's `--store` for this server.
+    pub fn store_url(&self) -> String {
+        format!("etcd://{}", self.endpoint())
+    }
+
+    /// The configuration of a store client for this server.
+    pub fn config(&self) -> skiff::store::etcd::EtcdConfig {
+        skiff::store::etcd::EtcdConfig {
+            endpoints: vec![self.endpoint()],
+            tls: None,
+        }
+    }
+
+    /// Kills etcd (SIGKILL) and starts it again on the same ports and data.
+    pub fn kill_and_restart(&mut self) {
+        self.stop();
+        self.child = spawn(self.dir.path(), self.client_port, self.peer_port);
+        if let Err(failure) = wait_until_healthy(&mut self.child, self.client_port, self.dir.path())
+        {
+            panic!("etcd did not come back: {failure}");
+        }
+    }
+
+    fn stop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Polls etcd's `/health` until it reports healthy, or says why it did not.
+fn wait_until_healthy(child: &mut Child, client_port: u16, dir: &Path) -> Result<(), String> {
+    let log = || std::fs::read_to_string(log_path(dir)).unwrap_or_default();
+    let deadline = Instant::now() + START_TIMEOUT;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("etcd exited ({status}): {}", log()));
+        }
+        if health(client_port).is_ok_and(|body| body.contains(r#""health":"true""#)) {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Err(format!(
+        "etcd was not healthy within {START_TIMEOUT:?}: {}",
+        log()
+    ))
+}
+
+fn log_path(dir: &Path) -> PathBuf {
+    dir.join("etcd.log")
+}
+
+fn spawn(dir: &Path, client_port: u16, peer_port: u16) -> Child {
+    let client_url = format!("http://127.0.0.1:{client_port}");
+    let peer_url = format!("http://127.0.0.1:{peer_port}");
+    let log = File::options()
+        .create(true)
+        .append(true)
+        .open(log_path(dir))
+        .expect("etcd log file");
+    Command::new(ETCD)
+        .args(["--name", "test", "--data-dir"])
+        .arg(dir.join("data"))
+        .args(["--listen-client-urls", &client_url])
+        .args(["--advertise-client-urls", &client_url])
+        .args(["--listen-peer-urls", &peer_url])
+        .args(["--initial-advertise-peer-urls", &peer_url])
+        .args(["--initial-cluster", &format!("test={peer_url}")])
+        // A single member elects itself in tens of milliseconds with these.
+        .args(["--heartbeat-interval", "10", "--election-timeout", "50"])
+        .args(["--log-level", "warn", "--logger", "zap"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {ETCD} (cargo xtask setup installs it): {e}"))
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The body of `GET /health` on etcd's client port.
+fn health(port: u16) -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(Duration::from_secs(1)))?;
+    stream.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}
