@@ -22,6 +22,7 @@ use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
 use crate::image::ImageStore;
 use crate::runtime::{self, node::NodeConfig};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::{EtcdConfig, EtcdStore};
 use crate::store::{Store, StoreError};
 use crate::{cgroup, dataplane};
 
@@ -78,6 +79,9 @@ pub struct Config {
     pub metrics_addr: std::net::SocketAddr,
     /// Store file, API token and encryption key (created at first start, 0700).
     pub state_dir: PathBuf,
+    /// The etcd cluster that holds the state; the embedded store in the state
+    /// directory when unset.
+    pub store: Option<EtcdConfig>,
     /// The API's unix socket (0600).
     pub socket: PathBuf,
     /// The API over TCP with TLS as well.
@@ -105,6 +109,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
+    // The store before the dataplane: a store that cannot be opened (an etcd that does
+    // not answer) fails the start before anything is attached.
+    let (registry, store) = open_registry(&config).await?;
 
     // From here on an early return drops the dataplane: what it owns is detached,
     // what it pinned stays (as after a crash) for the next agent.
@@ -129,7 +136,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
     let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
 
-    let (registry, store) = open_registry(&config).await?;
     let images =
         Arc::new(ImageStore::open(&config.state_dir.join("images")).map_err(Error::Images)?);
     let compactor = tokio::spawn(compact_history(store, config.compaction_interval));
@@ -256,7 +262,10 @@ async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>), Er
             source,
         })?;
     let key = credentials::load_or_create_key(&dir.join(ENCRYPTION_KEY_FILE), encryption::KEY_LEN)?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?);
+    let store: Arc<dyn Store> = match &config.store {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?),
+    };
     let registry = Registry::new(
         store.clone(),
         SecretBox::new(&key)?,

@@ -25,6 +25,7 @@ use crate::api::server::TlsListener;
 use crate::model::{Kind, manifest};
 use crate::runtime::node::{self, NodeConfig, NodeIdentity};
 use crate::runtime::pod_files::Dns;
+use crate::store::etcd::{EtcdConfig, EtcdError, EtcdTls};
 use config::{ConfigError, Overrides, Settings};
 use print::{Format, Table};
 
@@ -226,6 +227,20 @@ struct AgentArgs {
     /// Where the store, the API token and the encryption key live
     #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Keep the cluster's state in etcd, for several nodes sharing it:
+    /// etcd://HOST:PORT[,HOST:PORT...] [default: the embedded store in --state-dir]
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    store: Option<EtcdConfig>,
+    /// The CA certificate (PEM) that signed the etcd members' certificates; talks
+    /// to etcd over TLS
+    #[arg(long, value_name = "FILE", requires = "store")]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd members that check clients (needs --etcd-key)
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// The API's unix socket
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -297,6 +312,14 @@ fn parse_registry_host(text: &str) -> Result<String, String> {
             "\"{text}\" is not a registry host like registry.local:5000"
         )),
     }
+}
+
+fn parse_store(text: &str) -> Result<EtcdConfig, EtcdError> {
+    Ok(EtcdConfig {
+        endpoints: crate::store::etcd::parse_url(text)?,
+        // From --etcd-ca and its friends, once clap has them all.
+        tls: None,
+    })
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -576,6 +599,14 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             backend_slots: args.max_backend_slots,
         },
         state_dir: args.state_dir.clone(),
+        store: args.store.map(|etcd| EtcdConfig {
+            tls: args.etcd_ca.map(|ca| EtcdTls {
+                ca,
+                // clap's `requires` puts --etcd-cert and --etcd-key together.
+                identity: args.etcd_cert.zip(args.etcd_key),
+            }),
+            ..etcd
+        }),
         socket: args.socket,
         tls: args.listen.map(|addr| TlsListener {
             addr,

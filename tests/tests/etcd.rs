@@ -2,12 +2,17 @@
 //! store conformance suite against the etcd backend, watches that outlive an etcd
 //! restart, and agents that keep their state in etcd.
 
+use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
+use serde_json::Value;
+use skiff::api::proto;
 use skiff::store::etcd::EtcdStore;
 use skiff::store::{Store, Txn};
+use skiff_tests::agent::Agent;
 use skiff_tests::etcd::EtcdServer;
+use skiff_tests::{require_root, unique_name, workspace_bin};
 
 /// A fresh etcd and a store connected to it.
 async fn etcd_store() -> (EtcdStore, EtcdServer) {
@@ -66,4 +71,171 @@ async fn watch_resumes_across_an_etcd_restart_without_gap_or_duplicate() {
         );
     }
     assert_eq!(seen, expected);
+}
+
+const OBJECTS: &str = r#"
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: default
+data:
+  color: blue
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: default
+spec:
+  selector: {app: web}
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+/// The name, resourceVersion and a field of each object the agent returns.
+fn snapshot(agent: &Agent) -> Vec<(String, String, String)> {
+    let field = |kind: &str, name: &str, pick: fn(&Value) -> &Value| {
+        let object = agent
+            .object(kind, name)
+            .unwrap_or_else(|| panic!("{kind}/{name} is missing"));
+        (
+            format!("{kind}/{name}"),
+            object["metadata"]["resourceVersion"]
+                .as_str()
+                .expect("a resourceVersion")
+                .to_owned(),
+            pick(&object).to_string(),
+        )
+    };
+    vec![
+        field("configmap", "settings", |o| &o["data"]["color"]),
+        field("service", "web", |o| &o["spec"]["clusterIP"]),
+    ]
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_on_etcd_serves_apply_get_and_watch_and_its_state_outlives_it() {
+    let etcd = tokio::task::spawn_blocking(EtcdServer::start)
+        .await
+        .expect("start etcd");
+    let url = etcd.store_url();
+    let node = unique_name("etcd-node");
+    let args = ["--store", url.as_str(), "--node-name", node.as_str()];
+    let agent = tokio::task::block_in_place(|| {
+        let agent = Agent::start(&args);
+        agent.apply(OBJECTS);
+        agent
+    });
+    let before = tokio::task::block_in_place(|| snapshot(&agent));
+    assert_eq!(before[0].2, r#""blue""#);
+    let cluster_ip: std::net::Ipv4Addr = before[1]
+        .2
+        .trim_matches('"')
+        .parse()
+        .expect("an IPv4 clusterIP");
+    let service_cidr: ipnet::Ipv4Net = "10.96.0.0/12".parse().expect("a CIDR");
+    assert!(service_cidr.contains(&cluster_ip), "{before:?}");
+
+    // A watch from the listed version sees the next change.
+    let mut client = agent.client().await;
+    let listed = client
+        .list(proto::ListRequest {
+            kind: "ConfigMap".into(),
+            namespace: "default".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner();
+    let mut events = client
+        .watch(proto::WatchRequest {
+            kind: "ConfigMap".into(),
+            namespace: "default".into(),
+            resource_version: listed.resource_version,
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    tokio::task::block_in_place(|| agent.apply(&OBJECTS.replace("blue", "green")));
+    let event = tokio::time::timeout(TIMEOUT, events.next())
+        .await
+        .expect("an event in time")
+        .expect("the watch is open")
+        .expect("an event");
+    assert_eq!(event.r#type, proto::EventType::Modified as i32);
+    let object: Value = serde_json::from_slice(&event.object).expect("JSON");
+    assert_eq!(object["data"]["color"], "green");
+    drop(events);
+    let after = tokio::task::block_in_place(|| snapshot(&agent));
+
+    // The state is in etcd: a restarted agent, and then one with a state directory
+    // of its own, see the same objects at the same versions.
+    tokio::task::block_in_place(|| {
+        let mut agent = agent.kill_and_restart();
+        assert_eq!(snapshot(&agent), after);
+        agent.signal(libc::SIGTERM);
+        assert!(agent.wait().success(), "{:#?}", agent.log);
+        assert!(!agent.state_dir().join("store.redb").exists());
+        let other = Agent::start(&args);
+        assert_eq!(snapshot(&other), after);
+    });
+}
+
+/// `skiff agent ARGS` with a state directory of its own; its exit status and stderr.
+fn agent_refusing(args: &[&str]) -> (std::process::ExitStatus, String) {
+    let state = tempfile::tempdir().expect("state dir");
+    let out = Command::new(workspace_bin("skiff"))
+        .arg("agent")
+        .arg("--state-dir")
+        .arg(state.path().join("state"))
+        .arg("--socket")
+        .arg(state.path().join("skiff.sock"))
+        .args(["--metrics-addr", "127.0.0.1:0", "--no-bpf-pin"])
+        .args(args)
+        .output()
+        .expect("run skiff agent");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn bad_store_values_are_refused_by_name() {
+    for (value, why) in [
+        ("http://127.0.0.1:2379", "must start with etcd://"),
+        ("etcd://", "names no member"),
+        ("etcd://127.0.0.1", "has no port"),
+        ("etcd://127.0.0.1:2379,", "empty"),
+        ("etcd://127.0.0.1:70000", "no valid port"),
+        ("etcd://bad_host:2379", "no valid host"),
+    ] {
+        let (status, stderr) = agent_refusing(&["--store", value]);
+        assert!(!status.success(), "{value} was accepted");
+        assert!(stderr.contains(value), "{value}: {stderr}");
+        assert!(stderr.contains(why), "{value}: {stderr}");
+    }
+    let (status, stderr) = agent_refusing(&["--etcd-ca", "/ca.pem"]);
+    assert!(!status.success());
+    assert!(stderr.contains("--store"), "{stderr}");
+}
+
+#[test]
+fn an_unreachable_etcd_fails_the_start_naming_it() {
+    require_root();
+    // A port nothing listens on: bound, then let go.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let url = format!("etcd://127.0.0.1:{port}");
+    let (status, stderr) = agent_refusing(&["--store", &url]);
+    assert!(!status.success());
+    assert!(
+        stderr.contains(&format!("etcd at http://127.0.0.1:{port}")),
+        "{stderr}"
+    );
 }

@@ -134,6 +134,9 @@ pub fn parse_url(url: &str) -> Result<Vec<String>, EtcdError> {
 
 /// One `host:port`: an IPv4 address, a bracketed IPv6 address or a DNS name, and a port.
 fn parse_member(member: &str) -> Result<String, String> {
+    if member.is_empty() {
+        return Err("a member is empty (a stray comma?)".into());
+    }
     let (host, port) = member
         .rsplit_once(':')
         .ok_or_else(|| format!("member \"{member}\" has no port (host:port)"))?;
@@ -233,8 +236,16 @@ impl EtcdStore {
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
             endpoints,
         };
-        store.revision().await?;
+        store.current_revision("checking that it answers").await?;
         Ok(store)
+    }
+
+    /// The cluster's revision, from the header of a read that returns nothing.
+    async fn current_revision(&self, what: &'static str) -> Result<Revision, EtcdError> {
+        let mut kv = self.kv.clone();
+        let options = GetOptions::new().with_count_only();
+        let response = self.call(what, kv.get(PROBE_KEY, Some(options))).await?;
+        self.header_revision(what, response.header())
     }
 
     /// Runs one request under [`REQUEST_TIMEOUT`], naming the cluster in errors.
@@ -366,11 +377,7 @@ fn last_write_per_key(ops: Vec<Op>) -> Vec<Op> {
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
-        const WHAT: &str = "reading the revision";
-        let mut kv = self.kv.clone();
-        let options = GetOptions::new().with_count_only();
-        let response = self.call(WHAT, kv.get(PROBE_KEY, Some(options))).await?;
-        Ok(self.header_revision(WHAT, response.header())?)
+        Ok(self.current_revision("reading the revision").await?)
     }
 
     async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision), StoreError> {
@@ -659,7 +666,7 @@ mod tests {
         assert!(reason("etcd://10.0.0.1").contains("no port"));
         assert!(reason("etcd://10.0.0.1:0").contains("no valid port"));
         assert!(reason("etcd://10.0.0.1:99999").contains("no valid port"));
-        assert!(reason("etcd://10.0.0.1:2379,").contains("\"\""));
+        assert!(reason("etcd://10.0.0.1:2379,").contains("empty"));
         assert!(reason("etcd://h/x:2379").contains("no valid host"));
         assert!(reason("etcd://fd00::1:2379").contains("no valid host"));
     }
