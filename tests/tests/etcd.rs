@@ -2,17 +2,16 @@
 //! store conformance suite against the etcd backend, watches that outlive an etcd
 //! restart, and agents that keep their state in etcd.
 
-use std::process::Command;
 use std::time::Duration;
 
 use futures::StreamExt;
 use serde_json::Value;
 use skiff::api::proto;
 use skiff::store::etcd::EtcdStore;
-use skiff::store::{Store, Txn};
-use skiff_tests::agent::Agent;
+use skiff::store::{Revision, Store, Txn, WatchStream};
+use skiff_tests::agent::{Agent, failed_start};
 use skiff_tests::etcd::EtcdServer;
-use skiff_tests::{require_root, unique_name, workspace_bin};
+use skiff_tests::unique_name;
 
 /// A fresh etcd and a store connected to it.
 async fn etcd_store() -> (EtcdStore, EtcdServer) {
@@ -31,6 +30,13 @@ mod conformance {
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// The revision of the stream's next event.
+async fn next_revision(stream: &mut WatchStream) -> Revision {
+    let event = tokio::time::timeout(TIMEOUT, stream.next()).await;
+    let event = event.expect("an event in time").expect("the watch is open");
+    event.expect("an event").kv.mod_revision
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_resumes_across_an_etcd_restart_without_gap_or_duplicate() {
     let (store, mut server) = etcd_store().await;
@@ -45,30 +51,14 @@ async fn watch_resumes_across_an_etcd_restart_without_gap_or_duplicate() {
     let mut stream = store.watch("/resume/", expected[0]).await.expect("watch");
     let mut seen = Vec::new();
     for _ in 0..2 {
-        let event = tokio::time::timeout(TIMEOUT, stream.next()).await;
-        seen.push(
-            event
-                .expect("an event")
-                .expect("open")
-                .expect("ok")
-                .kv
-                .mod_revision,
-        );
+        seen.push(next_revision(&mut stream).await);
     }
     tokio::task::block_in_place(|| server.kill_and_restart());
     for i in 3..6 {
         expected.push(put(format!("/resume/{i}")).await);
     }
     while seen.len() < expected.len() {
-        let event = tokio::time::timeout(TIMEOUT, stream.next()).await;
-        seen.push(
-            event
-                .expect("an event")
-                .expect("open")
-                .expect("ok")
-                .kv
-                .mod_revision,
-        );
+        seen.push(next_revision(&mut stream).await);
     }
     assert_eq!(seen, expected);
 }
@@ -184,25 +174,6 @@ async fn an_agent_on_etcd_serves_apply_get_and_watch_and_its_state_outlives_it()
     });
 }
 
-/// `skiff agent ARGS` with a state directory of its own; its exit status and stderr.
-fn agent_refusing(args: &[&str]) -> (std::process::ExitStatus, String) {
-    let state = tempfile::tempdir().expect("state dir");
-    let out = Command::new(workspace_bin("skiff"))
-        .arg("agent")
-        .arg("--state-dir")
-        .arg(state.path().join("state"))
-        .arg("--socket")
-        .arg(state.path().join("skiff.sock"))
-        .args(["--metrics-addr", "127.0.0.1:0", "--no-bpf-pin"])
-        .args(args)
-        .output()
-        .expect("run skiff agent");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn bad_store_values_are_refused_by_name() {
     for (value, why) in [
@@ -213,26 +184,25 @@ fn bad_store_values_are_refused_by_name() {
         ("etcd://127.0.0.1:70000", "no valid port"),
         ("etcd://bad_host:2379", "no valid host"),
     ] {
-        let (status, stderr) = agent_refusing(&["--store", value]);
+        let (status, stderr) = failed_start(&["--store", value]);
         assert!(!status.success(), "{value} was accepted");
         assert!(stderr.contains(value), "{value}: {stderr}");
         assert!(stderr.contains(why), "{value}: {stderr}");
     }
-    let (status, stderr) = agent_refusing(&["--etcd-ca", "/ca.pem"]);
+    let (status, stderr) = failed_start(&["--etcd-ca", "/ca.pem"]);
     assert!(!status.success());
     assert!(stderr.contains("--store"), "{stderr}");
 }
 
 #[test]
 fn an_unreachable_etcd_fails_the_start_naming_it() {
-    require_root();
     // A port nothing listens on: bound, then let go.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("a free port")
         .port();
     let url = format!("etcd://127.0.0.1:{port}");
-    let (status, stderr) = agent_refusing(&["--store", &url]);
+    let (status, stderr) = failed_start(&["--store", &url]);
     assert!(!status.success());
     assert!(
         stderr.contains(&format!("etcd at http://127.0.0.1:{port}")),
