@@ -1,6 +1,6 @@
 //! A real single-member etcd (Debian's etcd-server) on free loopback ports with a
 //! data directory of its own, killed and removed when the test lets go of it (also
-//! when the test panics).
+//! when the test panics); clients over plain HTTP or TLS with client certificates.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -18,29 +18,58 @@ const START_ATTEMPTS: usize = 3;
 
 pub struct EtcdServer {
     child: Child,
-    client_port: u16,
-    peer_port: u16,
+    ports: Ports,
+    tls: Option<ServerTls>,
     /// Holds the data directory and etcd's log; removed after the process is gone.
     dir: tempfile::TempDir,
+}
+
+/// TLS on etcd's client port, with client certificates checked against the CA.
+#[derive(Clone, Debug)]
+pub struct ServerTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+#[derive(Clone, Copy)]
+struct Ports {
+    client: u16,
+    peer: u16,
+    /// Plain HTTP `/health`, whatever the client port speaks.
+    metrics: u16,
 }
 
 impl EtcdServer {
     /// Starts etcd and waits until it serves requests.
     pub fn start() -> EtcdServer {
+        Self::start_with(None)
+    }
+
+    /// The same, serving clients over TLS only.
+    pub fn start_tls(tls: ServerTls) -> EtcdServer {
+        Self::start_with(Some(tls))
+    }
+
+    fn start_with(tls: Option<ServerTls>) -> EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("skiff-test-etcd-")
             .tempdir()
             .expect("etcd temp dir");
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            let (client_port, peer_port) = (free_port(), free_port());
-            let mut child = spawn(dir.path(), client_port, peer_port);
-            match wait_until_healthy(&mut child, client_port, dir.path()) {
+            let ports = Ports {
+                client: free_port(),
+                peer: free_port(),
+                metrics: free_port(),
+            };
+            let mut child = spawn(dir.path(), ports, tls.as_ref());
+            match wait_until_healthy(&mut child, ports, dir.path()) {
                 Ok(()) => {
                     return EtcdServer {
                         child,
-                        client_port,
-                        peer_port,
+                        ports,
+                        tls,
                         dir,
                     };
                 }
@@ -58,7 +87,7 @@ impl EtcdServer {
 
     /// `host:port` of the client URL.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.client_port)
+        format!("127.0.0.1:{}", self.ports.client)
     }
 
     /// The agent's `--store` for this server.
@@ -66,7 +95,7 @@ impl EtcdServer {
         format!("etcd://{}", self.endpoint())
     }
 
-    /// The configuration of a store client for this server.
+    /// The configuration of a store client for this server, without TLS.
     pub fn config(&self) -> skiff::store::etcd::EtcdConfig {
         skiff::store::etcd::EtcdConfig {
             endpoints: vec![self.endpoint()],
@@ -77,9 +106,8 @@ impl EtcdServer {
     /// Kills etcd (SIGKILL) and starts it again on the same ports and data.
     pub fn kill_and_restart(&mut self) {
         self.stop();
-        self.child = spawn(self.dir.path(), self.client_port, self.peer_port);
-        if let Err(failure) = wait_until_healthy(&mut self.child, self.client_port, self.dir.path())
-        {
+        self.child = spawn(self.dir.path(), self.ports, self.tls.as_ref());
+        if let Err(failure) = wait_until_healthy(&mut self.child, self.ports, self.dir.path()) {
             panic!("etcd did not come back: {failure}");
         }
     }
@@ -97,14 +125,14 @@ impl Drop for EtcdServer {
 }
 
 /// Polls etcd's `/health` until it reports healthy, or says why it did not.
-fn wait_until_healthy(child: &mut Child, client_port: u16, dir: &Path) -> Result<(), String> {
+fn wait_until_healthy(child: &mut Child, ports: Ports, dir: &Path) -> Result<(), String> {
     let log = || std::fs::read_to_string(log_path(dir)).unwrap_or_default();
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("etcd exited ({status}): {}", log()));
         }
-        if health(client_port).is_ok_and(|body| body.contains(r#""health":"true""#)) {
+        if health(ports.metrics).is_ok_and(|body| body.contains(r#""health":"true""#)) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -119,15 +147,17 @@ fn log_path(dir: &Path) -> PathBuf {
     dir.join("etcd.log")
 }
 
-fn spawn(dir: &Path, client_port: u16, peer_port: u16) -> Child {
-    let client_url = format!("http://127.0.0.1:{client_port}");
-    let peer_url = format!("http://127.0.0.1:{peer_port}");
+fn spawn(dir: &Path, ports: Ports, tls: Option<&ServerTls>) -> Child {
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let client_url = format!("{scheme}://127.0.0.1:{}", ports.client);
+    let peer_url = format!("http://127.0.0.1:{}", ports.peer);
     let log = File::options()
         .create(true)
         .append(true)
         .open(log_path(dir))
         .expect("etcd log file");
-    Command::new(ETCD)
+    let mut command = Command::new(ETCD);
+    command
         .args(["--name", "test", "--data-dir"])
         .arg(dir.join("data"))
         .args(["--listen-client-urls", &client_url])
@@ -135,9 +165,22 @@ fn spawn(dir: &Path, client_port: u16, peer_port: u16) -> Child {
         .args(["--listen-peer-urls", &peer_url])
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("test={peer_url}")])
+        .arg("--listen-metrics-urls")
+        .arg(format!("http://127.0.0.1:{}", ports.metrics))
         // A single member elects itself in tens of milliseconds with these.
         .args(["--heartbeat-interval", "10", "--election-timeout", "50"])
-        .args(["--log-level", "warn", "--logger", "zap"])
+        .args(["--log-level", "warn", "--logger", "zap"]);
+    if let Some(tls) = tls {
+        command
+            .arg("--client-cert-auth")
+            .arg("--trusted-ca-file")
+            .arg(&tls.ca)
+            .arg("--cert-file")
+            .arg(&tls.cert)
+            .arg("--key-file")
+            .arg(&tls.key);
+    }
+    command
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
@@ -151,7 +194,7 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// The body of `GET /health` on etcd's client port.
+/// The body of `GET /health` on etcd's metrics port.
 fn health(port: u16) -> std::io::Result<String> {
     let mut stream = TcpStream::connect(("127.0.0.1", port))?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;

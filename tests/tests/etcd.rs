@@ -2,6 +2,7 @@
 //! store conformance suite against the etcd backend, watches that outlive an etcd
 //! restart, and agents that keep their state in etcd.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -10,7 +11,7 @@ use skiff::api::proto;
 use skiff::store::etcd::EtcdStore;
 use skiff::store::{Revision, Store, Txn, WatchStream};
 use skiff_tests::agent::{Agent, failed_start};
-use skiff_tests::etcd::EtcdServer;
+use skiff_tests::etcd::{EtcdServer, ServerTls};
 use skiff_tests::unique_name;
 
 /// A fresh etcd and a store connected to it.
@@ -208,4 +209,88 @@ fn an_unreachable_etcd_fails_the_start_naming_it() {
         stderr.contains(&format!("etcd at http://127.0.0.1:{port}")),
         "{stderr}"
     );
+}
+
+/// A CA, and PEM files in `dir` of the certificates it signs: etcd's (for
+/// 127.0.0.1) and a client's, with their keys.
+fn certificates(dir: &Path) -> (ServerTls, (String, String)) {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+        IsCa, KeyPair, KeyUsagePurpose,
+    };
+    let write = |name: &str, pem: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, pem).expect("write a PEM file");
+        path
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.distinguished_name
+        .push(DnType::CommonName, "skiff test CA");
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().expect("CA key"))
+        .expect("CA certificate");
+    let sign = |name: &str, names: &[&str], usages| {
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let mut params = CertificateParams::new(names).expect("certificate parameters");
+        params.extended_key_usages = usages;
+        let key = KeyPair::generate().expect("key");
+        let cert = params.signed_by(&key, &ca).expect("sign a certificate");
+        (
+            write(&format!("{name}.crt"), cert.pem()),
+            write(&format!("{name}.key"), key.serialize_pem()),
+        )
+    };
+    // etcd's own gateway connects to it with the server certificate, as a client.
+    let both = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let (cert, key) = sign("etcd", &["127.0.0.1", "localhost"], both);
+    let client = sign(
+        "client",
+        &["skiff"],
+        vec![ExtendedKeyUsagePurpose::ClientAuth],
+    );
+    let server = ServerTls {
+        ca: write("ca.crt", ca.pem()),
+        cert,
+        key,
+    };
+    let text = |path: PathBuf| path.to_str().expect("a UTF-8 path").to_owned();
+    (server, (text(client.0), text(client.1)))
+}
+
+#[test]
+fn an_agent_reaches_etcd_over_tls_with_a_client_certificate() {
+    let pki = tempfile::tempdir().expect("temp dir");
+    let (server, (cert, key)) = certificates(pki.path());
+    let ca = server.ca.to_str().expect("a UTF-8 path").to_owned();
+    let etcd = EtcdServer::start_tls(server);
+    let url = etcd.store_url();
+
+    // etcd checks client certificates: without one, the start fails and says where.
+    let (status, stderr) = failed_start(&["--store", &url, "--etcd-ca", &ca]);
+    assert!(!status.success());
+    let https = format!("etcd at https://{}", etcd.endpoint());
+    assert!(stderr.contains(&https), "{stderr}");
+
+    let node = unique_name("etcd-tls-node");
+    let agent = Agent::start(&[
+        "--store",
+        &url,
+        "--etcd-ca",
+        &ca,
+        "--etcd-cert",
+        &cert,
+        "--etcd-key",
+        &key,
+        "--node-name",
+        &node,
+    ]);
+    agent.apply(OBJECTS);
+    assert_eq!(snapshot(&agent)[0].2, r#""blue""#);
 }
