@@ -14,7 +14,7 @@ use log::{LevelFilter, info, warn};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::allocator::ServiceNetworks;
+use crate::api::allocator::{PodCidr, ServiceNetworks};
 use crate::api::credentials::{self, CredentialError};
 use crate::api::encryption::{self, SecretBox};
 use crate::api::registry::{ApiError, Registry};
@@ -54,6 +54,8 @@ pub enum Error {
     Images(crate::image::ImageError),
     #[error("node: {0}")]
     Node(ApiError),
+    #[error("reserving the node's pod CIDRs: {0}")]
+    PodCidrs(ApiError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("installing the {signal} handler: {source}")]
@@ -82,6 +84,8 @@ pub struct Config {
     /// The etcd cluster that holds the state; the embedded store in the state
     /// directory when unset.
     pub store: Option<EtcdConfig>,
+    /// This node's pod CIDRs (one per IP family), reserved in the store at start.
+    pub pod_cidrs: Vec<PodCidr>,
     /// The API's unix socket (0600).
     pub socket: PathBuf,
     /// The API over TCP with TLS as well.
@@ -112,6 +116,22 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // The store before the dataplane: a store that cannot be opened (an etcd that does
     // not answer) fails the start before anything is attached.
     let (registry, store) = open_registry(&config).await?;
+    let mut node_config = config.node.clone();
+    node_config.identity.pod_cidrs = registry
+        .reserve_pod_cidrs(&node_config.identity.name, &config.pod_cidrs)
+        .await
+        .map_err(Error::PodCidrs)?;
+    let cidrs: Vec<String> = node_config
+        .identity
+        .pod_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    info!(
+        "node {} has pod CIDRs {}",
+        node_config.identity.name,
+        cidrs.join(", ")
+    );
 
     // From here on an early return drops the dataplane: what it owns is detached,
     // what it pinned stays (as after a crash) for the next agent.
@@ -148,7 +168,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut api = tokio::spawn(server::serve(
         registry.clone(),
         images.clone(),
-        Arc::new(config.node.handle()),
+        Arc::new(node_config.handle()),
         dataplane.clone(),
         listeners,
         async {
@@ -177,8 +197,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         },
     ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node_context = Arc::new(config.node.context(registry.clone(), images.clone()));
-    let identity = config.node.identity.clone();
+    let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
+    let identity = node_config.identity.clone();
     let mut node = tokio::spawn(async move {
         runtime::node::run(node_context, identity, async {
             let _ = node_stopped.await;

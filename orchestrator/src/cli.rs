@@ -18,7 +18,7 @@ use serde_json::Value;
 use tonic::Code;
 
 use crate::agent;
-use crate::api::allocator::ServiceNetworks;
+use crate::api::allocator::{PodCidr, ServiceNetworks};
 use crate::api::client::{self, ApiClient, ClientError};
 use crate::api::proto::{self, exec_output::Output};
 use crate::api::server::TlsListener;
@@ -266,9 +266,19 @@ struct AgentArgs {
     /// The address other nodes reach this one at [default: the default route's source]
     #[arg(long, value_name = "IP")]
     node_ip: Option<std::net::IpAddr>,
-    /// This node's pod CIDRs, one per IP family
-    #[arg(long = "pod-cidr", value_name = "CIDR", default_values = ["10.244.0.0/24", "fd00:10:244::/64"])]
+    /// This node's pod CIDRs, one per IP family [default: free ones of --cluster-cidr,
+    /// reserved in the store so that nodes sharing it never overlap]
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
     pod_cidrs: Vec<ipnet::IpNet>,
+    /// The cluster's pod networks, one per IP family, that nodes get their pod CIDRs from
+    #[arg(long = "cluster-cidr", value_name = "CIDR", default_values = ["10.244.0.0/16", "fd00:10:244::/56"])]
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    /// The prefix length of each node's IPv4 pod CIDR taken from --cluster-cidr
+    #[arg(long, value_name = "BITS", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=32))]
+    node_cidr_mask_size_ipv4: u8,
+    /// The prefix length of each node's IPv6 pod CIDR taken from --cluster-cidr
+    #[arg(long, value_name = "BITS", default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
+    node_cidr_mask_size_ipv6: u8,
     /// Where the CNI plugins are [default: next to this binary, then /opt/cni/bin and /usr/lib/cni]
     #[arg(long = "cni-bin-dir", value_name = "DIR")]
     cni_bin_dirs: Vec<PathBuf>,
@@ -312,6 +322,24 @@ fn parse_registry_host(text: &str) -> Result<String, String> {
             "\"{text}\" is not a registry host like registry.local:5000"
         )),
     }
+}
+
+/// What the node asks the store for: its --pod-cidr as given, or a subnet of each
+/// --cluster-cidr.
+fn pod_cidr_requests(args: &AgentArgs) -> Vec<PodCidr> {
+    if !args.pod_cidrs.is_empty() {
+        return args.pod_cidrs.iter().copied().map(PodCidr::Fixed).collect();
+    }
+    args.cluster_cidrs
+        .iter()
+        .map(|&cluster| PodCidr::Allocate {
+            cluster,
+            prefix_len: match cluster {
+                ipnet::IpNet::V4(_) => args.node_cidr_mask_size_ipv4,
+                ipnet::IpNet::V6(_) => args.node_cidr_mask_size_ipv6,
+            },
+        })
+        .collect()
 }
 
 fn parse_store(text: &str) -> Result<EtcdConfig, EtcdError> {
@@ -590,6 +618,7 @@ async fn exec(settings: &Settings, request: proto::ExecRequest) -> Result<(), Cl
 
 fn agent_config(args: AgentArgs) -> agent::Config {
     agent::Config {
+        pod_cidrs: pod_cidr_requests(&args),
         cgroup: args.cgroup,
         ebpf_log: args.ebpf_log,
         bpf_pin_dir: (!args.no_bpf_pin).then_some(args.bpf_pin_dir),
@@ -624,7 +653,8 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             identity: NodeIdentity {
                 name: args.node_name.unwrap_or_else(host_name),
                 host_ip: args.node_ip.or_else(node::default_host_ip),
-                pod_cidrs: args.pod_cidrs,
+                // Reserved in the store when the agent starts.
+                pod_cidrs: Vec::new(),
             },
             cni_bin_dirs: if args.cni_bin_dirs.is_empty() {
                 default_cni_bin_dirs()

@@ -294,3 +294,31 @@ fn an_agent_reaches_etcd_over_tls_with_a_client_certificate() {
     agent.apply(OBJECTS);
     assert_eq!(snapshot(&agent)[0].2, r#""blue""#);
 }
+
+/// The pod CIDRs in node `name`'s spec, as the agent shows them.
+fn pod_cidrs(agent: &Agent, name: &str) -> Value {
+    agent.object("node", name).expect("the node is registered")["spec"]["podCIDRs"].clone()
+}
+
+#[test]
+fn agents_sharing_etcd_get_pod_cidrs_that_do_not_overlap_and_keep_them() {
+    let etcd = EtcdServer::start();
+    let url = etcd.store_url();
+    let (a, b) = (unique_name("cidr-node"), unique_name("cidr-node"));
+    let first = Agent::start(&["--store", &url, "--node-name", &a]);
+    let second = Agent::start(&["--store", &url, "--node-name", &b]);
+    let a_cidrs = pod_cidrs(&second, &a);
+    assert_eq!(
+        a_cidrs,
+        serde_json::json!(["10.244.0.0/24", "fd00:10:244::/64"])
+    );
+    assert_eq!(
+        pod_cidrs(&first, &b),
+        serde_json::json!(["10.244.1.0/24", "fd00:10:244:1::/64"])
+    );
+    // A restarted agent keeps its node's CIDRs, whatever started since.
+    let third = Agent::start(&["--store", &url, "--node-name", &unique_name("cidr-node")]);
+    let first = first.kill_and_restart();
+    assert_eq!(pod_cidrs(&first, &a), a_cidrs);
+    drop((second, third));
+}
