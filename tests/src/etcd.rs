@@ -103,24 +103,24 @@ impl EtcdServer {
         }
     }
 
-    /// Kills etcd (SIGKILL) and starts it again on the same ports and data.
-    pub fn kill_and_restart(&mut self) {
-        self.stop();
+    /// Kills etcd (SIGKILL); [`EtcdServer::restart`] brings it back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts a killed etcd again on the same ports and data.
+    pub fn restart(&mut self) {
         self.child = spawn(self.dir.path(), self.ports, self.tls.as_ref());
         if let Err(failure) = wait_until_healthy(&mut self.child, self.ports, self.dir.path()) {
             panic!("etcd did not come back: {failure}");
         }
     }
-
-    fn stop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Drop for EtcdServer {
     fn drop(&mut self) {
-        self.stop();
+        self.kill();
     }
 }
 

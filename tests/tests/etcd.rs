@@ -3,13 +3,13 @@
 //! restart, and agents that keep their state in etcd.
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use serde_json::Value;
 use skiff::api::proto;
 use skiff::store::etcd::EtcdStore;
-use skiff::store::{Revision, Store, Txn, WatchStream};
+use skiff::store::{Revision, Store, StoreError, Txn, WatchStream};
 use skiff_tests::agent::{Agent, failed_start};
 use skiff_tests::etcd::{EtcdServer, ServerTls};
 use skiff_tests::unique_name;
@@ -54,7 +54,10 @@ async fn watch_resumes_across_an_etcd_restart_without_gap_or_duplicate() {
     for _ in 0..2 {
         seen.push(next_revision(&mut stream).await);
     }
-    tokio::task::block_in_place(|| server.kill_and_restart());
+    tokio::task::block_in_place(|| {
+        server.kill();
+        server.restart();
+    });
     for i in 3..6 {
         expected.push(put(format!("/resume/{i}")).await);
     }
@@ -62,6 +65,39 @@ async fn watch_resumes_across_an_etcd_restart_without_gap_or_duplicate() {
         seen.push(next_revision(&mut stream).await);
     }
     assert_eq!(seen, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_fail_naming_etcd_while_it_is_down_and_succeed_once_it_is_back() {
+    let (store, mut server) = etcd_store().await;
+    let before = store
+        .txn(Txn::new().put("/down/a", "1"))
+        .await
+        .expect("put");
+    let mut stream = store.watch("/down/", before + 1).await.expect("watch");
+    server.kill();
+    let started = Instant::now();
+    let failed = store.txn(Txn::new().put("/down/b", "2")).await;
+    let Err(StoreError::Backend(message)) = failed else {
+        panic!("a write to a dead etcd gave {failed:?}");
+    };
+    assert!(
+        message.contains(&format!("etcd at http://{}", server.endpoint())),
+        "{message}"
+    );
+    assert!(
+        started.elapsed() < TIMEOUT,
+        "the write took {:?}",
+        started.elapsed()
+    );
+    tokio::task::block_in_place(|| server.restart());
+    let after = store
+        .txn(Txn::new().put("/down/c", "3"))
+        .await
+        .expect("put once etcd is back");
+    // The failed write did not land, and the watch that waited through it goes on.
+    assert_eq!(after, before + 1);
+    assert_eq!(next_revision(&mut stream).await, after);
 }
 
 const OBJECTS: &str = r#"

@@ -39,7 +39,7 @@ use crate::store::{
 };
 
 /// The longest any one request to etcd may take before it counts as unreachable.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings while requests or watches are open, so a cut link breaks watches
 /// (which then resume) instead of leaving them silent. etcd refuses pings more
 /// often than every 5 s.
