@@ -671,6 +671,40 @@ mod tests {
         assert!(reason("etcd://fd00::1:2379").contains("no valid host"));
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connecting_names_what_failed() {
+        let missing = PathBuf::from("/nonexistent/skiff-etcd-ca.pem");
+        let tls = EtcdConfig {
+            endpoints: vec!["127.0.0.1:2379".into()],
+            tls: Some(EtcdTls {
+                ca: missing.clone(),
+                identity: None,
+            }),
+        };
+        let Err(StoreError::Backend(message)) = EtcdStore::connect(&tls).await else {
+            panic!("a missing CA file must fail the connection");
+        };
+        assert!(
+            message.contains(&missing.display().to_string()),
+            "{message}"
+        );
+
+        // A port nothing listens on: bound, then let go.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .unwrap()
+            .port();
+        let down = EtcdConfig {
+            endpoints: vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")],
+            tls: None,
+        };
+        let Err(StoreError::Backend(message)) = EtcdStore::connect(&down).await else {
+            panic!("nothing listens on port {port}");
+        };
+        let named = format!("etcd at http://127.0.0.1:{port},http://[::1]:{port}");
+        assert!(message.starts_with(&named), "{message}");
+    }
+
     #[test]
     fn revisions_shift_by_one() {
         assert_eq!((from_etcd(0), from_etcd(1), from_etcd(2)), (0, 0, 1));
