@@ -100,6 +100,22 @@ async fn writes_fail_naming_etcd_while_it_is_down_and_succeed_once_it_is_back() 
     assert_eq!(next_revision(&mut stream).await, after);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_over_etcds_limits_are_refused_saying_so() {
+    let (store, _server) = etcd_store().await;
+    let before = store.revision().await.expect("revision");
+    let many = (0..129).fold(Txn::new(), |txn, i| txn.put(format!("/limits/{i}"), "v"));
+    let huge = Txn::new().put("/limits/huge", vec![7u8; 2 * 1024 * 1024]);
+    for (txn, says) in [(many, "129 writes"), (huge, "2097152 bytes")] {
+        let Err(StoreError::Backend(message)) = store.txn(txn).await else {
+            panic!("etcd took a transaction over its limits");
+        };
+        assert!(message.contains(says), "{message}");
+        assert!(message.contains("--max-txn-ops"), "{message}");
+    }
+    assert_eq!(store.revision().await.expect("revision"), before);
+}
+
 const OBJECTS: &str = r#"
 apiVersion: v1
 kind: ConfigMap

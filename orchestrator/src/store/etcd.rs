@@ -57,6 +57,10 @@ const MAX_MESSAGE: usize = usize::MAX;
 /// etcd's messages for the two revision errors it answers with (gRPC OutOfRange).
 const COMPACTED_MESSAGE: &str = "etcdserver: mvcc: required revision has been compacted";
 const FUTURE_MESSAGE: &str = "etcdserver: mvcc: required revision is a future revision";
+/// etcd's messages for a transaction over its limits (gRPC InvalidArgument); a
+/// request far over `--max-request-bytes` is refused by gRPC (ResourceExhausted).
+const TOO_MANY_OPS_MESSAGE: &str = "etcdserver: too many operations in txn request";
+const TOO_LARGE_MESSAGE: &str = "etcdserver: request is too large";
 
 /// Where the cluster is and how to reach it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -97,6 +101,18 @@ pub enum EtcdError {
         endpoints: String,
         what: &'static str,
         timeout: Duration,
+    },
+    #[error(
+        "etcd at {endpoints}: writing: a transaction of {writes} writes and {compares} compares \
+         with {bytes} bytes of values is over etcd's limits (--max-txn-ops, 128 by default; \
+         --max-request-bytes, 1.5 MiB by default): {source}"
+    )]
+    OverLimits {
+        endpoints: String,
+        writes: usize,
+        compares: usize,
+        bytes: usize,
+        source: etcd_client::Error,
     },
     /// An answer skiff cannot use, e.g. a key written by another program that is not
     /// UTF-8.
@@ -189,6 +205,23 @@ fn is_etcd_error(error: &EtcdError, message: &str) -> bool {
         EtcdError::Request { source: etcd_client::Error::GRpcStatus(status), .. }
             if status.message() == message
     )
+}
+
+/// Whether etcd refused a transaction for its size.
+fn is_over_limits(error: &etcd_client::Error) -> bool {
+    matches!(
+        error,
+        etcd_client::Error::GRpcStatus(status)
+            if [TOO_MANY_OPS_MESSAGE, TOO_LARGE_MESSAGE].contains(&status.message())
+                || status.code() == tonic::Code::ResourceExhausted
+    )
+}
+
+fn value_len(op: &Op) -> usize {
+    match op {
+        Op::Put { value, .. } => value.len(),
+        Op::Delete { .. } => 0,
+    }
 }
 
 /// The store over one etcd cluster. Clones share the connection.
@@ -423,7 +456,9 @@ impl Store for EtcdStore {
                 )
             })
             .collect();
-        let writes: Vec<TxnOp> = last_write_per_key(ops)
+        let ops = last_write_per_key(ops);
+        let (write_count, bytes) = (ops.len(), ops.iter().map(value_len).sum::<usize>());
+        let writes: Vec<TxnOp> = ops
             .into_iter()
             .map(|op| match op {
                 Op::Put { key, value } => TxnOp::put(key, value, None),
@@ -440,7 +475,22 @@ impl Store for EtcdStore {
             .and_then(writes)
             .or_else(reads);
         let mut kv = self.kv.clone();
-        let response = self.call(WHAT, kv.txn(request)).await?;
+        let response = match self.call(WHAT, kv.txn(request)).await {
+            Err(EtcdError::Request {
+                endpoints, source, ..
+            }) if is_over_limits(&source) => {
+                let compares = compares.len();
+                return Err(EtcdError::OverLimits {
+                    endpoints,
+                    writes: write_count,
+                    compares,
+                    bytes,
+                    source,
+                }
+                .into());
+            }
+            response => response?,
+        };
         if response.succeeded() {
             return Ok(self.header_revision(WHAT, response.header())?);
         }
