@@ -14,7 +14,7 @@ use log::{LevelFilter, info, warn};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::allocator::ServiceNetworks;
+use crate::api::allocator::{PodCidr, ServiceNetworks};
 use crate::api::credentials::{self, CredentialError};
 use crate::api::encryption::{self, SecretBox};
 use crate::api::registry::{ApiError, Registry};
@@ -22,6 +22,7 @@ use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
 use crate::image::ImageStore;
 use crate::runtime::{self, node::NodeConfig};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::{EtcdConfig, EtcdStore};
 use crate::store::{Store, StoreError};
 use crate::{cgroup, dataplane};
 
@@ -53,6 +54,8 @@ pub enum Error {
     Images(crate::image::ImageError),
     #[error("node: {0}")]
     Node(ApiError),
+    #[error("reserving the node's pod CIDRs: {0}")]
+    PodCidrs(ApiError),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("installing the {signal} handler: {source}")]
@@ -80,6 +83,11 @@ pub struct Config {
     pub metrics_addr: std::net::SocketAddr,
     /// Store file, API token and encryption key (created at first start, 0700).
     pub state_dir: PathBuf,
+    /// The etcd cluster that holds the state; the embedded store in the state
+    /// directory when unset.
+    pub store: Option<EtcdConfig>,
+    /// This node's pod CIDRs (one per IP family), reserved in the store at start.
+    pub pod_cidrs: Vec<PodCidr>,
     /// The API's unix socket (0600).
     pub socket: PathBuf,
     /// The API over TCP with TLS as well.
@@ -107,6 +115,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
+    // The store before the dataplane: a store that cannot be opened (an etcd that does
+    // not answer) fails the start before anything is attached.
+    let (registry, store) = open_registry(&config).await?;
+    let mut node_config = config.node.clone();
+    node_config.identity.pod_cidrs = registry
+        .reserve_pod_cidrs(&node_config.identity.name, &config.pod_cidrs)
+        .await
+        .map_err(Error::PodCidrs)?;
+    let cidrs: Vec<String> = node_config
+        .identity
+        .pod_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    info!(
+        "node {} has pod CIDRs {}",
+        node_config.identity.name,
+        cidrs.join(", ")
+    );
 
     // From here on an early return drops the dataplane: what it owns is detached,
     // what it pinned stays (as after a crash) for the next agent.
@@ -138,7 +165,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
     let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
 
-    let (registry, store) = open_registry(&config).await?;
     let images =
         Arc::new(ImageStore::open(&config.state_dir.join("images")).map_err(Error::Images)?);
     let compactor = tokio::spawn(compact_history(store, config.compaction_interval));
@@ -151,7 +177,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut api = tokio::spawn(server::serve(
         registry.clone(),
         images.clone(),
-        Arc::new(config.node.handle()),
+        Arc::new(node_config.handle()),
         dataplane.clone(),
         listeners,
         async {
@@ -180,8 +206,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         },
     ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node_context = Arc::new(config.node.context(registry.clone(), images.clone()));
-    let identity = config.node.identity.clone();
+    let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
+    let identity = node_config.identity.clone();
     let mut node = tokio::spawn(async move {
         runtime::node::run(node_context, identity, async {
             let _ = node_stopped.await;
@@ -272,7 +298,10 @@ async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>), Er
             source,
         })?;
     let key = credentials::load_or_create_key(&dir.join(ENCRYPTION_KEY_FILE), encryption::KEY_LEN)?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?);
+    let store: Arc<dyn Store> = match &config.store {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?),
+    };
     let registry = Registry::new(
         store.clone(),
         SecretBox::new(&key)?,
