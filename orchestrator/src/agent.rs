@@ -54,6 +54,8 @@ pub enum Error {
     #[error("node: {0}")]
     Node(ApiError),
     #[error(transparent)]
+    Dns(#[from] crate::dns::Error),
+    #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("installing the {signal} handler: {source}")]
     Signal {
@@ -88,6 +90,7 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How this node runs pods.
     pub node: NodeConfig,
+    pub dns: crate::dns::Config,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -151,6 +154,17 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(dataplane::DataplaneMetrics(dataplane.clone())));
+    let node_addresses = dataplane::node_addresses().unwrap_or_else(|e| {
+        warn!("listing the node's addresses for NodePort services: {e}");
+        Vec::new()
+    });
+    // Pods and the node itself may have names outside the cluster zone resolved.
+    let local: Vec<ipnet::IpNet> = node_addresses
+        .iter()
+        .map(|ip| ipnet::IpNet::from(*ip))
+        .chain(config.node.identity.pod_cidrs.iter().copied())
+        .collect();
+    let cluster_dns = crate::dns::start(&config.dns, registry.clone(), local, &mut metrics).await?;
     let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
     let metrics_addr = metrics_endpoint.local_addr();
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -158,10 +172,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let _ = metrics_stopped.await;
     }));
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node_addresses = dataplane::node_addresses().unwrap_or_else(|e| {
-        warn!("listing the node's addresses for NodePort services: {e}");
-        Vec::new()
-    });
     let service_sync = tokio::spawn(dataplane::sync::run(
         registry.clone(),
         dataplane.clone(),
@@ -225,6 +235,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Ok(Err(e)) = metrics_server.await {
         warn!("metrics endpoint: {e}");
     }
+    drop(cluster_dns);
     let _ = stop_sync.send(());
     let _ = service_sync.await;
     // The sync task, its only other holder, has ended.
