@@ -11,7 +11,7 @@ use prometheus_client::registry::Registry;
 pub struct QueryLabels {
     /// The question's type ("none" when it had none).
     pub r#type: String,
-    pub rcode: String,
+    pub rcode: &'static str,
     pub protocol: &'static str,
 }
 

@@ -114,7 +114,7 @@ impl Shared {
                 r#type: reply
                     .query_type
                     .map_or_else(|| "none".to_string(), |t| t.to_string()),
-                rcode: reply.code.to_string(),
+                rcode: rcode_name(reply.code),
                 protocol: match transport {
                     Transport::Udp => "udp",
                     Transport::Tcp => "tcp",
@@ -152,6 +152,20 @@ impl Shared {
         };
         response.metadata.response_code = code;
         finish(response, request, transport)
+    }
+}
+
+/// The mnemonic of a response code, as dig prints it (hickory's Display is prose).
+fn rcode_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "OTHER",
     }
 }
 
