@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
-use skiff_tests::agent::Agent;
+use skiff_tests::agent::{Agent, NODE_NAME};
 use skiff_tests::unique_name;
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -426,10 +426,11 @@ fn dig_in_a_pod_namespace_resolves_a_short_name_through_the_cluster_dns_ip() {
         "--dns-addr",
         "127.0.0.1:0",
     ]);
-    agent.apply(
-        "apiVersion: v1\nkind: Service\nmetadata: {name: web}\nspec: {clusterIP: 10.96.1.5, ports: [{port: 80}]}\n---\n\
-         apiVersion: v1\nkind: Pod\nmetadata: {name: client}\nspec:\n  containers:\n  - {name: c, image: 'busybox:1.36', command: [sleep, '3600']}\n",
-    );
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: web}}\nspec: {{clusterIP: 10.96.1.5, ports: [{{port: 80}}]}}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeName: {NODE_NAME}\n  \
+         containers:\n  - {{name: c, image: 'busybox:1.36', command: [sleep, '3600']}}\n",
+    ));
     let pod = agent
         .wait_pod("client", Duration::from_secs(30), |p| {
             p.is_some_and(|p| p["status"]["phase"] == "Running")
