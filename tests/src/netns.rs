@@ -37,7 +37,6 @@ impl NetNs {
         command_at(&self.path(), program)
     }
 
-
     /// Runs `f` on a thread that has entered this namespace. Sockets made there stay
     /// in the namespace when used from other threads.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {

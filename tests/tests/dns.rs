@@ -54,7 +54,9 @@ fn ask(
             stream.write_all(&len.to_be_bytes()).expect("write");
             stream.write_all(&bytes).expect("write");
             let mut len = [0u8; 2];
-            stream.read_exact(&mut len).expect("DNS answer length over TCP");
+            stream
+                .read_exact(&mut len)
+                .expect("DNS answer length over TCP");
             let mut buffer = vec![0u8; usize::from(u16::from_be_bytes(len))];
             stream.read_exact(&mut buffer).expect("DNS answer over TCP");
             buffer
@@ -83,8 +85,8 @@ fn shown(records: &[Record]) -> Vec<String> {
 /// A UDP server on `addr` standing in for the host's resolver: example.org has
 /// an address, every other name does not exist. Answers until the test ends.
 fn fake_upstream(addr: SocketAddr) {
-    let socket = UdpSocket::bind(addr)
-        .unwrap_or_else(|e| panic!("bind the fake upstream on {addr}: {e}"));
+    let socket =
+        UdpSocket::bind(addr).unwrap_or_else(|e| panic!("bind the fake upstream on {addr}: {e}"));
     std::thread::spawn(move || {
         let mut buffer = vec![0u8; 4096];
         while let Ok((len, client)) = socket.recv_from(&mut buffer) {
@@ -197,71 +199,302 @@ const NONE: &[&str] = &[];
 
 const CASES: &[Case] = &[
     // ClusterIP services: one address per family.
-    case(WEB, A, NoError, &["web.default.svc.cluster.local. A 10.96.1.5"], NONE),
-    case(WEB, AAAA, NoError, &["web.default.svc.cluster.local. AAAA fd00:10:96::105"], NONE),
-    case("WEB.Default.SVC.cluster.LOCAL.", A, NoError, &["WEB.Default.SVC.cluster.LOCAL. A 10.96.1.5"], NONE),
-    case(WEB, ANY, NoError, &["web.default.svc.cluster.local. A 10.96.1.5", "web.default.svc.cluster.local. AAAA fd00:10:96::105"], NONE),
+    case(
+        WEB,
+        A,
+        NoError,
+        &["web.default.svc.cluster.local. A 10.96.1.5"],
+        NONE,
+    ),
+    case(
+        WEB,
+        AAAA,
+        NoError,
+        &["web.default.svc.cluster.local. AAAA fd00:10:96::105"],
+        NONE,
+    ),
+    case(
+        "WEB.Default.SVC.cluster.LOCAL.",
+        A,
+        NoError,
+        &["WEB.Default.SVC.cluster.LOCAL. A 10.96.1.5"],
+        NONE,
+    ),
+    case(
+        WEB,
+        ANY,
+        NoError,
+        &[
+            "web.default.svc.cluster.local. A 10.96.1.5",
+            "web.default.svc.cluster.local. AAAA fd00:10:96::105",
+        ],
+        NONE,
+    ),
     case(WEB, TXT, NoError, NONE, NONE),
     case(WEB, MX, NoError, NONE, NONE),
-    case("v4only.default.svc.cluster.local.", A, NoError, &["v4only.default.svc.cluster.local. A 10.96.1.6"], NONE),
-    case("v4only.default.svc.cluster.local.", AAAA, NoError, NONE, NONE),
+    case(
+        "v4only.default.svc.cluster.local.",
+        A,
+        NoError,
+        &["v4only.default.svc.cluster.local. A 10.96.1.6"],
+        NONE,
+    ),
+    case(
+        "v4only.default.svc.cluster.local.",
+        AAAA,
+        NoError,
+        NONE,
+        NONE,
+    ),
     // Named ports are SRV records, with the target's addresses as additionals.
-    case("_http._tcp.web.default.svc.cluster.local.", SRV, NoError,
+    case(
+        "_http._tcp.web.default.svc.cluster.local.",
+        SRV,
+        NoError,
         &["_http._tcp.web.default.svc.cluster.local. SRV 0 100 80 web.default.svc.cluster.local."],
-        &["web.default.svc.cluster.local. A 10.96.1.5", "web.default.svc.cluster.local. AAAA fd00:10:96::105"]),
-    case("_dnsu._udp.web.default.svc.cluster.local.", SRV, NoError,
+        &[
+            "web.default.svc.cluster.local. A 10.96.1.5",
+            "web.default.svc.cluster.local. AAAA fd00:10:96::105",
+        ],
+    ),
+    case(
+        "_dnsu._udp.web.default.svc.cluster.local.",
+        SRV,
+        NoError,
         &["_dnsu._udp.web.default.svc.cluster.local. SRV 0 100 53 web.default.svc.cluster.local."],
-        &["web.default.svc.cluster.local. A 10.96.1.5", "web.default.svc.cluster.local. AAAA fd00:10:96::105"]),
-    case("_http._udp.web.default.svc.cluster.local.", SRV, NXDomain, NONE, NONE),
-    case("_tcp.web.default.svc.cluster.local.", SRV, NoError, NONE, NONE),
-    case("_http._tcp.v4only.default.svc.cluster.local.", SRV, NXDomain, NONE, NONE),
+        &[
+            "web.default.svc.cluster.local. A 10.96.1.5",
+            "web.default.svc.cluster.local. AAAA fd00:10:96::105",
+        ],
+    ),
+    case(
+        "_http._udp.web.default.svc.cluster.local.",
+        SRV,
+        NXDomain,
+        NONE,
+        NONE,
+    ),
+    case(
+        "_tcp.web.default.svc.cluster.local.",
+        SRV,
+        NoError,
+        NONE,
+        NONE,
+    ),
+    case(
+        "_http._tcp.v4only.default.svc.cluster.local.",
+        SRV,
+        NXDomain,
+        NONE,
+        NONE,
+    ),
     // Headless: the ready endpoints, each also under its own name.
-    case("db.default.svc.cluster.local.", A, NoError, &["db.default.svc.cluster.local. A 10.244.0.7", "db.default.svc.cluster.local. A 10.244.0.8"], NONE),
-    case("db.default.svc.cluster.local.", AAAA, NoError, &["db.default.svc.cluster.local. AAAA fd00:10:244::7"], NONE),
-    case("db-0.db.default.svc.cluster.local.", A, NoError, &["db-0.db.default.svc.cluster.local. A 10.244.0.7"], NONE),
-    case("db-0.db.default.svc.cluster.local.", AAAA, NoError, &["db-0.db.default.svc.cluster.local. AAAA fd00:10:244::7"], NONE),
-    case("10-244-0-8.db.default.svc.cluster.local.", A, NoError, &["10-244-0-8.db.default.svc.cluster.local. A 10.244.0.8"], NONE),
-    case("10-244-0-8.db.default.svc.cluster.local.", AAAA, NoError, NONE, NONE),
-    case("10-244-0-9.db.default.svc.cluster.local.", A, NXDomain, NONE, NONE),
-    case("_pg._tcp.db.default.svc.cluster.local.", SRV, NoError,
-        &["_pg._tcp.db.default.svc.cluster.local. SRV 0 100 5432 10-244-0-8.db.default.svc.cluster.local.",
-          "_pg._tcp.db.default.svc.cluster.local. SRV 0 100 5432 db-0.db.default.svc.cluster.local."],
-        &["10-244-0-8.db.default.svc.cluster.local. A 10.244.0.8",
-          "db-0.db.default.svc.cluster.local. A 10.244.0.7",
-          "db-0.db.default.svc.cluster.local. AAAA fd00:10:244::7"]),
+    case(
+        "db.default.svc.cluster.local.",
+        A,
+        NoError,
+        &[
+            "db.default.svc.cluster.local. A 10.244.0.7",
+            "db.default.svc.cluster.local. A 10.244.0.8",
+        ],
+        NONE,
+    ),
+    case(
+        "db.default.svc.cluster.local.",
+        AAAA,
+        NoError,
+        &["db.default.svc.cluster.local. AAAA fd00:10:244::7"],
+        NONE,
+    ),
+    case(
+        "db-0.db.default.svc.cluster.local.",
+        A,
+        NoError,
+        &["db-0.db.default.svc.cluster.local. A 10.244.0.7"],
+        NONE,
+    ),
+    case(
+        "db-0.db.default.svc.cluster.local.",
+        AAAA,
+        NoError,
+        &["db-0.db.default.svc.cluster.local. AAAA fd00:10:244::7"],
+        NONE,
+    ),
+    case(
+        "10-244-0-8.db.default.svc.cluster.local.",
+        A,
+        NoError,
+        &["10-244-0-8.db.default.svc.cluster.local. A 10.244.0.8"],
+        NONE,
+    ),
+    case(
+        "10-244-0-8.db.default.svc.cluster.local.",
+        AAAA,
+        NoError,
+        NONE,
+        NONE,
+    ),
+    case(
+        "10-244-0-9.db.default.svc.cluster.local.",
+        A,
+        NXDomain,
+        NONE,
+        NONE,
+    ),
+    case(
+        "_pg._tcp.db.default.svc.cluster.local.",
+        SRV,
+        NoError,
+        &[
+            "_pg._tcp.db.default.svc.cluster.local. SRV 0 100 5432 10-244-0-8.db.default.svc.cluster.local.",
+            "_pg._tcp.db.default.svc.cluster.local. SRV 0 100 5432 db-0.db.default.svc.cluster.local.",
+        ],
+        &[
+            "10-244-0-8.db.default.svc.cluster.local. A 10.244.0.8",
+            "db-0.db.default.svc.cluster.local. A 10.244.0.7",
+            "db-0.db.default.svc.cluster.local. AAAA fd00:10:244::7",
+        ],
+    ),
     // Reverse names of cluster IPs and of headless endpoints.
-    case("5.1.96.10.in-addr.arpa.", PTR, NoError, &["5.1.96.10.in-addr.arpa. PTR web.default.svc.cluster.local."], NONE),
-    case("5.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa.", PTR, NoError,
-        &["5.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa. PTR web.default.svc.cluster.local."], NONE),
-    case("6.1.96.10.in-addr.arpa.", PTR, NoError, &["6.1.96.10.in-addr.arpa. PTR v4only.default.svc.cluster.local."], NONE),
-    case("7.0.244.10.in-addr.arpa.", PTR, NoError, &["7.0.244.10.in-addr.arpa. PTR db-0.db.default.svc.cluster.local."], NONE),
-    case("8.0.244.10.in-addr.arpa.", PTR, NoError, &["8.0.244.10.in-addr.arpa. PTR 10-244-0-8.db.default.svc.cluster.local."], NONE),
-    case("7.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa.", PTR, NoError,
-        &["7.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa. PTR db-0.db.default.svc.cluster.local."], NONE),
-    case("10.0.96.10.in-addr.arpa.", PTR, NoError, &["10.0.96.10.in-addr.arpa. PTR kube-dns.kube-system.svc.cluster.local."], NONE),
+    case(
+        "5.1.96.10.in-addr.arpa.",
+        PTR,
+        NoError,
+        &["5.1.96.10.in-addr.arpa. PTR web.default.svc.cluster.local."],
+        NONE,
+    ),
+    case(
+        "5.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa.",
+        PTR,
+        NoError,
+        &[
+            "5.0.1.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.6.9.0.0.0.1.0.0.0.0.d.f.ip6.arpa. PTR web.default.svc.cluster.local.",
+        ],
+        NONE,
+    ),
+    case(
+        "6.1.96.10.in-addr.arpa.",
+        PTR,
+        NoError,
+        &["6.1.96.10.in-addr.arpa. PTR v4only.default.svc.cluster.local."],
+        NONE,
+    ),
+    case(
+        "7.0.244.10.in-addr.arpa.",
+        PTR,
+        NoError,
+        &["7.0.244.10.in-addr.arpa. PTR db-0.db.default.svc.cluster.local."],
+        NONE,
+    ),
+    case(
+        "8.0.244.10.in-addr.arpa.",
+        PTR,
+        NoError,
+        &["8.0.244.10.in-addr.arpa. PTR 10-244-0-8.db.default.svc.cluster.local."],
+        NONE,
+    ),
+    case(
+        "7.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa.",
+        PTR,
+        NoError,
+        &[
+            "7.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.0.4.4.2.0.0.1.0.0.0.0.d.f.ip6.arpa. PTR db-0.db.default.svc.cluster.local.",
+        ],
+        NONE,
+    ),
+    case(
+        "10.0.96.10.in-addr.arpa.",
+        PTR,
+        NoError,
+        &["10.0.96.10.in-addr.arpa. PTR kube-dns.kube-system.svc.cluster.local."],
+        NONE,
+    ),
     // ExternalName: a CNAME, whatever the type asked.
-    case("ext.default.svc.cluster.local.", CNAME, NoError, &["ext.default.svc.cluster.local. CNAME example.com."], NONE),
-    case("ext.default.svc.cluster.local.", A, NoError, &["ext.default.svc.cluster.local. CNAME example.com."], NONE),
-    case("ext.default.svc.cluster.local.", AAAA, NoError, &["ext.default.svc.cluster.local. CNAME example.com."], NONE),
+    case(
+        "ext.default.svc.cluster.local.",
+        CNAME,
+        NoError,
+        &["ext.default.svc.cluster.local. CNAME example.com."],
+        NONE,
+    ),
+    case(
+        "ext.default.svc.cluster.local.",
+        A,
+        NoError,
+        &["ext.default.svc.cluster.local. CNAME example.com."],
+        NONE,
+    ),
+    case(
+        "ext.default.svc.cluster.local.",
+        AAAA,
+        NoError,
+        &["ext.default.svc.cluster.local. CNAME example.com."],
+        NONE,
+    ),
     // The schema version, and the zone's own records.
-    case("dns-version.cluster.local.", TXT, NoError, &["dns-version.cluster.local. TXT 1.1.0"], NONE),
-    case("cluster.local.", SOA, NoError, &["cluster.local. SOA"], NONE),
+    case(
+        "dns-version.cluster.local.",
+        TXT,
+        NoError,
+        &["dns-version.cluster.local. TXT 1.1.0"],
+        NONE,
+    ),
+    case(
+        "cluster.local.",
+        SOA,
+        NoError,
+        &["cluster.local. SOA"],
+        NONE,
+    ),
     case("cluster.local.", A, NoError, NONE, NONE),
     case("svc.cluster.local.", A, NoError, NONE, NONE),
     case("default.svc.cluster.local.", A, NoError, NONE, NONE),
     // Names that do not exist.
-    case("nothing.default.svc.cluster.local.", A, NXDomain, NONE, NONE),
+    case(
+        "nothing.default.svc.cluster.local.",
+        A,
+        NXDomain,
+        NONE,
+        NONE,
+    ),
     case("web.nowhere.svc.cluster.local.", A, NXDomain, NONE, NONE),
     case("nowhere.svc.cluster.local.", A, NXDomain, NONE, NONE),
     case("x.web.default.svc.cluster.local.", A, NXDomain, NONE, NONE),
     // The agent's own cluster DNS Service.
-    case("kube-dns.kube-system.svc.cluster.local.", A, NoError, &["kube-dns.kube-system.svc.cluster.local. A 10.96.0.10"], NONE),
-    case("kube-dns.kube-system.svc.cluster.local.", AAAA, NoError, &["kube-dns.kube-system.svc.cluster.local. AAAA fd00:10:96::a"], NONE),
-    case("_dns._udp.kube-dns.kube-system.svc.cluster.local.", SRV, NoError,
-        &["_dns._udp.kube-dns.kube-system.svc.cluster.local. SRV 0 100 53 kube-dns.kube-system.svc.cluster.local."],
-        &["kube-dns.kube-system.svc.cluster.local. A 10.96.0.10", "kube-dns.kube-system.svc.cluster.local. AAAA fd00:10:96::a"]),
+    case(
+        "kube-dns.kube-system.svc.cluster.local.",
+        A,
+        NoError,
+        &["kube-dns.kube-system.svc.cluster.local. A 10.96.0.10"],
+        NONE,
+    ),
+    case(
+        "kube-dns.kube-system.svc.cluster.local.",
+        AAAA,
+        NoError,
+        &["kube-dns.kube-system.svc.cluster.local. AAAA fd00:10:96::a"],
+        NONE,
+    ),
+    case(
+        "_dns._udp.kube-dns.kube-system.svc.cluster.local.",
+        SRV,
+        NoError,
+        &[
+            "_dns._udp.kube-dns.kube-system.svc.cluster.local. SRV 0 100 53 kube-dns.kube-system.svc.cluster.local.",
+        ],
+        &[
+            "kube-dns.kube-system.svc.cluster.local. A 10.96.0.10",
+            "kube-dns.kube-system.svc.cluster.local. AAAA fd00:10:96::a",
+        ],
+    ),
     // Outside the zone: forwarded to the upstream of the resolv.conf.
-    case("example.org.", A, NoError, &["example.org. A 192.0.2.7"], NONE),
+    case(
+        "example.org.",
+        A,
+        NoError,
+        &["example.org. A 192.0.2.7"],
+        NONE,
+    ),
     case("missing.example.org.", A, NXDomain, NONE, NONE),
 ];
 
@@ -287,9 +520,15 @@ fn agent_with_objects() -> (Agent, SocketAddr, tempfile::TempDir) {
     let server = agent.dns_addrs()[0];
     // The zone follows the store shortly after apply returns.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ask(server, "ext.default.svc.cluster.local.", CNAME, Transport::Udp, None)
-        .answers
-        .is_empty()
+    while ask(
+        server,
+        "ext.default.svc.cluster.local.",
+        CNAME,
+        Transport::Udp,
+        None,
+    )
+    .answers
+    .is_empty()
     {
         assert!(Instant::now() < deadline, "the zone never got the objects");
         std::thread::sleep(Duration::from_millis(20));
@@ -316,15 +555,27 @@ fn every_record_kind_is_answered_as_the_specification_says_over_udp_and_tcp() {
                 case.additionals.iter().map(|s| s.to_string()).collect();
             additionals.sort();
             if got != (case.code, answers, additionals) {
-                failures.push(format!("{transport:?} {} {}: got {got:?}", case.name, case.rtype));
+                failures.push(format!(
+                    "{transport:?} {} {}: got {got:?}",
+                    case.name, case.rtype
+                ));
             }
             // Negative answers inside the zone carry its SOA.
             let in_zone = case.name.to_ascii_lowercase().ends_with("cluster.local.");
-            if in_zone && m.answers.is_empty() && m.authorities.iter().all(|r| r.record_type() != SOA) {
-                failures.push(format!("{transport:?} {} {}: no SOA in authority", case.name, case.rtype));
+            if in_zone
+                && m.answers.is_empty()
+                && m.authorities.iter().all(|r| r.record_type() != SOA)
+            {
+                failures.push(format!(
+                    "{transport:?} {} {}: no SOA in authority",
+                    case.name, case.rtype
+                ));
             }
             if in_zone && !m.metadata.authoritative {
-                failures.push(format!("{transport:?} {} {}: not authoritative", case.name, case.rtype));
+                failures.push(format!(
+                    "{transport:?} {} {}: not authoritative",
+                    case.name, case.rtype
+                ));
             }
         }
     }
@@ -363,7 +614,10 @@ fn udp_answers_over_the_clients_size_are_truncated_and_tcp_gets_them_whole() {
     }
     // 60 addresses take about 1 kB: over 512 bytes, under EDNS's 1232.
     let small = ask(server, name, A, Transport::Udp, None);
-    assert!(small.metadata.truncation && small.answers.is_empty(), "{small:?}");
+    assert!(
+        small.metadata.truncation && small.answers.is_empty(),
+        "{small:?}"
+    );
     let edns = ask(server, name, A, Transport::Udp, Some(1232));
     assert!(!edns.metadata.truncation, "{edns:?}");
     assert_eq!(edns.answers.len(), 60);
@@ -402,7 +656,12 @@ fn answers_follow_the_store_within_100_ms() {
              addressType: IPv4\nports: [{{port: 80}}]\nendpoints: [{{addresses: [10.244.2.9], conditions: {{ready: {ready}}}}}]\n"
         )
     };
-    assert_eq!(ask(server, &name, A, Transport::Udp, None).metadata.response_code, NXDomain);
+    assert_eq!(
+        ask(server, &name, A, Transport::Udp, None)
+            .metadata
+            .response_code,
+        NXDomain
+    );
     // Service created (its endpoint not ready yet): the name exists, no address.
     agent.apply(&format!("{service}---\n{}", slice(false)));
     within_100ms(server, &name, &[], NoError);
@@ -438,7 +697,11 @@ fn dig_in_a_pod_namespace_resolves_a_short_name_through_the_cluster_dns_ip() {
         .expect("running pod");
     let uid = pod["metadata"]["uid"].as_str().expect("uid");
     let netns = std::path::PathBuf::from(format!("/run/netns/skiff-{uid}"));
-    let resolv = agent.state_dir().join("pods").join(uid).join("etc/resolv.conf");
+    let resolv = agent
+        .state_dir()
+        .join("pods")
+        .join(uid)
+        .join("etc/resolv.conf");
     let conf = std::fs::read_to_string(&resolv).expect("the pod's resolv.conf");
     assert!(conf.contains("nameserver 10.96.0.10"), "{conf}");
     // dig reads /etc/resolv.conf: give it the pod's in a mount namespace of its

@@ -81,12 +81,10 @@ pub fn upstream(resolv_conf: &Path) -> Result<TokioResolver, Error> {
         hickory_resolver::system_conf::parse_resolv_conf(text).map_err(|e| fail(e.to_string()))?;
     // Questions arrive fully qualified: the host's search list must not apply.
     options.ndots = 0;
-    Ok(
-        TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
-            .with_options(options)
-            .build()
-            .map_err(|e| fail(e.to_string()))?,
-    )
+    TokioResolver::builder_with_config(config, TokioRuntimeProvider::default())
+        .with_options(options)
+        .build()
+        .map_err(|e| fail(e.to_string()))
 }
 
 /// What every socket task shares.
