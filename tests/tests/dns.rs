@@ -402,13 +402,6 @@ const CASES: &[Case] = &[
         ],
         NONE,
     ),
-    case(
-        "10.0.96.10.in-addr.arpa.",
-        PTR,
-        NoError,
-        &["10.0.96.10.in-addr.arpa. PTR kube-dns.kube-system.svc.cluster.local."],
-        NONE,
-    ),
     // ExternalName: a CNAME, whatever the type asked.
     case(
         "ext.default.svc.cluster.local.",
@@ -460,32 +453,22 @@ const CASES: &[Case] = &[
     case("web.nowhere.svc.cluster.local.", A, NXDomain, NONE, NONE),
     case("nowhere.svc.cluster.local.", A, NXDomain, NONE, NONE),
     case("x.web.default.svc.cluster.local.", A, NXDomain, NONE, NONE),
-    // The agent's own cluster DNS Service.
+    // Types a name lacks: NODATA, whatever kind of name it is.
     case(
-        "kube-dns.kube-system.svc.cluster.local.",
+        "_pg._tcp.db.default.svc.cluster.local.",
         A,
         NoError,
-        &["kube-dns.kube-system.svc.cluster.local. A 10.96.0.10"],
+        NONE,
         NONE,
     ),
+    case("6.1.96.10.in-addr.arpa.", A, NoError, NONE, NONE),
+    case("dns-version.cluster.local.", A, NoError, NONE, NONE),
     case(
-        "kube-dns.kube-system.svc.cluster.local.",
+        "DB-0.Db.default.svc.cluster.local.",
         AAAA,
         NoError,
-        &["kube-dns.kube-system.svc.cluster.local. AAAA fd00:10:96::a"],
+        &["DB-0.Db.default.svc.cluster.local. AAAA fd00:10:244::7"],
         NONE,
-    ),
-    case(
-        "_dns._udp.kube-dns.kube-system.svc.cluster.local.",
-        SRV,
-        NoError,
-        &[
-            "_dns._udp.kube-dns.kube-system.svc.cluster.local. SRV 0 100 53 kube-dns.kube-system.svc.cluster.local.",
-        ],
-        &[
-            "kube-dns.kube-system.svc.cluster.local. A 10.96.0.10",
-            "kube-dns.kube-system.svc.cluster.local. AAAA fd00:10:96::a",
-        ],
     ),
     // Outside the zone: forwarded to the upstream of the resolv.conf.
     case(
@@ -496,6 +479,8 @@ const CASES: &[Case] = &[
         NONE,
     ),
     case("missing.example.org.", A, NXDomain, NONE, NONE),
+    // Reverse names the zone does not hold are forwarded too.
+    case("99.0.96.10.in-addr.arpa.", PTR, NXDomain, NONE, NONE),
 ];
 
 /// The agent with the objects applied, answering names outside the zone from a
@@ -702,6 +687,21 @@ fn dig_in_a_pod_namespace_resolves_a_short_name_through_the_cluster_dns_ip() {
         .join("pods")
         .join(uid)
         .join("etc/resolv.conf");
+    // The agent published its DNS behind the cluster DNS IPs.
+    let slice: serde_json::Value = serde_json::from_str(&agent.ok(&[
+        "get",
+        "endpointslice",
+        "kube-dns-ipv4-53",
+        "-n",
+        "kube-system",
+        "-o",
+        "json",
+    ]))
+    .expect("JSON");
+    assert_eq!(
+        slice["endpoints"][0]["addresses"][0], "10.244.0.1",
+        "{slice}"
+    );
     let conf = std::fs::read_to_string(&resolv).expect("the pod's resolv.conf");
     assert!(conf.contains("nameserver 10.96.0.10"), "{conf}");
     // dig reads /etc/resolv.conf: give it the pod's in a mount namespace of its

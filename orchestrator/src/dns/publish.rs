@@ -19,8 +19,17 @@ use crate::dataplane::desired::SERVICE_NAME_LABEL;
 pub const NAMESPACE: &str = "kube-system";
 pub const SERVICE: &str = "kube-dns";
 
-/// The objects for `service_ips` served at `listening` (the bound addresses).
+/// The objects for `service_ips` served at `listening` (the bound addresses);
+/// none when no listen address is one pods reach, as a VIP without endpoints
+/// would only refuse.
 pub fn objects(service_ips: &[IpAddr], listening: &[SocketAddr]) -> Vec<Value> {
+    let reachable: Vec<&SocketAddr> = listening
+        .iter()
+        .filter(|a| !a.ip().is_loopback() && !a.ip().is_unspecified())
+        .collect();
+    if service_ips.is_empty() || reachable.is_empty() {
+        return Vec::new();
+    }
     let policy = if service_ips.len() > 1 {
         "RequireDualStack"
     } else {
@@ -40,10 +49,7 @@ pub fn objects(service_ips: &[IpAddr], listening: &[SocketAddr]) -> Vec<Value> {
     })];
     // One slice per family and port: a slice's ports apply to all its endpoints.
     let mut groups: BTreeMap<(bool, u16), Vec<String>> = BTreeMap::new();
-    for addr in listening
-        .iter()
-        .filter(|a| !a.ip().is_loopback() && !a.ip().is_unspecified())
-    {
+    for addr in reachable {
         groups
             .entry((addr.is_ipv4(), addr.port()))
             .or_default()
@@ -76,10 +82,12 @@ pub fn objects(service_ips: &[IpAddr], listening: &[SocketAddr]) -> Vec<Value> {
 /// Applies the objects; a failure (say, the VIP outside the service CIDR) is
 /// logged: DNS still serves on its listen addresses.
 pub async fn publish(registry: &Registry, service_ips: &[IpAddr], listening: &[SocketAddr]) {
-    if service_ips.is_empty() {
+    let objects = objects(service_ips, listening);
+    if objects.is_empty() {
+        info!("cluster DNS: no listen address pods reach; {NAMESPACE}/{SERVICE} not published");
         return;
     }
-    match registry.apply(objects(service_ips, listening)).await {
+    match registry.apply(objects).await {
         Ok(_) => info!(
             "cluster DNS: {NAMESPACE}/{SERVICE} at {service_ips:?} -> {:?}",
             listening
@@ -112,5 +120,7 @@ mod tests {
         assert_eq!(names, ["kube-dns", "kube-dns-ipv6-53", "kube-dns-ipv4-53"]);
         assert_eq!(objects[2]["endpoints"][0]["addresses"][0], "10.244.0.1");
         assert_eq!(objects[0]["spec"]["ipFamilyPolicy"], "RequireDualStack");
+        let vips = ["10.96.0.10".parse().unwrap()];
+        assert!(super::objects(&vips, &["127.0.0.1:53".parse().unwrap()]).is_empty());
     }
 }
