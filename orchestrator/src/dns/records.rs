@@ -11,7 +11,7 @@ use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{Name, RData};
 
 use crate::dataplane::desired::SERVICE_NAME_LABEL;
-use crate::model::{self, AddressType, EndpointSlice, Service, ServiceType};
+use crate::model::{self, AddressType, Endpoint, EndpointSlice, Pod, Service, ServiceType};
 
 /// The schema version `dns-version.<zone>` answers with.
 pub const SCHEMA_VERSION: &str = "1.1.0";
@@ -48,6 +48,9 @@ pub struct Sources {
     pub services: BTreeMap<(String, String), Service>,
     /// By namespace and slice name.
     pub slices: BTreeMap<(String, String), EndpointSlice>,
+    /// By namespace and name: an endpoint's pod gives it a hostname when the
+    /// slice does not (spec.hostname, when spec.subdomain names the service).
+    pub pods: BTreeMap<(String, String), Pod>,
 }
 
 impl Records {
@@ -91,7 +94,9 @@ impl Records {
                 .get(&(namespace.as_str(), service_name.as_str()))
                 .map(Vec::as_slice)
                 .unwrap_or_default();
-            records.add_service(&base, service, slices);
+            let hostname =
+                |endpoint: &Endpoint| hostname(endpoint, namespace, service_name, sources);
+            records.add_service(&base, service, slices, &hostname);
         }
         records
     }
@@ -120,7 +125,13 @@ impl Records {
         self.names.is_empty()
     }
 
-    fn add_service(&mut self, base: &Name, service: &Service, slices: &[&EndpointSlice]) {
+    fn add_service(
+        &mut self,
+        base: &Name,
+        service: &Service,
+        slices: &[&EndpointSlice],
+        hostname: &dyn Fn(&Endpoint) -> Option<String>,
+    ) {
         let spec = &service.spec;
         if spec.r#type == Some(ServiceType::ExternalName) {
             if let Some(target) = spec.external_name.as_deref().and_then(name) {
@@ -173,9 +184,7 @@ impl Records {
                 {
                     // Without a hostname the spec asks for a unique name of the
                     // system's choosing: the address with dashes, as CoreDNS does.
-                    let label = endpoint
-                        .hostname
-                        .clone()
+                    let label = hostname(endpoint)
                         .unwrap_or_else(|| ip.to_string().replace(['.', ':'], "-"));
                     let Some(host) = label_under(&label, base) else {
                         continue;
@@ -217,6 +226,28 @@ impl Records {
             current = current.base_name();
         }
     }
+}
+
+/// An endpoint's hostname: the slice's, else its pod's spec.hostname when the
+/// pod's spec.subdomain is the service (as the EndpointSlice controller sets it).
+fn hostname(
+    endpoint: &Endpoint,
+    namespace: &str,
+    service: &str,
+    sources: &Sources,
+) -> Option<String> {
+    if let Some(hostname) = &endpoint.hostname {
+        return Some(hostname.clone());
+    }
+    let target = endpoint.target_ref.as_ref().filter(|t| t.kind == "Pod")?;
+    let pod_namespace = target
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace.to_string());
+    let pod = sources.pods.get(&(pod_namespace, target.name.clone()))?;
+    (pod.spec.subdomain.as_deref() == Some(service))
+        .then(|| pod.spec.hostname.clone())
+        .flatten()
 }
 
 /// The index key of a name: lower case with the final dot.
@@ -284,7 +315,11 @@ mod tests {
                 .unwrap_or("default")
                 .to_string();
             let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
-            if value.get("addressType").is_some() {
+            // Pods are the documents with containers.
+            if value["spec"].get("containers").is_some() {
+                let pod: Pod = serde_json::from_value(value).expect("pod");
+                sources.pods.insert((namespace, name), pod);
+            } else if value.get("addressType").is_some() {
                 let slice: EndpointSlice = serde_json::from_value(value).expect("slice");
                 sources.slices.insert((namespace, name), slice);
             } else {
@@ -311,7 +346,9 @@ mod tests {
         let s = sources(&[
             "metadata: {name: web, namespace: shop}\nspec: {clusterIPs: [10.96.0.5, 'fd00:10:96::5'], ports: [{name: http, port: 80}]}",
             "metadata: {name: db, namespace: shop}\nspec: {clusterIP: None, ports: [{name: pg, port: 5432}]}",
-            "metadata: {name: db-a, namespace: shop, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: pg, port: 5432, protocol: TCP}]\nendpoints:\n- {addresses: [10.244.0.7], hostname: db-0}\n- {addresses: [10.244.0.8]}\n- {addresses: [10.244.0.9], conditions: {ready: false}}",
+            "metadata: {name: db-a, namespace: shop, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: pg, port: 5432, protocol: TCP}]\nendpoints:\n- {addresses: [10.244.0.7], hostname: db-0}\n- {addresses: [10.244.0.8]}\n- {addresses: [10.244.0.9], conditions: {ready: false}}\n- {addresses: [10.244.0.10], targetRef: {kind: Pod, name: db-1}}\n- {addresses: [10.244.0.11], targetRef: {kind: Pod, name: other}}",
+            "metadata: {name: db-1, namespace: shop}\nspec: {hostname: db-1, subdomain: db, containers: []}",
+            "metadata: {name: other, namespace: shop}\nspec: {hostname: other, subdomain: elsewhere, containers: []}",
             "metadata: {name: ext, namespace: shop}\nspec: {type: ExternalName, externalName: example.com}",
         ]);
         let r = Records::build(&zone(), 5, 1, &s);
@@ -329,11 +366,20 @@ mod tests {
         );
         assert_eq!(
             lookup(&r, "db.shop.svc.cluster.local."),
-            ["10.244.0.7", "10.244.0.8"]
+            ["10.244.0.7", "10.244.0.8", "10.244.0.10", "10.244.0.11"]
         );
         assert_eq!(
             lookup(&r, "db-0.db.shop.svc.cluster.local."),
             ["10.244.0.7"]
+        );
+        // The pod names the endpoint when its subdomain is the service.
+        assert_eq!(
+            lookup(&r, "db-1.db.shop.svc.cluster.local."),
+            ["10.244.0.10"]
+        );
+        assert_eq!(
+            lookup(&r, "10-244-0-11.db.shop.svc.cluster.local."),
+            ["10.244.0.11"]
         );
         assert_eq!(
             lookup(&r, "10-244-0-8.db.shop.svc.cluster.local."),
@@ -343,7 +389,9 @@ mod tests {
             lookup(&r, "_pg._tcp.db.shop.svc.cluster.local."),
             [
                 "0 100 5432 db-0.db.shop.svc.cluster.local.",
-                "0 100 5432 10-244-0-8.db.shop.svc.cluster.local."
+                "0 100 5432 10-244-0-8.db.shop.svc.cluster.local.",
+                "0 100 5432 db-1.db.shop.svc.cluster.local.",
+                "0 100 5432 10-244-0-11.db.shop.svc.cluster.local.",
             ]
         );
         assert_eq!(

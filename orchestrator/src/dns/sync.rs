@@ -1,8 +1,10 @@
-//! Keeps the zone in step with the store: Services and EndpointSlices are listed,
+//! Keeps the zone in step with the store: Services, EndpointSlices and Pods (for
+//! endpoints' hostnames) are listed,
 //! then watched (as the dataplane's service sync does), and every change rebuilds
 //! the zone and swaps it in whole, so a reader sees one build or the next, never
 //! a mix. A watch that ends or fails is followed by a fresh list.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -11,9 +13,9 @@ use hickory_proto::rr::Name;
 use log::{debug, info, warn};
 
 use super::records::{Records, Sources};
-use crate::api::registry::{ApiError, EventType, Registry};
+use crate::api::registry::{ApiError, EventType, Registry, WatchEvent};
 use crate::dataplane::sync::{decode, list, watch};
-use crate::model::{EndpointSlice, Kind, ObjectMeta, Service};
+use crate::model::{EndpointSlice, Kind, Object, ObjectMeta, Pod, Service};
 
 /// The zone's parameters and where each build goes.
 pub struct Zone {
@@ -65,13 +67,12 @@ pub async fn run(registry: Registry, mut zone: Zone) {
 async fn follow(registry: &Registry, zone: &mut Zone) -> Result<(), ApiError> {
     let (services, service_version) = list::<Service>(registry, Kind::Service).await?;
     let (slices, slice_version) = list::<EndpointSlice>(registry, Kind::EndpointSlice).await?;
-    let mut sources = Sources::default();
-    for service in services {
-        sources.services.insert(id(&service.metadata), service);
-    }
-    for slice in slices {
-        sources.slices.insert(id(&slice.metadata), slice);
-    }
+    let (pods, pod_version) = list::<Pod>(registry, Kind::Pod).await?;
+    let mut sources = Sources {
+        services: services.into_iter().map(|s| (id(&s.metadata), s)).collect(),
+        slices: slices.into_iter().map(|s| (id(&s.metadata), s)).collect(),
+        pods: pods.into_iter().map(|p| (id(&p.metadata), p)).collect(),
+    };
     zone.rebuild(&sources);
     info!(
         "cluster DNS: zone {} follows {} services",
@@ -80,33 +81,35 @@ async fn follow(registry: &Registry, zone: &mut Zone) -> Result<(), ApiError> {
     );
     let mut service_events = watch(registry, Kind::Service, &service_version).await?;
     let mut slice_events = watch(registry, Kind::EndpointSlice, &slice_version).await?;
+    let mut pod_events = watch(registry, Kind::Pod, &pod_version).await?;
     loop {
-        tokio::select! {
-            event = service_events.next() => match event {
-                Some(Ok(event)) => {
-                    let Some(service) = decode::<Service>(event.object) else { continue };
-                    let key = id(&service.metadata);
-                    match event.event_type {
-                        EventType::Deleted => sources.services.remove(&key),
-                        EventType::Added | EventType::Modified => sources.services.insert(key, service),
-                    };
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
-            },
-            event = slice_events.next() => match event {
-                Some(Ok(event)) => {
-                    let Some(slice) = decode::<EndpointSlice>(event.object) else { continue };
-                    let key = id(&slice.metadata);
-                    match event.event_type {
-                        EventType::Deleted => sources.slices.remove(&key),
-                        EventType::Added | EventType::Modified => sources.slices.insert(key, slice),
-                    };
-                }
-                Some(Err(e)) => return Err(e),
-                None => return Ok(()),
-            },
+        let watching = tokio::select! {
+            event = service_events.next() => changed(&mut sources.services, event, |s| &s.metadata)?,
+            event = slice_events.next() => changed(&mut sources.slices, event, |s| &s.metadata)?,
+            event = pod_events.next() => changed(&mut sources.pods, event, |p| &p.metadata)?,
+        };
+        if !watching {
+            return Ok(());
         }
         zone.rebuild(&sources);
     }
+}
+
+/// Applies one watch event to `objects`: false when the watch ended.
+fn changed<T: TryFrom<Object>>(
+    objects: &mut BTreeMap<(String, String), T>,
+    event: Option<Result<WatchEvent, ApiError>>,
+    meta: impl Fn(&T) -> &ObjectMeta,
+) -> Result<bool, ApiError> {
+    let Some(event) = event.transpose()? else {
+        return Ok(false);
+    };
+    if let Some(object) = decode::<T>(event.object) {
+        let key = id(meta(&object));
+        match event.event_type {
+            EventType::Deleted => objects.remove(&key),
+            EventType::Added | EventType::Modified => objects.insert(key, object),
+        };
+    }
+    Ok(true)
 }
