@@ -35,7 +35,7 @@ use ipnet::IpNet;
 pub enum Error {
     #[error("cluster domain {domain:?}: {reason}")]
     Domain { domain: String, reason: String },
-    #[error("DNS on {addr}: {source}")]
+    #[error("cluster DNS on {addr}: {source} (choose other addresses with --dns-addr)")]
     Bind {
         addr: SocketAddr,
         source: std::io::Error,
