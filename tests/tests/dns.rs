@@ -608,6 +608,54 @@ fn udp_answers_over_the_clients_size_are_truncated_and_tcp_gets_them_whole() {
     assert_eq!(edns.answers.len(), 60);
 }
 
+#[test]
+fn broken_packets_get_formerr_or_silence_and_the_server_goes_on() {
+    let agent = Agent::start(&[]);
+    let server = agent.dns_addrs()[0];
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
+    let mut buffer = vec![0u8; 4096];
+    // Too short for a header: no answer.
+    socket.send_to(b"\x12\x34\x01", server).expect("send");
+    assert!(
+        socket.recv_from(&mut buffer).is_err(),
+        "answered a 3-byte packet"
+    );
+    // A question whose name is a compression loop: FORMERR with the request's id.
+    let looped = [
+        0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1,
+    ];
+    socket.send_to(&looped, server).expect("send");
+    let (len, _) = socket.recv_from(&mut buffer).expect("an answer");
+    let m = Message::from_vec(&buffer[..len]).expect("decode");
+    assert_eq!(
+        (m.metadata.id, m.metadata.response_code),
+        (0x1234, ResponseCode::FormErr)
+    );
+    // Over TCP too, and the connection is answered, not hung.
+    let mut stream = TcpStream::connect(server).expect("connect");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    stream
+        .write_all(&(looped.len() as u16).to_be_bytes())
+        .expect("write");
+    stream.write_all(&looped).expect("write");
+    let mut len = [0u8; 2];
+    stream.read_exact(&mut len).expect("an answer over TCP");
+    // Still serving.
+    let m = ask(
+        server,
+        "dns-version.cluster.local.",
+        TXT,
+        Transport::Udp,
+        None,
+    );
+    assert_eq!(m.answers.len(), 1);
+}
+
 /// Polls `server` until `name`'s A answer is `expected`, failing after 100 ms.
 fn within_100ms(server: SocketAddr, name: &str, expected: &[&str], code: ResponseCode) {
     let started = Instant::now();

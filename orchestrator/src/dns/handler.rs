@@ -313,6 +313,19 @@ mod tests {
     }
 
     #[test]
+    fn two_opt_records_are_formerr() {
+        let h = handler();
+        let mut bytes = query("a.cluster.local.", RecordType::A).to_vec().unwrap();
+        // ARCOUNT 2, and two empty OPT records (root name, type 41, 512 bytes).
+        bytes[11] = 2;
+        for _ in 0..2 {
+            bytes.extend_from_slice(&[0, 0, 41, 2, 0, 0, 0, 0, 0, 0, 0]);
+        }
+        let m = reply(h.handle(&bytes, LOCAL, Transport::Udp));
+        assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+    }
+
+    #[test]
     fn many_questions_unknown_classes_and_opcodes_are_refused_plainly() {
         let h = handler();
         let mut two = query("a.cluster.local.", RecordType::A);

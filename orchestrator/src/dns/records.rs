@@ -117,12 +117,8 @@ impl Records {
     }
 
     /// How many names exist (for logs).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.names.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.names.is_empty()
     }
 
     fn add_service(
