@@ -9,6 +9,9 @@
 //! `skiff-bench cni`: skiff-cni's ADD and DEL latency (p50/p99) against the
 //! standard bridge plugin with host-local IPAM.
 //!
+//! `skiff-bench dataplane`: new connections per second through skiff's service
+//! virtual IPs against direct connections, kube-proxy's iptables rules and its
+//! nftables rules, with 100 to 10,000 services; and the time to program them.
 //! `skiff-bench pods`: pod start latency (apply to Ready, p50/p99) against bare
 //! `runc create` + `runc start` of the same container, with where skiff's time
 //! goes and the agent's memory holding the pods.
@@ -16,6 +19,7 @@
 mod agent;
 mod api;
 mod cni;
+mod dataplane;
 mod netns;
 mod pods;
 mod stats;
@@ -34,6 +38,8 @@ enum Bench {
     Api(api::Options),
     /// skiff-cni against the bridge and host-local plugins.
     Cni(cni::Options),
+    /// skiff's eBPF service load balancing against iptables and nftables DNAT.
+    Dataplane(dataplane::Options),
     /// Pod start latency against bare runc.
     Pods(pods::Options),
 }
@@ -43,6 +49,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(options) => api::run(options).await,
         Bench::Cni(options) => cni::run(options),
+        Bench::Dataplane(options) => dataplane::run(options).await,
         Bench::Pods(options) => pods::run(options).await,
     }
 }

@@ -14,7 +14,7 @@ use log::{LevelFilter, info, warn};
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::api::allocator::ServiceNetworks;
+use crate::api::allocator::{PodCidr, ServiceNetworks};
 use crate::api::credentials::{self, CredentialError};
 use crate::api::encryption::{self, SecretBox};
 use crate::api::registry::{ApiError, Registry};
@@ -22,6 +22,7 @@ use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
 use crate::image::ImageStore;
 use crate::runtime::{self, node::NodeConfig};
 use crate::store::embedded::EmbeddedStore;
+use crate::store::etcd::{EtcdConfig, EtcdStore};
 use crate::store::{Store, StoreError};
 use crate::{cgroup, dataplane};
 
@@ -53,6 +54,8 @@ pub enum Error {
     Images(crate::image::ImageError),
     #[error("node: {0}")]
     Node(ApiError),
+    #[error("reserving the node's pod CIDRs: {0}")]
+    PodCidrs(ApiError),
     #[error(transparent)]
     Dns(#[from] crate::dns::Error),
     #[error(transparent)]
@@ -80,6 +83,11 @@ pub struct Config {
     pub metrics_addr: std::net::SocketAddr,
     /// Store file, API token and encryption key (created at first start, 0700).
     pub state_dir: PathBuf,
+    /// The etcd cluster that holds the state; the embedded store in the state
+    /// directory when unset.
+    pub store: Option<EtcdConfig>,
+    /// This node's pod CIDRs (one per IP family), reserved in the store at start.
+    pub pod_cidrs: Vec<PodCidr>,
     /// The API's unix socket (0600).
     pub socket: PathBuf,
     /// The API over TCP with TLS as well.
@@ -108,6 +116,25 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     let mut interrupt = handler(SignalKind::interrupt(), "SIGINT")?;
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
+    // The store before the dataplane: a store that cannot be opened (an etcd that does
+    // not answer) fails the start before anything is attached.
+    let (registry, store) = open_registry(&config).await?;
+    let mut node_config = config.node.clone();
+    node_config.identity.pod_cidrs = registry
+        .reserve_pod_cidrs(&node_config.identity.name, &config.pod_cidrs)
+        .await
+        .map_err(Error::PodCidrs)?;
+    let cidrs: Vec<String> = node_config
+        .identity
+        .pod_cidrs
+        .iter()
+        .map(ToString::to_string)
+        .collect();
+    info!(
+        "node {} has pod CIDRs {}",
+        node_config.identity.name,
+        cidrs.join(", ")
+    );
 
     // From here on an early return drops the dataplane: what it owns is detached,
     // what it pinned stays (as after a crash) for the next agent.
@@ -132,7 +159,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
     let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
 
-    let (registry, store) = open_registry(&config).await?;
     let images =
         Arc::new(ImageStore::open(&config.state_dir.join("images")).map_err(Error::Images)?);
     let compactor = tokio::spawn(compact_history(store, config.compaction_interval));
@@ -145,7 +171,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut api = tokio::spawn(server::serve(
         registry.clone(),
         images.clone(),
-        Arc::new(config.node.handle()),
+        Arc::new(node_config.handle()),
         dataplane.clone(),
         listeners,
         async {
@@ -158,13 +184,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
         warn!("listing the node's addresses for NodePort services: {e}");
         Vec::new()
     });
-    // Pods and the node itself may have names outside the cluster zone resolved.
-    let local: Vec<ipnet::IpNet> = node_addresses
-        .iter()
-        .map(|ip| ipnet::IpNet::from(*ip))
-        .chain(config.node.identity.pod_cidrs.iter().copied())
-        .collect();
-    let cluster_dns = crate::dns::start(&config.dns, registry.clone(), local, &mut metrics).await?;
+    let cluster_dns = crate::dns::start(
+        &config.dns,
+        registry.clone(),
+        &node_addresses,
+        &node_config.identity.pod_cidrs,
+        &mut metrics,
+    )
+    .await?;
     let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
     let metrics_addr = metrics_endpoint.local_addr();
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -181,8 +208,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
         },
     ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node_context = Arc::new(config.node.context(registry.clone(), images.clone()));
-    let identity = config.node.identity.clone();
+    let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
+    let identity = node_config.identity.clone();
     let mut node = tokio::spawn(async move {
         runtime::node::run(node_context, identity, async {
             let _ = node_stopped.await;
@@ -267,7 +294,10 @@ async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>), Er
             source,
         })?;
     let key = credentials::load_or_create_key(&dir.join(ENCRYPTION_KEY_FILE), encryption::KEY_LEN)?;
-    let store: Arc<dyn Store> = Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?);
+    let store: Arc<dyn Store> = match &config.store {
+        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
+        None => Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?),
+    };
     let registry = Registry::new(
         store.clone(),
         SecretBox::new(&key)?,

@@ -18,13 +18,14 @@ use serde_json::Value;
 use tonic::Code;
 
 use crate::agent;
-use crate::api::allocator::ServiceNetworks;
+use crate::api::allocator::{PodCidr, ServiceNetworks};
 use crate::api::client::{self, ApiClient, ClientError};
 use crate::api::proto::{self, exec_output::Output};
 use crate::api::server::TlsListener;
 use crate::model::{Kind, manifest};
 use crate::runtime::node::{self, NodeConfig, NodeIdentity};
 use crate::runtime::pod_files::Dns;
+use crate::store::etcd::{EtcdConfig, EtcdError, EtcdTls};
 use config::{ConfigError, Overrides, Settings};
 use print::{Format, Table};
 
@@ -226,6 +227,20 @@ struct AgentArgs {
     /// Where the store, the API token and the encryption key live
     #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
+    /// Keep the cluster's state in etcd, for several nodes sharing it:
+    /// etcd://HOST:PORT[,HOST:PORT...] [default: the embedded store in --state-dir]
+    #[arg(long, value_name = "URL", value_parser = parse_store)]
+    store: Option<EtcdConfig>,
+    /// The CA certificate (PEM) that signed the etcd members' certificates; talks
+    /// to etcd over TLS
+    #[arg(long, value_name = "FILE", requires = "store")]
+    etcd_ca: Option<PathBuf>,
+    /// A client certificate (PEM) for etcd members that check clients (needs --etcd-key)
+    #[arg(long, value_name = "FILE", requires_all = ["etcd_ca", "etcd_key"])]
+    etcd_cert: Option<PathBuf>,
+    /// The client certificate's key (PEM)
+    #[arg(long, value_name = "FILE", requires = "etcd_cert")]
+    etcd_key: Option<PathBuf>,
     /// The API's unix socket
     #[arg(long, value_name = "PATH", default_value = config::DEFAULT_SOCKET)]
     socket: PathBuf,
@@ -251,9 +266,19 @@ struct AgentArgs {
     /// The address other nodes reach this one at [default: the default route's source]
     #[arg(long, value_name = "IP")]
     node_ip: Option<std::net::IpAddr>,
-    /// This node's pod CIDRs, one per IP family
-    #[arg(long = "pod-cidr", value_name = "CIDR", default_values = ["10.244.0.0/24", "fd00:10:244::/64"])]
+    /// This node's pod CIDRs, one per IP family [default: free ones of --cluster-cidr,
+    /// reserved in the store so that nodes sharing it never overlap]
+    #[arg(long = "pod-cidr", value_name = "CIDR")]
     pod_cidrs: Vec<ipnet::IpNet>,
+    /// The cluster's pod networks, one per IP family, that nodes get their pod CIDRs from
+    #[arg(long = "cluster-cidr", value_name = "CIDR", default_values = ["10.244.0.0/16", "fd00:10:244::/56"])]
+    cluster_cidrs: Vec<ipnet::IpNet>,
+    /// The prefix length of each node's IPv4 pod CIDR taken from --cluster-cidr
+    #[arg(long, value_name = "BITS", default_value_t = 24, value_parser = clap::value_parser!(u8).range(1..=32))]
+    node_cidr_mask_size_ipv4: u8,
+    /// The prefix length of each node's IPv6 pod CIDR taken from --cluster-cidr
+    #[arg(long, value_name = "BITS", default_value_t = 64, value_parser = clap::value_parser!(u8).range(1..=128))]
+    node_cidr_mask_size_ipv6: u8,
     /// Where the CNI plugins are [default: next to this binary, then /opt/cni/bin and /usr/lib/cni]
     #[arg(long = "cni-bin-dir", value_name = "DIR")]
     cni_bin_dirs: Vec<PathBuf>,
@@ -312,6 +337,32 @@ fn parse_registry_host(text: &str) -> Result<String, String> {
             "\"{text}\" is not a registry host like registry.local:5000"
         )),
     }
+}
+
+/// What the node asks the store for: its --pod-cidr as given, or a subnet of each
+/// --cluster-cidr.
+fn pod_cidr_requests(args: &AgentArgs) -> Vec<PodCidr> {
+    if !args.pod_cidrs.is_empty() {
+        return args.pod_cidrs.iter().copied().map(PodCidr::Fixed).collect();
+    }
+    args.cluster_cidrs
+        .iter()
+        .map(|&cluster| PodCidr::Allocate {
+            cluster,
+            prefix_len: match cluster {
+                ipnet::IpNet::V4(_) => args.node_cidr_mask_size_ipv4,
+                ipnet::IpNet::V6(_) => args.node_cidr_mask_size_ipv6,
+            },
+        })
+        .collect()
+}
+
+fn parse_store(text: &str) -> Result<EtcdConfig, EtcdError> {
+    Ok(EtcdConfig {
+        endpoints: crate::store::etcd::parse_url(text)?,
+        // From --etcd-ca and its friends, once clap has them all.
+        tls: None,
+    })
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -580,32 +631,10 @@ async fn exec(settings: &Settings, request: proto::ExecRequest) -> Result<(), Cl
     )))
 }
 
-/// The pods' gateway (the first address of each pod CIDR, on the node side of
-/// every pod's link), port 53: where pods' packets to the cluster DNS IPs go.
-fn pod_gateways(pod_cidrs: &[ipnet::IpNet]) -> Vec<std::net::SocketAddr> {
-    pod_cidrs
-        .iter()
-        .map(|cidr| {
-            let ip = match cidr.network() {
-                std::net::IpAddr::V4(n) => {
-                    std::net::IpAddr::from(u32::from(n).wrapping_add(1).to_be_bytes())
-                }
-                std::net::IpAddr::V6(n) => {
-                    std::net::IpAddr::from(u128::from(n).wrapping_add(1).to_be_bytes())
-                }
-            };
-            std::net::SocketAddr::new(ip, 53)
-        })
-        .collect()
-}
-
 fn agent_config(args: AgentArgs) -> agent::Config {
+    let pod_cidrs = pod_cidr_requests(&args);
     let dns = crate::dns::Config {
-        listen: if args.dns_addrs.is_empty() {
-            pod_gateways(&args.pod_cidrs)
-        } else {
-            args.dns_addrs
-        },
+        listen: args.dns_addrs,
         cluster_domain: args.cluster_domain.clone(),
         ttl: args.dns_ttl,
         upstream_resolv_conf: args.dns_upstream_resolv_conf,
@@ -613,6 +642,7 @@ fn agent_config(args: AgentArgs) -> agent::Config {
         service_ips: args.cluster_dns.clone(),
     };
     agent::Config {
+        pod_cidrs,
         dns,
         cgroup: args.cgroup,
         ebpf_log: args.ebpf_log,
@@ -623,6 +653,14 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             backend_slots: args.max_backend_slots,
         },
         state_dir: args.state_dir.clone(),
+        store: args.store.map(|etcd| EtcdConfig {
+            tls: args.etcd_ca.map(|ca| EtcdTls {
+                ca,
+                // clap's `requires` puts --etcd-cert and --etcd-key together.
+                identity: args.etcd_cert.zip(args.etcd_key),
+            }),
+            ..etcd
+        }),
         socket: args.socket,
         tls: args.listen.map(|addr| TlsListener {
             addr,
@@ -640,7 +678,8 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             identity: NodeIdentity {
                 name: args.node_name.unwrap_or_else(host_name),
                 host_ip: args.node_ip.or_else(node::default_host_ip),
-                pod_cidrs: args.pod_cidrs,
+                // Reserved in the store when the agent starts.
+                pod_cidrs: Vec::new(),
             },
             cni_bin_dirs: if args.cni_bin_dirs.is_empty() {
                 default_cni_bin_dirs()

@@ -36,14 +36,17 @@ use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use log::{LevelFilter, warn};
 use skiff_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendSlotKey, COUNTERS_MAP, DESTROY_TARGETS_MAP, REVERSE_MAP,
-    SERVICES_MAP, SOCK_OFFSETS_GLOBAL, Service, ServiceBackendKey, ServiceKey,
+    AFFINITY_BACKENDS_MAP, AFFINITY_MAP, BACKENDS_MAP, Backend, BackendSlotKey, COUNTERS_MAP,
+    DESTROY_TARGETS_MAP, REVERSE_MAP, SERVICES_MAP, SOCK_OFFSETS_GLOBAL, Service,
+    ServiceBackendKey, ServiceKey,
 };
 
 pub use addresses::node_addresses;
 pub use counters::BackendCount;
 pub use metrics::{DataplaneMetrics, Stats};
-pub use services::{Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable};
+pub use services::{
+    Balancing, Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable,
+};
 pub use sockets::SocketError;
 
 use published::PublishedServices;
@@ -163,7 +166,7 @@ pub struct Dataplane {
     services: ServiceTable,
     published: PublishedServices,
     /// Frontends a previous agent left in pinned maps, with their backends.
-    adopted: std::collections::HashMap<Frontend, Vec<SocketAddr>>,
+    adopted: std::collections::HashMap<Frontend, Balancing>,
     pin_dir: Option<PathBuf>,
     /// None when this kernel cannot destroy sockets (see [`Dataplane::load`]).
     destroyer: Option<SocketDestroyer>,
@@ -217,9 +220,9 @@ impl Dataplane {
         // Fresh maps are empty; pinned ones hold what the previous agent wrote.
         let adopted = services.adopt(&mut maps)?;
         let mut published = PublishedServices::default();
-        for (frontend, backends) in &adopted {
+        for (frontend, balancing) in &adopted {
             if let Some(id) = services.service_id(frontend) {
-                published.replace(frontend, id, backends);
+                published.replace(frontend, id, &balancing.backends);
             }
         }
 
@@ -276,7 +279,7 @@ impl Dataplane {
     /// Frontends found in pinned maps at load, with their backends (empty for a
     /// fresh dataplane). The caller compares them with what it wants and removes
     /// the ones it no longer wants.
-    pub fn take_adopted(&mut self) -> std::collections::HashMap<Frontend, Vec<SocketAddr>> {
+    pub fn take_adopted(&mut self) -> std::collections::HashMap<Frontend, Balancing> {
         std::mem::take(&mut self.adopted)
     }
 
@@ -312,13 +315,13 @@ impl Dataplane {
     pub fn upsert_service(
         &mut self,
         frontend: &Frontend,
-        backends: &[SocketAddr],
+        balancing: &Balancing,
     ) -> Result<(), Error> {
-        self.services.upsert(&mut self.maps, frontend, backends)?;
+        self.services.upsert(&mut self.maps, frontend, balancing)?;
         let Some(id) = self.services.service_id(frontend) else {
             return Ok(()); // upsert() keeps every service it published
         };
-        let removed = self.published.replace(frontend, id, backends);
+        let removed = self.published.replace(frontend, id, &balancing.backends);
         self.forget_backends(frontend, id, &removed)
     }
 
@@ -363,8 +366,16 @@ impl Dataplane {
 }
 
 /// Maps kept in bpffs across agent restarts: the services, the reverse
-/// translations of sockets already balanced, and the counters.
-const PINNED_MAPS: [&str; 4] = [SERVICES_MAP, BACKENDS_MAP, REVERSE_MAP, COUNTERS_MAP];
+/// translations of sockets already balanced, the counters, and session affinity
+/// (clients keep their backends across a restart).
+const PINNED_MAPS: [&str; 6] = [
+    SERVICES_MAP,
+    BACKENDS_MAP,
+    REVERSE_MAP,
+    COUNTERS_MAP,
+    AFFINITY_MAP,
+    AFFINITY_BACKENDS_MAP,
+];
 
 /// Mounts bpffs at [`BPFFS`] if the host has not, and makes `dir` (0700) on it.
 fn prepare_pin_dir(dir: &Path) -> Result<(), Error> {
@@ -512,6 +523,7 @@ struct KernelMaps {
     backends: HashMap<MapData, BackendSlotKey, Backend>,
     counters: PerCpuHashMap<MapData, ServiceBackendKey, u64>,
     destroy_targets: HashMap<MapData, ServiceBackendKey, u8>,
+    affinity_backends: HashMap<MapData, ServiceBackendKey, u8>,
 }
 
 impl KernelMaps {
@@ -537,6 +549,7 @@ impl KernelMaps {
                 source,
             })?,
             destroy_targets: take_map(ebpf, DESTROY_TARGETS_MAP)?,
+            affinity_backends: take_map(ebpf, AFFINITY_BACKENDS_MAP)?,
         })
     }
 }
@@ -564,6 +577,21 @@ impl ServiceMaps for KernelMaps {
 
     fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>> {
         self.backends.iter().map(|e| e.map_err(into_io)).collect()
+    }
+
+    fn put_affinity_backend(&mut self, key: &ServiceBackendKey) -> io::Result<()> {
+        self.affinity_backends.insert(key, 1, 0).map_err(into_io)
+    }
+
+    fn remove_affinity_backend(&mut self, key: &ServiceBackendKey) -> io::Result<()> {
+        absent_is_ok(self.affinity_backends.remove(key))
+    }
+
+    fn affinity_backends(&self) -> io::Result<Vec<ServiceBackendKey>> {
+        self.affinity_backends
+            .keys()
+            .map(|k| k.map_err(into_io))
+            .collect()
     }
 }
 

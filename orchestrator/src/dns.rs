@@ -48,7 +48,7 @@ pub enum Error {
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Where to listen (UDP and TCP on each); port 0 picks a free port, the same
-    /// for both protocols.
+    /// for both protocols. Empty: port 53 on the pods' gateways.
     pub listen: Vec<SocketAddr>,
     pub cluster_domain: String,
     pub ttl: Duration,
@@ -76,13 +76,29 @@ impl Drop for Running {
     }
 }
 
+/// The pods' gateways (the first address of each pod CIDR, on the node side of
+/// every pod's link), port 53: where pods' packets to the cluster DNS IPs go.
+fn pod_gateways(pod_cidrs: &[IpNet]) -> Vec<SocketAddr> {
+    pod_cidrs
+        .iter()
+        .map(|cidr| {
+            let ip = match cidr.network() {
+                IpAddr::V4(n) => IpAddr::from(u32::from(n).wrapping_add(1).to_be_bytes()),
+                IpAddr::V6(n) => IpAddr::from(u128::from(n).wrapping_add(1).to_be_bytes()),
+            };
+            SocketAddr::new(ip, 53)
+        })
+        .collect()
+}
+
 /// Binds every listen address, starts following the store, and publishes the
-/// kube-dns Service. `local` are the networks allowed recursion without being
-/// configured: the node's addresses and its pod CIDRs (loopback always is).
+/// kube-dns Service. The node's addresses and its pod CIDRs may have names
+/// outside the zone resolved without being configured (loopback always may).
 pub async fn start(
     config: &Config,
     registry: crate::api::registry::Registry,
-    local: Vec<IpNet>,
+    node_addresses: &[IpAddr],
+    pod_cidrs: &[IpNet],
     metrics: &mut prometheus_client::registry::Registry,
 ) -> Result<Running, Error> {
     let zone_name = hickory_proto::rr::Name::from_ascii(format!(
@@ -95,8 +111,12 @@ pub async fn start(
     })?;
     let ttl = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
     let zone = sync::Zone::new(zone_name, ttl);
-    let mut allowed = local;
-    allowed.extend(config.recursion_from.iter().copied());
+    let allowed: Vec<IpNet> = node_addresses
+        .iter()
+        .map(|ip| IpNet::from(*ip))
+        .chain(pod_cidrs.iter().copied())
+        .chain(config.recursion_from.iter().copied())
+        .collect();
     let recursion = move |client: IpAddr| {
         client.is_loopback() || allowed.iter().any(|net| net.contains(&client))
     };
@@ -118,7 +138,11 @@ pub async fn start(
         addresses: Vec::new(),
         tasks: Vec::new(),
     };
-    for addr in &config.listen {
+    let listen = match config.listen.is_empty() {
+        true => pod_gateways(pod_cidrs),
+        false => config.listen.clone(),
+    };
+    for addr in &listen {
         let (udp, tcp) = server::bind(*addr)?;
         let bound = udp.local_addr().map_err(|source| Error::Bind {
             addr: *addr,

@@ -1,5 +1,6 @@
 //! The state store: a revisioned key-value store with etcd's semantics, behind one
-//! trait so the embedded file store and etcd (multi-node) are interchangeable.
+//! trait so the embedded file store ([`embedded`]) and etcd ([`etcd`], multi-node) are
+//! interchangeable.
 //!
 //! - Every change bumps a global revision; a key remembers the revision that created
 //!   it and the one that last modified it.
@@ -12,6 +13,7 @@
 
 pub mod conformance;
 pub mod embedded;
+pub mod etcd;
 
 use futures::stream::BoxStream;
 

@@ -427,6 +427,31 @@ impl Agent {
     }
 }
 
+/// Runs `skiff agent ARGS` where it is expected to fail, and returns its exit status
+/// and stderr. It gets a state directory and socket of its own and pins nothing, so a
+/// start that gets further than expected touches nothing another agent uses.
+pub fn failed_start(args: &[&str]) -> (ExitStatus, String) {
+    require_root();
+    let state = tempfile::Builder::new()
+        .prefix("skiff-test-state-")
+        .tempdir()
+        .expect("state dir");
+    let out = Command::new(workspace_bin("skiff"))
+        .arg("agent")
+        .arg("--state-dir")
+        .arg(state.path())
+        .arg("--socket")
+        .arg(state.path().join("skiff.sock"))
+        .args(["--metrics-addr", "127.0.0.1:0", "--no-bpf-pin"])
+        .args(args)
+        .output()
+        .expect("run skiff agent");
+    (
+        out.status,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// The node name of agents started with [`Agent::start_node`].
 pub const NODE_NAME: &str = "test-node";
 

@@ -127,7 +127,9 @@ pub struct SockClient {
 }
 
 impl SockClient {
-    fn spawn(cmd: &mut std::process::Command) -> Self {
+    /// Starts `cmd`, which runs skiff-test-sock (in the namespace and cgroup the
+    /// caller chose).
+    pub fn spawn(cmd: &mut std::process::Command) -> Self {
         let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())

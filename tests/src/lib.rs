@@ -1,8 +1,8 @@
 //! Helpers for skiff's integration tests: uniquely named network namespaces and
 //! cgroups that clean up after themselves (also when a test panics), processes
 //! placed inside them, TCP backends that answer with their name, what the kernel
-//! reports (through bpftool) about attached programs, what skiff-cni left, and
-//! image registries to pull from.
+//! reports (through bpftool) about attached programs, what skiff-cni left, image
+//! registries to pull from, and etcd servers.
 //!
 //! The tests run as root against the real kernel, in parallel, so every resource
 //! gets a name no other test (or test run) uses.
@@ -11,6 +11,7 @@ pub mod agent;
 pub mod backend;
 pub mod cgroup;
 pub mod cni;
+pub mod etcd;
 pub mod kernel;
 pub mod lab;
 pub mod netns;

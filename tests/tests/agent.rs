@@ -3,11 +3,9 @@
 //! pinned dataplane goes on serving until the next agent takes it over.
 
 use std::path::Path;
-use std::process::{Command, ExitStatus};
 
-use skiff_tests::agent::Agent;
+use skiff_tests::agent::{Agent, failed_start};
 use skiff_tests::kernel::{assert_unloaded, cgroup_programs};
-use skiff_tests::{require_root, workspace_bin};
 
 /// The socket load balancer's hooks as bpftool names their attach types, sorted.
 const HOOKS: [&str; 8] = [
@@ -112,6 +110,8 @@ fn a_killed_agents_pinned_programs_stay_until_the_next_agent_replaces_them() {
             "BACKENDS",
             "REVERSE_SK",
             "LB_COUNTERS",
+            "AFFINITY",
+            "AFFINITY_BACKENDS",
             "links/skiff_connect4",
             "links/skiff_connect6",
         ] {
@@ -158,19 +158,6 @@ fn agent_attaches_at_the_cgroup_v2_root_by_default() {
     assert!(agent.wait().success());
     assert_eq!(attached_ids(&root, &ids), vec![]);
     assert_unloaded(&ids);
-}
-
-fn failed_start(args: &[&str]) -> (ExitStatus, String) {
-    require_root();
-    let out = Command::new(workspace_bin("skiff"))
-        .arg("agent")
-        .args(args)
-        .output()
-        .expect("run skiff agent");
-    (
-        out.status,
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 #[test]

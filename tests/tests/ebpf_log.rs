@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 
 use log::{LevelFilter, Log, Metadata, Record};
-use skiff::dataplane::Frontend;
+use skiff::dataplane::{Balancing, Frontend};
 use skiff_tests::lab::Lab;
 
 static RECORDS: Mutex<Vec<(log::Level, String)>> = Mutex::new(Vec::new());
@@ -34,10 +34,16 @@ fn records_at(level: LevelFilter) -> Vec<(log::Level, String)> {
     let vip4: SocketAddr = "10.96.7.1:80".parse().unwrap();
     let vip6: SocketAddr = "[fd00:10:96::7]:80".parse().unwrap();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(vip4), &[v4[0].addr()])
+        .upsert_service(
+            &Frontend::tcp(vip4),
+            &Balancing::from([v4[0].addr()].to_vec()),
+        )
         .unwrap();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(vip6), &[v6[0].addr()])
+        .upsert_service(
+            &Frontend::tcp(vip6),
+            &Balancing::from([v6[0].addr()].to_vec()),
+        )
         .unwrap();
     assert_eq!(lab.connect(vip4, 1), ["backend-0"]);
     assert_eq!(lab.connect(vip6, 1), ["backend-0"]);

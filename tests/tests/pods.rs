@@ -2,7 +2,7 @@
 //! runc under conmon, wired by skiff-cni, from the busybox test image.
 
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use skiff_tests::agent::{Agent, NODE_NAME};
@@ -520,4 +520,38 @@ fn a_broken_pod_network_is_reported_by_the_periodic_cni_check() {
         assert!(std::time::Instant::now() < deadline, "{described}");
         std::thread::sleep(Duration::from_millis(300));
     }
+}
+
+#[test]
+fn a_pod_removed_at_once_is_stopped_with_its_own_grace_period() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: forced}}\nspec:\n  nodeName: {NODE_NAME}\n  \
+         terminationGracePeriodSeconds: 3\n  containers:\n  - name: main\n    image: busybox:1.36\n    \
+         command: [sleep, '3600']\n"
+    ));
+    let pod = agent.wait_pod("forced", START, running).unwrap();
+    let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
+    let deleted = Instant::now();
+    agent.ok(&["delete", "pod", "forced", "--grace-period", "0"]);
+    assert!(
+        agent.object("pod", "forced").is_none(),
+        "still in the store"
+    );
+    // The node has nothing left to tell it the grace period but what it recorded:
+    // it waits the pod's 3 s (sleep as PID 1 ignores SIGTERM), not the default 30.
+    let pod_dir = agent.state_dir().join("pods").join(&uid);
+    while pod_dir.exists() {
+        assert!(
+            deleted.elapsed() < Duration::from_secs(20),
+            "the pod was not torn down within 20 s"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        deleted.elapsed() >= Duration::from_millis(2_500),
+        "stopped after {:?}, before its grace period",
+        deleted.elapsed()
+    );
+    assert_nothing_left(&agent, &uid);
 }

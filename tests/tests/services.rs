@@ -8,8 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use skiff_tests::agent::Agent;
-use skiff_tests::backend::NamedBackend;
-use skiff_tests::lab::tally;
+use skiff_tests::backend::{NamedBackend, UdpBackend};
+use skiff_tests::lab::{SockClient, tally};
 use skiff_tests::workspace_bin;
 
 const ECONNREFUSED: &str = "error 111";
@@ -308,4 +308,179 @@ fn weights_split_ten_thousand_connections_ninety_to_ten() {
         counted[0].1 >= 10_000 - canary && counted[1].1 >= canary,
         "{wide}"
     );
+}
+
+/// The IPv4 addresses of [`backends`], in the order of their names.
+const V4_BACKENDS: [&str; 3] = ["127.0.0.2", "127.0.0.3", "127.0.0.4"];
+
+/// The one backend that answered all of `count` connections to `addr`.
+fn sole_backend(agent: &Agent, addr: SocketAddr, count: usize) -> String {
+    let seen = connect(agent, addr, count);
+    assert_eq!(seen.len(), 1, "{addr}: {seen:?}");
+    seen.into_keys().next().unwrap_or_default()
+}
+
+#[test]
+fn client_ip_affinity_keeps_a_client_on_its_backend_until_it_goes_or_times_out() {
+    let agent = Agent::start_node(&[]);
+    let _backends = backends(&agent);
+    let sticky = |timeout: u32| {
+        SERVICE.replace(
+            "  type: NodePort\n",
+            &format!(
+                "  type: NodePort\n  sessionAffinity: ClientIP\n  \
+                 sessionAffinityConfig: {{clientIP: {{timeoutSeconds: {timeout}}}}}\n"
+            ),
+        )
+    };
+    agent.apply(&sticky(3600));
+    let all: Vec<(&str, bool)> = V4_BACKENDS.iter().map(|ip| (*ip, true)).collect();
+    agent.apply(&slice("web-v4", "IPv4", &all));
+    agent.apply(&slice(
+        "web-v6",
+        "IPv6",
+        &[
+            ("fd00:99::2", true),
+            ("fd00:99::3", true),
+            ("fd00:99::4", true),
+        ],
+    ));
+    let service = agent.object("service", "web").expect("service");
+    let vips: Vec<SocketAddr> = (0..2)
+        .map(|i| {
+            let ip = service["spec"]["clusterIPs"][i].as_str().unwrap();
+            SocketAddr::new(ip.parse().unwrap(), 80)
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for vip in &vips {
+        while !connect(&agent, *vip, 1)
+            .keys()
+            .all(|r| r.starts_with("backend-"))
+        {
+            assert!(Instant::now() < deadline, "{vip} never served");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    // Every connection of this client (the node's network namespace) goes to one
+    // backend, per family, where without affinity 100 would reach all three.
+    let chosen: Vec<String> = vips.iter().map(|v| sole_backend(&agent, *v, 100)).collect();
+
+    // Other endpoints going do not move the client.
+    let index = |name: &str| {
+        name.strip_prefix("backend-")
+            .and_then(|i| i.parse::<usize>().ok())
+            .unwrap_or_else(|| panic!("{name} is not a backend"))
+    };
+    let chosen_v4 = V4_BACKENDS[index(&chosen[0])];
+    let others: Vec<(&str, bool)> = V4_BACKENDS
+        .iter()
+        .filter(|ip| **ip != chosen_v4)
+        .map(|ip| (*ip, true))
+        .collect();
+    agent.apply(&slice("web-v4", "IPv4", &[others[0], (chosen_v4, true)]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(sole_backend(&agent, vips[0], 50), chosen[0]);
+
+    // The affinity is pinned with the maps: it holds while the agent is away and
+    // after the next one has taken the maps over.
+    let agent = agent.kill_and_restart_after(|down| {
+        assert_eq!(sole_backend(down, vips[0], 20), chosen[0]);
+        assert_eq!(sole_backend(down, vips[1], 20), chosen[1]);
+    });
+    assert_eq!(sole_backend(&agent, vips[0], 20), chosen[0]);
+    assert_eq!(sole_backend(&agent, vips[1], 20), chosen[1]);
+
+    // Its backend removed, the client moves to another and stays there.
+    agent.apply(&slice("web-v4", "IPv4", &others));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let moved = loop {
+        let seen = connect(&agent, vips[0], 50);
+        if seen.len() == 1 && !seen.contains_key(&chosen[0]) {
+            break seen.into_keys().next().unwrap_or_default();
+        }
+        assert!(Instant::now() < deadline, "{seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(sole_backend(&agent, vips[0], 50), moved);
+
+    // With a 1 s timeout, a client that waits longer gets a fresh choice: over
+    // eight waits all three backends of IPv6 are open to it, and the chance that
+    // every choice repeats the first is (1/3)^7.
+    agent.apply(&sticky(1));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        seen.insert(sole_backend(&agent, vips[1], 10));
+        if seen.len() > 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(1_200));
+    }
+    assert!(seen.len() > 1, "the client never left {seen:?}");
+
+    // Affinity off: the client's connections spread over every backend again.
+    agent.apply(SERVICE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while connect(&agent, vips[1], 100).len() != 3 {
+        assert!(Instant::now() < deadline, "affinity still on");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn established_connections_keep_working_while_the_agent_restarts() {
+    let agent = Agent::start_node(&[]);
+    let _backends = backends(&agent);
+    let netns = agent.node_netns.as_ref().expect("node agent");
+    let udp = UdpBackend::start(netns, "udp-0", "127.0.0.2:5353".parse().unwrap());
+    agent.apply(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: both}\nspec:\n  ports:\n  \
+         - {name: dns, port: 53, targetPort: 5353, protocol: UDP}\n  \
+         - {name: http, port: 80, targetPort: 8080}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: both\n  \
+         labels: {kubernetes.io/service-name: both}\naddressType: IPv4\nports:\n\
+         - {name: dns, port: 5353, protocol: UDP}\n- {name: http, port: 8080, protocol: TCP}\n\
+         endpoints: [{addresses: ['127.0.0.2']}]\n",
+    );
+    let service = agent.object("service", "both").expect("service");
+    let ip: std::net::IpAddr = service["spec"]["clusterIP"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (udp_vip, tcp_vip) = (SocketAddr::new(ip, 53), SocketAddr::new(ip, 80));
+    wait_for(&agent, tcp_vip, &["backend-0"]);
+
+    let mut client = SockClient::spawn(
+        &mut agent
+            .cgroup
+            .command_in(netns, workspace_bin("skiff-test-sock")),
+    );
+    assert_eq!(client.run(&format!("udp-connect {udp_vip}")), "ok");
+    let exchange = |client: &mut SockClient| {
+        assert_eq!(client.run("send"), "ok");
+        assert_eq!(client.run("recv"), "udp-0");
+        // The application goes on seeing the service as its peer.
+        assert_eq!(client.run("peer"), udp_vip.to_string());
+    };
+    exchange(&mut client);
+    let mut tcp = SockClient::spawn(
+        &mut agent
+            .cgroup
+            .command_in(netns, workspace_bin("skiff-test-sock")),
+    );
+    assert_eq!(tcp.run(&format!("tcp-connect {tcp_vip}")), "ok");
+    assert_eq!(tcp.run("peer"), tcp_vip.to_string());
+
+    let agent = agent.kill_and_restart_after(|_| {
+        exchange(&mut client);
+        assert_eq!(tcp.run("peer"), tcp_vip.to_string());
+    });
+    // The next agent takes the maps over without disturbing them.
+    wait_for(&agent, tcp_vip, &["backend-0"]);
+    exchange(&mut client);
+    assert_eq!(tcp.run("peer"), tcp_vip.to_string());
+    assert!(udp.received() >= 3, "{} datagrams", udp.received());
 }

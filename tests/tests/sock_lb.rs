@@ -3,7 +3,8 @@
 
 use std::net::SocketAddr;
 
-use skiff::dataplane::Frontend;
+use skiff::dataplane::{Balancing, Frontend};
+use skiff_tests::backend::NamedBackend;
 use skiff_tests::kernel::{assert_unloaded, cgroup_programs};
 use skiff_tests::lab::{Lab, tally};
 
@@ -14,17 +15,24 @@ fn addr(s: &str) -> SocketAddr {
     s.parse().expect("socket address")
 }
 
-/// 300 connections to the VIP reach every backend, in proportions a fair random
-/// choice explains.
-fn spreads_over_every_backend(vip: &str, backend_ip: &str) {
+/// 300 connections to the VIP (at `connect_to`) reach every backend, in
+/// proportions a fair random choice explains. Returns the lab, still serving.
+fn spreads_over_every_backend(
+    vip: &str,
+    connect_to: &str,
+    backend_ip: &str,
+) -> (Lab, Vec<NamedBackend>) {
     let mut lab = Lab::new();
     let backends = lab.backends(backend_ip, 3);
     let targets: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(addr(vip)), &targets)
+        .upsert_service(
+            &Frontend::tcp(addr(vip)),
+            &Balancing::from(targets.to_vec()),
+        )
         .expect("publish service");
 
-    let replies = lab.connect(addr(vip), 300);
+    let replies = lab.connect(addr(connect_to), 300);
     let counts = tally(&replies);
     let names: Vec<&str> = counts.keys().map(String::as_str).collect();
     assert_eq!(names, ["backend-0", "backend-1", "backend-2"], "{counts:?}");
@@ -40,16 +48,35 @@ fn spreads_over_every_backend(vip: &str, backend_ip: &str) {
         chi2 < 27.6,
         "split {counts:?} is not uniform (chi-square {chi2:.1})"
     );
+    (lab, backends)
 }
 
 #[test]
 fn ipv4_vip_spreads_connections_over_every_backend() {
-    spreads_over_every_backend("10.96.7.1:80", "127.0.0.1");
+    spreads_over_every_backend("10.96.7.1:80", "10.96.7.1:80", "127.0.0.1");
 }
 
 #[test]
 fn ipv6_vip_spreads_connections_over_every_backend() {
-    spreads_over_every_backend("[fd00:10:96::7]:80", "::1");
+    spreads_over_every_backend("[fd00:10:96::7]:80", "[fd00:10:96::7]:80", "::1");
+}
+
+#[test]
+fn an_ipv6_socket_reaches_an_ipv4_vip_at_its_mapped_address() {
+    // Java, for one, connects IPv6 sockets to IPv4 addresses this way.
+    let mapped = "[::ffff:10.96.7.1]:80";
+    let (lab, backends) = spreads_over_every_backend("10.96.7.1:80", mapped, "127.0.0.1");
+    let mut client = lab.client();
+    assert_eq!(client.run(&format!("tcp-connect {mapped}")), "ok");
+    // The socket's peer is the mapped VIP, not the mapped backend.
+    assert_eq!(client.run("peer"), mapped);
+    // A mapped backend address is not a service.
+    let direct = format!("[::ffff:127.0.0.1]:{}", backends[0].addr().port());
+    let replies = lab.connect(addr(&direct), 20);
+    assert_eq!(
+        tally(&replies).into_iter().collect::<Vec<_>>(),
+        [("backend-0".to_string(), 20)]
+    );
 }
 
 #[test]
@@ -58,7 +85,10 @@ fn destinations_not_in_the_map_are_left_alone() {
     let backends = lab.backends("127.0.0.1", 3);
     let targets: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(addr("10.96.7.1:80")), &targets)
+        .upsert_service(
+            &Frontend::tcp(addr("10.96.7.1:80")),
+            &Balancing::from(targets.to_vec()),
+        )
         .expect("publish service");
 
     // Another port of the VIP, another VIP, and the other family: the lab namespace
@@ -83,13 +113,16 @@ fn removed_backend_receives_no_new_connections() {
     let backends = lab.backends("127.0.0.1", 3);
     let all: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::tcp(vip), &all)
+        .upsert_service(&Frontend::tcp(vip), &Balancing::from(all.to_vec()))
         .expect("publish service");
     // Missing one of three backends in 60 tries has probability 3 * (2/3)^60 < 1e-10.
     assert_eq!(tally(&lab.connect(vip, 60)).len(), 3);
 
     lab.dataplane
-        .upsert_service(&Frontend::tcp(vip), &[all[0], all[2]])
+        .upsert_service(
+            &Frontend::tcp(vip),
+            &Balancing::from([all[0], all[2]].to_vec()),
+        )
         .expect("update service");
     let counts = tally(&lab.connect(vip, 200));
     let names: Vec<&str> = counts.keys().map(String::as_str).collect();
@@ -109,7 +142,7 @@ fn service_without_backends_refuses_connections() {
     let mut lab = Lab::new();
     for vip in ["10.96.7.1:80", "[fd00:10:96::7]:80"] {
         lab.dataplane
-            .upsert_service(&Frontend::tcp(addr(vip)), &[])
+            .upsert_service(&Frontend::tcp(addr(vip)), &Balancing::default())
             .expect("publish service");
         // As kube-proxy does: connection refused, not a timeout or EPERM.
         assert_eq!(
@@ -127,7 +160,10 @@ fn invalid_service_is_rejected_and_nothing_is_published() {
     let vip = addr("[fd00:10:96::7]:80");
     let err = lab
         .dataplane
-        .upsert_service(&Frontend::tcp(vip), &[backends[0].addr()])
+        .upsert_service(
+            &Frontend::tcp(vip),
+            &Balancing::from([backends[0].addr()].to_vec()),
+        )
         .expect_err("an IPv4 backend for an IPv6 VIP");
     assert!(err.to_string().contains("backends[0]: 127.0.0.1:"), "{err}");
     assert_eq!(lab.connect(vip, 1), [ENETUNREACH]);

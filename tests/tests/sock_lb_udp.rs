@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use skiff::dataplane::{BackendCount, Frontend};
+use skiff::dataplane::{BackendCount, Balancing, Frontend};
 use skiff_tests::lab::{Lab, SockClient, tally};
 
 /// What a UDP socket reports once skiff destroyed it: recv() gets the error
@@ -29,22 +29,29 @@ fn chi_square(counts: &BTreeMap<String, usize>) -> f64 {
         .sum()
 }
 
-/// 300 datagrams sent with sendto() to the VIP reach every backend, fairly, and
-/// every reply comes from the VIP as recvfrom() reports it.
-fn unconnected_udp_spreads_and_replies_come_from_the_vip(vip: &str, backend_ip: &str) {
+/// 300 datagrams sent with sendto() to the VIP (at `send_to`) reach every backend,
+/// fairly, and every reply comes from `send_to` as recvfrom() reports it.
+fn unconnected_udp_spreads_and_replies_come_from_the_vip(
+    vip: &str,
+    send_to: &str,
+    backend_ip: &str,
+) {
     let mut lab = Lab::new();
     let backends = lab.udp_backends(backend_ip, 3);
     let targets: Vec<SocketAddr> = backends.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&Frontend::udp(addr(vip)), &targets)
+        .upsert_service(
+            &Frontend::udp(addr(vip)),
+            &Balancing::from(targets.to_vec()),
+        )
         .expect("publish service");
 
     let mut client = lab.client();
-    let replies = client.lines(&format!("sendto {vip} 300"), 300);
+    let replies = client.lines(&format!("sendto {send_to} 300"), 300);
     let mut names = Vec::new();
     for reply in &replies {
         let (name, from) = reply.split_once(' ').unwrap_or((reply, ""));
-        assert_eq!(from, vip, "reply {reply:?} does not come from the VIP");
+        assert_eq!(from, send_to, "reply {reply:?} does not come from the VIP");
         names.push(name.to_string());
     }
     let counts = tally(&names);
@@ -59,12 +66,23 @@ fn unconnected_udp_spreads_and_replies_come_from_the_vip(vip: &str, backend_ip: 
 
 #[test]
 fn ipv4_unconnected_udp_spreads_and_replies_come_from_the_vip() {
-    unconnected_udp_spreads_and_replies_come_from_the_vip("10.96.8.1:53", "127.0.0.1");
+    let vip = "10.96.8.1:53";
+    unconnected_udp_spreads_and_replies_come_from_the_vip(vip, vip, "127.0.0.1");
 }
 
 #[test]
 fn ipv6_unconnected_udp_spreads_and_replies_come_from_the_vip() {
-    unconnected_udp_spreads_and_replies_come_from_the_vip("[fd00:10:96::8]:53", "::1");
+    let vip = "[fd00:10:96::8]:53";
+    unconnected_udp_spreads_and_replies_come_from_the_vip(vip, vip, "::1");
+}
+
+#[test]
+fn an_ipv6_socket_sends_to_an_ipv4_vip_at_its_mapped_address() {
+    unconnected_udp_spreads_and_replies_come_from_the_vip(
+        "10.96.8.1:53",
+        "[::ffff:10.96.8.1]:53",
+        "127.0.0.1",
+    );
 }
 
 #[test]
@@ -72,7 +90,7 @@ fn unconnected_udp_to_a_service_without_backends_is_refused() {
     let mut lab = Lab::new();
     let vip = "10.96.8.1:53";
     lab.dataplane
-        .upsert_service(&Frontend::udp(addr(vip)), &[])
+        .upsert_service(&Frontend::udp(addr(vip)), &Balancing::default())
         .expect("publish service");
     let mut client = lab.client();
     assert_eq!(client.lines(&format!("sendto {vip} 1"), 1), ["error 111"]);
@@ -106,7 +124,7 @@ fn getpeername_reports_the_vip_for_tcp_and_connected_udp() {
     let mut client = lab.client();
     for (frontend, backends) in &cases {
         lab.dataplane
-            .upsert_service(frontend, backends)
+            .upsert_service(frontend, &Balancing::from(backends.to_vec()))
             .expect("publish service");
         let vip = frontend.addr;
         let tcp = frontend.protocol == skiff::dataplane::Protocol::Tcp;
@@ -153,16 +171,32 @@ fn removed_backend_destroys_its_connected_udp_sockets(vip: &str, other_vip: &str
     let (gone, kept) = (&backends[0], &backends[1]);
     let service = Frontend::udp(vip);
     lab.dataplane
-        .upsert_service(&service, &[gone.addr(), kept.addr()])
+        .upsert_service(
+            &service,
+            &Balancing::from([gone.addr(), kept.addr()].to_vec()),
+        )
         .expect("publish service");
     // Another service whose only backend is the one about to leave the first.
     lab.dataplane
-        .upsert_service(&Frontend::udp(other_vip), &[gone.addr()])
+        .upsert_service(
+            &Frontend::udp(other_vip),
+            &Balancing::from([gone.addr()].to_vec()),
+        )
         .expect("publish the other service");
     assert_eq!(lab.dataplane.sockets_destroyed(), Some(0), "kfunc support");
 
     let mut pinned = lab.client();
     pin(&mut pinned, vip, gone.name());
+    // An IPv6 socket pinned through the IPv4 VIP's mapped address goes the same way.
+    let mut pinned_mapped = match vip.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let mut client = lab.client();
+            let mapped = SocketAddr::new(v4.to_ipv6_mapped().into(), vip.port());
+            pin(&mut client, mapped, gone.name());
+            Some(client)
+        }
+        std::net::IpAddr::V6(_) => None,
+    };
     let mut live = lab.client();
     pin(&mut live, vip, kept.name());
     let mut direct = lab.client();
@@ -177,14 +211,17 @@ fn removed_backend_destroys_its_connected_udp_sockets(vip: &str, other_vip: &str
     }
 
     lab.dataplane
-        .upsert_service(&service, &[kept.addr()])
+        .upsert_service(&service, &Balancing::from([kept.addr()].to_vec()))
         .expect("remove a backend");
-    assert_eq!(lab.dataplane.sockets_destroyed(), Some(1));
+    let pinned_sockets = 1 + u64::from(pinned_mapped.is_some());
+    assert_eq!(lab.dataplane.sockets_destroyed(), Some(pinned_sockets));
     let received = gone.received();
 
-    // The pinned socket was aborted and disconnected.
-    assert_eq!(pinned.run("recv"), ECONNABORTED);
-    assert_eq!(pinned.run("send"), EDESTADDRREQ);
+    // The pinned sockets were aborted and disconnected.
+    for client in std::iter::once(&mut pinned).chain(pinned_mapped.as_mut()) {
+        assert_eq!(client.run("recv"), ECONNABORTED);
+        assert_eq!(client.run("send"), EDESTADDRREQ);
+    }
     assert_eq!(
         gone.received(),
         received,
@@ -210,7 +247,7 @@ fn removed_backend_destroys_its_connected_udp_sockets(vip: &str, other_vip: &str
             .remove_service(&Frontend::udp(other_vip))
             .expect("remove the other service")
     );
-    assert_eq!(lab.dataplane.sockets_destroyed(), Some(2));
+    assert_eq!(lab.dataplane.sockets_destroyed(), Some(pinned_sockets + 1));
     assert_eq!(via_other.run("recv"), ECONNABORTED);
     assert_eq!(direct.run("send"), "ok");
     assert_eq!(direct.run("recv"), gone.name());
@@ -249,10 +286,10 @@ fn counters_count_every_balanced_connection_per_backend() {
     let tcp_addrs: Vec<SocketAddr> = tcp.iter().map(|b| b.addr()).collect();
     let udp_addrs: Vec<SocketAddr> = udp.iter().map(|b| b.addr()).collect();
     lab.dataplane
-        .upsert_service(&tcp_service, &tcp_addrs)
+        .upsert_service(&tcp_service, &Balancing::from(tcp_addrs.to_vec()))
         .expect("publish TCP service");
     lab.dataplane
-        .upsert_service(&udp_service, &udp_addrs)
+        .upsert_service(&udp_service, &Balancing::from(udp_addrs.to_vec()))
         .expect("publish UDP service");
     assert_eq!(lab.dataplane.counters().expect("counters"), []);
 
@@ -286,7 +323,7 @@ fn counters_count_every_balanced_connection_per_backend() {
 
     // A removed backend's counter goes with it; a removed service's too.
     lab.dataplane
-        .upsert_service(&tcp_service, &tcp_addrs[1..])
+        .upsert_service(&tcp_service, &Balancing::from(tcp_addrs[1..].to_vec()))
         .expect("remove a backend");
     let counts = lab.dataplane.counters().expect("counters");
     let mut rest = expected.clone();

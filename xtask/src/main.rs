@@ -49,10 +49,10 @@ enum Cmd {
         #[arg(long, default_value = "busybox:latest")]
         reference: String,
     },
-    /// Run a benchmark side by side with the alternative (root): `api`, `cni`, `pods`.
+    /// Run a benchmark side by side with the alternative (root): `api`, `cni`, `dataplane`, `pods`.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "cni", "pods"])]
+        #[arg(value_parser = ["api", "cni", "dataplane", "pods"])]
         name: String,
         /// Arguments passed on to the benchmark (see `skiff-bench <name> --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -116,18 +116,14 @@ fn main() -> Result<()> {
             let ebpf = build::ebpf(&ws)?;
             build::user_space(&ws, &ebpf, build::Profile::Release)?;
             let release = ws.target.join("release");
+            let mut bench = Command::new(release.join("skiff-bench"));
+            bench.arg(&name);
             // Each benchmark is told where the release binary it measures is.
-            let (flag, binary) = match name.as_str() {
-                "cni" => ("--skiff-cni", "skiff-cni"),
-                _ => ("--skiff", "skiff"),
+            match name.as_str() {
+                "cni" => bench.arg("--skiff-cni").arg(release.join("skiff-cni")),
+                _ => bench.arg("--skiff").arg(release.join("skiff")),
             };
-            run_checked(
-                Command::new(release.join("skiff-bench"))
-                    .arg(&name)
-                    .arg(flag)
-                    .arg(release.join(binary))
-                    .args(&bench_args),
-            )
+            run_checked(bench.args(&bench_args))
         }
         Cmd::Test { test_args } => {
             setup::run(&ws)?;

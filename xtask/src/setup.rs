@@ -38,6 +38,10 @@ const PACKAGES: &[&str] = &[
     "containernetworking-plugins",
     "iptables",
     "podman",
+    // The dataplane benchmark: kube-proxy's nftables mode (nft), and conntrack to
+    // empty the connection tracking table between rounds.
+    "nftables",
+    "conntrack",
     // Image pulls: a real registry for the tests to pull from, and a client that
     // pushes the test images into it.
     "docker-registry",

@@ -14,6 +14,16 @@
 //! map update. A program that looks up a service therefore sees either the whole
 //! old backend set or the whole new one, never a mix or a half-written one.
 //!
+//! # Session affinity
+//!
+//! A service with ClientIP affinity has a non-zero [`Service::affinity_timeout`].
+//! Its connections are remembered in [`AFFINITY_MAP`] under (service, client), the
+//! client being the connecting socket's network namespace (one per pod, as Cilium's
+//! socket LB does: the source address is not chosen yet at connect()). A client
+//! keeps its backend while it connects again within the timeout and the backend
+//! is still in [`AFFINITY_BACKENDS_MAP`], which user space keeps to the backends of
+//! such services ([`affine_backend`]).
+//!
 //! # After the rewrite
 //!
 //! Every rewrite (connect, or sendmsg for unconnected UDP) is remembered in
@@ -36,6 +46,10 @@ pub const REVERSE_MAP: &str = "REVERSE_SK";
 pub const COUNTERS_MAP: &str = "LB_COUNTERS";
 /// Name of the map of backends whose connected UDP sockets the destroy pass aborts.
 pub const DESTROY_TARGETS_MAP: &str = "DESTROY_TARGETS";
+/// Name of the LRU map of each affinity client's backend per service.
+pub const AFFINITY_MAP: &str = "AFFINITY";
+/// Name of the map of the backends of services with session affinity.
+pub const AFFINITY_BACKENDS_MAP: &str = "AFFINITY_BACKENDS";
 /// Name of the read-only global holding [`SockOffsets`].
 pub const SOCK_OFFSETS_GLOBAL: &str = "SKIFF_SOCK_OFFSETS";
 /// ELF section of the UDP socket iterator that destroys sockets.
@@ -53,6 +67,11 @@ pub const MAX_REVERSE_ENTRIES: u32 = 262_144;
 /// Capacity of [`COUNTERS_MAP`]: one counter per backend of a service, as many as
 /// one table of every service can hold.
 pub const MAX_COUNTERS: u32 = MAX_BACKEND_SLOTS / 2;
+/// Capacity of [`AFFINITY_MAP`] (an LRU map): clients remembered over all services
+/// with session affinity; the least recently connected are forgotten first.
+pub const MAX_AFFINITY_ENTRIES: u32 = 65_536;
+/// Capacity of [`AFFINITY_BACKENDS_MAP`]: as many as [`COUNTERS_MAP`].
+pub const MAX_AFFINITY_BACKENDS: u32 = MAX_COUNTERS;
 /// Capacity of [`DESTROY_TARGETS_MAP`]: the backends removed in one update.
 pub const MAX_DESTROY_TARGETS: u32 = MAX_BACKENDS_PER_SERVICE as u32;
 
@@ -90,6 +109,39 @@ pub struct Service {
     /// Which of the service's two tables (0 or 1) is published.
     pub table: u8,
     pub _pad: u8,
+    /// ClientIP session affinity: seconds a client keeps its backend after its last
+    /// connection; 0 for none.
+    pub affinity_timeout: u32,
+}
+
+/// Key of [`AFFINITY_MAP`]: a client of a service with session affinity.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AffinityKey {
+    pub service_id: u32,
+    pub _pad: u32,
+    /// The client's network namespace cookie.
+    pub client: u64,
+}
+
+/// Value of [`AFFINITY_MAP`]: the client's backend and when it last connected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AffinityValue {
+    /// `bpf_ktime_get_ns` of the last connection.
+    pub last_used_ns: u64,
+    pub backend: Backend,
+    pub _pad: u32,
+}
+
+impl AffinityKey {
+    pub const fn new(service_id: u32, client: u64) -> Self {
+        Self {
+            service_id,
+            _pad: 0,
+            client,
+        }
+    }
 }
 
 /// One backend slot of one service table.
@@ -241,6 +293,39 @@ pub fn raw_addr(ip: IpAddr) -> (RawAddr, u8) {
     }
 }
 
+/// The third word of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`).
+const V4_MAPPED_PREFIX: u32 = u32::from_ne_bytes([0, 0, 0xff, 0xff]);
+
+/// The IPv4 address inside an IPv4-mapped IPv6 one, in the kernel's form: an IPv6
+/// socket reaches IPv4 services that way (Java's, by default).
+#[inline(always)]
+pub fn unmap_v4(addr: RawAddr) -> Option<RawAddr> {
+    (addr[0] == 0 && addr[1] == 0 && addr[2] == V4_MAPPED_PREFIX).then_some([addr[3], 0, 0, 0])
+}
+
+/// The IPv4-mapped IPv6 form of an IPv4 address in the kernel's form.
+#[inline(always)]
+pub fn map_v4(addr: RawAddr) -> RawAddr {
+    [0, 0, V4_MAPPED_PREFIX, addr[0]]
+}
+
+/// An address a hook read from a socket of `socket_family`, as services, backends
+/// and records hold it: an IPv6 socket's IPv4-mapped address is IPv4. Returns the
+/// address, its family and whether it was mapped (see [`socket_view`]).
+#[inline(always)]
+pub fn service_view(addr: RawAddr, socket_family: u8) -> (RawAddr, u8, bool) {
+    match unmap_v4(addr) {
+        Some(v4) if socket_family == AF_INET6 => (v4, AF_INET, true),
+        _ => (addr, socket_family, false),
+    }
+}
+
+/// An address as a socket whose destination was `mapped` sees it.
+#[inline(always)]
+pub fn socket_view(addr: RawAddr, mapped: bool) -> RawAddr {
+    if mapped { map_v4(addr) } else { addr }
+}
+
 /// The 16 bytes of an address in the kernel's form, in network order.
 #[inline(always)]
 pub fn raw_octets(addr: RawAddr) -> [u8; 16] {
@@ -365,6 +450,30 @@ pub fn select_backend(
     }
 }
 
+/// The backend a client of a service with session affinity keeps: the one it was
+/// last sent to (`remembered`), if that was within the service's timeout of `now_ns`
+/// and the backend still serves the service (`is_backend`). `None` means a fresh
+/// choice by [`select_backend`], which the caller then remembers.
+#[inline(always)]
+pub fn affine_backend(
+    service: &Service,
+    family: u8,
+    now_ns: u64,
+    remembered: Option<AffinityValue>,
+    is_backend: impl FnOnce(&ServiceBackendKey) -> bool,
+) -> Option<Backend> {
+    let remembered = remembered?;
+    let timeout_ns = u64::from(service.affinity_timeout) * 1_000_000_000;
+    let fresh = now_ns.saturating_sub(remembered.last_used_ns) <= timeout_ns;
+    let backend = remembered.backend;
+    (service.affinity_timeout != 0
+        && fresh
+        && backend.family == family
+        && service.backend_count != 0
+        && is_backend(&ServiceBackendKey::new(service.id, &backend)))
+    .then_some(backend)
+}
+
 /// A rewrite made by a load-balancing hook (connect or sendmsg): what to remember in
 /// [`REVERSE_MAP`] so replies and peer names translate back to `frontend`.
 #[inline(always)]
@@ -479,6 +588,8 @@ mod user {
     unsafe impl aya::Pod for super::ReverseValue {}
     unsafe impl aya::Pod for super::ServiceBackendKey {}
     unsafe impl aya::Pod for super::SockOffsets {}
+    unsafe impl aya::Pod for super::AffinityKey {}
+    unsafe impl aya::Pod for super::AffinityValue {}
 }
 
 #[cfg(test)]
@@ -494,13 +605,16 @@ mod tests {
             backend_count: count,
             table,
             _pad: 0,
+            affinity_timeout: 0,
         })
     }
 
     #[test]
     fn layouts_have_no_implicit_padding() {
         assert_eq!(core::mem::size_of::<ServiceKey>(), 20);
-        assert_eq!(core::mem::size_of::<Service>(), 8);
+        assert_eq!(core::mem::size_of::<Service>(), 12);
+        assert_eq!(core::mem::size_of::<AffinityKey>(), 16);
+        assert_eq!(core::mem::size_of::<AffinityValue>(), 32);
         assert_eq!(core::mem::size_of::<BackendSlotKey>(), 8);
         assert_eq!(core::mem::size_of::<Backend>(), 20);
         assert_eq!(core::mem::size_of::<ReverseKey>(), 32);
@@ -508,6 +622,60 @@ mod tests {
         assert_eq!(core::mem::size_of::<ServiceBackendKey>(), 24);
         assert_eq!(core::mem::size_of::<SockOffsets>(), 16);
         assert_eq!(DestroyRecord::SIZE, 16);
+    }
+
+    #[test]
+    fn a_client_keeps_a_backend_that_is_recent_and_still_serves() {
+        let sticky = Service {
+            affinity_timeout: 10,
+            ..service(3, 0).unwrap()
+        };
+        let backend = Backend::from_socket_addr(sa("10.0.0.1:80"));
+        let at = |last_used_ns| {
+            Some(AffinityValue {
+                last_used_ns,
+                backend,
+                _pad: 0,
+            })
+        };
+        let second = 1_000_000_000;
+        let member = |k: &ServiceBackendKey| *k == ServiceBackendKey::new(7, &backend);
+        // Within the timeout (inclusive) and still a backend: kept.
+        assert_eq!(
+            affine_backend(&sticky, AF_INET, 15 * second, at(5 * second), member),
+            Some(backend)
+        );
+        // Expired, never seen, removed from the service, or another family: chosen anew.
+        assert_eq!(
+            affine_backend(&sticky, AF_INET, 15 * second + 1, at(5 * second), member),
+            None
+        );
+        assert_eq!(
+            affine_backend(&sticky, AF_INET, 15 * second, None, member),
+            None
+        );
+        assert_eq!(
+            affine_backend(&sticky, AF_INET, 15 * second, at(5 * second), |_| false),
+            None
+        );
+        assert_eq!(
+            affine_backend(&sticky, AF_INET6, 15 * second, at(5 * second), member),
+            None
+        );
+        // A service without affinity, or without backends, never sticks.
+        let plain = service(3, 0).unwrap();
+        assert_eq!(
+            affine_backend(&plain, AF_INET, 5 * second, at(5 * second), member),
+            None
+        );
+        let empty = Service {
+            backend_count: 0,
+            ..sticky
+        };
+        assert_eq!(
+            affine_backend(&empty, AF_INET, 5 * second, at(5 * second), member),
+            None
+        );
     }
 
     #[test]
@@ -519,6 +687,24 @@ mod tests {
                 ServiceKey::from_socket_addr(addr, IPPROTO_UDP).socket_addr(),
                 addr
             );
+        }
+    }
+
+    #[test]
+    fn ipv4_mapped_addresses_map_and_unmap() {
+        let mapped: SocketAddr = "[::ffff:10.96.0.10]:53".parse().unwrap();
+        let (raw, family) = raw_addr(mapped.ip());
+        assert_eq!(family, AF_INET6);
+        let (v4, _) = raw_addr("10.96.0.10".parse().unwrap());
+        assert_eq!(unmap_v4(raw), Some(v4));
+        assert_eq!(map_v4(v4), raw);
+        assert_eq!(service_view(raw, AF_INET6), (v4, AF_INET, true));
+        assert_eq!(socket_view(v4, true), raw);
+        // Only an IPv6 socket has mapped addresses.
+        assert_eq!(service_view(raw, AF_INET), (raw, AF_INET, false));
+        for other in ["fd00:10:96::a", "::1", "::a60:a"] {
+            let (raw, _) = raw_addr(other.parse().unwrap());
+            assert_eq!(unmap_v4(raw), None, "{other}");
         }
     }
 

@@ -5,7 +5,8 @@ use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuHashMap};
 use skiff_ebpf_common::{
-    Backend, BackendSlotKey, MAX_BACKEND_SLOTS, MAX_COUNTERS, MAX_DESTROY_TARGETS,
+    AffinityKey, AffinityValue, Backend, BackendSlotKey, MAX_AFFINITY_BACKENDS,
+    MAX_AFFINITY_ENTRIES, MAX_BACKEND_SLOTS, MAX_COUNTERS, MAX_DESTROY_TARGETS,
     MAX_REVERSE_ENTRIES, MAX_SERVICES, ReverseKey, ReverseValue, Service, ServiceBackendKey,
     ServiceKey,
 };
@@ -25,6 +26,18 @@ pub static BACKENDS: HashMap<BackendSlotKey, Backend> =
 #[map(name = "REVERSE_SK")]
 pub static REVERSE_SK: LruHashMap<ReverseKey, ReverseValue> =
     LruHashMap::with_max_entries(MAX_REVERSE_ENTRIES, 0);
+
+/// (service, client network namespace) -> the client's backend and last connection,
+/// for services with session affinity; clients not seen for longest go first.
+#[map(name = "AFFINITY")]
+pub static AFFINITY: LruHashMap<AffinityKey, AffinityValue> =
+    LruHashMap::with_max_entries(MAX_AFFINITY_ENTRIES, 0);
+
+/// The backends of services with session affinity, written by user space: a
+/// remembered backend that is no longer here is not used again.
+#[map(name = "AFFINITY_BACKENDS")]
+pub static AFFINITY_BACKENDS: HashMap<ServiceBackendKey, u8> =
+    HashMap::with_max_entries(MAX_AFFINITY_BACKENDS, BPF_F_NO_PREALLOC);
 
 /// Connections (connect rewrites plus sendmsg rewrites) per service backend and CPU.
 /// Not preallocated: a preallocated per-CPU map costs entries x CPUs up front.

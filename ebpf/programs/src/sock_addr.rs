@@ -10,16 +10,20 @@ use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::bindings::bpf_sock_addr;
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_set_retval};
+use aya_ebpf::helpers::{
+    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
+    bpf_set_retval,
+};
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use aya_log_ebpf::debug;
 use skiff_ebpf_common::{
-    AF_INET, AF_INET6, Backend, RawAddr, ServiceBackendKey, ServiceKey, Verdict, raw_octets,
-    reverse_entry, reverse_translation, select_backend,
+    AF_INET, AF_INET6, AffinityKey, AffinityValue, Backend, RawAddr, ServiceBackendKey, ServiceKey,
+    Verdict, affine_backend, raw_octets, reverse_entry, reverse_translation, select_backend,
+    service_view, socket_view,
 };
 
-use crate::maps::{BACKENDS, REVERSE_SK, SERVICES, count};
+use crate::maps::{AFFINITY, AFFINITY_BACKENDS, BACKENDS, REVERSE_SK, SERVICES, count};
 
 /// cgroup sock_addr return values: 1 lets the call proceed, 0 fails it.
 const PROCEED: i32 = 1;
@@ -117,27 +121,64 @@ struct Rewrite {
 /// connect and sendmsg: a frontend becomes one of its backends. Returns the hook's
 /// return value and the rewrite made, if any.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext, family: u8) -> (i32, Option<Rewrite>) {
+fn forward(ctx: &SockAddrContext, socket_family: u8) -> (i32, Option<Rewrite>) {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands a valid bpf_sock_addr.
-    let (ip, port, protocol) = unsafe { (read_addr(sa, family), read_port(sa), read_protocol(sa)) };
+    let (asked, port, protocol) = unsafe {
+        (
+            read_addr(sa, socket_family),
+            read_port(sa),
+            read_protocol(sa),
+        )
+    };
+    // An IPv6 socket reaches an IPv4 service at its IPv4-mapped address (Java's
+    // do by default); the service, its backends and the records are IPv4.
+    let (ip, family, mapped) = service_view(asked, socket_family);
     let key = ServiceKey::new(ip, port, protocol, family);
     // SAFETY: the values are copied out at once; BPF_F_NO_PREALLOC keeps them stable
     // for the duration of this program.
     let service = unsafe { SERVICES.get(&key) }.copied();
-    // SAFETY: bpf_get_prandom_u32 has no preconditions.
-    let random = unsafe { bpf_get_prandom_u32() };
-    let verdict = select_backend(service, family, random, |slot| {
-        // SAFETY: as above.
-        unsafe { BACKENDS.get(slot) }.copied()
+    let affinity = service.filter(|s| s.affinity_timeout != 0).map(|s| {
+        // SAFETY: the context is a bpf_sock_addr, which this helper takes; the
+        // clock helper has no preconditions.
+        let client = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
+        let now = unsafe { bpf_ktime_get_ns() };
+        let akey = AffinityKey::new(s.id, client);
+        // SAFETY: the values are copied or compared at once.
+        let remembered = unsafe { AFFINITY.get(&akey) }.copied();
+        let kept = affine_backend(&s, family, now, remembered, |k| unsafe {
+            AFFINITY_BACKENDS.get(k).is_some()
+        });
+        (akey, now, kept)
     });
+    let verdict = match affinity {
+        Some((_, _, Some(kept))) => Verdict::Rewrite(kept),
+        _ => {
+            // SAFETY: bpf_get_prandom_u32 has no preconditions.
+            let random = unsafe { bpf_get_prandom_u32() };
+            select_backend(service, family, random, |slot| {
+                // SAFETY: as above.
+                unsafe { BACKENDS.get(slot) }.copied()
+            })
+        }
+    };
     let (backend, service_id) = match (verdict, service) {
         (Verdict::Rewrite(backend), Some(service)) => (backend, service.id),
         (Verdict::Pass, _) => return (PROCEED, None),
         _ => return (refuse(), None),
     };
+    if let Some((akey, now, _)) = affinity {
+        let remember = AffinityValue {
+            last_used_ns: now,
+            backend,
+            _pad: 0,
+        };
+        // A full LRU map evicts the client not seen for longest.
+        let _ = AFFINITY.insert(&akey, &remember, 0);
+    }
+    let written = socket_view(backend.addr, mapped);
     // SAFETY: as above.
-    unsafe { write_addr(sa, family, backend.addr, backend.port) };
+    unsafe { write_addr(sa, socket_family, written, backend.port) };
 
     // SAFETY: the context is a bpf_sock_addr, which this helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
@@ -150,10 +191,14 @@ fn forward(ctx: &SockAddrContext, family: u8) -> (i32, Option<Rewrite>) {
         let _ = REVERSE_SK.insert(&rkey, &rvalue, 0);
     }
     count(&ServiceBackendKey::new(service_id, &backend));
+    // As the socket sees them, for the log.
     let rewrite = Rewrite {
-        frontend: ip,
+        frontend: asked,
         frontend_port: port,
-        backend,
+        backend: Backend {
+            addr: written,
+            ..backend
+        },
     };
     (PROCEED, Some(rewrite))
 }
@@ -161,19 +206,22 @@ fn forward(ctx: &SockAddrContext, family: u8) -> (i32, Option<Rewrite>) {
 /// recvmsg and getpeername: a backend the socket was balanced to becomes the frontend.
 /// These hooks cannot fail the call; they always proceed.
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext, family: u8) -> i32 {
+fn reverse(ctx: &SockAddrContext, socket_family: u8) -> i32 {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands a valid bpf_sock_addr.
-    let (ip, port) = unsafe { (read_addr(sa, family), read_port(sa)) };
+    let (ip, port) = unsafe { (read_addr(sa, socket_family), read_port(sa)) };
     // SAFETY: the context is a bpf_sock_addr, which this helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    // An IPv6 socket balanced to an IPv4 backend sees it IPv4-mapped (see forward).
+    let (ip, family, mapped) = service_view(ip, socket_family);
     let translated = reverse_translation(cookie, ip, port, family, |k| {
         // SAFETY: the value is copied out at once.
         unsafe { REVERSE_SK.get(k) }.copied()
     });
     if let Some((addr, port)) = translated {
+        let addr = socket_view(addr, mapped);
         // SAFETY: as above.
-        unsafe { write_addr(sa, family, addr, port) };
+        unsafe { write_addr(sa, socket_family, addr, port) };
     }
     PROCEED
 }

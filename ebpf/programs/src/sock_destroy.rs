@@ -21,7 +21,7 @@ use aya_ebpf::bindings::seq_file;
 use aya_ebpf::helpers::{bpf_get_socket_cookie, bpf_seq_write};
 use skiff_ebpf_common::{
     AF_INET, AF_INET6, DestroyRecord, Peer, SOCK_DESTROY_PLACEHOLDER, SockOffsets, kfunc_call_insn,
-    should_destroy,
+    service_view, should_destroy,
 };
 
 use crate::maps::{DESTROY_TARGETS, REVERSE_SK};
@@ -117,11 +117,10 @@ unsafe fn peer(sk: *mut u8) -> Option<Peer> {
         } else {
             return None;
         };
-        Some(Peer {
-            addr,
-            port,
-            family: family as u8,
-        })
+        // Balanced to an IPv4 backend, an IPv6 socket's peer is IPv4-mapped; the
+        // records hold the backend as IPv4.
+        let (addr, family, _) = service_view(addr, family as u8);
+        Some(Peer { addr, port, family })
     }
 }
 

@@ -1,7 +1,8 @@
 //! The address spaces the API hands out from: ClusterIPs from the service CIDRs (one
-//! per family) and NodePorts from their port range. Choosing is plain data and
-//! arithmetic here; the registry makes a choice stick with a create-only store key,
-//! so two concurrent requests never get the same address.
+//! per family), NodePorts from their port range, and each node's pod CIDRs from the
+//! cluster's pod networks. Choosing is plain data and arithmetic here; the registry
+//! makes a choice stick with a create-only store key, so two concurrent requests (or
+//! two nodes starting at once) never get the same addresses.
 
 use std::collections::HashSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -116,6 +117,102 @@ impl ServiceNetworks {
     }
 }
 
+/// The pod CIDR a node asks for in one IP family.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodCidr {
+    /// Exactly this one (`--pod-cidr`).
+    Fixed(IpNet),
+    /// A free subnet of `cluster` with this prefix length.
+    Allocate { cluster: IpNet, prefix_len: u8 },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PodCidrError {
+    #[error("a node's pod CIDR cannot be /{prefix_len} inside {cluster}: it must be /{} to /{}", .cluster.prefix_len(), .cluster.max_prefix_len())]
+    PrefixLength { cluster: IpNet, prefix_len: u8 },
+    #[error("every /{prefix_len} of {cluster} is taken by another node")]
+    Exhausted { cluster: IpNet, prefix_len: u8 },
+    #[error("a node has one pod CIDR per IP family, not {first} and {second}")]
+    SameFamily { first: IpNet, second: IpNet },
+    #[error("pod CIDR {wanted} overlaps {held}, node {owner}'s")]
+    Taken {
+        wanted: IpNet,
+        held: IpNet,
+        owner: String,
+    },
+}
+
+impl PodCidr {
+    /// Checks that `wanted` asks for at most one CIDR per IP family, as Kubernetes'
+    /// `spec.podCIDRs` holds.
+    pub fn one_per_family(wanted: &[PodCidr]) -> Result<(), PodCidrError> {
+        for (i, first) in wanted.iter().enumerate() {
+            if let Some(second) = wanted[i + 1..]
+                .iter()
+                .find(|other| other.network().max_prefix_len() == first.network().max_prefix_len())
+            {
+                return Err(PodCidrError::SameFamily {
+                    first: first.network(),
+                    second: second.network(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// The network asked for, or allocated from.
+    fn network(&self) -> IpNet {
+        match *self {
+            PodCidr::Fixed(net) | PodCidr::Allocate { cluster: net, .. } => net,
+        }
+    }
+
+    /// The CIDR for node `node`, given every node's (`held`: CIDR and owner). A node
+    /// keeps what it already holds inside the cluster network, so restarts do not
+    /// renumber its pods; otherwise it gets the lowest subnet that overlaps nothing
+    /// held, so nodes pack from the start of the network.
+    pub fn choose(&self, node: &str, held: &[(IpNet, String)]) -> Result<IpNet, PodCidrError> {
+        let overlapping = |net: &IpNet| {
+            held.iter()
+                .find(|(other, _)| other.contains(&net.network()) || net.contains(&other.network()))
+        };
+        match *self {
+            PodCidr::Fixed(wanted) => match overlapping(&wanted) {
+                Some((held, owner)) if owner != node => Err(PodCidrError::Taken {
+                    wanted,
+                    held: *held,
+                    owner: owner.clone(),
+                }),
+                _ => Ok(wanted),
+            },
+            PodCidr::Allocate {
+                cluster,
+                prefix_len,
+            } => {
+                let mut subnets =
+                    cluster
+                        .subnets(prefix_len)
+                        .map_err(|_| PodCidrError::PrefixLength {
+                            cluster,
+                            prefix_len,
+                        })?;
+                let own = held.iter().find(|(net, owner)| {
+                    owner == node && net.prefix_len() == prefix_len && cluster.contains(net)
+                });
+                match own {
+                    Some((net, _)) => Ok(*net),
+                    None => subnets.find(|net| overlapping(net).is_none()).ok_or(
+                        PodCidrError::Exhausted {
+                            cluster,
+                            prefix_len,
+                        },
+                    ),
+                }
+            }
+        }
+    }
+}
+
 /// Tries random offsets in [first, last], then scans from a random start.
 fn pick<T>(first: u128, last: u128, mut free: impl FnMut(u128) -> Option<T>) -> Option<T> {
     if first > last {
@@ -210,6 +307,115 @@ mod tests {
             assert!(taken.insert(port));
         }
         assert_eq!(taken.len(), 3);
+    }
+
+    fn held(entries: &[(&str, &str)]) -> Vec<(IpNet, String)> {
+        entries
+            .iter()
+            .map(|(net, owner)| (net.parse().unwrap(), owner.to_string()))
+            .collect()
+    }
+
+    fn allocate(cluster: &str, prefix_len: u8) -> PodCidr {
+        PodCidr::Allocate {
+            cluster: cluster.parse().unwrap(),
+            prefix_len,
+        }
+    }
+
+    #[test]
+    fn nodes_get_the_lowest_free_pod_cidr_of_each_family() {
+        let v4 = allocate("10.244.0.0/16", 24);
+        let v6 = allocate("fd00:10:244::/56", 64);
+        let first = v4.choose("a", &[]).unwrap();
+        assert_eq!(first.to_string(), "10.244.0.0/24");
+        assert_eq!(v6.choose("a", &[]).unwrap().to_string(), "fd00:10:244::/64");
+        let taken = held(&[
+            ("10.244.0.0/24", "a"),
+            ("fd00:10:244::/64", "a"),
+            // Another network's, and a larger block someone fixed by hand.
+            ("10.0.0.0/24", "x"),
+            ("10.244.2.0/23", "y"),
+        ]);
+        assert_eq!(v4.choose("b", &taken).unwrap().to_string(), "10.244.1.0/24");
+        assert_eq!(
+            v6.choose("b", &taken).unwrap().to_string(),
+            "fd00:10:244:1::/64"
+        );
+        let more = [taken, held(&[("10.244.1.0/24", "b")])].concat();
+        assert_eq!(v4.choose("c", &more).unwrap().to_string(), "10.244.4.0/24");
+    }
+
+    #[test]
+    fn a_node_keeps_the_pod_cidr_it_holds() {
+        let v4 = allocate("10.244.0.0/16", 24);
+        let taken = held(&[("10.244.0.0/24", "a"), ("10.244.7.0/24", "b")]);
+        assert_eq!(v4.choose("b", &taken).unwrap().to_string(), "10.244.7.0/24");
+        // Not one of another size or outside the network: that is someone else's plan.
+        let other_size = held(&[("10.244.8.0/23", "b")]);
+        assert_eq!(
+            v4.choose("b", &other_size).unwrap().to_string(),
+            "10.244.0.0/24"
+        );
+    }
+
+    #[test]
+    fn a_full_pod_network_and_bad_sizes_are_errors() {
+        let tiny = allocate("10.244.0.0/23", 24);
+        let full = held(&[("10.244.0.0/24", "a"), ("10.244.1.0/24", "b")]);
+        assert_eq!(
+            tiny.choose("c", &full).unwrap_err().to_string(),
+            "every /24 of 10.244.0.0/23 is taken by another node"
+        );
+        for prefix_len in [16, 33] {
+            let bad = allocate("10.244.0.0/23", prefix_len);
+            assert!(matches!(
+                bad.choose("a", &[]),
+                Err(PodCidrError::PrefixLength { .. })
+            ));
+        }
+    }
+
+    #[test]
+    fn a_node_asks_for_one_pod_cidr_per_family() {
+        let dual = [allocate("10.244.0.0/16", 24), allocate("fd00::/56", 64)];
+        assert_eq!(PodCidr::one_per_family(&dual), Ok(()));
+        let twice = [
+            dual[0].clone(),
+            PodCidr::Fixed("10.1.0.0/24".parse().unwrap()),
+        ];
+        assert_eq!(
+            PodCidr::one_per_family(&twice).unwrap_err().to_string(),
+            "a node has one pod CIDR per IP family, not 10.244.0.0/16 and 10.1.0.0/24"
+        );
+    }
+
+    #[test]
+    fn a_fixed_pod_cidr_must_not_overlap_another_nodes() {
+        let taken = held(&[("10.244.0.0/24", "a")]);
+        let fixed = |net: &str| PodCidr::Fixed(net.parse().unwrap());
+        assert_eq!(
+            fixed("10.244.0.128/25")
+                .choose("b", &taken)
+                .unwrap_err()
+                .to_string(),
+            "pod CIDR 10.244.0.128/25 overlaps 10.244.0.0/24, node a's"
+        );
+        assert!(fixed("10.244.0.0/16").choose("b", &taken).is_err());
+        assert_eq!(
+            fixed("10.244.0.0/24")
+                .choose("a", &taken)
+                .unwrap()
+                .to_string(),
+            "10.244.0.0/24"
+        );
+        assert_eq!(
+            fixed("10.244.1.0/24")
+                .choose("b", &taken)
+                .unwrap()
+                .to_string(),
+            "10.244.1.0/24"
+        );
     }
 
     #[test]

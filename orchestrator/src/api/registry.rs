@@ -7,6 +7,7 @@
 //! store's mod revision is the object's resourceVersion.
 
 mod delete;
+mod pod_cidrs;
 mod services;
 #[cfg(test)]
 mod tests;

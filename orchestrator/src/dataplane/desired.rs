@@ -5,10 +5,14 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
 
-use crate::model::{self, AddressType, Endpoint, EndpointSlice, Service, ServicePort, ServiceType};
+use crate::model::{
+    self, AddressType, DEFAULT_AFFINITY_TIMEOUT_SECONDS, Endpoint, EndpointSlice, Service,
+    ServicePort, ServiceSpec, ServiceType, SessionAffinity,
+};
 
-use super::{Frontend, Protocol};
+use super::{Balancing, Frontend, Protocol};
 use skiff_ebpf_common::MAX_BACKENDS_PER_SERVICE;
 
 /// The label that ties an EndpointSlice to its Service.
@@ -20,13 +24,14 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const WEIGHT_ANNOTATION: &str = "skiff.io/weight";
 pub const MAX_WEIGHT: u32 = 1000;
 
-/// Every frontend of `service` with its backends, in a stable order. Headless and
-/// ExternalName services have none: they exist only in DNS.
+/// Every frontend of `service` with its backends and session affinity, in a
+/// stable order. Headless and ExternalName services have none: they exist only in
+/// DNS.
 pub fn frontends(
     service: &Service,
     slices: &[&EndpointSlice],
     node_addresses: &[IpAddr],
-) -> BTreeMap<Frontend, Vec<SocketAddr>> {
+) -> BTreeMap<Frontend, Balancing> {
     let spec = &service.spec;
     let mut out = BTreeMap::new();
     let service_type = spec.r#type.unwrap_or(ServiceType::ClusterIP);
@@ -49,15 +54,19 @@ pub fn frontends(
     if cluster_ips.is_empty() {
         return out;
     }
+    let affinity_timeout = affinity_timeout(spec);
     for port in &spec.ports {
         let Some(protocol) = protocol(port.protocol) else {
             continue;
         };
         for vip in &cluster_ips {
-            let backends = backends(slices, port, vip.is_ipv4());
+            let balancing = Balancing {
+                backends: backends(slices, port, vip.is_ipv4()),
+                affinity_timeout,
+            };
             if let Ok(number) = u16::try_from(port.port) {
                 let frontend = Frontend::new(SocketAddr::new(*vip, number), protocol);
-                out.insert(frontend, backends.clone());
+                out.insert(frontend, balancing.clone());
             }
             let node_port = port
                 .node_port
@@ -69,12 +78,27 @@ pub fn frontends(
                     .filter(|a| a.is_ipv4() == vip.is_ipv4())
                 {
                     let frontend = Frontend::new(SocketAddr::new(*address, node_port), protocol);
-                    out.insert(frontend, backends.clone());
+                    out.insert(frontend, balancing.clone());
                 }
             }
         }
     }
     out
+}
+
+/// ClientIP affinity's timeout in seconds (the API server defaults it to 10800 and
+/// validates 1-86400); none when the service has no affinity.
+fn affinity_timeout(spec: &ServiceSpec) -> Option<NonZeroU32> {
+    if spec.session_affinity != Some(SessionAffinity::ClientIP) {
+        return None;
+    }
+    let seconds = spec
+        .session_affinity_config
+        .as_ref()
+        .and_then(|c| c.client_ip.as_ref())
+        .and_then(|c| c.timeout_seconds)
+        .unwrap_or(DEFAULT_AFFINITY_TIMEOUT_SECONDS);
+    u32::try_from(seconds).ok().and_then(NonZeroU32::new)
 }
 
 /// The dataplane balances TCP and UDP; SCTP services get no frontend.
@@ -210,12 +234,16 @@ mod tests {
         serde_saphyr::from_str(yaml).expect("slice")
     }
 
-    fn show(frontends: &BTreeMap<Frontend, Vec<SocketAddr>>) -> Vec<String> {
+    fn show(frontends: &BTreeMap<Frontend, Balancing>) -> Vec<String> {
         frontends
             .iter()
             .map(|(f, b)| {
-                let b: Vec<String> = b.iter().map(ToString::to_string).collect();
-                format!("{f} -> {}", b.join(" "))
+                let list: Vec<String> = b.backends.iter().map(ToString::to_string).collect();
+                let affinity = match b.affinity_timeout {
+                    Some(t) => format!(" (affinity {t}s)"),
+                    None => String::new(),
+                };
+                format!("{f} -> {}{affinity}", list.join(" "))
             })
             .collect()
     }
@@ -277,6 +305,35 @@ endpoints:
     }
 
     #[test]
+    fn client_ip_affinity_applies_to_every_frontend_with_its_timeout() {
+        let v4 = slice(V4_SLICE);
+        let nodes: Vec<IpAddr> = vec!["192.168.1.10".parse().unwrap()];
+        let sticky = |extra: &str| {
+            let manifest =
+                DUAL_STACK.replace("  type: NodePort\n", &format!("  type: NodePort\n{extra}"));
+            frontends(&service(&manifest), &[&v4], &nodes)
+        };
+        let configured = sticky(
+            "  sessionAffinity: ClientIP\n  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n",
+        );
+        assert_eq!(configured.len(), 5);
+        assert!(
+            configured
+                .values()
+                .all(|b| b.affinity_timeout == NonZeroU32::new(60))
+        );
+        // Without a timeout, Kubernetes' default of 3 hours.
+        let defaulted = sticky("  sessionAffinity: ClientIP\n");
+        assert!(
+            defaulted
+                .values()
+                .all(|b| b.affinity_timeout == NonZeroU32::new(10_800))
+        );
+        let none = sticky("  sessionAffinity: None\n");
+        assert!(none.values().all(|b| b.affinity_timeout.is_none()));
+    }
+
+    #[test]
     fn terminating_endpoints_serve_only_when_none_is_ready() {
         let all_terminating = V4_SLICE.replace(
             "- addresses: [10.244.0.3]\n- addresses: [10.244.0.2]\n  conditions: {ready: true}\n",
@@ -285,7 +342,7 @@ endpoints:
         let v4 = slice(&all_terminating);
         let out = frontends(&service(DUAL_STACK), &[&v4], &[]);
         let tcp = Frontend::new("10.96.0.5:80".parse().unwrap(), Protocol::Tcp);
-        assert_eq!(out[&tcp], ["10.244.0.7:8080".parse().unwrap()]);
+        assert_eq!(out[&tcp].backends, ["10.244.0.7:8080".parse().unwrap()]);
     }
 
     #[test]
@@ -304,6 +361,7 @@ endpoints:
         let tcp = Frontend::new("10.96.0.5:80".parse().unwrap(), Protocol::Tcp);
         let count = |ip: &str| {
             out[&tcp]
+                .backends
                 .iter()
                 .filter(|a| a.ip().to_string() == ip)
                 .count()
@@ -316,7 +374,7 @@ endpoints:
             weighted("b", "lots", "10.244.0.3"),
         );
         let out = frontends(&service(DUAL_STACK), &[&a, &b], &[]);
-        assert_eq!(out[&tcp].len(), 2);
+        assert_eq!(out[&tcp].backends.len(), 2);
         let many: Vec<(SocketAddr, u32)> = (0..10u8)
             .map(|i| {
                 (

@@ -5,14 +5,16 @@
 //! slots each table holds); the kernel maps sit behind [`ServiceMaps`] so the write
 //! protocol is unit-tested against a recording fake.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::num::NonZeroU32;
 
 use skiff_ebpf_common::{
-    BACKENDS_MAP, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP, MAX_BACKEND_SLOTS,
-    MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICES_MAP, Service, ServiceKey,
+    AFFINITY_BACKENDS_MAP, BACKENDS_MAP, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICES_MAP, Service,
+    ServiceBackendKey, ServiceKey,
 };
 
 /// Transport protocol of a service port.
@@ -64,6 +66,25 @@ impl Frontend {
 
     fn key(&self) -> ServiceKey {
         ServiceKey::from_socket_addr(self.addr, self.protocol.number())
+    }
+}
+
+/// What a frontend balances to.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Balancing {
+    /// One per slot: a backend appears as many times as its weight gives it slots.
+    pub backends: Vec<SocketAddr>,
+    /// ClientIP session affinity: seconds a client keeps its backend after its
+    /// last connection.
+    pub affinity_timeout: Option<NonZeroU32>,
+}
+
+impl From<Vec<SocketAddr>> for Balancing {
+    fn from(backends: Vec<SocketAddr>) -> Self {
+        Self {
+            backends,
+            affinity_timeout: None,
+        }
     }
 }
 
@@ -140,6 +161,10 @@ pub trait ServiceMaps {
     fn services(&self) -> io::Result<Vec<(ServiceKey, Service)>>;
     /// Every key in BACKENDS.
     fn backend_slots(&self) -> io::Result<Vec<(BackendSlotKey, Backend)>>;
+    fn put_affinity_backend(&mut self, key: &ServiceBackendKey) -> io::Result<()>;
+    fn remove_affinity_backend(&mut self, key: &ServiceBackendKey) -> io::Result<()>;
+    /// Every key in AFFINITY_BACKENDS.
+    fn affinity_backends(&self) -> io::Result<Vec<ServiceBackendKey>>;
 }
 
 /// What user space knows of one service in the maps.
@@ -150,6 +175,9 @@ struct Entry {
     published: Option<u8>,
     /// Slots that may hold entries in each table (an upper bound after a failed write).
     slots: [u16; 2],
+    /// The service's entries in AFFINITY_BACKENDS (those that may be there after a
+    /// failed write): its distinct backends while it has session affinity.
+    affinity_backends: BTreeSet<ServiceBackendKey>,
 }
 
 /// Every service this node has written to the maps.
@@ -179,10 +207,13 @@ impl ServiceTable {
     pub fn adopt(
         &mut self,
         maps: &mut impl ServiceMaps,
-    ) -> Result<HashMap<Frontend, Vec<SocketAddr>>, ServiceError> {
+    ) -> Result<HashMap<Frontend, Balancing>, ServiceError> {
         let adopt_error = |map| move |source| ServiceError::Adopt { map, source };
         let services = maps.services().map_err(adopt_error(SERVICES_MAP))?;
         let slots = maps.backend_slots().map_err(adopt_error(BACKENDS_MAP))?;
+        let affinity_backends = maps
+            .affinity_backends()
+            .map_err(adopt_error(AFFINITY_BACKENDS_MAP))?;
         let mut by_id: HashMap<u32, (ServiceKey, Service)> = HashMap::new();
         for (key, service) in services {
             by_id.insert(service.id, (key, service));
@@ -207,6 +238,18 @@ impl ServiceTable {
                     .push((slot.index, backend));
             }
         }
+        let mut kept_affinity: HashMap<u32, BTreeSet<ServiceBackendKey>> = HashMap::new();
+        for key in affinity_backends {
+            match by_id.get(&key.service_id) {
+                Some((_, service)) if service.affinity_timeout != 0 => {
+                    kept_affinity.entry(key.service_id).or_default().insert(key);
+                }
+                // Left by a service since removed or without affinity now.
+                _ => maps
+                    .remove_affinity_backend(&key)
+                    .map_err(adopt_error(AFFINITY_BACKENDS_MAP))?,
+            }
+        }
         let mut frontends = HashMap::new();
         for (id, (key, service)) in by_id {
             let slots = [0u8, 1].map(|t| slot_counts.get(&(id, t)).copied().unwrap_or(0));
@@ -221,10 +264,15 @@ impl ServiceTable {
                     id,
                     published: Some(service.table),
                     slots,
+                    affinity_backends: kept_affinity.remove(&id).unwrap_or_default(),
                 },
             );
             if let Some(protocol) = Protocol::from_number(key.protocol) {
-                frontends.insert(Frontend::new(key.socket_addr(), protocol), backends);
+                let balancing = Balancing {
+                    backends,
+                    affinity_timeout: NonZeroU32::new(service.affinity_timeout),
+                };
+                frontends.insert(Frontend::new(key.socket_addr(), protocol), balancing);
             }
         }
         Ok(frontends)
@@ -295,14 +343,16 @@ impl ServiceTable {
     /// The new set goes into the table the kernel is not reading; the service value
     /// (count and table) is then replaced in one map update. The previously
     /// published table is left intact until the next change, so a program that read
-    /// the old value just before the switch still finds its slot.
+    /// the old value just before the switch still finds its slot. With session
+    /// affinity, new backends are listed in AFFINITY_BACKENDS before the switch and
+    /// removed ones taken out after it, so no client is kept on a removed backend.
     pub fn upsert(
         &mut self,
         maps: &mut impl ServiceMaps,
         frontend: &Frontend,
-        backends: &[SocketAddr],
+        balancing: &Balancing,
     ) -> Result<(), ServiceError> {
-        let backends = validate(frontend, backends)?;
+        let backends = validate(frontend, &balancing.backends)?;
         self.check_capacity(frontend, backends.len() as u16)?;
         let key = frontend.key();
         let entry = match self.entries.get_mut(&key) {
@@ -313,6 +363,7 @@ impl ServiceTable {
                     id: self.last_id,
                     published: None,
                     slots: [0, 0],
+                    affinity_backends: BTreeSet::new(),
                 })
             }
         };
@@ -335,16 +386,32 @@ impl ServiceTable {
             self.slots_in_use -= 1;
         }
 
+        let affinity_backends: BTreeSet<ServiceBackendKey> = match balancing.affinity_timeout {
+            Some(_) => backends
+                .iter()
+                .map(|b| ServiceBackendKey::new(entry.id, b))
+                .collect(),
+            None => BTreeSet::new(),
+        };
+        for added in affinity_backends.difference(&entry.affinity_backends) {
+            maps.put_affinity_backend(added)
+                .map_err(map_error(frontend, AFFINITY_BACKENDS_MAP))?;
+        }
+        entry
+            .affinity_backends
+            .extend(affinity_backends.iter().copied());
+
         let service = Service {
             id: entry.id,
             backend_count: count,
             table,
             _pad: 0,
+            affinity_timeout: balancing.affinity_timeout.map_or(0, NonZeroU32::get),
         };
         maps.put_service(&key, &service)
             .map_err(map_error(frontend, SERVICES_MAP))?;
         entry.published = Some(table);
-        Ok(())
+        clear_affinity_backends(maps, frontend, entry, &affinity_backends)
     }
 
     /// Removes `frontend` and its backends. Returns false when it was not present.
@@ -363,6 +430,7 @@ impl ServiceTable {
                 .map_err(map_error(frontend, SERVICES_MAP))?;
             entry.published = None;
         }
+        clear_affinity_backends(maps, frontend, entry, &BTreeSet::new())?;
         for table in 0..2u8 {
             while entry.slots[usize::from(table)] > 0 {
                 let index = entry.slots[usize::from(table)] - 1;
@@ -386,6 +454,22 @@ impl ServiceTable {
     pub fn service_count(&self) -> usize {
         self.entries.len()
     }
+}
+
+/// Takes `entry`'s AFFINITY_BACKENDS entries that are not in `keep` out of the map.
+fn clear_affinity_backends(
+    maps: &mut impl ServiceMaps,
+    frontend: &Frontend,
+    entry: &mut Entry,
+    keep: &BTreeSet<ServiceBackendKey>,
+) -> Result<(), ServiceError> {
+    let stale: Vec<ServiceBackendKey> = entry.affinity_backends.difference(keep).copied().collect();
+    for key in stale {
+        maps.remove_affinity_backend(&key)
+            .map_err(map_error(frontend, AFFINITY_BACKENDS_MAP))?;
+        entry.affinity_backends.remove(&key);
+    }
+    Ok(())
 }
 
 /// Wraps a failed write to `map` for `frontend`.
@@ -457,6 +541,7 @@ mod tests {
     struct FakeMaps {
         services: HashMap<ServiceKey, Service>,
         backends: BTreeMap<(u32, u8, u16), Backend>,
+        affinity_backends: BTreeSet<ServiceBackendKey>,
         log: Vec<String>,
         fail_at_write: Option<usize>,
     }
@@ -520,10 +605,27 @@ mod tests {
                 .map(|(&(id, table, index), b)| (BackendSlotKey::new(id, table, index), *b))
                 .collect())
         }
+        fn put_affinity_backend(&mut self, k: &ServiceBackendKey) -> io::Result<()> {
+            self.write(format!("affinity +{}", k.backend().socket_addr()))?;
+            self.affinity_backends.insert(*k);
+            Ok(())
+        }
+        fn remove_affinity_backend(&mut self, k: &ServiceBackendKey) -> io::Result<()> {
+            self.write(format!("affinity -{}", k.backend().socket_addr()))?;
+            self.affinity_backends.remove(k);
+            Ok(())
+        }
+        fn affinity_backends(&self) -> io::Result<Vec<ServiceBackendKey>> {
+            Ok(self.affinity_backends.iter().copied().collect())
+        }
     }
 
     fn addrs(list: &[&str]) -> Vec<SocketAddr> {
         list.iter().map(|a| a.parse().unwrap()).collect()
+    }
+
+    fn pool(list: &[&str]) -> Balancing {
+        addrs(list).into()
     }
 
     fn vip() -> Frontend {
@@ -537,7 +639,7 @@ mod tests {
             .upsert(
                 &mut maps,
                 &vip(),
-                &addrs(&["10.244.0.2:8080", "10.244.0.3:8080"]),
+                &pool(&["10.244.0.2:8080", "10.244.0.3:8080"]),
             )
             .unwrap();
         assert_eq!(
@@ -561,12 +663,12 @@ mod tests {
             .upsert(
                 &mut maps,
                 &vip(),
-                &addrs(&["10.244.0.2:80", "10.244.0.3:80", "10.244.0.4:80"]),
+                &pool(&["10.244.0.2:80", "10.244.0.3:80", "10.244.0.4:80"]),
             )
             .unwrap();
         maps.log.clear();
         table
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.3:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.3:80"]))
             .unwrap();
         // The published table 0 is untouched until the switch (and after it).
         assert_eq!(
@@ -578,7 +680,7 @@ mod tests {
         // The third version reuses table 0 and clears its leftover slots first.
         maps.log.clear();
         table
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.9:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.9:80"]))
             .unwrap();
         assert_eq!(
             maps.log,
@@ -595,13 +697,15 @@ mod tests {
     fn a_failed_write_leaves_the_published_service_intact() {
         let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
         let before = addrs(&["10.244.0.2:80", "10.244.0.3:80"]);
-        table.upsert(&mut maps, &vip(), &before).unwrap();
+        table
+            .upsert(&mut maps, &vip(), &before.clone().into())
+            .unwrap();
         maps.fail_at_write = Some(maps.log.len() + 1);
         let err = table
             .upsert(
                 &mut maps,
                 &vip(),
-                &addrs(&["10.244.0.7:80", "10.244.0.8:80", "10.244.0.9:80"]),
+                &pool(&["10.244.0.7:80", "10.244.0.8:80", "10.244.0.9:80"]),
             )
             .unwrap_err();
         assert!(err.to_string().contains("writing map BACKENDS"), "{err}");
@@ -610,7 +714,7 @@ mod tests {
         // A later update and a removal still clean every slot that was written.
         maps.fail_at_write = None;
         table
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.5:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.5:80"]))
             .unwrap();
         assert!(table.remove(&mut maps, &vip()).unwrap());
         assert!(maps.services.is_empty());
@@ -621,10 +725,10 @@ mod tests {
     fn removal_unpublishes_before_clearing_slots() {
         let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
         table
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.2:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.2:80"]))
             .unwrap();
         table
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.3:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.3:80"]))
             .unwrap();
         maps.log.clear();
         assert!(table.remove(&mut maps, &vip()).unwrap());
@@ -642,10 +746,10 @@ mod tests {
         let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
         let other = Frontend::tcp("[fd00:10:96::1]:443".parse().unwrap());
         table
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.2:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.2:80"]))
             .unwrap();
         table
-            .upsert(&mut maps, &other, &addrs(&["[fd00:10:244::2]:8443"]))
+            .upsert(&mut maps, &other, &pool(&["[fd00:10:244::2]:8443"]))
             .unwrap();
         let ids: Vec<u32> = maps.services.values().map(|s| s.id).collect();
         assert_eq!(ids.len(), 2);
@@ -668,14 +772,18 @@ mod tests {
         };
         let (mut table, mut maps) = (ServiceTable::new(capacity), FakeMaps::default());
         let two = addrs(&["10.244.0.2:80", "10.244.0.3:80"]);
-        table.upsert(&mut maps, &vip(), &two).unwrap();
+        table
+            .upsert(&mut maps, &vip(), &two.clone().into())
+            .unwrap();
         let other = Frontend::tcp("10.96.0.2:80".parse().unwrap());
-        table.upsert(&mut maps, &other, &two).unwrap();
+        table
+            .upsert(&mut maps, &other, &two.clone().into())
+            .unwrap();
         let log = maps.log.clone();
 
         let third = Frontend::tcp("10.96.0.3:80".parse().unwrap());
         let err = table
-            .upsert(&mut maps, &third, &[])
+            .upsert(&mut maps, &third, &Balancing::default())
             .unwrap_err()
             .to_string();
         assert!(
@@ -686,7 +794,7 @@ mod tests {
         );
         // vip's other table needs 2 slots; only 1 is left.
         let err = table
-            .upsert(&mut maps, &vip(), &two)
+            .upsert(&mut maps, &vip(), &two.clone().into())
             .unwrap_err()
             .to_string();
         assert!(
@@ -696,10 +804,94 @@ mod tests {
         assert_eq!(maps.log, log, "nothing was written");
         assert_eq!(table.full_refusals(), 2);
         // Fewer backends fit, and removing a service frees its slots.
-        table.upsert(&mut maps, &vip(), &two[..1]).unwrap();
+        table
+            .upsert(&mut maps, &vip(), &two[..1].to_vec().into())
+            .unwrap();
         assert!(table.remove(&mut maps, &other).unwrap());
-        table.upsert(&mut maps, &third, &two).unwrap();
+        table
+            .upsert(&mut maps, &third, &two.clone().into())
+            .unwrap();
         assert_eq!(maps.resolve(&third.key()), Some(two));
+    }
+
+    #[test]
+    fn affinity_backends_are_listed_before_the_switch_and_cleared_after() {
+        let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
+        let sticky = |list: &[&str]| Balancing {
+            affinity_timeout: NonZeroU32::new(30),
+            ..pool(list)
+        };
+        // Weighted slots repeat a backend; it is listed once.
+        table
+            .upsert(
+                &mut maps,
+                &vip(),
+                &sticky(&["10.244.0.2:80", "10.244.0.2:80", "10.244.0.3:80"]),
+            )
+            .unwrap();
+        assert_eq!(maps.services[&vip().key()].affinity_timeout, 30);
+        assert_eq!(
+            maps.log[3..],
+            [
+                "affinity +10.244.0.2:80",
+                "affinity +10.244.0.3:80",
+                "service count=3 table=0"
+            ]
+        );
+        maps.log.clear();
+        table
+            .upsert(
+                &mut maps,
+                &vip(),
+                &sticky(&["10.244.0.3:80", "10.244.0.4:80"]),
+            )
+            .unwrap();
+        assert_eq!(
+            maps.log,
+            [
+                "backend t1[0]=10.244.0.3:80",
+                "backend t1[1]=10.244.0.4:80",
+                "affinity +10.244.0.4:80",
+                "service count=2 table=1",
+                "affinity -10.244.0.2:80",
+            ]
+        );
+        // Turning affinity off, then removing the service, leaves nothing behind.
+        table
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.3:80"]))
+            .unwrap();
+        assert_eq!(maps.services[&vip().key()].affinity_timeout, 0);
+        assert!(maps.affinity_backends.is_empty());
+        table
+            .upsert(&mut maps, &vip(), &sticky(&["10.244.0.3:80"]))
+            .unwrap();
+        assert_eq!(maps.affinity_backends.len(), 1);
+        assert!(table.remove(&mut maps, &vip()).unwrap());
+        assert!(maps.affinity_backends.is_empty());
+    }
+
+    #[test]
+    fn adoption_keeps_affinity_of_published_services_only() {
+        let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
+        let sticky = Balancing {
+            affinity_timeout: NonZeroU32::new(60),
+            ..pool(&["10.244.0.2:80"])
+        };
+        table.upsert(&mut maps, &vip(), &sticky).unwrap();
+        // Left by a service that is gone.
+        let gone = Backend::from_socket_addr("10.244.0.9:80".parse().unwrap());
+        maps.affinity_backends
+            .insert(ServiceBackendKey::new(99, &gone));
+
+        let mut table = ServiceTable::default();
+        let adopted = table.adopt(&mut maps).unwrap();
+        assert_eq!(adopted, HashMap::from([(vip(), sticky)]));
+        assert_eq!(maps.affinity_backends.len(), 1);
+        // The adopted entry knows its affinity backends: dropping affinity clears them.
+        table
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.2:80"]))
+            .unwrap();
+        assert!(maps.affinity_backends.is_empty());
     }
 
     #[test]
@@ -710,11 +902,11 @@ mod tests {
             .upsert(
                 &mut maps,
                 &vip(),
-                &addrs(&["10.244.0.2:80", "10.244.0.3:80"]),
+                &pool(&["10.244.0.2:80", "10.244.0.3:80"]),
             )
             .unwrap();
         before
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.4:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.4:80"]))
             .unwrap();
         // A backend written for a service that was never published.
         maps.backends.insert(
@@ -724,13 +916,13 @@ mod tests {
 
         let mut table = ServiceTable::default();
         let adopted = table.adopt(&mut maps).unwrap();
-        assert_eq!(adopted, HashMap::from([(vip(), addrs(&["10.244.0.4:80"]))]));
+        assert_eq!(adopted, HashMap::from([(vip(), pool(&["10.244.0.4:80"]))]));
         assert!(!maps.backends.contains_key(&(99, 0, 0)));
         // The adopted service updates like one of its own: into the other table,
         // clearing that table's leftovers, and new services get fresh ids.
         maps.log.clear();
         table
-            .upsert(&mut maps, &vip(), &addrs(&["10.244.0.5:80"]))
+            .upsert(&mut maps, &vip(), &pool(&["10.244.0.5:80"]))
             .unwrap();
         assert_eq!(
             maps.log,
@@ -741,7 +933,9 @@ mod tests {
             ]
         );
         let other = Frontend::tcp("10.96.0.2:80".parse().unwrap());
-        table.upsert(&mut maps, &other, &[]).unwrap();
+        table
+            .upsert(&mut maps, &other, &Balancing::default())
+            .unwrap();
         let ids: std::collections::HashSet<u32> = maps.services.values().map(|s| s.id).collect();
         assert_eq!(ids.len(), 2);
         assert!(table.remove(&mut maps, &vip()).unwrap());
@@ -751,7 +945,9 @@ mod tests {
     #[test]
     fn empty_backend_list_publishes_a_refusing_service() {
         let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
-        table.upsert(&mut maps, &vip(), &[]).unwrap();
+        table
+            .upsert(&mut maps, &vip(), &Balancing::default())
+            .unwrap();
         assert_eq!(maps.log, ["service count=0 table=0"]);
     }
 
@@ -792,7 +988,7 @@ mod tests {
         ];
         for (frontend, backends, expected) in cases {
             let err = table
-                .upsert(&mut maps, &frontend, &backends)
+                .upsert(&mut maps, &frontend, &backends.into())
                 .unwrap_err()
                 .to_string();
             assert!(err.contains(expected), "{err:?} lacks {expected:?}");

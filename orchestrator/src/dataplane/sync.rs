@@ -8,7 +8,7 @@
 //! feeds it from the registry and hands its changes to a [`Programmer`].
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -17,7 +17,7 @@ use log::{debug, info, warn};
 use serde_json::Value;
 
 use super::desired::{self, SERVICE_NAME_LABEL};
-use super::{Dataplane, Error, Frontend};
+use super::{Balancing, Dataplane, Error, Frontend};
 use crate::api::registry::{ApiError, EventType, Registry, WatchStream};
 use crate::model::{EndpointSlice, FieldSelector, Kind, Object, Selector, Service};
 
@@ -39,13 +39,13 @@ impl std::fmt::Display for ServiceName {
 
 /// Writes frontends to the maps (the dataplane; a recording fake in tests).
 pub trait Programmer {
-    fn upsert(&mut self, frontend: &Frontend, backends: &[SocketAddr]) -> Result<(), Error>;
+    fn upsert(&mut self, frontend: &Frontend, balancing: &Balancing) -> Result<(), Error>;
     fn remove(&mut self, frontend: &Frontend) -> Result<(), Error>;
 }
 
 impl Programmer for Dataplane {
-    fn upsert(&mut self, frontend: &Frontend, backends: &[SocketAddr]) -> Result<(), Error> {
-        self.upsert_service(frontend, backends)
+    fn upsert(&mut self, frontend: &Frontend, balancing: &Balancing) -> Result<(), Error> {
+        self.upsert_service(frontend, balancing)
     }
 
     fn remove(&mut self, frontend: &Frontend) -> Result<(), Error> {
@@ -64,11 +64,11 @@ pub struct Catalog {
     slice_owner: HashMap<(String, String), ServiceName>,
     /// Per service, each frontend written and its backends; None when the last
     /// write failed, so the frontend is rewritten (or removed) on the next pass.
-    programmed: HashMap<ServiceName, BTreeMap<Frontend, Option<Vec<SocketAddr>>>>,
+    programmed: HashMap<ServiceName, BTreeMap<Frontend, Option<Balancing>>>,
     /// Services with a failed write, for the retry pass.
     failed: BTreeSet<ServiceName>,
     /// Frontends a previous agent left in the maps, until a service claims them.
-    adopted: HashMap<Frontend, Vec<SocketAddr>>,
+    adopted: HashMap<Frontend, Balancing>,
 }
 
 impl Catalog {
@@ -82,7 +82,7 @@ impl Catalog {
     /// Frontends found in the maps at start (see [`Dataplane::take_adopted`]):
     /// those a service wants with the same backends are not rewritten, and
     /// [`Catalog::remove_unclaimed`] removes the rest after the first full pass.
-    pub fn adopt(&mut self, adopted: HashMap<Frontend, Vec<SocketAddr>>) {
+    pub fn adopt(&mut self, adopted: HashMap<Frontend, Balancing>) {
         self.adopted = adopted;
     }
 
@@ -206,21 +206,21 @@ impl Catalog {
                 }
             }
         }
-        for (frontend, backends) in wanted {
+        for (frontend, balancing) in wanted {
             if let Some(left) = self.adopted.remove(&frontend)
                 && !programmed.contains_key(&frontend)
-                && left == backends
+                && left == balancing
             {
-                programmed.insert(frontend, Some(backends));
+                programmed.insert(frontend, Some(balancing));
                 continue;
             }
-            if programmed.get(&frontend) == Some(&Some(backends.clone())) {
+            if programmed.get(&frontend) == Some(&Some(balancing.clone())) {
                 continue;
             }
-            match maps.upsert(&frontend, &backends) {
+            match maps.upsert(&frontend, &balancing) {
                 Ok(()) => {
-                    debug!("service {name}: {frontend} -> {backends:?}");
-                    programmed.insert(frontend, Some(backends));
+                    debug!("service {name}: {frontend} -> {balancing:?}");
+                    programmed.insert(frontend, Some(balancing));
                 }
                 Err(e) => {
                     warn!("service {name}: programming {frontend}: {e}");
@@ -403,14 +403,14 @@ mod tests {
     }
 
     impl Programmer for Recorder {
-        fn upsert(&mut self, frontend: &Frontend, backends: &[SocketAddr]) -> Result<(), Error> {
+        fn upsert(&mut self, frontend: &Frontend, balancing: &Balancing) -> Result<(), Error> {
             if self.broken.contains(frontend) {
                 return Err(Error::Missing {
                     kind: "map",
                     name: "BROKEN",
                 });
             }
-            let b: Vec<String> = backends.iter().map(ToString::to_string).collect();
+            let b: Vec<String> = balancing.backends.iter().map(ToString::to_string).collect();
             self.log.push(format!("upsert {frontend} {}", b.join(",")));
             Ok(())
         }
@@ -562,13 +562,13 @@ mod tests {
         catalog.adopt(HashMap::from([
             (
                 tcp("10.96.0.5:80"),
-                vec!["10.244.0.2:8080".parse().unwrap()],
+                vec!["10.244.0.2:8080".parse().unwrap()].into(),
             ),
             (
                 tcp("10.96.0.6:80"),
-                vec!["10.244.0.9:8080".parse().unwrap()],
+                vec!["10.244.0.9:8080".parse().unwrap()].into(),
             ),
-            (tcp("10.96.0.7:80"), vec![]),
+            (tcp("10.96.0.7:80"), Balancing::default()),
         ]));
         let touched = catalog.replace(
             vec![

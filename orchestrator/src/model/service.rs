@@ -110,6 +110,9 @@ pub struct SessionAffinityConfig {
     pub client_ip: Option<ClientIpConfig>,
 }
 
+/// Kubernetes' default ClientIP affinity timeout: 3 hours.
+pub const DEFAULT_AFFINITY_TIMEOUT_SECONDS: i32 = 10_800;
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientIpConfig {
@@ -147,7 +150,9 @@ impl Resource for Service {
                 .session_affinity_config
                 .get_or_insert_with(Default::default);
             let client_ip = config.client_ip.get_or_insert_with(Default::default);
-            client_ip.timeout_seconds.get_or_insert(10800);
+            client_ip
+                .timeout_seconds
+                .get_or_insert(DEFAULT_AFFINITY_TIMEOUT_SECONDS);
         }
         for port in &mut spec.ports {
             port.protocol.get_or_insert(Protocol::Tcp);

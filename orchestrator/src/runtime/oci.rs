@@ -207,8 +207,18 @@ impl Oci {
         }
     }
 
+    /// Whether runc has state for `id` (its state directory under `--root`):
+    /// checked before spawning runc for a container that may not exist, which on
+    /// a busy node costs milliseconds each time.
+    pub fn exists(&self, id: &str) -> bool {
+        self.root.join(id).join("state.json").exists()
+    }
+
     /// Removes a stopped (or, forced, any) container; an unknown one is fine.
     pub fn delete(&self, id: &str, force: bool) -> Result<(), OciError> {
+        if !self.exists(id) {
+            return Ok(());
+        }
         let mut args = vec!["delete"];
         if force {
             args.push("--force");
@@ -228,6 +238,9 @@ impl Oci {
     }
 
     pub fn state(&self, id: &str) -> Result<Option<State>, OciError> {
+        if !self.exists(id) {
+            return Ok(None);
+        }
         let out = self.runc(&["state", id])?;
         if !out.status.success() {
             let stderr = String::from_utf8_lossy(&out.stderr);

@@ -30,6 +30,11 @@ pub struct PodRecord {
     /// By container name, init containers included.
     #[serde(default)]
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// The pod's terminationGracePeriodSeconds, for stopping its containers after
+    /// the pod was removed from the store at once (a deletion with grace period
+    /// 0), which the kubelet also honours.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub termination_grace_period_seconds: Option<i64>,
     /// What the ConfigMap and Secret volumes were last written from, so they are
     /// rewritten only when their object changes.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

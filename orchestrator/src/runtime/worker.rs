@@ -116,6 +116,8 @@ async fn reconcile(
         record.name = pod.metadata.name.clone();
     }
     let before = record.clone();
+    // Saved with the record (when it changed) for a deletion that leaves no pod.
+    record.termination_grace_period_seconds = pod.spec.termination_grace_period_seconds;
     let mut wake = POLL;
     if record.ips.is_empty()
         && let Err(message) = attach(ctx, record, &pod).await
@@ -533,7 +535,7 @@ async fn ensure_running(
                 && let Some(ip) = record.ips.first().copied()
             {
                 let (oci, id, spec) = (ctx.oci.clone(), started.id.clone(), container.clone());
-                let grace = grace_period(pod);
+                let grace = pod_grace_period(pod);
                 let outcome = blocking(move || {
                     let result = probes::check(&hook, &spec, &id, ip, &oci);
                     // As the kubelet does: a failed postStart kills the container.
@@ -896,7 +898,7 @@ async fn run_probes(
                     )
                     .await;
                     // The exit is collected on a later pass, which restarts it per policy.
-                    let grace = grace_period(pod);
+                    let grace = pod_grace_period(pod);
                     let (oci, id) = (ctx.oci.clone(), running.id.clone());
                     let _ =
                         blocking(move || Ok::<_, String>(container::stop(&oci, &id, grace))).await;
@@ -935,21 +937,32 @@ fn hook_probe(
     })
 }
 
-fn grace_period(pod: &Pod) -> Duration {
-    let seconds = pod
-        .metadata
-        .deletion_grace_period_seconds
-        .or(pod.spec.termination_grace_period_seconds)
+/// The deletion's grace period, else the pod's terminationGracePeriodSeconds,
+/// else Kubernetes' default of 30 s.
+fn grace_period(deletion: Option<i64>, termination: Option<i64>) -> Duration {
+    let seconds = deletion
+        .or(termination)
         .and_then(|g| u64::try_from(g).ok())
         .unwrap_or(30);
     Duration::from_secs(seconds)
+}
+
+fn pod_grace_period(pod: &Pod) -> Duration {
+    grace_period(
+        pod.metadata.deletion_grace_period_seconds,
+        pod.spec.termination_grace_period_seconds,
+    )
 }
 
 /// Stops every container (SIGTERM, the grace period, SIGKILL), detaches the
 /// network, removes the pod's files, and removes the pod from the store when it is
 /// still there (it was waiting for this node).
 async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> Next {
-    let grace = pod.map_or(Duration::from_secs(30), grace_period);
+    // A pod already gone from the store: the grace period it last had.
+    let grace = pod.map_or_else(
+        || grace_period(None, record.termination_grace_period_seconds),
+        pod_grace_period,
+    );
     if let Some(pod) = pod {
         for name in record
             .containers
