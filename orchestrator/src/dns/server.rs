@@ -98,11 +98,26 @@ impl Shared {
     /// The answer to `bytes` (None: say nothing), counted in the metrics.
     async fn answer(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> Option<Vec<u8>> {
         let started = Instant::now();
-        let reply = match self.handler.handle(bytes, client, transport) {
-            Outcome::Drop => return None,
-            Outcome::Reply(reply) => reply,
-            Outcome::Forward(request) => self.forward(&request, transport).await,
-        };
+        match self.handler.handle(bytes, client, transport) {
+            Outcome::Drop => None,
+            Outcome::Reply(reply) => Some(self.counted(reply, transport, started)),
+            Outcome::Forward(request) => Some(self.forwarded(&request, transport, started).await),
+        }
+    }
+
+    /// The upstream's answer to `request`, counted in the metrics.
+    async fn forwarded(
+        &self,
+        request: &Message,
+        transport: Transport,
+        started: Instant,
+    ) -> Vec<u8> {
+        let reply = self.forward(request, transport).await;
+        self.counted(reply, transport, started)
+    }
+
+    /// Counts `reply` (asked at `started`) and returns its bytes.
+    fn counted(&self, reply: Reply, transport: Transport, started: Instant) -> Vec<u8> {
         self.metrics
             .duration
             .observe(started.elapsed().as_secs_f64());
@@ -119,7 +134,7 @@ impl Shared {
                 },
             })
             .inc();
-        Some(reply.bytes)
+        reply.bytes
     }
 
     async fn forward(&self, request: &Message, transport: Transport) -> Reply {
@@ -179,16 +194,31 @@ pub async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let request = buffer[..len].to_vec();
-        let (socket, shared) = (socket.clone(), shared.clone());
-        // Each request on its own task: a forwarded one must not hold up the rest.
-        tokio::spawn(async move {
-            if let Some(reply) = shared.answer(&request, client.ip(), Transport::Udp).await
-                && let Err(e) = socket.send_to(&reply, client).await
-            {
-                debug!("cluster DNS: answering {client}: {e}");
+        let started = Instant::now();
+        // Zone answers inline (no task per query); a forwarded question gets a
+        // task of its own so it does not hold up the rest.
+        let reply = match shared
+            .handler
+            .handle(&buffer[..len], client.ip(), Transport::Udp)
+        {
+            Outcome::Drop => continue,
+            Outcome::Reply(reply) => shared.counted(reply, Transport::Udp, started),
+            Outcome::Forward(request) => {
+                let (socket, shared) = (socket.clone(), shared.clone());
+                tokio::spawn(async move {
+                    let reply = shared.forwarded(&request, Transport::Udp, started).await;
+                    send(&socket, &reply, client).await;
+                });
+                continue;
             }
-        });
+        };
+        send(&socket, &reply, client).await;
+    }
+}
+
+async fn send(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
+    if let Err(e) = socket.send_to(reply, client).await {
+        debug!("cluster DNS: answering {client}: {e}");
     }
 }
 
