@@ -64,7 +64,7 @@ pub struct Config {
 /// Cluster DNS while it runs: its tasks end when this is dropped.
 pub struct Running {
     /// The bound addresses (ports chosen for port-0 addresses).
-    pub addresses: Vec<SocketAddr>,
+    addresses: Vec<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
