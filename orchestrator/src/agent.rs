@@ -57,6 +57,8 @@ pub enum Error {
     #[error("reserving the node's pod CIDRs: {0}")]
     PodCidrs(ApiError),
     #[error(transparent)]
+    Dns(#[from] crate::dns::Error),
+    #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
     #[error("installing the {signal} handler: {source}")]
     Signal {
@@ -98,6 +100,7 @@ pub struct Config {
     pub compaction_interval: Duration,
     /// How this node runs pods.
     pub node: NodeConfig,
+    pub dns: crate::dns::Config,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -186,6 +189,18 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let mut metrics = prometheus_client::registry::Registry::default();
     metrics.register_collector(Box::new(dataplane::DataplaneMetrics(dataplane.clone())));
+    let node_addresses = dataplane::node_addresses().unwrap_or_else(|e| {
+        warn!("listing the node's addresses for NodePort services: {e}");
+        Vec::new()
+    });
+    let cluster_dns = crate::dns::start(
+        &config.dns,
+        registry.clone(),
+        &node_addresses,
+        &node_config.identity.pod_cidrs,
+        &mut metrics,
+    )
+    .await?;
     let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
     let metrics_addr = metrics_endpoint.local_addr();
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -193,10 +208,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
         let _ = metrics_stopped.await;
     }));
     let (stop_sync, sync_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node_addresses = dataplane::node_addresses().unwrap_or_else(|e| {
-        warn!("listing the node's addresses for NodePort services: {e}");
-        Vec::new()
-    });
     let service_sync = tokio::spawn(dataplane::sync::run(
         registry.clone(),
         dataplane.clone(),
@@ -260,6 +271,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Ok(Err(e)) = metrics_server.await {
         warn!("metrics endpoint: {e}");
     }
+    drop(cluster_dns);
     let _ = stop_sync.send(());
     let _ = service_sync.await;
     // The sync task, its only other holder, has ended.

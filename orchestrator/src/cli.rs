@@ -315,6 +315,21 @@ struct AgentArgs {
     cluster_dns: Vec<std::net::IpAddr>,
     #[arg(long, default_value = "cluster.local")]
     cluster_domain: String,
+    /// Serve cluster DNS (UDP and TCP) on this address; repeatable; port 0 picks
+    /// a free port [default: port 53 on the first address of each pod CIDR, the
+    /// pods' gateway, where the cluster DNS IPs lead]
+    #[arg(long = "dns-addr", value_name = "ADDR")]
+    dns_addrs: Vec<std::net::SocketAddr>,
+    /// TTL of cluster DNS answers, e.g. 5s
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    dns_ttl: std::time::Duration,
+    /// The resolv.conf whose nameservers cluster DNS forwards other names to
+    #[arg(long, value_name = "FILE", default_value = "/etc/resolv.conf")]
+    dns_upstream_resolv_conf: PathBuf,
+    /// Also resolve names outside the cluster zone for clients in this CIDR
+    /// (loopback, the node's addresses and the pod CIDRs always may); repeatable
+    #[arg(long = "dns-recursion-from", value_name = "CIDR")]
+    dns_recursion_from: Vec<ipnet::IpNet>,
     /// MTU of pods' interfaces [default: the kernel's]
     #[arg(long)]
     pod_mtu: Option<u32>,
@@ -639,8 +654,18 @@ async fn exec(settings: &Settings, request: proto::ExecRequest) -> Result<(), Cl
 }
 
 fn agent_config(args: AgentArgs) -> agent::Config {
+    let pod_cidrs = pod_cidr_requests(&args);
+    let dns = crate::dns::Config {
+        listen: args.dns_addrs,
+        cluster_domain: args.cluster_domain.clone(),
+        ttl: args.dns_ttl,
+        upstream_resolv_conf: args.dns_upstream_resolv_conf,
+        recursion_from: args.dns_recursion_from,
+        service_ips: args.cluster_dns.clone(),
+    };
     agent::Config {
-        pod_cidrs: pod_cidr_requests(&args),
+        pod_cidrs,
+        dns,
         cgroup: args.cgroup,
         ebpf_log: args.ebpf_log,
         bpf_pin_dir: (!args.no_bpf_pin).then_some(args.bpf_pin_dir),

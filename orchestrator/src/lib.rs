@@ -7,6 +7,7 @@
 //! - [`cgroup`]: finding the cgroup v2 hierarchy the dataplane attaches to.
 //! - [`dataplane`]: loading and attaching the eBPF programs, and keeping the
 //!   service maps they read.
+//! - [`dns`]: cluster DNS: the cluster zone from the store, forwarding the rest.
 //! - [`model`]: the Kubernetes-shaped resources, their validation, and manifests.
 //! - [`image`]: the node's image store: importing image tarballs, unpacking their
 //!   layers for overlayfs, resolving a reference to what a container runs.
@@ -21,6 +22,7 @@ pub mod api;
 pub mod cgroup;
 pub mod cli;
 pub mod dataplane;
+pub mod dns;
 pub mod image;
 pub mod metrics;
 pub mod model;

@@ -121,6 +121,11 @@ impl Agent {
         if !extra_args.iter().any(|a| a == "--metrics-addr") {
             command.args(["--metrics-addr", "127.0.0.1:0"]);
         }
+        // Cluster DNS on a free loopback port: the default (port 53 on the pods'
+        // gateway) would be one address for every agent in the host namespace.
+        if !extra_args.iter().any(|a| a == "--dns-addr") {
+            command.args(["--dns-addr", "127.0.0.1:0"]);
+        }
         if !extra_args.iter().any(|a| a == "--no-bpf-pin") {
             command.arg("--bpf-pin-dir").arg(&pins.0);
         }
@@ -237,6 +242,15 @@ impl Agent {
             .nth(1)
             .unwrap_or_default()
             .to_string()
+    }
+
+    /// The addresses the agent serves cluster DNS on, as it logged them.
+    pub fn dns_addrs(&self) -> Vec<std::net::SocketAddr> {
+        self.log
+            .iter()
+            .filter_map(|l| l.split("cluster DNS on udp+tcp ").nth(1))
+            .filter_map(|addr| addr.trim().parse().ok())
+            .collect()
     }
 
     /// Where the agent pins its dataplane in bpffs.

@@ -31,11 +31,17 @@ impl Cgroup {
 
     /// `program`, set up to start inside `netns` and this cgroup.
     pub fn command_in(&self, netns: &NetNs, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        self.command_at(&netns.path(), program)
+    }
+
+    /// `program`, set up to start inside the namespace at `netns` (e.g. a pod's)
+    /// and this cgroup.
+    pub fn command_at(&self, netns: &Path, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let procs = OpenOptions::new()
             .write(true)
             .open(self.path.join("cgroup.procs"))
             .expect("open cgroup.procs");
-        let mut cmd = netns.command(program);
+        let mut cmd = crate::netns::command_at(netns, program);
         // SAFETY: only an async-signal-safe system call on an fd opened before fork.
         unsafe {
             cmd.pre_exec(move || {

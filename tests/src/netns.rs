@@ -5,7 +5,7 @@ use std::ffi::OsStr;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::unique_name;
@@ -40,18 +40,7 @@ impl NetNs {
 
     /// `program`, set up to start inside this namespace.
     pub fn command(&self, program: impl AsRef<OsStr>) -> Command {
-        let ns = File::open(self.path()).expect("open netns");
-        let mut cmd = Command::new(program);
-        // SAFETY: only an async-signal-safe system call on an fd opened before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        cmd
+        command_at(&self.path(), program)
     }
 
     /// Runs `f` on a thread that has entered this namespace. Sockets made there stay
@@ -83,6 +72,23 @@ impl Drop for NetNs {
             .args(["netns", "del", &self.name])
             .status();
     }
+}
+
+/// `program`, set up to start inside the network namespace at `path` (one this
+/// guard does not own, such as a pod's).
+pub fn command_at(path: &Path, program: impl AsRef<OsStr>) -> Command {
+    let ns = File::open(path).expect("open netns");
+    let mut cmd = Command::new(program);
+    // SAFETY: only an async-signal-safe system call on an fd opened before fork.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd
 }
 
 fn run(cmd: &mut Command) {

@@ -46,6 +46,8 @@ const PACKAGES: &[&str] = &[
     // pushes the test images into it.
     "docker-registry",
     "skopeo",
+    // Cluster DNS: dig resolves through a pod's resolv.conf in the DNS tests.
+    "dnsutils",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -350,11 +350,13 @@ fn with_maps(dataplane: &Mutex<Dataplane>, f: impl FnOnce(&mut Dataplane)) {
     f(&mut guard);
 }
 
-fn decode<T: TryFrom<Object>>(value: Value) -> Option<T> {
+/// An object of a watch event or list, when it is one of `T` (others are skipped).
+pub(crate) fn decode<T: TryFrom<Object>>(value: Value) -> Option<T> {
     Object::decode(value).ok().and_then(|o| T::try_from(o).ok())
 }
 
-async fn list<T: TryFrom<Object>>(
+/// Every object of `kind`, and the resourceVersion to watch from.
+pub(crate) async fn list<T: TryFrom<Object>>(
     registry: &Registry,
     kind: Kind,
 ) -> Result<(Vec<T>, String), ApiError> {
@@ -372,7 +374,12 @@ async fn list<T: TryFrom<Object>>(
     ))
 }
 
-async fn watch(registry: &Registry, kind: Kind, version: &str) -> Result<WatchStream, ApiError> {
+/// Changes to every object of `kind` after `version`.
+pub(crate) async fn watch(
+    registry: &Registry,
+    kind: Kind,
+    version: &str,
+) -> Result<WatchStream, ApiError> {
     registry
         .watch(
             kind,

@@ -1,0 +1,50 @@
+//! Cluster DNS metrics on the agent's /metrics: answers by question type and
+//! response code, and how long each took (forwarded ones included).
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueryLabels {
+    /// The question's type ("none" when it had none).
+    pub r#type: String,
+    pub rcode: &'static str,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone)]
+pub struct DnsMetrics {
+    pub queries: Family<QueryLabels, Counter>,
+    pub duration: Histogram,
+}
+
+impl Default for DnsMetrics {
+    fn default() -> Self {
+        Self {
+            queries: Family::default(),
+            // 50 µs to about 3 s: in-zone answers sit at the bottom, forwarded
+            // ones at the top.
+            duration: Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+                0.00005, 3.0, 11,
+            )),
+        }
+    }
+}
+
+impl DnsMetrics {
+    pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "skiff_dns_queries",
+            "DNS queries answered, by question type, response code and protocol",
+            self.queries.clone(),
+        );
+        registry.register(
+            "skiff_dns_request_duration_seconds",
+            "Time from a DNS request's arrival to its answer",
+            self.duration.clone(),
+        );
+    }
+}

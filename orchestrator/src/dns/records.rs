@@ -1,0 +1,404 @@
+//! The cluster zone as plain data: every name the Kubernetes DNS-Based Service
+//! Discovery specification (schema 1.1.0) gives the Services and EndpointSlices
+//! of the store, with its records. [`Records::build`] is a pure function of the
+//! objects, so the rules are tested without sockets; the sync task rebuilds it
+//! on every store change and the server reads whichever build is current.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{Name, RData};
+
+use crate::dataplane::desired::SERVICE_NAME_LABEL;
+use crate::model::{self, AddressType, Endpoint, EndpointSlice, Pod, Service, ServiceType};
+
+/// The schema version `dns-version.<zone>` answers with.
+pub const SCHEMA_VERSION: &str = "1.1.0";
+
+/// What one build of the zone holds.
+#[derive(Debug, Clone)]
+pub struct Records {
+    /// The cluster zone, lower case, fully qualified.
+    pub zone: Name,
+    pub ttl: u32,
+    /// The zone's SOA (answered at the apex and in negative answers).
+    pub soa: SOA,
+    /// Every name that exists, by its lower-case text with the final dot: names
+    /// with records and the empty names above them (so `<ns>.svc.<zone>` is
+    /// NODATA, not NXDOMAIN, per RFC 8020). Reverse names are here too.
+    names: HashMap<String, Vec<RData>>,
+}
+
+/// What the index says about one name.
+#[derive(Debug, PartialEq)]
+pub enum Found<'a> {
+    /// The name exists with these records (maybe none).
+    Name(&'a [RData]),
+    /// A name inside the zone that does not exist.
+    NoSuchName,
+    /// Outside the zone and not a reverse name the zone answers for.
+    Elsewhere,
+}
+
+/// The store objects the zone is made of.
+#[derive(Debug, Default)]
+pub struct Sources {
+    /// By namespace and name.
+    pub services: BTreeMap<(String, String), Service>,
+    /// By namespace and slice name.
+    pub slices: BTreeMap<(String, String), EndpointSlice>,
+    /// By namespace and name: an endpoint's pod gives it a hostname when the
+    /// slice does not (spec.hostname, when spec.subdomain names the service).
+    pub pods: BTreeMap<(String, String), Pod>,
+}
+
+impl Records {
+    /// The zone for `sources`. `serial` distinguishes builds in the SOA.
+    pub fn build(zone: &Name, ttl: u32, serial: u32, sources: &Sources) -> Self {
+        let zone = fqdn(&zone.to_lowercase());
+        let in_zone = |labels: &str| name(&format!("{labels}.{}", zone.to_ascii()));
+        let soa = SOA::new(
+            in_zone("ns.dns").unwrap_or_else(|| zone.clone()),
+            in_zone("hostmaster").unwrap_or_else(|| zone.clone()),
+            serial,
+            7200,
+            1800,
+            86400,
+            ttl,
+        );
+        let mut records = Self {
+            zone: zone.clone(),
+            ttl,
+            soa: soa.clone(),
+            names: HashMap::new(),
+        };
+        records.add(&zone, RData::SOA(soa));
+        if let Some(version) = in_zone("dns-version") {
+            records.add(&version, RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()])));
+        }
+        let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
+        for ((namespace, _), slice) in &sources.slices {
+            if let Some(service) = slice.metadata.labels.get(SERVICE_NAME_LABEL) {
+                slices
+                    .entry((namespace.as_str(), service.as_str()))
+                    .or_default()
+                    .push(slice);
+            }
+        }
+        for ((namespace, service_name), service) in &sources.services {
+            let Some(base) = in_zone(&format!("{service_name}.{namespace}.svc")) else {
+                continue;
+            };
+            let slices = slices
+                .get(&(namespace.as_str(), service_name.as_str()))
+                .map(Vec::as_slice)
+                .unwrap_or_default();
+            let hostname =
+                |endpoint: &Endpoint| hostname(endpoint, namespace, service_name, sources);
+            records.add_service(&base, service, slices, &hostname);
+        }
+        records
+    }
+
+    /// Looks `name` up, ignoring case.
+    pub fn find(&self, name: &Name) -> Found<'_> {
+        let key = key(name);
+        match self.names.get(&key) {
+            Some(records) => Found::Name(records),
+            None if self.zone.zone_of(&name.to_lowercase()) => Found::NoSuchName,
+            None => Found::Elsewhere,
+        }
+    }
+
+    /// Whether `name` is inside the cluster zone.
+    pub fn in_zone(&self, name: &Name) -> bool {
+        self.zone.zone_of(&name.to_lowercase())
+    }
+
+    /// How many names exist (for logs).
+    pub(crate) fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    fn add_service(
+        &mut self,
+        base: &Name,
+        service: &Service,
+        slices: &[&EndpointSlice],
+        hostname: &dyn Fn(&Endpoint) -> Option<String>,
+    ) {
+        let spec = &service.spec;
+        if spec.r#type == Some(ServiceType::ExternalName) {
+            if let Some(target) = spec.external_name.as_deref().and_then(name) {
+                self.add(base, RData::CNAME(CNAME(target)));
+            }
+            return;
+        }
+        let cluster_ips: Vec<IpAddr> = spec
+            .cluster_ips
+            .iter()
+            .chain(spec.cluster_ip.iter())
+            .filter_map(|ip| ip.parse().ok())
+            .collect();
+        if !cluster_ips.is_empty() {
+            let mut seen = Vec::new();
+            for ip in cluster_ips {
+                if seen.contains(&ip) {
+                    continue;
+                }
+                seen.push(ip);
+                self.add(base, address(ip));
+                self.add(&Name::from(ip), RData::PTR(PTR(base.clone())));
+            }
+            for port in spec.ports.iter() {
+                if let (Some(srv), Ok(number)) = (srv_name(base, port), u16::try_from(port.port)) {
+                    self.add(&srv, RData::SRV(SRV::new(0, 100, number, base.clone())));
+                }
+            }
+            return;
+        }
+        // Headless: the endpoints themselves, each under its own name.
+        let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
+        self.add_existing(base);
+        for slice in slices {
+            if !matches!(
+                slice.address_type,
+                Some(AddressType::IPv4 | AddressType::IPv6)
+            ) {
+                continue;
+            }
+            for endpoint in &slice.endpoints {
+                let conditions = endpoint.conditions.clone().unwrap_or_default();
+                if !publish_not_ready && !conditions.ready.unwrap_or(true) {
+                    continue;
+                }
+                for ip in endpoint
+                    .addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<IpAddr>().ok())
+                {
+                    // Without a hostname the spec asks for a unique name of the
+                    // system's choosing: the address with dashes, as CoreDNS does.
+                    let label = hostname(endpoint)
+                        .unwrap_or_else(|| ip.to_string().replace(['.', ':'], "-"));
+                    let Some(host) = label_under(&label, base) else {
+                        continue;
+                    };
+                    self.add(base, address(ip));
+                    self.add(&host, address(ip));
+                    self.add(&Name::from(ip), RData::PTR(PTR(host.clone())));
+                    for port in &slice.ports {
+                        let (Some(number), Some(srv)) = (
+                            port.port.and_then(|p| u16::try_from(p).ok()),
+                            srv_name_parts(base, port.name.as_deref(), port.protocol),
+                        ) else {
+                            continue;
+                        };
+                        self.add(&srv, RData::SRV(SRV::new(0, 100, number, host.clone())));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Adds a record at `owner`, and the names above it up to the zone.
+    fn add(&mut self, owner: &Name, record: RData) {
+        self.add_existing(owner);
+        let records = self.names.entry(key(owner)).or_default();
+        if !records.contains(&record) {
+            records.push(record);
+        }
+    }
+
+    /// Makes `owner` and its ancestors inside the zone exist.
+    fn add_existing(&mut self, owner: &Name) {
+        let mut current = owner.clone();
+        loop {
+            self.names.entry(key(&current)).or_default();
+            if current.num_labels() <= self.zone.num_labels() || !self.zone.zone_of(&current) {
+                return;
+            }
+            current = current.base_name();
+        }
+    }
+}
+
+/// An endpoint's hostname: the slice's, else its pod's spec.hostname when the
+/// pod's spec.subdomain is the service (as the EndpointSlice controller sets it).
+fn hostname(
+    endpoint: &Endpoint,
+    namespace: &str,
+    service: &str,
+    sources: &Sources,
+) -> Option<String> {
+    if let Some(hostname) = &endpoint.hostname {
+        return Some(hostname.clone());
+    }
+    let target = endpoint.target_ref.as_ref().filter(|t| t.kind == "Pod")?;
+    let pod_namespace = target
+        .namespace
+        .clone()
+        .unwrap_or_else(|| namespace.to_string());
+    let pod = sources.pods.get(&(pod_namespace, target.name.clone()))?;
+    (pod.spec.subdomain.as_deref() == Some(service))
+        .then(|| pod.spec.hostname.clone())
+        .flatten()
+}
+
+/// The index key of a name: lower case with the final dot.
+fn key(name: &Name) -> String {
+    let mut text = name.to_lowercase().to_ascii();
+    if !text.ends_with('.') {
+        text.push('.');
+    }
+    text
+}
+
+fn fqdn(name: &Name) -> Name {
+    let mut name = name.clone();
+    name.set_fqdn(true);
+    name
+}
+
+/// A fully qualified name from text; None for text that is not a name.
+fn name(text: &str) -> Option<Name> {
+    Name::from_ascii(text).ok().map(|n| fqdn(&n.to_lowercase()))
+}
+
+fn label_under(label: &str, base: &Name) -> Option<Name> {
+    base.prepend_label(label.to_ascii_lowercase()).ok()
+}
+
+fn address(ip: IpAddr) -> RData {
+    match ip {
+        IpAddr::V4(v4) => RData::A(A(v4)),
+        IpAddr::V6(v6) => RData::AAAA(AAAA(v6)),
+    }
+}
+
+/// `_<port>._<proto>.<base>` for a named service port.
+fn srv_name(base: &Name, port: &model::ServicePort) -> Option<Name> {
+    srv_name_parts(base, port.name.as_deref(), port.protocol)
+}
+
+fn srv_name_parts(
+    base: &Name,
+    port: Option<&str>,
+    protocol: Option<model::Protocol>,
+) -> Option<Name> {
+    let port = port.filter(|p| !p.is_empty())?;
+    let protocol = match protocol.unwrap_or(model::Protocol::Tcp) {
+        model::Protocol::Tcp => "_tcp",
+        model::Protocol::Udp => "_udp",
+        model::Protocol::Sctp => "_sctp",
+    };
+    label_under(protocol, base)?
+        .prepend_label(format!("_{port}").to_ascii_lowercase())
+        .ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn sources(yaml: &[&str]) -> Sources {
+        let mut sources = Sources::default();
+        for doc in yaml {
+            let value: serde_json::Value = serde_saphyr::from_str(doc).expect("yaml");
+            let namespace = value["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or("default")
+                .to_string();
+            let name = value["metadata"]["name"].as_str().unwrap_or("").to_string();
+            // Pods are the documents with containers.
+            if value["spec"].get("containers").is_some() {
+                let pod: Pod = serde_json::from_value(value).expect("pod");
+                sources.pods.insert((namespace, name), pod);
+            } else if value.get("addressType").is_some() {
+                let slice: EndpointSlice = serde_json::from_value(value).expect("slice");
+                sources.slices.insert((namespace, name), slice);
+            } else {
+                let service: Service = serde_json::from_value(value).expect("service");
+                sources.services.insert((namespace, name), service);
+            }
+        }
+        sources
+    }
+
+    fn zone() -> Name {
+        Name::from_ascii("cluster.local.").unwrap()
+    }
+
+    fn lookup(records: &Records, text: &str) -> Vec<String> {
+        match records.find(&Name::from_ascii(text).unwrap()) {
+            Found::Name(r) => r.iter().map(ToString::to_string).collect(),
+            other => vec![format!("{other:?}")],
+        }
+    }
+
+    #[test]
+    fn services_headless_endpoints_and_external_names() {
+        let s = sources(&[
+            "metadata: {name: web, namespace: shop}\nspec: {clusterIPs: [10.96.0.5, 'fd00:10:96::5'], ports: [{name: http, port: 80}]}",
+            "metadata: {name: db, namespace: shop}\nspec: {clusterIP: None, ports: [{name: pg, port: 5432}]}",
+            "metadata: {name: db-a, namespace: shop, labels: {kubernetes.io/service-name: db}}\naddressType: IPv4\nports: [{name: pg, port: 5432, protocol: TCP}]\nendpoints:\n- {addresses: [10.244.0.7], hostname: db-0}\n- {addresses: [10.244.0.8]}\n- {addresses: [10.244.0.9], conditions: {ready: false}}\n- {addresses: [10.244.0.10], targetRef: {kind: Pod, name: db-1}}\n- {addresses: [10.244.0.11], targetRef: {kind: Pod, name: other}}",
+            "metadata: {name: db-1, namespace: shop}\nspec: {hostname: db-1, subdomain: db, containers: []}",
+            "metadata: {name: other, namespace: shop}\nspec: {hostname: other, subdomain: elsewhere, containers: []}",
+            "metadata: {name: ext, namespace: shop}\nspec: {type: ExternalName, externalName: example.com}",
+        ]);
+        let r = Records::build(&zone(), 5, 1, &s);
+        assert_eq!(
+            lookup(&r, "WEB.shop.svc.cluster.local."),
+            ["10.96.0.5", "fd00:10:96::5"]
+        );
+        assert_eq!(
+            lookup(&r, "_http._tcp.web.shop.svc.cluster.local."),
+            ["0 100 80 web.shop.svc.cluster.local."]
+        );
+        assert_eq!(
+            lookup(&r, "5.0.96.10.in-addr.arpa."),
+            ["web.shop.svc.cluster.local."]
+        );
+        assert_eq!(
+            lookup(&r, "db.shop.svc.cluster.local."),
+            ["10.244.0.7", "10.244.0.8", "10.244.0.10", "10.244.0.11"]
+        );
+        assert_eq!(
+            lookup(&r, "db-0.db.shop.svc.cluster.local."),
+            ["10.244.0.7"]
+        );
+        // The pod names the endpoint when its subdomain is the service.
+        assert_eq!(
+            lookup(&r, "db-1.db.shop.svc.cluster.local."),
+            ["10.244.0.10"]
+        );
+        assert_eq!(
+            lookup(&r, "10-244-0-11.db.shop.svc.cluster.local."),
+            ["10.244.0.11"]
+        );
+        assert_eq!(
+            lookup(&r, "10-244-0-8.db.shop.svc.cluster.local."),
+            ["10.244.0.8"]
+        );
+        assert_eq!(
+            lookup(&r, "_pg._tcp.db.shop.svc.cluster.local."),
+            [
+                "0 100 5432 db-0.db.shop.svc.cluster.local.",
+                "0 100 5432 10-244-0-8.db.shop.svc.cluster.local.",
+                "0 100 5432 db-1.db.shop.svc.cluster.local.",
+                "0 100 5432 10-244-0-11.db.shop.svc.cluster.local.",
+            ]
+        );
+        assert_eq!(
+            lookup(&r, "8.0.244.10.in-addr.arpa."),
+            ["10-244-0-8.db.shop.svc.cluster.local."]
+        );
+        assert_eq!(lookup(&r, "ext.shop.svc.cluster.local."), ["example.com."]);
+        assert_eq!(lookup(&r, "dns-version.cluster.local."), ["1.1.0"]);
+        assert!(lookup(&r, "shop.svc.cluster.local.").is_empty());
+        assert_eq!(lookup(&r, "nope.shop.svc.cluster.local."), ["NoSuchName"]);
+        assert_eq!(lookup(&r, "9.0.244.10.in-addr.arpa."), ["Elsewhere"]);
+        assert_eq!(lookup(&r, "example.com."), ["Elsewhere"]);
+    }
+}
