@@ -34,9 +34,10 @@ struct Process {
 }
 
 impl Agent {
-    /// An agent serving the API only, logging `log_filter` (RUST_LOG syntax).
-    pub async fn start(binary: &Path, log_filter: &str) -> Result<Self> {
-        Self::start_in(Command::new(binary), None, &[], log_filter).await
+    /// An agent serving the API only, logging `log_filter` (RUST_LOG syntax), with
+    /// `args` added to its command line.
+    pub async fn start(binary: &Path, log_filter: &str, args: &[&str]) -> Result<Self> {
+        Self::start_in(Command::new(binary), None, args, log_filter).await
     }
 
     /// An agent that runs pods bound to [`NODE_NAME`], in a network namespace of

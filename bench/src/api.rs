@@ -15,6 +15,7 @@ use skiff::api::client::ApiClient;
 use skiff::api::proto;
 
 use crate::agent::Agent;
+use crate::netns::free_port;
 use crate::stats::{median, percentile, rss_mib};
 
 #[derive(clap::Args)]
@@ -66,7 +67,8 @@ pub async fn run(options: Options) -> Result<()> {
         for system in order {
             let figures = match system {
                 "skiff" => {
-                    let server = Agent::start(&options.skiff, "warn,skiff::agent=info").await?;
+                    let server =
+                        Agent::start(&options.skiff, "warn,skiff::agent=info", &[]).await?;
                     let target = Target::Skiff(server.client.clone());
                     let figures = measure(&options, &target, server.pid(), epoch).await?;
                     server.stop()?;
@@ -353,10 +355,4 @@ impl EtcdServer {
         self.child.wait()?;
         Ok(())
     }
-}
-
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }

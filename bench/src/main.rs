@@ -20,6 +20,7 @@ mod agent;
 mod api;
 mod cni;
 mod dataplane;
+mod dns;
 mod netns;
 mod pods;
 mod stats;
@@ -40,6 +41,8 @@ enum Bench {
     Cni(cni::Options),
     /// skiff's eBPF service load balancing against iptables and nftables DNAT.
     Dataplane(dataplane::Options),
+    /// skiff's cluster DNS against dnsmasq and Knot DNS.
+    Dns(dns::Options),
     /// Pod start latency against bare runc.
     Pods(pods::Options),
 }
@@ -50,6 +53,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Api(options) => api::run(options).await,
         Bench::Cni(options) => cni::run(options),
         Bench::Dataplane(options) => dataplane::run(options).await,
+        Bench::Dns(options) => dns::run(options).await,
         Bench::Pods(options) => pods::run(options).await,
     }
 }

@@ -77,3 +77,16 @@ impl Drop for Netns {
             .status();
     }
 }
+
+/// A loopback port free for both TCP and UDP when asked (another process may take
+/// it before the caller binds it; the benchmarks run alone).
+pub fn free_port() -> Result<u16> {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
+}

@@ -3,6 +3,7 @@
 //! README's two commands live here.
 
 mod build;
+mod fuzz;
 mod setup;
 
 use std::os::unix::process::CommandExt;
@@ -49,14 +50,22 @@ enum Cmd {
         #[arg(long, default_value = "busybox:latest")]
         reference: String,
     },
-    /// Run a benchmark side by side with the alternative (root): `api`, `cni`, `dataplane`, `pods`.
+    /// Run a benchmark side by side with the alternative (root): `api`, `cni`, `dataplane`, `dns`, `pods`.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "cni", "dataplane", "pods"])]
+        #[arg(value_parser = ["api", "cni", "dataplane", "dns", "pods"])]
         name: String,
         /// Arguments passed on to the benchmark (see `skiff-bench <name> --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         bench_args: Vec<String>,
+    },
+    /// Run a libFuzzer target of fuzz/ for a bounded time (e.g. `dns_request`).
+    Fuzz {
+        /// Which target (a binary of the fuzz crate).
+        target: String,
+        /// How long to fuzz.
+        #[arg(long, default_value_t = 60)]
+        seconds: u32,
     },
     /// Set up if needed, build, check formatting and lints, then run every test (root).
     Test {
@@ -124,6 +133,10 @@ fn main() -> Result<()> {
                 _ => bench.arg("--skiff").arg(release.join("skiff")),
             };
             run_checked(bench.args(&bench_args))
+        }
+        Cmd::Fuzz { target, seconds } => {
+            let ebpf = build::ebpf(&ws)?;
+            fuzz::run(&ws, &ebpf, &target, seconds)
         }
         Cmd::Test { test_args } => {
             setup::run(&ws)?;

@@ -46,8 +46,12 @@ const PACKAGES: &[&str] = &[
     // pushes the test images into it.
     "docker-registry",
     "skopeo",
-    // Cluster DNS: dig resolves through a pod's resolv.conf in the DNS tests.
+    // Cluster DNS: dig for the tests, and the DNS benchmark's load generator and
+    // the servers it compares with.
     "dnsutils",
+    "dnsperf",
+    "dnsmasq-base",
+    "knot",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -50,7 +50,7 @@ pub struct StoreLatency {
 }
 
 pub async fn measure(skiff: &Path, services: usize, changes: usize) -> Result<StoreLatency> {
-    let mut agent = Agent::start(skiff, "warn,skiff::agent=info").await?;
+    let mut agent = Agent::start(skiff, "warn,skiff::agent=info", &[]).await?;
     fill_store(&mut agent, services - 1).await?;
     let map = services_map(agent.pid())?;
     let key =
