@@ -112,7 +112,7 @@ pub fn user_space(ws: &Workspace, ebpf: &Path, profile: Profile) -> Result<()> {
     Ok(())
 }
 
-/// Formatting of both workspaces, and clippy with warnings denied.
+/// Formatting of every workspace, and clippy with warnings denied.
 pub fn lint(ws: &Workspace, ebpf: &Path) -> Result<()> {
     let started = Instant::now();
     run_checked(
@@ -120,11 +120,14 @@ pub fn lint(ws: &Workspace, ebpf: &Path) -> Result<()> {
             .current_dir(&ws.root)
             .args(["fmt", "--all", "--check"]),
     )?;
-    run_checked(
-        cargo(ebpf)
-            .current_dir(ws.root.join("ebpf/programs"))
-            .args(["fmt", "--check"]),
-    )?;
+    // The workspaces of their own: the eBPF programs and the fuzz targets.
+    for dir in ["ebpf/programs", "fuzz"] {
+        run_checked(
+            cargo(ebpf)
+                .current_dir(ws.root.join(dir))
+                .args(["fmt", "--check"]),
+        )?;
+    }
     run_checked(cargo(ebpf).current_dir(&ws.root).args([
         "clippy",
         "--workspace",
