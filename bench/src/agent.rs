@@ -144,6 +144,19 @@ impl Agent {
         })
     }
 
+    /// Applies `objects` in one Apply call, all or nothing.
+    pub async fn apply(&mut self, objects: &[serde_json::Value]) -> Result<()> {
+        let objects = objects
+            .iter()
+            .map(serde_json::to_vec)
+            .collect::<Result<_, _>>()?;
+        self.client
+            .apply(skiff::api::proto::ApplyRequest { objects })
+            .await
+            .context("Apply")?;
+        Ok(())
+    }
+
     pub fn pid(&self) -> u32 {
         self.process.child.id()
     }

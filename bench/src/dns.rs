@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::{Value, json};
-use skiff::api::proto;
 
 use crate::agent::Agent;
 use crate::netns::free_port;
@@ -280,15 +279,7 @@ impl SkiffDns {
             Agent::start(binary, "warn,skiff::agent=info", &[SKIFF_DNS_FLAG, &listen]).await?;
         let objects: Vec<Value> = (0..services).map(service).collect();
         for batch in objects.chunks(200) {
-            let objects = batch
-                .iter()
-                .map(serde_json::to_vec)
-                .collect::<Result<_, _>>()?;
-            agent
-                .client
-                .apply(proto::ApplyRequest { objects })
-                .await
-                .context("applying the services")?;
+            agent.apply(batch).await.context("applying the services")?;
         }
         // The server follows the store: wait until it has the last service.
         let (last, _) = record(services - 1);

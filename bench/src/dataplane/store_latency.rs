@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use serde_json::{Value, json};
-use skiff::api::proto;
 use skiff_ebpf_common::{IPPROTO_TCP, SERVICES_MAP, Service, ServiceKey};
 
 use crate::agent::Agent;
@@ -55,7 +54,9 @@ pub async fn measure(skiff: &Path, services: usize, changes: usize) -> Result<St
     let map = services_map(agent.pid())?;
     let key =
         ServiceKey::from_socket_addr(SocketAddr::new(IpAddr::V4(MEASURED_VIP), PORT), IPPROTO_TCP);
-    apply(&mut agent, vec![measured_service(), measured_slice(2)]).await?;
+    agent
+        .apply(&[measured_service(), measured_slice(2)])
+        .await?;
     let mut published = wait_for(&map, &key, 2, None)?.0;
 
     let mut to_map = Vec::with_capacity(changes);
@@ -65,7 +66,7 @@ pub async fn measure(skiff: &Path, services: usize, changes: usize) -> Result<St
         // 3 and 4 endpoints in turn: every change moves the service to new backends.
         let backends = 3 + (change % 2) as u16;
         let sent = Instant::now();
-        apply(&mut agent, vec![measured_slice(backends)]).await?;
+        agent.apply(&[measured_slice(backends)]).await?;
         let returned = sent.elapsed();
         let (service, seen) = wait_for(&map, &key, backends, Some(published))
             .with_context(|| format!("change {} of {changes}", change + 1))?;
@@ -95,19 +96,6 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1_000.0
 }
 
-async fn apply(agent: &mut Agent, objects: Vec<Value>) -> Result<()> {
-    let objects = objects
-        .iter()
-        .map(serde_json::to_vec)
-        .collect::<Result<_, _>>()?;
-    agent
-        .client
-        .apply(proto::ApplyRequest { objects })
-        .await
-        .context("Apply")?;
-    Ok(())
-}
-
 /// `count` Services, each with an EndpointSlice of one endpoint, as many as the
 /// store and the dataplane hold besides the measured one.
 async fn fill_store(agent: &mut Agent, count: usize) -> Result<()> {
@@ -119,7 +107,7 @@ async fn fill_store(agent: &mut Agent, count: usize) -> Result<()> {
         })
         .collect();
     for batch in objects.chunks(BATCH) {
-        apply(agent, batch.to_vec()).await?;
+        agent.apply(batch).await?;
     }
     Ok(())
 }
