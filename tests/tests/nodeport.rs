@@ -558,8 +558,10 @@ fn udp_node_ports_from_outside_pick_the_maglev_backend_of_each_flow() {
         .expect("backend name");
     let rest: Vec<usize> = (0..3).filter(|i| *i != index).collect();
     agent.apply(&slice("IPv4", &rest));
+    // A datagram in flight while the flow is forgotten may go unanswered (UDP): it
+    // only counts as a try.
     let deadline = Instant::now() + Duration::from_secs(15);
-    while ask_udp(outside, client, node).expect("ask") == before {
+    while ask_udp(outside, client, node).map_or(true, |reply| reply == before) {
         assert!(Instant::now() < deadline, "{client} stays on {before}");
         std::thread::sleep(Duration::from_millis(100));
     }
