@@ -311,15 +311,7 @@ fn build_bed(options: &Options) -> Result<Bed> {
         let services = bed.plain.service_set(size, options.filler_backends);
 
         let cgroup = Cgroup::create(&format!("skiff-{size}"))?;
-        let mut dataplane = Dataplane::load(&dataplane::Config {
-            cgroup: cgroup.path().to_path_buf(),
-            ebpf_log: log::LevelFilter::Off,
-            pin_dir: None,
-            capacity: Default::default(),
-            nodeport: Default::default(),
-            socket_netns: Vec::new(),
-        })
-        .context("loading skiff's dataplane")?;
+        let mut dataplane = load_skiff(&cgroup)?;
         let took = program_skiff(&mut dataplane, &services)?;
         eprintln!(
             "[setup] skiff: {size} services in {:.2}s",
@@ -352,6 +344,20 @@ fn build_bed(options: &Options) -> Result<Bed> {
         bed.nftables.push(site);
     }
     Ok(bed)
+}
+
+/// skiff's dataplane on `cgroup`, owned by this process (nothing pinned), no
+/// NodePort programs, logging off.
+fn load_skiff(cgroup: &Cgroup) -> Result<Dataplane> {
+    Dataplane::load(&dataplane::Config {
+        cgroup: cgroup.path().to_path_buf(),
+        ebpf_log: log::LevelFilter::Off,
+        pin_dir: None,
+        capacity: Default::default(),
+        nodeport: Default::default(),
+        socket_netns: Vec::new(),
+    })
+    .context("loading skiff's dataplane")
 }
 
 fn program_skiff(dataplane: &mut Dataplane, services: &ServiceSet) -> Result<Duration> {
@@ -604,15 +610,7 @@ fn measure_programming(options: &Options) -> Result<Programming> {
             match (m + round) % 3 {
                 0 => {
                     let cgroup = Cgroup::create(&format!("program-{round}"))?;
-                    let mut dataplane = Dataplane::load(&dataplane::Config {
-                        cgroup: cgroup.path().to_path_buf(),
-                        ebpf_log: log::LevelFilter::Off,
-                        pin_dir: None,
-                        capacity: Default::default(),
-                        nodeport: Default::default(),
-                        socket_netns: Vec::new(),
-                    })
-                    .context("loading skiff's dataplane")?;
+                    let mut dataplane = load_skiff(&cgroup)?;
                     let took = program_skiff(&mut dataplane, &services)?.as_secs_f64();
                     eprintln!("round {} programming skiff maps: {took:.3}s", round + 1);
                     times.skiff.push(took);
