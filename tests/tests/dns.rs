@@ -503,20 +503,24 @@ fn agent_with_objects() -> (Agent, SocketAddr, tempfile::TempDir) {
     ]);
     agent.apply(OBJECTS);
     let server = agent.dns_addrs()[0];
-    // The zone follows the store shortly after apply returns.
+    // The zone follows the store shortly after apply returns. Services and
+    // EndpointSlices come through separate watches, so wait for the last
+    // object of each kind.
     let deadline = Instant::now() + Duration::from_secs(10);
-    while ask(
-        server,
-        "ext.default.svc.cluster.local.",
-        CNAME,
-        Transport::Udp,
-        None,
-    )
-    .answers
-    .is_empty()
-    {
-        assert!(Instant::now() < deadline, "the zone never got the objects");
-        std::thread::sleep(Duration::from_millis(20));
+    for (name, rtype) in [
+        ("ext.default.svc.cluster.local.", CNAME),
+        ("db-0.db.default.svc.cluster.local.", AAAA),
+    ] {
+        while ask(server, name, rtype, Transport::Udp, None)
+            .answers
+            .is_empty()
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the zone never got the objects: no {rtype} for {name}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
     (agent, server, dir)
 }

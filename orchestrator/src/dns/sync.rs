@@ -1,14 +1,14 @@
 //! Keeps the zone in step with the store: Services, EndpointSlices and Pods (for
 //! endpoints' hostnames) are listed,
-//! then watched (as the dataplane's service sync does), and every change rebuilds
-//! the zone and swaps it in whole, so a reader sees one build or the next, never
+//! then watched (as the dataplane's service sync does), and every burst of changes
+//! rebuilds the zone and swaps it in whole, so a reader sees one build or the next, never
 //! a mix. A watch that ends or fails is followed by a fresh list.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use hickory_proto::rr::Name;
 use log::{debug, info, warn};
 
@@ -90,6 +90,23 @@ async fn follow(registry: &Registry, zone: &mut Zone) -> Result<(), ApiError> {
         };
         if !watching {
             return Ok(());
+        }
+        // One build for every event already waiting: an apply of many objects
+        // arrives as a burst, and each build covers the whole zone.
+        loop {
+            let ready = if let Some(event) = service_events.next().now_or_never() {
+                changed(&mut sources.services, event, |s| &s.metadata)?
+            } else if let Some(event) = slice_events.next().now_or_never() {
+                changed(&mut sources.slices, event, |s| &s.metadata)?
+            } else if let Some(event) = pod_events.next().now_or_never() {
+                changed(&mut sources.pods, event, |p| &p.metadata)?
+            } else {
+                break;
+            };
+            if !ready {
+                zone.rebuild(&sources);
+                return Ok(());
+            }
         }
         zone.rebuild(&sources);
     }
