@@ -218,9 +218,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
     ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
     let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
+    let usage = tokio::spawn(runtime::usage::run(
+        node_context.clone(),
+        node_config.usage_interval,
+    ));
     let identity = node_config.identity.clone();
+    let heartbeat_interval = node_config.heartbeat_interval;
     let mut node = tokio::spawn(async move {
-        runtime::node::run(node_context, identity, async {
+        runtime::node::run(node_context, identity, heartbeat_interval, async {
             let _ = node_stopped.await;
         })
         .await
@@ -257,6 +262,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     };
     info!("{received} received, shutting down");
     compactor.abort();
+    usage.abort();
     if let Some(task) = log_reader {
         task.abort();
     }

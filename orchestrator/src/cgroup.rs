@@ -46,6 +46,64 @@ pub fn remove_everywhere(relative: &str) {
     }
 }
 
+/// What a cgroup used so far, in whichever hierarchy accounts for it (v1 cpuacct
+/// and memory on hybrid hosts, the v2 files otherwise).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time since the cgroup was created.
+    pub cpu_nanos: u64,
+    /// Memory in use minus the page cache the kernel can drop at once (the
+    /// working set, as the kubelet reports it).
+    pub working_set_bytes: u64,
+}
+
+/// The usage of the cgroup at `relative` (e.g. /skiff/pod<uid>/<id>), None when no
+/// hierarchy has it.
+pub fn usage(relative: &str) -> Option<Usage> {
+    let relative = relative.trim_start_matches('/');
+    let dirs: Vec<PathBuf> = hierarchies()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|root| root.join(relative))
+        .filter(|dir| dir.is_dir())
+        .collect();
+    let read = |file: &str| {
+        dirs.iter()
+            .find_map(|d| std::fs::read_to_string(d.join(file)).ok())
+    };
+    let cpu_nanos = read("cpuacct.usage")
+        .and_then(|s| s.trim().parse().ok())
+        .or_else(|| {
+            dirs.iter().find_map(|d| {
+                let stat = std::fs::read_to_string(d.join("cpu.stat")).ok()?;
+                stat_field(&stat, "usage_usec").map(|usec| usec * 1000)
+            })
+        })?;
+    let (in_use, inactive) = match read("memory.usage_in_bytes") {
+        Some(v1) => (
+            v1.trim().parse().ok(),
+            read("memory.stat").and_then(|s| stat_field(&s, "total_inactive_file")),
+        ),
+        None => (
+            read("memory.current").and_then(|s| s.trim().parse().ok()),
+            read("memory.stat").and_then(|s| stat_field(&s, "inactive_file")),
+        ),
+    };
+    let in_use: u64 = in_use.unwrap_or(0);
+    Some(Usage {
+        cpu_nanos,
+        working_set_bytes: in_use.saturating_sub(inactive.unwrap_or(0)),
+    })
+}
+
+/// A `name value` line's value in a cgroup stat file.
+fn stat_field(stat: &str, name: &str) -> Option<u64> {
+    stat.lines().find_map(|line| {
+        let (key, value) = line.split_once(' ')?;
+        (key == name).then(|| value.trim().parse().ok()).flatten()
+    })
+}
+
 /// Children first: rmdir only removes empty cgroups.
 fn remove_tree(dir: &std::path::Path) {
     if let Ok(entries) = std::fs::read_dir(dir) {

@@ -64,6 +64,14 @@ struct GlobalArgs {
     namespace: Option<String>,
 }
 
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum TopResource {
+    #[value(alias = "pod", alias = "po")]
+    Pods,
+    #[value(alias = "node", alias = "no")]
+    Nodes,
+}
+
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Run the node agent in the foreground (root): the API, the state store and the
@@ -95,6 +103,17 @@ enum Command {
         /// After listing, follow changes
         #[arg(short = 'w', long)]
         watch: bool,
+    },
+    /// CPU and memory in use by pods or nodes, as last sampled by their nodes
+    Top {
+        #[arg(value_enum)]
+        resource: TopResource,
+        /// Across all namespaces
+        #[arg(short = 'A', long)]
+        all_namespaces: bool,
+        /// Label selector, e.g. app=web
+        #[arg(short = 'l', long)]
+        selector: Option<String>,
     },
     /// Show objects in detail
     Describe {
@@ -340,6 +359,13 @@ struct AgentArgs {
     /// CHECK), e.g. 60s
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pod_network_check_interval: std::time::Duration,
+    /// How often the node's and its pods' CPU and memory usage is sampled and
+    /// published as NodeMetrics and PodMetrics (`skiff top`, autoscaling)
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    usage_interval: std::time::Duration,
+    /// How often this node reports itself Ready
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    node_heartbeat_interval: std::time::Duration,
     /// A container's log file is rotated past this many bytes
     #[arg(long, default_value_t = 10 * 1024 * 1024)]
     container_log_max_bytes: u64,
@@ -505,6 +531,23 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 fields: field_selector.unwrap_or_default(),
             };
             get(&settings, &query, &names, output, watch).await
+        }
+        Command::Top {
+            resource,
+            all_namespaces,
+            selector,
+        } => {
+            let settings = config::resolve(&overrides)?;
+            let query = Query {
+                kind: match resource {
+                    TopResource::Pods => Kind::PodMetrics,
+                    TopResource::Nodes => Kind::NodeMetrics,
+                },
+                namespace: (!all_namespaces).then(|| settings.namespace.clone()),
+                labels: selector.unwrap_or_default(),
+                fields: String::new(),
+            };
+            get(&settings, &query, &[], None, false).await
         }
         Command::Describe { kind, names } => {
             let settings = config::resolve(&overrides)?;
@@ -733,6 +776,8 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             pids_limit: args.pod_pids_limit,
             log_max_bytes: args.container_log_max_bytes,
             network_check: args.pod_network_check_interval,
+            usage_interval: args.usage_interval,
+            heartbeat_interval: args.node_heartbeat_interval,
             pull: crate::image::PullOptions {
                 insecure_registries: args.insecure_registries,
             },

@@ -13,7 +13,8 @@
 //! - [`pod`], [`service`], [`cluster`] (Namespace, Node), [`config`] (ConfigMap,
 //!   Secret), [`apps`]
 //!   (Deployment, ReplicaSet), [`batch`] (Job), [`autoscaling`]
-//!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event):
+//!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event),
+//!   [`metrics`] (PodMetrics, NodeMetrics):
 //!   the kinds.
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: quantities, int-or-string and base64 values.
@@ -29,6 +30,7 @@ pub mod discovery;
 pub mod event;
 pub mod manifest;
 pub mod meta;
+pub mod metrics;
 pub mod object;
 pub mod pod;
 pub mod quantity;
@@ -47,6 +49,7 @@ pub use config::*;
 pub use discovery::*;
 pub use event::*;
 pub use meta::{Condition, ConditionStatus, ObjectMeta, OwnerReference};
+pub use metrics::*;
 pub use object::{Kind, Object};
 pub use pod::*;
 pub use quantity::{ByteString, IntOrString, ParsedQuantity, Quantity};

@@ -13,6 +13,7 @@
 //! - [`netns`], [`cni`], [`pod_files`]: the pod's network and /etc files.
 //! - [`volumes`]: emptyDir, hostPath, configMap and secret volumes.
 //! - [`logs`]: reading containers' log files (`skiff logs`).
+//! - [`usage`]: CPU and memory of the node and its pods, published as metrics.
 //! - [`paths`]: where all of it lives on the node.
 
 pub mod bundle;
@@ -29,5 +30,6 @@ pub mod probes;
 pub mod record;
 pub mod rootfs;
 pub mod status;
+pub mod usage;
 pub mod volumes;
 pub mod worker;

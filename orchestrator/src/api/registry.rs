@@ -117,10 +117,11 @@ impl ObjectRef {
     }
 
     pub fn key(&self) -> String {
-        match &self.namespace {
-            Some(ns) => format!("/registry/{}/{ns}/{}", self.kind.plural(), self.name),
-            None => format!("/registry/{}/{}", self.kind.plural(), self.name),
-        }
+        format!(
+            "{}{}",
+            kind_prefix(self.kind, self.namespace.as_deref()),
+            self.name
+        )
     }
 
     fn not_found(&self) -> ApiError {
@@ -140,9 +141,15 @@ impl ObjectRef {
 
 /// The store prefix of a kind, optionally narrowed to one namespace.
 fn kind_prefix(kind: Kind, namespace: Option<&str>) -> String {
+    // Keys name the plural, as Kubernetes' do; the metrics kinds share theirs with
+    // Pod and Node, so they take their group too.
+    let resource = match kind {
+        Kind::PodMetrics | Kind::NodeMetrics => resource(kind),
+        _ => kind.plural().to_string(),
+    };
     match namespace.filter(|_| kind.namespaced()) {
-        Some(ns) => format!("/registry/{}/{ns}/", kind.plural()),
-        None => format!("/registry/{}/", kind.plural()),
+        Some(ns) => format!("/registry/{resource}/{ns}/"),
+        None => format!("/registry/{resource}/"),
     }
 }
 

@@ -199,6 +199,9 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             vec![],
         ),
+        Kind::PodMetrics | Kind::NodeMetrics => {
+            (vec!["NAME", "CPU(cores)", "MEMORY(bytes)"], vec!["WINDOW"])
+        }
     };
     if wide {
         base.extend(extra);
@@ -435,6 +438,14 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
                 age,
             ]
         }
+        Kind::PodMetrics | Kind::NodeMetrics => {
+            let usage = usage(o);
+            vec![
+                name,
+                cpu_text(usage.cpu_millis),
+                memory_text(usage.memory_bytes),
+            ]
+        }
     };
     if wide {
         match kind {
@@ -465,6 +476,7 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
                     .join(","),
                 _ => "<none>".into(),
             }),
+            Kind::PodMetrics | Kind::NodeMetrics => cells.push(text(&o["window"])),
             _ => {}
         }
     }
@@ -827,4 +839,37 @@ shop        checkout-api   NodePort   10.96.100.200   <none>        80:30080/TCP
             "horizontalpodautoscaler.autoscaling"
         );
     }
+}
+
+/// CPU and memory a PodMetrics (summed over its containers) or NodeMetrics reports.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Usage {
+    pub cpu_millis: i128,
+    pub memory_bytes: i128,
+}
+
+pub fn usage(metrics: &Value) -> Usage {
+    let maps: Vec<&Value> = match metrics["containers"].as_array() {
+        Some(containers) => containers.iter().map(|c| &c["usage"]).collect(),
+        None => vec![&metrics["usage"]],
+    };
+    let quantity = |map: &Value, name: &str| {
+        map[name]
+            .as_str()
+            .and_then(|q| crate::model::Quantity(q.to_string()).parse().ok())
+    };
+    maps.into_iter().fold(Usage::default(), |sum, map| Usage {
+        cpu_millis: sum.cpu_millis + quantity(map, "cpu").map_or(0, |q| q.millis()),
+        memory_bytes: sum.memory_bytes + quantity(map, "memory").map_or(0, |q| q.value()),
+    })
+}
+
+/// As `kubectl top` shows CPU: millicores.
+pub fn cpu_text(millis: i128) -> String {
+    format!("{millis}m")
+}
+
+/// As `kubectl top` shows memory: whole mebibytes.
+pub fn memory_text(bytes: i128) -> String {
+    format!("{}Mi", bytes / (1024 * 1024))
 }

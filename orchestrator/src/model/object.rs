@@ -17,7 +17,7 @@ use super::meta::{validate_meta, validate_meta_update};
 use super::validation::{FieldErrors, Path};
 use super::{
     ConfigMap, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace, Node,
-    ObjectMeta, Pod, ReplicaSet, Secret, Service,
+    NodeMetrics, ObjectMeta, Pod, PodMetrics, ReplicaSet, Secret, Service,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,6 +34,8 @@ pub enum Kind {
     Job,
     HorizontalPodAutoscaler,
     Event,
+    PodMetrics,
+    NodeMetrics,
 }
 
 /// What the API says about a kind.
@@ -46,7 +48,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -59,6 +61,8 @@ impl Kind {
         Kind::Job,
         Kind::HorizontalPodAutoscaler,
         Kind::Event,
+        Kind::PodMetrics,
+        Kind::NodeMetrics,
     ];
 
     fn info(self) -> KindInfo {
@@ -88,6 +92,8 @@ impl Kind {
                 true,
             ),
             Kind::Event => ("Event", "v1", "events", &["ev"], true),
+            Kind::PodMetrics => ("PodMetrics", "metrics.k8s.io/v1beta1", "pods", &[], true),
+            Kind::NodeMetrics => ("NodeMetrics", "metrics.k8s.io/v1beta1", "nodes", &[], false),
         };
         KindInfo {
             name,
@@ -313,6 +319,8 @@ objects!(
     Job,
     HorizontalPodAutoscaler,
     Event,
+    PodMetrics,
+    NodeMetrics,
 );
 
 impl Object {

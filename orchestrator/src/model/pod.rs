@@ -865,7 +865,7 @@ impl ResourceRequirements {
 }
 
 /// The valid, non-negative quantities of a requests or limits map, by resource name.
-fn parse_quantities<'a>(
+pub(crate) fn parse_quantities<'a>(
     errors: &mut FieldErrors,
     path: &Path,
     quantities: &'a BTreeMap<String, Quantity>,

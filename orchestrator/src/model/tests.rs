@@ -229,6 +229,24 @@ reason: Started
 message: Started container web
 type: Normal
 count: 1
+---
+apiVersion: metrics.k8s.io/v1beta1
+kind: PodMetrics
+metadata:
+  name: web-1
+timestamp: "2026-01-01T00:00:15Z"
+window: 15s
+containers:
+- name: web
+  usage: {cpu: 250m, memory: 12Mi}
+---
+apiVersion: metrics.k8s.io/v1beta1
+kind: NodeMetrics
+metadata:
+  name: node-1
+timestamp: "2026-01-01T00:00:15Z"
+window: 15s
+usage: {cpu: 1200m, memory: 2Gi}
 "#;
 
 fn parse_ok(source: &str, text: &str) -> Vec<Document> {
@@ -830,6 +848,21 @@ fn bad_hpa() {
 }
 
 #[test]
+fn bad_metrics() {
+    let text = "apiVersion: metrics.k8s.io/v1beta1\nkind: PodMetrics\nmetadata:\n  name: web\n\
+                containers:\n- name: web\n  usage: {cpu: lots}\n- name: web\n  usage: {memory: -1}\n";
+    assert_eq!(
+        parse_err(text),
+        "app.yaml doc 1: timestamp: required\n\
+         app.yaml doc 1: window: required\n\
+         app.yaml doc 1: containers[1].name: duplicate name \"web\"\n\
+         app.yaml doc 1: containers[0].usage[cpu]: \"lots\" is not a valid quantity \
+         (a number with an optional suffix such as m, k, M, G, Ki, Mi, Gi or an exponent like e3)\n\
+         app.yaml doc 1: containers[1].usage[memory]: -1 must not be negative"
+    );
+}
+
+#[test]
 fn bad_node_and_endpoint_slice() {
     let text = "apiVersion: v1\nkind: Node\nmetadata:\n  name: node-a\nspec:\n  podCIDR: 10.244.1.0/33\n  \
                 taints:\n  - key: dedicated\n";
@@ -932,12 +965,16 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::Job(job),
         Object::HorizontalPodAutoscaler(hpa),
         Object::Event(event),
+        Object::PodMetrics(pod_metrics),
+        Object::NodeMetrics(node_metrics),
     ] = documents.iter().map(|d| &d.object).collect::<Vec<_>>()[..]
     else {
         panic!("unexpected kinds");
     };
     assert_eq!(node.spec.taints[0].effect, Some(TaintEffect::NoSchedule));
     assert_eq!(event.involved_object.name, "web-1");
+    assert_eq!(pod_metrics.containers[0].usage["cpu"].0, "250m");
+    assert_eq!(node_metrics.usage["memory"].0, "2Gi");
 
     // Pod defaults.
     assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
@@ -1352,7 +1389,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 12);
+    assert_eq!(Kind::ALL.len(), 14);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),
@@ -1377,6 +1414,9 @@ fn kinds() {
         ("EndpointSlice", Kind::EndpointSlice),
         ("ev", Kind::Event),
         ("events", Kind::Event),
+        ("pods.metrics.k8s.io", Kind::PodMetrics),
+        ("podmetrics", Kind::PodMetrics),
+        ("NodeMetrics", Kind::NodeMetrics),
     ] {
         assert_eq!(Kind::from_cli_name(name), Some(kind), "{name}");
     }

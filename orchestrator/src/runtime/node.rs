@@ -22,9 +22,6 @@ use super::paths::Paths;
 use super::record::PodRecord;
 use super::worker::{self, Context};
 
-/// How often the node says it is alive.
-const HEARTBEAT: Duration = Duration::from_secs(10);
-
 /// What the node reports about itself.
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
@@ -51,6 +48,11 @@ pub struct NodeConfig {
     pub pull: PullOptions,
     /// How often a running pod's network is checked (CNI CHECK).
     pub network_check: std::time::Duration,
+    /// How often pods' and the node's resource usage is sampled and published.
+    pub usage_interval: std::time::Duration,
+    /// How often the node reports itself Ready: well within the grace period after
+    /// which the node lifecycle controller declares it lost.
+    pub heartbeat_interval: std::time::Duration,
 }
 
 /// What the API needs of the node to serve `logs`, `exec` and image pulls: its
@@ -112,10 +114,11 @@ impl NodeConfig {
 pub async fn run(
     ctx: Arc<Context>,
     identity: NodeIdentity,
+    heartbeat_interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
     register(&ctx.registry, &identity).await?;
-    let mut heartbeat = tokio::time::interval(HEARTBEAT);
+    let mut heartbeat = tokio::time::interval(heartbeat_interval);
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let mut tasks: JoinSet<String> = JoinSet::new();
     tokio::pin!(shutdown);
@@ -209,7 +212,8 @@ fn node_selector(node: &str) -> FieldSelector {
         .unwrap_or_else(|_| FieldSelector::everything())
 }
 
-async fn list_pods(ctx: &Context) -> Result<(Vec<Pod>, String), ApiError> {
+/// The pods bound to this node, and the revision of the list.
+pub(super) async fn list_pods(ctx: &Context) -> Result<(Vec<Pod>, String), ApiError> {
     let (values, revision) = ctx
         .registry
         .list(
