@@ -363,6 +363,10 @@ struct AgentArgs {
     /// published as NodeMetrics and PodMetrics (`skiff top`, autoscaling)
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
     usage_interval: std::time::Duration,
+    /// What the node keeps for itself and the system: the node's allocatable
+    /// (what the scheduler places pods against) is its capacity minus this
+    #[arg(long, value_name = "cpu=Q,memory=Q", default_value = "cpu=100m,memory=256Mi", value_parser = parse_reserved)]
+    system_reserved: crate::runtime::node::Reserved,
     /// How often this node reports itself Ready
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     node_heartbeat_interval: std::time::Duration,
@@ -411,6 +415,27 @@ fn parse_store(text: &str) -> Result<EtcdConfig, EtcdError> {
         // From --etcd-ca and its friends, once clap has them all.
         tls: None,
     })
+}
+
+fn parse_reserved(text: &str) -> Result<crate::runtime::node::Reserved, String> {
+    let mut reserved = crate::runtime::node::Reserved::default();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (name, quantity) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("\"{pair}\" is not NAME=QUANTITY (like cpu=100m)"))?;
+        let parsed = crate::model::Quantity(quantity.into())
+            .parse()
+            .map_err(|e| format!("{name}: {e}"))?;
+        if parsed.millis() < 0 {
+            return Err(format!("{name}: {quantity} must not be negative"));
+        }
+        match name {
+            "cpu" => reserved.cpu_millis = parsed.millis(),
+            "memory" => reserved.memory_bytes = parsed.value(),
+            other => return Err(format!("\"{other}\" cannot be reserved (cpu or memory)")),
+        }
+    }
+    Ok(reserved)
 }
 
 fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
@@ -759,6 +784,7 @@ fn agent_config(args: AgentArgs) -> agent::Config {
                 host_ip: args.node_ip.or_else(node::default_host_ip),
                 // Reserved in the store when the agent starts.
                 pod_cidrs: Vec::new(),
+                reserved: args.system_reserved,
             },
             cni_bin_dirs: if args.cni_bin_dirs.is_empty() {
                 default_cni_bin_dirs()

@@ -181,3 +181,38 @@ fn agent_rejects_an_unknown_ebpf_log_level() {
         "{stderr}"
     );
 }
+
+#[test]
+fn agent_rejects_bad_reservations_and_intervals_naming_them() {
+    for (args, needles) in [
+        (
+            &["--system-reserved", "gpu=1"][..],
+            &["--system-reserved", "\"gpu\" cannot be reserved"][..],
+        ),
+        (
+            &["--system-reserved", "cpu=lots"],
+            &["--system-reserved", "cpu: \"lots\" is not a valid quantity"],
+        ),
+        (
+            &["--system-reserved", "memory=-1Gi"],
+            &["memory: -1Gi must not be negative"],
+        ),
+        (
+            &["--usage-interval", "0s"],
+            &["--usage-interval", "must be positive"],
+        ),
+        (
+            &["--node-heartbeat-interval", "soon"],
+            &["--node-heartbeat-interval", "not a duration"],
+        ),
+    ] {
+        let (status, stderr) = failed_start(args);
+        assert!(!status.success(), "{args:?} started");
+        for needle in needles {
+            assert!(
+                stderr.contains(needle),
+                "{args:?}: {needle} not in {stderr}"
+            );
+        }
+    }
+}

@@ -28,6 +28,8 @@ pub struct NodeIdentity {
     pub name: String,
     pub host_ip: Option<IpAddr>,
     pub pod_cidrs: Vec<ipnet::IpNet>,
+    /// Kept back from pods: allocatable is capacity minus this.
+    pub reserved: Reserved,
 }
 
 /// How the node runs pods.
@@ -53,6 +55,13 @@ pub struct NodeConfig {
     /// How often the node reports itself Ready: well within the grace period after
     /// which the node lifecycle controller declares it lost.
     pub heartbeat_interval: std::time::Duration,
+}
+
+/// What the node keeps back from pods.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Reserved {
+    pub cpu_millis: i128,
+    pub memory_bytes: i128,
 }
 
 /// What the API needs of the node to serve `logs`, `exec` and image pulls: its
@@ -298,6 +307,7 @@ async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiErr
         .map(|kib| format!("{kib}Ki"))
         .unwrap_or_else(|| "0".into());
     let capacity = json!({"cpu": cpus.to_string(), "memory": memory, "pods": "110"});
+    let allocatable = allocatable(cpus, memory_kib(), identity.reserved);
     let mut addresses = vec![json!({"type": "Hostname", "address": identity.name})];
     if let Some(ip) = identity.host_ip {
         addresses.insert(0, json!({"type": "InternalIP", "address": ip.to_string()}));
@@ -308,7 +318,7 @@ async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiErr
         "metadata": {"name": identity.name},
         "status": {
             "capacity": capacity,
-            "allocatable": capacity,
+            "allocatable": allocatable,
             "addresses": addresses,
             "conditions": [{
                 "type": "Ready", "status": "True", "reason": "KubeletReady",
@@ -326,6 +336,13 @@ async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiErr
         },
     });
     registry.update_status(node).await.map(drop)
+}
+
+/// Capacity minus what is reserved, never below zero.
+fn allocatable(cpus: usize, memory_kib: Option<u64>, reserved: Reserved) -> serde_json::Value {
+    let cpu = (i128::try_from(cpus).unwrap_or(1) * 1000 - reserved.cpu_millis).max(0);
+    let memory = (i128::from(memory_kib.unwrap_or(0)) * 1024 - reserved.memory_bytes).max(0);
+    json!({"cpu": format!("{cpu}m"), "memory": memory.to_string(), "pods": "110"})
 }
 
 fn memory_kib() -> Option<u64> {
@@ -370,4 +387,32 @@ pub fn default_host_ip() -> Option<IpAddr> {
     socket.connect("192.0.2.1:9").ok()?;
     let ip = socket.local_addr().ok()?.ip();
     (!ip.is_unspecified()).then_some(ip)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn allocatable_is_capacity_minus_reserved_never_negative() {
+        let reserved = Reserved {
+            cpu_millis: 100,
+            memory_bytes: 256 << 20,
+        };
+        let a = allocatable(2, Some(1 << 20), reserved);
+        assert_eq!(a["cpu"], "1900m");
+        assert_eq!(a["memory"], ((1i64 << 30) - (256 << 20)).to_string());
+        let a = allocatable(
+            1,
+            Some(1024),
+            Reserved {
+                cpu_millis: 5000,
+                memory_bytes: 1 << 40,
+            },
+        );
+        assert_eq!(
+            (a["cpu"].as_str(), a["memory"].as_str()),
+            (Some("0m"), Some("0"))
+        );
+    }
 }
