@@ -9,9 +9,11 @@
 //! - A watch streams the changes under a prefix, in revision order, from any revision
 //!   still in the history; compaction drops history older than a revision.
 //!
-//! [`conformance`] holds the tests every backend must pass.
+//! [`conformance`] holds the tests every backend must pass; [`election`] is who
+//! leads the cluster's control loops.
 
 pub mod conformance;
+pub mod election;
 pub mod embedded;
 pub mod etcd;
 
@@ -161,4 +163,14 @@ pub trait Store: Send + Sync {
 
     /// The oldest revision a watch may start from (0 when never compacted).
     async fn compacted(&self) -> Result<Revision, StoreError>;
+
+    /// Waits until `candidate` leads `election` among the agents sharing the store.
+    /// A store only one agent uses makes it lead at once, for good.
+    async fn campaign(
+        &self,
+        _election: &str,
+        _candidate: &str,
+    ) -> Result<election::Term, StoreError> {
+        Ok(election::Term::sole())
+    }
 }

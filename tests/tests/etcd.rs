@@ -374,3 +374,65 @@ fn agents_sharing_etcd_get_pod_cidrs_that_do_not_overlap_and_keep_them() {
     assert_eq!(pod_cidrs(&first, &a), a_cidrs);
     drop((second, third));
 }
+
+/// Whether `term` has ended by now (its `lost` resolved).
+async fn ended(term: &mut skiff::store::election::Term) -> bool {
+    tokio::time::timeout(Duration::from_millis(10), term.lost())
+        .await
+        .is_ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_candidate_leads_and_the_next_takes_over_when_it_dies_or_resigns() {
+    let (first, mut server) = etcd_store().await;
+    let connect = || async {
+        EtcdStore::connect(&server.config())
+            .await
+            .expect("connect to etcd")
+    };
+    let (second, third) = (connect().await, connect().await);
+    let election = unique_name("leader");
+    let mut leading = first.campaign(&election, "node-1").await.expect("campaign");
+    // The others wait in line while node-1 renews its lease.
+    let waiting = tokio::spawn({
+        let election = election.clone();
+        async move { second.campaign(&election, "node-2").await }
+    });
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(!waiting.is_finished(), "two leaders at once");
+    assert!(
+        !ended(&mut leading).await,
+        "the leader lost its lease while renewing it"
+    );
+    // node-1 dies: its renewals stop, nobody resigns. node-2 leads once the
+    // lease runs out (its TTL is 2 s; the figure is printed, not asserted).
+    let died = Instant::now();
+    drop(leading);
+    let mut second_term = tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .expect("node-2 leads in time")
+        .expect("join")
+        .expect("campaign");
+    println!("new leader {:?} after the old one died", died.elapsed());
+    // A resignation hands over at once.
+    let waiting = tokio::spawn({
+        let election = election.clone();
+        async move { third.campaign(&election, "node-3").await }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "two leaders at once");
+    let resigned = Instant::now();
+    second_term.resign().await;
+    let mut third_term = tokio::time::timeout(TIMEOUT, waiting)
+        .await
+        .expect("node-3 leads in time")
+        .expect("join")
+        .expect("campaign");
+    println!("new leader {:?} after a resignation", resigned.elapsed());
+    // etcd gone: the leader cannot renew, so its term ends rather than
+    // leading blind.
+    tokio::task::block_in_place(|| server.kill());
+    tokio::time::timeout(Duration::from_secs(10), third_term.lost())
+        .await
+        .expect("the term ends when etcd is unreachable");
+}

@@ -227,6 +227,8 @@ fn value_len(op: &Op) -> usize {
 /// The store over one etcd cluster. Clones share the connection.
 #[derive(Clone)]
 pub struct EtcdStore {
+    /// For leases and elections.
+    client: Client,
     kv: KvClient,
     watch: WatchClient,
     /// The members' URLs, for error messages.
@@ -265,6 +267,7 @@ impl EtcdStore {
                 source,
             })?;
         let store = EtcdStore {
+            client: client.clone(),
             kv: client.kv_client().max_decoding_message_size(MAX_MESSAGE),
             watch: client.watch_client().max_decoding_message_size(MAX_MESSAGE),
             endpoints,
@@ -407,10 +410,127 @@ fn last_write_per_key(ops: Vec<Op>) -> Vec<Op> {
     kept
 }
 
+/// A leader's lease lives this long without renewal: etcd's smallest TTL with
+/// default timings, so a dead leader is replaced within about this.
+const LEADER_TTL_SECONDS: i64 = 2;
+/// Renewals per TTL: one lost or late renewal does not cost the leadership.
+const RENEWALS_PER_TTL: u32 = 4;
+
+impl EtcdStore {
+    /// Renews `lease` until the task is aborted; turns `lost` true when etcd says
+    /// the lease is gone or no renewal has succeeded for a TTL (etcd may have
+    /// let it expire and elected someone else meanwhile).
+    async fn keep_leading(
+        mut client: Client,
+        lease: i64,
+        lost: tokio::sync::watch::Sender<bool>,
+        endpoints: String,
+    ) {
+        let ttl = Duration::from_secs(LEADER_TTL_SECONDS.unsigned_abs());
+        let mut renewed = tokio::time::Instant::now();
+        let mut ticker = tokio::time::interval(ttl / RENEWALS_PER_TTL);
+        let mut channel = None;
+        loop {
+            ticker.tick().await;
+            if renewed.elapsed() >= ttl {
+                warn!("etcd at {endpoints}: leader lease {lease:x} not renewed for {ttl:?}");
+                let _ = lost.send(true);
+                return;
+            }
+            if channel.is_none() {
+                channel = tokio::time::timeout(ttl, client.lease_keep_alive(lease))
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+            }
+            let Some((keeper, responses)) = channel.as_mut() else {
+                continue;
+            };
+            let answer = tokio::time::timeout(ttl / RENEWALS_PER_TTL, async {
+                keeper.keep_alive().await?;
+                responses.message().await
+            })
+            .await;
+            match answer {
+                Ok(Ok(Some(response))) if response.ttl() > 0 => {
+                    renewed = tokio::time::Instant::now();
+                }
+                Ok(Ok(Some(_))) => {
+                    warn!("etcd at {endpoints}: leader lease {lease:x} expired");
+                    let _ = lost.send(true);
+                    return;
+                }
+                // A broken stream is opened again on the next tick.
+                Ok(Ok(None) | Err(_)) => channel = None,
+                Err(_) => {}
+            }
+        }
+    }
+}
+
 #[async_trait::async_trait]
 impl Store for EtcdStore {
     async fn revision(&self) -> Result<Revision, StoreError> {
         Ok(self.current_revision("reading the revision").await?)
+    }
+
+    async fn campaign(
+        &self,
+        election: &str,
+        candidate: &str,
+    ) -> Result<crate::store::election::Term, StoreError> {
+        let mut client = self.client.clone();
+        let granted = self
+            .call(
+                "granting a leader lease",
+                client.lease_grant(LEADER_TTL_SECONDS, None),
+            )
+            .await?;
+        let lease = granted.id();
+        let (lost_sender, lost) = tokio::sync::watch::channel(false);
+        // Renewed while waiting, too: the candidate's place in line is the lease's.
+        let keeper = tokio::spawn(Self::keep_leading(
+            client.clone(),
+            lease,
+            lost_sender,
+            self.endpoints.clone(),
+        ));
+        let mut waiting = lost.clone();
+        let elected = tokio::select! {
+            elected = client.campaign(election, candidate, lease) => elected,
+            _ = waiting.wait_for(|lost| *lost) => {
+                keeper.abort();
+                return Err(StoreError::Backend(format!(
+                    "etcd at {}: campaigning for {election}: the lease expired while waiting",
+                    self.endpoints
+                )));
+            }
+        };
+        let leader = match elected {
+            Ok(response) => response.leader().cloned(),
+            Err(source) => {
+                keeper.abort();
+                let _ = client.lease_revoke(lease).await;
+                return Err(EtcdError::Request {
+                    endpoints: self.endpoints.clone(),
+                    what: "campaigning",
+                    source,
+                }
+                .into());
+            }
+        };
+        let resign = async move {
+            if let Some(leader) = leader {
+                let options = etcd_client::ResignOptions::new().with_leader(leader);
+                let _ = client.resign(Some(options)).await;
+            }
+            let _ = client.lease_revoke(lease).await;
+        };
+        Ok(crate::store::election::Term::new(
+            lost,
+            keeper,
+            Box::pin(resign),
+        ))
     }
 
     async fn get(&self, key: &str) -> Result<(Option<KeyValue>, Revision), StoreError> {
