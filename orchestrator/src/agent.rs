@@ -1,7 +1,8 @@
 //! The node agent's lifecycle: open the state store, serve the API, attach the
-//! dataplane, run until SIGINT or SIGTERM, then stop serving (removing the socket)
-//! and detach everything it attached, so nothing it created at run time stays on
-//! the host. The state directory (store, token, encryption key) persists by design.
+//! dataplane, start the controllers, run until SIGINT or SIGTERM, then stop them and
+//! serving (removing the socket) and detach everything it attached, so nothing it
+//! created at run time stays on the host. The state directory (store, token,
+//! encryption key) persists by design.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -216,6 +217,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let _ = sync_stopped.await;
         },
     ));
+    let controllers = crate::controllers::start(&registry);
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
     let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
     let usage = tokio::spawn(runtime::usage::run(
@@ -266,6 +268,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(task) = log_reader {
         task.abort();
     }
+    controllers.stop().await;
     // Pods keep running: a restarted agent adopts them.
     let _ = stop_node.send(());
     let _ = node.await;

@@ -14,6 +14,7 @@
 //! - [`store`]: the revisioned key-value store (embedded file, or etcd) and its
 //!   conformance tests.
 //! - [`api`]: the gRPC API over the store (registry rules, server, client).
+//! - [`controllers`]: the reconcile loops (ReplicaSet, Deployment, EndpointSlice).
 //! - [`cli`]: the `skiff` command line.
 //! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
 
@@ -21,6 +22,7 @@ pub mod agent;
 pub mod api;
 pub mod cgroup;
 pub mod cli;
+pub mod controllers;
 pub mod dataplane;
 pub mod dns;
 pub mod image;

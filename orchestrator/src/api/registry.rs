@@ -11,6 +11,7 @@ mod pod_cidrs;
 mod services;
 #[cfg(test)]
 mod tests;
+pub mod typed;
 mod watch;
 
 use std::collections::HashSet;

@@ -14,12 +14,12 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use log::{debug, info, warn};
-use serde_json::Value;
 
 use super::desired::{self, SERVICE_NAME_LABEL};
 use super::{Balancing, Dataplane, Error, Frontend};
-use crate::api::registry::{ApiError, EventType, Registry, WatchStream};
-use crate::model::{EndpointSlice, FieldSelector, Kind, Object, Selector, Service};
+use crate::api::registry::typed::{decode_as, list_all, watch_all};
+use crate::api::registry::{ApiError, EventType, Registry};
+use crate::model::{EndpointSlice, Kind, Service};
 
 /// How soon frontends whose writes failed are tried again.
 const RETRY: Duration = Duration::from_secs(5);
@@ -294,8 +294,8 @@ async fn follow(
     catalog: &mut Catalog,
     retry: &mut tokio::time::Interval,
 ) -> Result<(), ApiError> {
-    let (services, service_version) = list::<Service>(registry, Kind::Service).await?;
-    let (slices, slice_version) = list::<EndpointSlice>(registry, Kind::EndpointSlice).await?;
+    let (services, service_version) = list_all::<Service>(registry, Kind::Service).await?;
+    let (slices, slice_version) = list_all::<EndpointSlice>(registry, Kind::EndpointSlice).await?;
     let everything = catalog.replace(services, slices);
     with_maps(dataplane, |maps| {
         catalog.adopt(maps.take_adopted());
@@ -309,12 +309,12 @@ async fn follow(
         catalog.frontend_count(),
         everything.len()
     );
-    let mut service_events = watch(registry, Kind::Service, &service_version).await?;
-    let mut slice_events = watch(registry, Kind::EndpointSlice, &slice_version).await?;
+    let mut service_events = watch_all(registry, Kind::Service, &service_version).await?;
+    let mut slice_events = watch_all(registry, Kind::EndpointSlice, &slice_version).await?;
     loop {
         let touched: Vec<ServiceName> = tokio::select! {
             event = service_events.next() => match event {
-                Some(Ok(event)) => match decode::<Service>(event.object) {
+                Some(Ok(event)) => match decode_as::<Service>(event.object) {
                     Some(service) => vec![catalog.service_changed(event.event_type, service)],
                     None => continue,
                 },
@@ -322,7 +322,7 @@ async fn follow(
                 None => return Ok(()),
             },
             event = slice_events.next() => match event {
-                Some(Ok(event)) => match decode::<EndpointSlice>(event.object) {
+                Some(Ok(event)) => match decode_as::<EndpointSlice>(event.object) {
                     Some(slice) => catalog.slice_changed(event.event_type, slice),
                     None => continue,
                 },
@@ -348,47 +348,6 @@ fn with_maps(dataplane: &Mutex<Dataplane>, f: impl FnOnce(&mut Dataplane)) {
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner());
     f(&mut guard);
-}
-
-/// An object of a watch event or list, when it is one of `T` (others are skipped).
-pub(crate) fn decode<T: TryFrom<Object>>(value: Value) -> Option<T> {
-    Object::decode(value).ok().and_then(|o| T::try_from(o).ok())
-}
-
-/// Every object of `kind`, and the resourceVersion to watch from.
-pub(crate) async fn list<T: TryFrom<Object>>(
-    registry: &Registry,
-    kind: Kind,
-) -> Result<(Vec<T>, String), ApiError> {
-    let (values, revision) = registry
-        .list(
-            kind,
-            None,
-            &Selector::everything(),
-            &FieldSelector::everything(),
-        )
-        .await?;
-    Ok((
-        values.into_iter().filter_map(decode).collect(),
-        revision.to_string(),
-    ))
-}
-
-/// Changes to every object of `kind` after `version`.
-pub(crate) async fn watch(
-    registry: &Registry,
-    kind: Kind,
-    version: &str,
-) -> Result<WatchStream, ApiError> {
-    registry
-        .watch(
-            kind,
-            None,
-            Selector::everything(),
-            FieldSelector::everything(),
-            version,
-        )
-        .await
 }
 
 #[cfg(test)]

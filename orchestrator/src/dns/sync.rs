@@ -13,8 +13,8 @@ use hickory_proto::rr::Name;
 use log::{debug, info, warn};
 
 use super::records::{Records, Sources};
+use crate::api::registry::typed::{decode_as, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, Registry, WatchEvent};
-use crate::dataplane::sync::{decode, list, watch};
 use crate::model::{EndpointSlice, Kind, Object, ObjectMeta, Pod, Service};
 
 /// The zone's parameters and where each build goes.
@@ -65,9 +65,9 @@ pub async fn run(registry: Registry, mut zone: Zone) {
 
 /// One list-then-watch round; returns when a watch ends.
 async fn follow(registry: &Registry, zone: &mut Zone) -> Result<(), ApiError> {
-    let (services, service_version) = list::<Service>(registry, Kind::Service).await?;
-    let (slices, slice_version) = list::<EndpointSlice>(registry, Kind::EndpointSlice).await?;
-    let (pods, pod_version) = list::<Pod>(registry, Kind::Pod).await?;
+    let (services, service_version) = list_all::<Service>(registry, Kind::Service).await?;
+    let (slices, slice_version) = list_all::<EndpointSlice>(registry, Kind::EndpointSlice).await?;
+    let (pods, pod_version) = list_all::<Pod>(registry, Kind::Pod).await?;
     let mut sources = Sources {
         services: services.into_iter().map(|s| (id(&s.metadata), s)).collect(),
         slices: slices.into_iter().map(|s| (id(&s.metadata), s)).collect(),
@@ -79,9 +79,9 @@ async fn follow(registry: &Registry, zone: &mut Zone) -> Result<(), ApiError> {
         zone.name,
         sources.services.len()
     );
-    let mut service_events = watch(registry, Kind::Service, &service_version).await?;
-    let mut slice_events = watch(registry, Kind::EndpointSlice, &slice_version).await?;
-    let mut pod_events = watch(registry, Kind::Pod, &pod_version).await?;
+    let mut service_events = watch_all(registry, Kind::Service, &service_version).await?;
+    let mut slice_events = watch_all(registry, Kind::EndpointSlice, &slice_version).await?;
+    let mut pod_events = watch_all(registry, Kind::Pod, &pod_version).await?;
     loop {
         let watching = tokio::select! {
             event = service_events.next() => changed(&mut sources.services, event, |s| &s.metadata)?,
@@ -121,7 +121,7 @@ fn changed<T: TryFrom<Object>>(
     let Some(event) = event.transpose()? else {
         return Ok(false);
     };
-    if let Some(object) = decode::<T>(event.object) {
+    if let Some(object) = decode_as::<T>(event.object) {
         let key = id(meta(&object));
         match event.event_type {
             EventType::Deleted => objects.remove(&key),

@@ -1,0 +1,58 @@
+//! Typed reads for the agent's own loops (service sync, cluster DNS, controllers):
+//! every object of a kind as its model type, and the changes after that list.
+
+use serde_json::Value;
+
+use super::{ApiError, Registry, WatchStream};
+use crate::model::{FieldSelector, Kind, Object, Selector};
+
+/// An object of a watch event or list, when it is one of `T` (others are skipped).
+pub fn decode_as<T: TryFrom<Object>>(value: Value) -> Option<T> {
+    Object::decode(value).ok().and_then(|o| T::try_from(o).ok())
+}
+
+/// Every object of `kind` (in `namespace`, or all), and the resourceVersion to watch
+/// from.
+pub async fn list_in<T: TryFrom<Object>>(
+    registry: &Registry,
+    kind: Kind,
+    namespace: Option<&str>,
+) -> Result<(Vec<T>, String), ApiError> {
+    let (values, revision) = registry
+        .list(
+            kind,
+            namespace,
+            &Selector::everything(),
+            &FieldSelector::everything(),
+        )
+        .await?;
+    Ok((
+        values.into_iter().filter_map(decode_as).collect(),
+        revision.to_string(),
+    ))
+}
+
+/// Every object of `kind`, and the resourceVersion to watch from.
+pub async fn list_all<T: TryFrom<Object>>(
+    registry: &Registry,
+    kind: Kind,
+) -> Result<(Vec<T>, String), ApiError> {
+    list_in(registry, kind, None).await
+}
+
+/// Changes to every object of `kind` after `version`.
+pub async fn watch_all(
+    registry: &Registry,
+    kind: Kind,
+    version: &str,
+) -> Result<WatchStream, ApiError> {
+    registry
+        .watch(
+            kind,
+            None,
+            Selector::everything(),
+            FieldSelector::everything(),
+            version,
+        )
+        .await
+}

@@ -1,0 +1,217 @@
+//! Runs one controller: lists its primary and related kinds into a [`Cache`],
+//! watches them, maps each change to the primary objects it concerns, and
+//! reconciles the keys the [`WorkQueue`] says are due, one at a time. A watch that
+//! ends or fails is followed by a fresh list, after which every primary object is
+//! reconciled again (level-triggered: nothing is lost in between).
+//!
+//! The cache only answers "which primary objects does this change concern"; a
+//! reconcile reads the primary object and what it needs from the store itself, so
+//! it always sees its own previous writes.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use futures::StreamExt;
+use log::{debug, warn};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::queue::WorkQueue;
+use super::{Context, Reconciler};
+use crate::api::registry::Registry;
+use crate::api::registry::typed::{decode_as, list_all, watch_all};
+use crate::api::registry::{ApiError, EventType, ObjectRef, WatchEvent};
+use crate::model::{Kind, Object};
+
+/// How long after a failed list or watch the runner lists again.
+const RELIST_DELAY: Duration = Duration::from_secs(1);
+
+/// The last seen objects of the kinds a controller watches.
+#[derive(Debug, Default)]
+pub struct Cache {
+    objects: HashMap<Kind, HashMap<ObjectRef, Object>>,
+}
+
+impl Cache {
+    /// The objects of `kind`.
+    pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
+        self.objects.get(&kind).into_iter().flat_map(|m| m.values())
+    }
+
+    pub fn get(&self, reference: &ObjectRef) -> Option<&Object> {
+        self.objects.get(&reference.kind)?.get(reference)
+    }
+
+    /// Replaces every object of `kind` (after a list).
+    pub fn replace(&mut self, kind: Kind, objects: Vec<Object>) {
+        let by_ref = objects
+            .into_iter()
+            .map(|o| (ObjectRef::of(&o), o))
+            .collect();
+        self.objects.insert(kind, by_ref);
+    }
+
+    /// Records a change; returns the object's previous state.
+    pub fn change(&mut self, event_type: EventType, object: Object) -> Option<Object> {
+        let reference = ObjectRef::of(&object);
+        let objects = self.objects.entry(reference.kind).or_default();
+        match event_type {
+            EventType::Deleted => objects.remove(&reference),
+            EventType::Added | EventType::Modified => objects.insert(reference, object),
+        }
+    }
+}
+
+/// Starts `reconciler` as a task that follows the store until `stop` turns true.
+pub fn spawn<R: Reconciler>(
+    reconciler: R,
+    registry: &Registry,
+    stop: watch::Receiver<bool>,
+) -> JoinHandle<()> {
+    let ctx = Context::new(registry.clone(), R::NAME);
+    tokio::spawn(run(reconciler, ctx, stop))
+}
+
+/// Whether a round ended because the controller is stopping.
+enum Ended {
+    Stopping,
+    WatchClosed,
+}
+
+async fn run<R: Reconciler>(reconciler: R, ctx: Context, mut stop: watch::Receiver<bool>) {
+    let mut cache = Cache::default();
+    let mut queue = WorkQueue::default();
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        match follow(&reconciler, &ctx, &mut cache, &mut queue, &mut stop).await {
+            Ok(Ended::Stopping) => return,
+            Ok(Ended::WatchClosed) => debug!("{}: a watch ended; listing again", R::NAME),
+            Err(e) => {
+                warn!("{}: {e}; listing again", R::NAME);
+                tokio::select! {
+                    _ = stop.wait_for(|stopping| *stopping) => return,
+                    _ = tokio::time::sleep(RELIST_DELAY) => {}
+                }
+            }
+        }
+    }
+}
+
+/// One list-then-watch round.
+async fn follow<R: Reconciler>(
+    reconciler: &R,
+    ctx: &Context,
+    cache: &mut Cache,
+    queue: &mut WorkQueue<ObjectRef>,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<Ended, ApiError> {
+    let mut watches = Vec::new();
+    for kind in std::iter::once(R::KIND).chain(R::RELATED.iter().copied()) {
+        let (objects, version) = list_all::<Object>(&ctx.registry, kind).await?;
+        cache.replace(kind, objects);
+        let events = watch_all(&ctx.registry, kind, &version).await?;
+        watches.push(events);
+    }
+    let now = Instant::now().into_std();
+    for object in cache.objects(R::KIND) {
+        queue.add(ObjectRef::of(object), now);
+    }
+    let mut events = futures::stream::select_all(watches);
+    loop {
+        let due = queue.next_due().map(Instant::from_std);
+        tokio::select! {
+            changed = stop.changed() => {
+                // An error means the sender is gone: stop as well.
+                if changed.is_err() || *stop.borrow() {
+                    return Ok(Ended::Stopping);
+                }
+            }
+            event = events.next() => match event {
+                None => return Ok(Ended::WatchClosed),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(event)) => {
+                    let now = Instant::now().into_std();
+                    for key in concerned(reconciler, cache, event) {
+                        queue.add(key, now);
+                    }
+                }
+            },
+            _ = tokio::time::sleep_until(due.unwrap_or_else(Instant::now)), if due.is_some() => {
+                if let Some(key) = queue.pop_due(Instant::now().into_std()) {
+                    reconcile_one(reconciler, ctx, queue, key).await;
+                }
+            }
+        }
+    }
+}
+
+/// Records `event` in the cache and returns the primary objects it concerns: the
+/// object itself for the primary kind, else the owners of its old and new states.
+fn concerned<R: Reconciler>(
+    reconciler: &R,
+    cache: &mut Cache,
+    event: WatchEvent,
+) -> Vec<ObjectRef> {
+    let Some(object) = decode_as::<Object>(event.object) else {
+        return Vec::new();
+    };
+    let kind = object.kind();
+    let old = cache.change(event.event_type, object.clone());
+    if kind == R::KIND {
+        return vec![ObjectRef::of(&object)];
+    }
+    let mut keys = reconciler.owners_of(&object, cache);
+    for key in old
+        .map(|o| reconciler.owners_of(&o, cache))
+        .unwrap_or_default()
+    {
+        if !keys.contains(&key) {
+            keys.push(key);
+        }
+    }
+    keys
+}
+
+/// Reconciles the object `key` names, as stored now; a failure is retried later.
+async fn reconcile_one<R: Reconciler>(
+    reconciler: &R,
+    ctx: &Context,
+    queue: &mut WorkQueue<ObjectRef>,
+    key: ObjectRef,
+) {
+    let object = match ctx.registry.get(&key).await {
+        Ok(value) => decode_as::<Object>(value),
+        // Gone: what it owned goes with it (the registry's cascading delete).
+        Err(ApiError::NotFound { .. }) => {
+            queue.succeeded(&key);
+            return;
+        }
+        Err(e) => {
+            let delay = queue.failed(key.clone(), Instant::now().into_std());
+            warn!(
+                "{}: reading {}: {e}; retrying in {delay:?}",
+                R::NAME,
+                key.key()
+            );
+            return;
+        }
+    };
+    let Some(object) = object else {
+        return;
+    };
+    match reconciler.reconcile(&object, ctx).await {
+        Ok(action) => {
+            queue.succeeded(&key);
+            if let Some(delay) = action.requeue_after() {
+                queue.add(key, Instant::now().into_std() + delay);
+            }
+        }
+        Err(e) => {
+            let delay = queue.failed(key, Instant::now().into_std());
+            warn!("{}: {e}; retrying in {delay:?}", R::NAME);
+        }
+    }
+}
