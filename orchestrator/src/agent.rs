@@ -102,6 +102,7 @@ pub struct Config {
     /// How this node runs pods.
     pub node: NodeConfig,
     pub dns: crate::dns::Config,
+    pub controllers: crate::controllers::Settings,
 }
 
 /// Runs the agent until SIGINT or SIGTERM.
@@ -171,7 +172,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
 
     let images =
         Arc::new(ImageStore::open(&config.state_dir.join("images")).map_err(Error::Images)?);
-    let compactor = tokio::spawn(compact_history(store, config.compaction_interval));
+    let compactor = tokio::spawn(compact_history(store.clone(), config.compaction_interval));
     let listeners = server::bind(&ServerConfig {
         socket: config.socket.clone(),
         tls: config.tls.clone(),
@@ -217,7 +218,16 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let _ = sync_stopped.await;
         },
     ));
-    let controllers = crate::controllers::start(&registry);
+    let (stop_leading, leading_stopped) = tokio::sync::oneshot::channel::<()>();
+    let leading = tokio::spawn(lead(
+        store.clone(),
+        registry.clone(),
+        node_config.identity.name.clone(),
+        config.controllers,
+        async {
+            let _ = leading_stopped.await;
+        },
+    ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
     let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
     let usage = tokio::spawn(runtime::usage::run(
@@ -268,7 +278,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(task) = log_reader {
         task.abort();
     }
-    controllers.stop().await;
+    let _ = stop_leading.send(());
+    let _ = leading.await;
     // Pods keep running: a restarted agent adopts them.
     let _ = stop_node.send(());
     let _ = node.await;
@@ -305,6 +316,46 @@ pub async fn run(config: Config) -> Result<(), Error> {
     }
     info!("skiff agent stopped");
     Ok(())
+}
+
+/// The election the agents sharing a store hold for the cluster's control loops.
+const CONTROL_LOOPS: &str = "/skiff/leader/control-loops";
+
+/// Runs the cluster's control loops while this agent leads them, campaigning
+/// again whenever leadership is lost, until `shutdown` resolves.
+async fn lead(
+    store: Arc<dyn Store>,
+    registry: Registry,
+    node: String,
+    settings: crate::controllers::Settings,
+    shutdown: impl Future<Output = ()>,
+) {
+    tokio::pin!(shutdown);
+    loop {
+        let mut term = tokio::select! {
+            _ = &mut shutdown => return,
+            term = store.campaign(CONTROL_LOOPS, &node) => match term {
+                Ok(term) => term,
+                Err(e) => {
+                    warn!("campaigning to lead the control loops: {e}");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+        };
+        info!("{node} leads the control loops");
+        let controllers = crate::controllers::start(&registry, &settings);
+        let stopping = tokio::select! {
+            _ = &mut shutdown => true,
+            _ = term.lost() => false,
+        };
+        controllers.stop().await;
+        if stopping {
+            term.resign().await;
+            return;
+        }
+        warn!("{node} lost the lead of the control loops; campaigning again");
+    }
 }
 
 /// Opens the state directory and store, and the registry over them.

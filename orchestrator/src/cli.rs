@@ -367,6 +367,13 @@ struct AgentArgs {
     /// (what the scheduler places pods against) is its capacity minus this
     #[arg(long, value_name = "cpu=Q,memory=Q", default_value = "cpu=100m,memory=256Mi", value_parser = parse_reserved)]
     system_reserved: crate::runtime::node::Reserved,
+    /// A node that has not reported Ready for this long is lost: marked Unknown,
+    /// tainted NoExecute, and its pods are replaced elsewhere
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How often each HorizontalPodAutoscaler looks at its target
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_duration)]
+    hpa_sync_period: std::time::Duration,
     /// How often this node reports itself Ready
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
     node_heartbeat_interval: std::time::Duration,
@@ -778,6 +785,10 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             ..ServiceNetworks::default()
         },
         compaction_interval: args.compaction_interval,
+        controllers: crate::controllers::Settings {
+            node_monitor_grace: args.node_monitor_grace_period,
+            autoscaler_sync: args.hpa_sync_period,
+        },
         node: NodeConfig {
             identity: NodeIdentity {
                 name: args.node_name.unwrap_or_else(host_name),

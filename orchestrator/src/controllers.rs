@@ -10,7 +10,7 @@
 //! - [`queue`]: the work queue (plain data: due times and failure counts).
 //! - [`runner`]: list, watch, map, reconcile, retry.
 //! - [`pods`]: what controllers read from pods (ready, available, deletion order).
-//! - [`replicaset`]: the controllers.
+//! - [`replicaset`], [`job`], [`autoscaler`], [`node_lifecycle`]: the controllers.
 //!
 //! [`start`] starts every controller (a task each) and [`Controllers::stop`] stops
 //! them: the one place the agent (and, later, leader election) turns them on and off.
@@ -22,6 +22,9 @@
 //! [`Context::update_status`] / [`Context::delete`], puts [`owner_reference`] on
 //! what it creates, and records events with [`Context::event`].
 
+pub mod autoscaler;
+pub mod job;
+pub mod node_lifecycle;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
@@ -313,14 +316,34 @@ pub struct Controllers {
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
+/// The controllers' tunables.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// How long a node may go without a heartbeat before it is lost.
+    pub node_monitor_grace: Duration,
+    /// How often each autoscaler looks at its target.
+    pub autoscaler_sync: Duration,
+}
+
 /// Starts every controller, each as its own task following the store.
-pub fn start(registry: &Registry) -> Controllers {
+pub fn start(registry: &Registry, settings: &Settings) -> Controllers {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let tasks = vec![runner::spawn(
-        replicaset::ReplicaSetController,
-        registry,
-        stopped.clone(),
-    )];
+    let tasks = vec![
+        runner::spawn(replicaset::ReplicaSetController, registry, stopped.clone()),
+        runner::spawn(job::JobController, registry, stopped.clone()),
+        runner::spawn(
+            autoscaler::AutoscalerController::new(settings.autoscaler_sync),
+            registry,
+            stopped.clone(),
+        ),
+        runner::spawn(
+            node_lifecycle::NodeLifecycleController {
+                grace: settings.node_monitor_grace,
+            },
+            registry,
+            stopped.clone(),
+        ),
+    ];
     info!("controllers started");
     Controllers { stop, tasks }
 }

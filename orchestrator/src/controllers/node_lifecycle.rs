@@ -1,0 +1,337 @@
+//! The node lifecycle controller: a Node whose agent has not reported Ready for
+//! the grace period (10 s by default, where Kubernetes waits 40 s and then 5
+//! minutes of toleration) is marked Ready=Unknown and tainted
+//! `node.kubernetes.io/unreachable:NoExecute`, and its pods that do not tolerate
+//! the taint are removed so their controllers recreate them on other nodes. When
+//! the agent reports again, the taint goes.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::pods::{now_seconds, seconds};
+use super::{Action, Context, Error, Reconciler};
+use crate::api::registry::{ApiError, ObjectRef, Propagation, now as timestamp};
+use crate::model::{
+    Condition, ConditionStatus, FieldSelector, Kind, Node, Object, Pod, Selector, Taint,
+    TaintEffect, Toleration, TolerationOperator,
+};
+use crate::runtime::events::Type;
+
+/// The taint a lost node gets (Kubernetes' name).
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+
+pub struct NodeLifecycleController {
+    /// How long a node may go without a heartbeat before it is lost.
+    pub grace: Duration,
+}
+
+/// What the controller concludes about a node at an instant.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Health {
+    /// Heard from within the grace period; lost at this unix second unless it
+    /// reports again.
+    Alive {
+        lost_at: i64,
+    },
+    Lost,
+}
+
+/// The node's health from its Ready condition's last heartbeat.
+pub fn health(node: &Node, grace_seconds: i64, now: i64) -> Health {
+    let heartbeat = ready_condition(node)
+        .and_then(|c| seconds(c.last_heartbeat_time.as_deref()))
+        // A node that never reported counts from its creation.
+        .or_else(|| seconds(node.metadata.creation_timestamp.as_deref()))
+        .unwrap_or(now);
+    let lost_at = heartbeat + grace_seconds;
+    if now < lost_at {
+        Health::Alive { lost_at }
+    } else {
+        Health::Lost
+    }
+}
+
+fn ready_condition(node: &Node) -> Option<&Condition> {
+    node.status.conditions.iter().find(|c| c.r#type == "Ready")
+}
+
+fn is_unreachable_taint(taint: &Taint) -> bool {
+    taint.key == UNREACHABLE && taint.effect == Some(TaintEffect::NoExecute)
+}
+
+/// How long `tolerations` let a pod stay on an unreachable node: None when they
+/// do not tolerate it (evict now), Some(None) for ever, Some(Some(s)) for s
+/// seconds.
+pub fn tolerated_for(tolerations: &[Toleration]) -> Option<Option<i64>> {
+    tolerations
+        .iter()
+        .filter(|t| {
+            let key_matches = match t.operator.unwrap_or(TolerationOperator::Equal) {
+                TolerationOperator::Exists => t
+                    .key
+                    .as_deref()
+                    .is_none_or(|k| k.is_empty() || k == UNREACHABLE),
+                TolerationOperator::Equal => {
+                    t.key.as_deref() == Some(UNREACHABLE)
+                        && t.value.as_deref().unwrap_or("").is_empty()
+                }
+            };
+            key_matches && t.effect.is_none_or(|e| e == TaintEffect::NoExecute)
+        })
+        .map(|t| t.toleration_seconds)
+        // The longest toleration wins; one without a limit wins outright.
+        .max_by_key(|s| s.map_or(i64::MAX, |s| s))
+}
+
+#[async_trait]
+impl Reconciler for NodeLifecycleController {
+    const NAME: &'static str = "node-lifecycle-controller";
+    const KIND: Kind = Kind::Node;
+    const RELATED: &'static [Kind] = &[];
+
+    async fn reconcile(&self, object: &Object, ctx: &Context) -> Result<Action, Error> {
+        let Object::Node(node) = object else {
+            return Ok(Action::await_change());
+        };
+        let grace = i64::try_from(self.grace.as_secs()).unwrap_or(i64::MAX);
+        let now = now_seconds();
+        let tainted = node.spec.taints.iter().any(is_unreachable_taint);
+        match health(node, grace, now) {
+            Health::Alive { lost_at } => {
+                if tainted {
+                    let mut healed = node.clone();
+                    healed.spec.taints.retain(|t| !is_unreachable_taint(t));
+                    ctx.apply::<Node>(Object::Node(healed)).await?;
+                    ctx.event(
+                        Kind::Node,
+                        &node.metadata,
+                        Type::Normal,
+                        "NodeReachable",
+                        "the node's agent reports again; taint removed",
+                    )
+                    .await;
+                }
+                let wait = u64::try_from(lost_at - now).unwrap_or(0);
+                Ok(Action::requeue(Duration::from_secs(wait.max(1))))
+            }
+            Health::Lost => {
+                let mut lost = node.clone();
+                if ready_condition(node).is_none_or(|c| c.status != ConditionStatus::Unknown) {
+                    let stamp = timestamp();
+                    lost.status.conditions.retain(|c| c.r#type != "Ready");
+                    lost.status.conditions.push(Condition {
+                        r#type: "Ready".into(),
+                        status: ConditionStatus::Unknown,
+                        reason: Some("NodeStatusUnknown".into()),
+                        message: Some(format!(
+                            "the node's agent stopped reporting (no heartbeat for {grace}s)"
+                        )),
+                        last_transition_time: Some(stamp),
+                        last_heartbeat_time: ready_condition(node)
+                            .and_then(|c| c.last_heartbeat_time.clone()),
+                        ..Condition::default()
+                    });
+                    ctx.update_status(Object::Node(lost.clone())).await?;
+                    ctx.event(Kind::Node, &node.metadata, Type::Warning, "NodeNotReady", &format!("no heartbeat for {grace}s; marked Unknown and tainted {UNREACHABLE}:NoExecute"))
+                        .await;
+                }
+                let taint_time = match node.spec.taints.iter().find(|t| is_unreachable_taint(t)) {
+                    Some(taint) => seconds(taint.time_added.as_deref()).unwrap_or(now),
+                    None => {
+                        let stored = ctx
+                            .registry
+                            .get(&node_ref(&node.metadata.name))
+                            .await
+                            .map_err(read_error)?;
+                        let Ok(Object::Node(mut current)) = Object::decode(stored) else {
+                            return Ok(Action::await_change());
+                        };
+                        current.spec.taints.push(Taint {
+                            key: UNREACHABLE.into(),
+                            value: None,
+                            effect: Some(TaintEffect::NoExecute),
+                            time_added: Some(timestamp()),
+                        });
+                        ctx.apply::<Node>(Object::Node(current)).await?;
+                        now
+                    }
+                };
+                evict(ctx, node, now - taint_time).await
+            }
+        }
+    }
+}
+
+fn node_ref(name: &str) -> ObjectRef {
+    ObjectRef {
+        kind: Kind::Node,
+        namespace: None,
+        name: name.into(),
+    }
+}
+
+fn read_error(source: ApiError) -> Error {
+    Error::Read {
+        kind: Kind::Node,
+        namespace: String::new(),
+        source,
+    }
+}
+
+/// Removes the pods of a node unreachable for `elapsed` seconds that do not
+/// tolerate it that long; requeues for the first toleration to run out.
+async fn evict(ctx: &Context, node: &Node, elapsed: i64) -> Result<Action, Error> {
+    let fields = FieldSelector::parse(&format!("spec.nodeName={}", node.metadata.name))
+        .unwrap_or_else(|_| FieldSelector::everything());
+    let (values, _) = ctx
+        .registry
+        .list(Kind::Pod, None, &Selector::everything(), &fields)
+        .await
+        .map_err(|source| Error::Read {
+            kind: Kind::Pod,
+            namespace: String::new(),
+            source,
+        })?;
+    let mut next: Option<i64> = None;
+    for value in values {
+        let Ok(Object::Pod(pod)) = Object::decode(value) else {
+            continue;
+        };
+        match tolerated_for(&pod.spec.tolerations) {
+            Some(None) => continue,
+            Some(Some(limit)) if elapsed < limit => {
+                next = Some(next.map_or(limit - elapsed, |n| n.min(limit - elapsed)));
+                continue;
+            }
+            _ => remove(ctx, node, &pod).await?,
+        }
+    }
+    Ok(match next {
+        Some(seconds) => Action::requeue(Duration::from_secs(
+            u64::try_from(seconds).unwrap_or(1).max(1),
+        )),
+        // Heard from again or not, the next heartbeat (a Node change) wakes us.
+        None => Action::await_change(),
+    })
+}
+
+/// Deletes a pod of a lost node at once: nobody is there to stop it gracefully,
+/// and its agent, if it returns, tears down what the store no longer has.
+async fn remove(ctx: &Context, node: &Node, pod: &Pod) -> Result<(), Error> {
+    let namespace = pod
+        .metadata
+        .namespace
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let reference = ObjectRef {
+        kind: Kind::Pod,
+        namespace: Some(namespace.clone()),
+        name: pod.metadata.name.clone(),
+    };
+    match ctx
+        .registry
+        .delete(&reference, Some(0), Propagation::Background)
+        .await
+    {
+        Ok(_) | Err(ApiError::NotFound { .. }) => {}
+        Err(source) => {
+            return Err(Error::Write {
+                action: "evicting",
+                kind: Kind::Pod,
+                namespace,
+                name: pod.metadata.name.clone(),
+                source,
+            });
+        }
+    }
+    ctx.event(
+        Kind::Pod,
+        &pod.metadata,
+        Type::Warning,
+        "TaintManagerEviction",
+        &format!(
+            "node {} is unreachable; pod removed so it is replaced elsewhere",
+            node.metadata.name
+        ),
+    )
+    .await;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_with_heartbeat(stamp: Option<&str>) -> Node {
+        let mut node = Node::default();
+        node.metadata.creation_timestamp = Some("2026-01-01T00:00:00Z".into());
+        if let Some(stamp) = stamp {
+            node.status.conditions.push(Condition {
+                r#type: "Ready".into(),
+                status: ConditionStatus::True,
+                last_heartbeat_time: Some(stamp.into()),
+                ..Condition::default()
+            });
+        }
+        node
+    }
+
+    #[test]
+    fn a_node_is_lost_after_the_grace_period_without_a_heartbeat() {
+        let beat = seconds(Some("2026-01-01T00:01:00Z")).expect("time");
+        let node = node_with_heartbeat(Some("2026-01-01T00:01:00Z"));
+        assert_eq!(
+            health(&node, 10, beat + 9),
+            Health::Alive { lost_at: beat + 10 }
+        );
+        assert_eq!(health(&node, 10, beat + 10), Health::Lost);
+        // Never reported: counted from creation.
+        let created = seconds(Some("2026-01-01T00:00:00Z")).expect("time");
+        assert_eq!(
+            health(&node_with_heartbeat(None), 10, created + 11),
+            Health::Lost
+        );
+    }
+
+    fn toleration(
+        key: Option<&str>,
+        operator: TolerationOperator,
+        effect: Option<TaintEffect>,
+        seconds: Option<i64>,
+    ) -> Toleration {
+        Toleration {
+            key: key.map(Into::into),
+            operator: Some(operator),
+            value: None,
+            effect,
+            toleration_seconds: seconds,
+        }
+    }
+
+    #[test]
+    fn tolerations_decide_how_long_a_pod_stays() {
+        use TolerationOperator::{Equal, Exists};
+        assert_eq!(tolerated_for(&[]), None);
+        let other = toleration(Some("example.com/x"), Exists, None, None);
+        assert_eq!(tolerated_for(&[other]), None);
+        let no_schedule = toleration(
+            Some(UNREACHABLE),
+            Exists,
+            Some(TaintEffect::NoSchedule),
+            None,
+        );
+        assert_eq!(tolerated_for(&[no_schedule]), None);
+        let thirty = toleration(
+            Some(UNREACHABLE),
+            Exists,
+            Some(TaintEffect::NoExecute),
+            Some(30),
+        );
+        assert_eq!(tolerated_for(std::slice::from_ref(&thirty)), Some(Some(30)));
+        let forever = toleration(None, Exists, None, None);
+        assert_eq!(tolerated_for(&[thirty, forever]), Some(None));
+        let equal = toleration(Some(UNREACHABLE), Equal, None, Some(5));
+        assert_eq!(tolerated_for(&[equal]), Some(Some(5)));
+    }
+}
