@@ -1,7 +1,8 @@
 //! The node agent's lifecycle: open the state store, serve the API, attach the
-//! dataplane, run until SIGINT or SIGTERM, then stop serving (removing the socket)
-//! and detach everything it attached, so nothing it created at run time stays on
-//! the host. The state directory (store, token, encryption key) persists by design.
+//! dataplane, schedule pods, run until SIGINT or SIGTERM, then stop serving
+//! (removing the socket) and detach everything it attached, so nothing it created
+//! at run time stays on the host. The state directory (store, token, encryption
+//! key) persists by design.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -98,6 +99,8 @@ pub struct Config {
     /// How much watch history to keep: every interval, history older than one
     /// interval is compacted (the Kubernetes API server's default is 5 minutes).
     pub compaction_interval: Duration,
+    /// How the scheduler ranks nodes.
+    pub scheduler_score: crate::scheduler::Scoring,
     /// How this node runs pods.
     pub node: NodeConfig,
     pub dns: crate::dns::Config,
@@ -216,6 +219,14 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let _ = sync_stopped.await;
         },
     ));
+    let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
+    let scheduler = tokio::spawn(crate::scheduler::run(
+        registry.clone(),
+        config.scheduler_score,
+        async {
+            let _ = scheduler_stopped.await;
+        },
+    ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
     let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
     let identity = node_config.identity.clone();
@@ -260,6 +271,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     if let Some(task) = log_reader {
         task.abort();
     }
+    let _ = stop_scheduler.send(());
+    let _ = scheduler.await;
     // Pods keep running: a restarted agent adopts them.
     let _ = stop_node.send(());
     let _ = node.await;

@@ -14,6 +14,7 @@
 //! - [`store`]: the revisioned key-value store (embedded file, or etcd) and its
 //!   conformance tests.
 //! - [`api`]: the gRPC API over the store (registry rules, server, client).
+//! - [`scheduler`]: binding pending pods to nodes (filters, scoring, preemption).
 //! - [`cli`]: the `skiff` command line.
 //! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
 
@@ -27,4 +28,5 @@ pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;

@@ -13,8 +13,8 @@
 //! - [`pod`], [`service`], [`cluster`] (Namespace, Node), [`config`] (ConfigMap,
 //!   Secret), [`apps`]
 //!   (Deployment, ReplicaSet), [`batch`] (Job), [`autoscaling`]
-//!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event):
-//!   the kinds.
+//!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event),
+//!   [`scheduling`] (PriorityClass): the kinds.
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: quantities, int-or-string and base64 values.
 //! - [`validation`]: field errors and the shared checks.
@@ -32,6 +32,7 @@ pub mod meta;
 pub mod object;
 pub mod pod;
 pub mod quantity;
+pub mod scheduling;
 pub mod selector;
 pub mod service;
 pub mod validation;
@@ -50,6 +51,7 @@ pub use meta::{Condition, ConditionStatus, ObjectMeta, OwnerReference};
 pub use object::{Kind, Object};
 pub use pod::*;
 pub use quantity::{ByteString, IntOrString, ParsedQuantity, Quantity};
+pub use scheduling::*;
 pub use selector::{
     FieldSelector, LabelSelector, LabelSelectorRequirement, Selector, SelectorOperator,
 };

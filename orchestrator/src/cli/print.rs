@@ -199,6 +199,10 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             vec!["LAST SEEN", "TYPE", "REASON", "OBJECT", "MESSAGE"],
             vec![],
         ),
+        Kind::PriorityClass => (
+            vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE"],
+            vec!["PREEMPTIONPOLICY"],
+        ),
     };
     if wide {
         base.extend(extra);
@@ -404,6 +408,18 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
                 ),
                 text(&o["message"]),
             ]
+        }
+        Kind::PriorityClass => {
+            let mut row = vec![
+                name,
+                text(&o["value"]),
+                or(&o["globalDefault"], "false"),
+                age,
+            ];
+            if wide {
+                row.push(or(&o["preemptionPolicy"], "PreemptLowerPriority"));
+            }
+            return row;
         }
         Kind::HorizontalPodAutoscaler => {
             let target = &spec["scaleTargetRef"];

@@ -17,7 +17,7 @@ use super::meta::{validate_meta, validate_meta_update};
 use super::validation::{FieldErrors, Path};
 use super::{
     ConfigMap, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace, Node,
-    ObjectMeta, Pod, ReplicaSet, Secret, Service,
+    ObjectMeta, Pod, PriorityClass, ReplicaSet, Secret, Service,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -34,6 +34,7 @@ pub enum Kind {
     Job,
     HorizontalPodAutoscaler,
     Event,
+    PriorityClass,
 }
 
 /// What the API says about a kind.
@@ -46,7 +47,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -59,6 +60,7 @@ impl Kind {
         Kind::Job,
         Kind::HorizontalPodAutoscaler,
         Kind::Event,
+        Kind::PriorityClass,
     ];
 
     fn info(self) -> KindInfo {
@@ -88,6 +90,13 @@ impl Kind {
                 true,
             ),
             Kind::Event => ("Event", "v1", "events", &["ev"], true),
+            Kind::PriorityClass => (
+                "PriorityClass",
+                "scheduling.k8s.io/v1",
+                "priorityclasses",
+                &["pc"],
+                false,
+            ),
         };
         KindInfo {
             name,
@@ -123,7 +132,8 @@ impl Kind {
         self.info().short_names
     }
 
-    /// Namespace and Node are cluster-scoped; everything else lives in a namespace.
+    /// Namespace, Node and PriorityClass are cluster-scoped; everything else lives in a
+    /// namespace.
     pub fn namespaced(self) -> bool {
         self.info().namespaced
     }
@@ -190,8 +200,8 @@ pub(crate) trait Resource {
 }
 
 /// The [`Resource`] methods of a kind whose desired state is its `spec` field and
-/// whose observed state is its `status` field (every kind but ConfigMap, Secret and
-/// EndpointSlice).
+/// whose observed state is its `status` field (every kind but ConfigMap, Secret,
+/// EndpointSlice and PriorityClass).
 macro_rules! spec_and_status {
     () => {
         fn spec_value(&self) -> serde_json::Value {
@@ -313,6 +323,7 @@ objects!(
     Job,
     HorizontalPodAutoscaler,
     Event,
+    PriorityClass,
 );
 
 impl Object {

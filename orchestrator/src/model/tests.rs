@@ -229,6 +229,13 @@ reason: Started
 message: Started container web
 type: Normal
 count: 1
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata:
+  name: critical
+value: 1000000
+description: Pods that must run.
 "#;
 
 fn parse_ok(source: &str, text: &str) -> Vec<Document> {
@@ -849,6 +856,41 @@ fn bad_node_and_endpoint_slice() {
 }
 
 #[test]
+fn bad_priority_class() {
+    let class = |body: &str| {
+        format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {body}")
+    };
+    assert_eq!(
+        parse_err(&class("batch\ndescription: no value\n")),
+        "app.yaml doc 1: value: required"
+    );
+    assert_eq!(
+        parse_err(&class(
+            "system-mine\nvalue: 2000000000\npreemptionPolicy: Sometimes\n"
+        )),
+        "app.yaml doc 1: preemptionPolicy: unsupported value \"Sometimes\" (supported: \
+         \"PreemptLowerPriority\", \"Never\")"
+    );
+    assert_eq!(
+        parse_err(&class("system-mine\nvalue: 2000000000\n")),
+        "app.yaml doc 1: value: 2000000000 must be less than or equal to 1000000000 (higher values \
+         are reserved for system classes)\n\
+         app.yaml doc 1: metadata.name: the prefix \"system-\" is reserved for system classes"
+    );
+    let old = object(&class("batch\nvalue: 10\n"));
+    assert_eq!(
+        old.to_value()["preemptionPolicy"],
+        "PreemptLowerPriority",
+        "defaulted"
+    );
+    let changed = object(&class("batch\nvalue: 11\npreemptionPolicy: Never\n"));
+    assert_eq!(
+        update_errors(&changed, &old),
+        "value: field is immutable\npreemptionPolicy: field is immutable"
+    );
+}
+
+#[test]
 fn json_input_with_errors() {
     let text = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
                   "spec": {"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": "80"}]}]}}"#;
@@ -932,12 +974,17 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::Job(job),
         Object::HorizontalPodAutoscaler(hpa),
         Object::Event(event),
+        Object::PriorityClass(class),
     ] = documents.iter().map(|d| &d.object).collect::<Vec<_>>()[..]
     else {
         panic!("unexpected kinds");
     };
     assert_eq!(node.spec.taints[0].effect, Some(TaintEffect::NoSchedule));
     assert_eq!(event.involved_object.name, "web-1");
+    assert_eq!(
+        class.preemption_policy,
+        Some(PreemptionPolicy::PreemptLowerPriority)
+    );
 
     // Pod defaults.
     assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
@@ -1352,7 +1399,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 12);
+    assert_eq!(Kind::ALL.len(), 13);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),
@@ -1377,6 +1424,8 @@ fn kinds() {
         ("EndpointSlice", Kind::EndpointSlice),
         ("ev", Kind::Event),
         ("events", Kind::Event),
+        ("pc", Kind::PriorityClass),
+        ("priorityclasses.scheduling.k8s.io", Kind::PriorityClass),
     ] {
         assert_eq!(Kind::from_cli_name(name), Some(kind), "{name}");
     }
