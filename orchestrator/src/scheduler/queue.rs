@@ -3,71 +3,59 @@
 //! cluster to change rather than being retried in a loop.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use super::snapshot::PodKey;
 
-/// Where a queued pod is.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Place {
-    /// Waiting for a decision: its priority and arrival number.
-    Active(i32, u64),
-    /// Fit nowhere at its last decision.
-    Parked(i32),
-}
-
 #[derive(Debug, Default)]
 pub struct Queue {
+    /// By priority (highest first), then arrival.
     active: BTreeSet<(Reverse<i32>, u64, PodKey)>,
-    places: HashMap<PodKey, Place>,
+    /// Each active pod's place in `active`.
+    active_places: HashMap<PodKey, (i32, u64)>,
+    /// Pods that fit nowhere at their last decision, with their priority; woken in
+    /// name order, so decisions after a wake are repeatable.
+    parked: BTreeMap<PodKey, i32>,
     arrivals: u64,
 }
 
 impl Queue {
     /// Queues a pod for a decision (again); a pod already active keeps its turn.
     pub fn push(&mut self, key: PodKey, priority: i32) {
-        if let Some(Place::Active(..)) = self.places.get(&key) {
+        if self.active_places.contains_key(&key) {
             return;
         }
+        self.parked.remove(&key);
         self.arrivals += 1;
         self.active
             .insert((Reverse(priority), self.arrivals, key.clone()));
-        self.places
-            .insert(key, Place::Active(priority, self.arrivals));
+        self.active_places.insert(key, (priority, self.arrivals));
     }
 
     /// The next pod to decide on, the highest priority first.
     pub fn pop(&mut self) -> Option<PodKey> {
         let (_, _, key) = self.active.pop_first()?;
-        self.places.remove(&key);
+        self.active_places.remove(&key);
         Some(key)
     }
 
     /// Sets a pod aside until [`Queue::wake`].
     pub fn park(&mut self, key: PodKey, priority: i32) {
         self.remove(&key);
-        self.places.insert(key, Place::Parked(priority));
+        self.parked.insert(key, priority);
     }
 
     /// Moves every parked pod back to the active queue: the cluster changed, so
     /// they may fit now.
     pub fn wake(&mut self) {
-        let parked: Vec<(PodKey, i32)> = self
-            .places
-            .iter()
-            .filter_map(|(key, place)| match place {
-                Place::Parked(priority) => Some((key.clone(), *priority)),
-                Place::Active(..) => None,
-            })
-            .collect();
-        for (key, priority) in parked {
-            self.places.remove(&key);
+        for (key, priority) in std::mem::take(&mut self.parked) {
             self.push(key, priority);
         }
     }
 
     pub fn remove(&mut self, key: &PodKey) {
-        if let Some(Place::Active(priority, arrival)) = self.places.remove(key) {
+        self.parked.remove(key);
+        if let Some((priority, arrival)) = self.active_places.remove(key) {
             self.active
                 .remove(&(Reverse(priority), arrival, key.clone()));
         }
