@@ -1,8 +1,9 @@
 //! The node agent's lifecycle: open the state store, serve the API, attach the
-//! dataplane, start the controllers, run until SIGINT or SIGTERM, then stop them and
-//! serving (removing the socket) and detach everything it attached, so nothing it
-//! created at run time stays on the host. The state directory (store, token,
-//! encryption key) persists by design.
+//! dataplane, run the scheduler and the controllers while this agent leads, run
+//! until SIGINT or SIGTERM, then stop them and serving (removing the socket) and
+//! detach everything it attached, so nothing it created at run time stays on
+//! the host. The state directory (store, token, encryption key) persists by
+//! design.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -99,6 +100,8 @@ pub struct Config {
     /// How much watch history to keep: every interval, history older than one
     /// interval is compacted (the Kubernetes API server's default is 5 minutes).
     pub compaction_interval: Duration,
+    /// How the scheduler ranks nodes.
+    pub scheduler_score: crate::scheduler::Scoring,
     /// How this node runs pods.
     pub node: NodeConfig,
     pub dns: crate::dns::Config,
@@ -223,7 +226,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
         store.clone(),
         registry.clone(),
         node_config.identity.name.clone(),
-        config.controllers,
+        ControlLoops {
+            controllers: config.controllers,
+            scheduler: config.scheduler_score,
+        },
         async {
             let _ = leading_stopped.await;
         },
@@ -321,13 +327,21 @@ pub async fn run(config: Config) -> Result<(), Error> {
 /// The election the agents sharing a store hold for the cluster's control loops.
 const CONTROL_LOOPS: &str = "/skiff/leader/control-loops";
 
-/// Runs the cluster's control loops while this agent leads them, campaigning
-/// again whenever leadership is lost, until `shutdown` resolves.
+/// What the leader runs.
+#[derive(Clone, Copy)]
+struct ControlLoops {
+    controllers: crate::controllers::Settings,
+    scheduler: crate::scheduler::Scoring,
+}
+
+/// Runs the cluster's control loops (scheduler and controllers) while this agent
+/// leads them, campaigning again whenever leadership is lost, until `shutdown`
+/// resolves.
 async fn lead(
     store: Arc<dyn Store>,
     registry: Registry,
     node: String,
-    settings: crate::controllers::Settings,
+    loops: ControlLoops,
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
@@ -344,11 +358,21 @@ async fn lead(
             },
         };
         info!("{node} leads the control loops");
-        let controllers = crate::controllers::start(&registry, &settings);
+        let controllers = crate::controllers::start(&registry, &loops.controllers);
+        let (stop_scheduler, scheduler_stopped) = tokio::sync::oneshot::channel::<()>();
+        let scheduler = tokio::spawn(crate::scheduler::run(
+            registry.clone(),
+            loops.scheduler,
+            async {
+                let _ = scheduler_stopped.await;
+            },
+        ));
         let stopping = tokio::select! {
             _ = &mut shutdown => true,
             _ = term.lost() => false,
         };
+        let _ = stop_scheduler.send(());
+        let _ = scheduler.await;
         controllers.stop().await;
         if stopping {
             term.resign().await;

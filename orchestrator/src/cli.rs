@@ -25,6 +25,7 @@ use crate::api::server::TlsListener;
 use crate::model::{Kind, manifest};
 use crate::runtime::node::{self, NodeConfig, NodeIdentity};
 use crate::runtime::pod_files::Dns;
+use crate::scheduler::Scoring;
 use crate::store::etcd::{EtcdConfig, EtcdError, EtcdTls};
 use config::{ConfigError, Overrides, Settings};
 use print::{Format, Table};
@@ -384,6 +385,10 @@ struct AgentArgs {
     /// plain HTTP rather than HTTPS; repeatable
     #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = parse_registry_host)]
     insecure_registries: Vec<String>,
+    /// How the scheduler ranks the nodes a pod fits on: most-allocated packs pods
+    /// onto the fullest nodes, least-allocated spreads them
+    #[arg(long, value_name = "STRATEGY", value_enum, default_value_t = Scoring::MostAllocated)]
+    scheduler_score: Scoring,
 }
 
 fn parse_registry_host(text: &str) -> Result<String, String> {
@@ -789,6 +794,7 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             node_monitor_grace: args.node_monitor_grace_period,
             autoscaler_sync: args.hpa_sync_period,
         },
+        scheduler_score: args.scheduler_score,
         node: NodeConfig {
             identity: NodeIdentity {
                 name: args.node_name.unwrap_or_else(host_name),

@@ -14,7 +14,9 @@
 //! - [`store`]: the revisioned key-value store (embedded file, or etcd) and its
 //!   conformance tests.
 //! - [`api`]: the gRPC API over the store (registry rules, server, client).
-//! - [`controllers`]: the reconcile loops (ReplicaSet, Deployment, EndpointSlice).
+//! - [`controllers`]: the reconcile loops (ReplicaSet, Deployment, EndpointSlice,
+//!   Job, HorizontalPodAutoscaler, node lifecycle).
+//! - [`scheduler`]: binding pending pods to nodes (filters, scoring, preemption).
 //! - [`cli`]: the `skiff` command line.
 //! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
 
@@ -29,4 +31,5 @@ pub mod image;
 pub mod metrics;
 pub mod model;
 pub mod runtime;
+pub mod scheduler;
 pub mod store;

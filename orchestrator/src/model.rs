@@ -14,7 +14,7 @@
 //!   Secret), [`apps`]
 //!   (Deployment, ReplicaSet), [`batch`] (Job), [`autoscaling`]
 //!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event),
-//!   [`metrics`] (PodMetrics, NodeMetrics):
+//!   [`metrics`] (PodMetrics, NodeMetrics), [`scheduling`] (PriorityClass):
 //!   the kinds.
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: quantities, int-or-string and base64 values.
@@ -34,6 +34,7 @@ pub mod metrics;
 pub mod object;
 pub mod pod;
 pub mod quantity;
+pub mod scheduling;
 pub mod selector;
 pub mod service;
 pub mod validation;
@@ -53,6 +54,7 @@ pub use metrics::*;
 pub use object::{Kind, Object};
 pub use pod::*;
 pub use quantity::{ByteString, IntOrString, ParsedQuantity, Quantity};
+pub use scheduling::*;
 pub use selector::{
     FieldSelector, LabelSelector, LabelSelectorRequirement, Selector, SelectorOperator,
 };

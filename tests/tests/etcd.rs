@@ -408,7 +408,7 @@ async fn one_candidate_leads_and_the_next_takes_over_when_it_dies_or_resigns() {
     // lease runs out (its TTL is 2 s; the figure is printed, not asserted).
     let died = Instant::now();
     drop(leading);
-    let mut second_term = tokio::time::timeout(TIMEOUT, waiting)
+    let second_term = tokio::time::timeout(TIMEOUT, waiting)
         .await
         .expect("node-2 leads in time")
         .expect("join")

@@ -50,10 +50,11 @@ enum Cmd {
         #[arg(long, default_value = "busybox:latest")]
         reference: String,
     },
-    /// Run a benchmark side by side with the alternative (root): `api`, `cni`, `dataplane`, `dns`, `pods`.
+    /// Run a benchmark side by side with the alternative (root): `api`, `cni`, `dataplane`, `dns`,
+    /// `pods`, `scheduler`.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "cni", "dataplane", "dns", "pods"])]
+        #[arg(value_parser = ["api", "cni", "dataplane", "dns", "pods", "scheduler"])]
         name: String,
         /// Arguments passed on to the benchmark (see `skiff-bench <name> --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

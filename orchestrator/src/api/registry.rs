@@ -1,11 +1,13 @@
 //! What the API's verbs do, independent of gRPC: decoding and validating objects,
 //! server-owned metadata (uid, resourceVersion, generation, timestamps), optimistic
 //! concurrency, ClusterIP and NodePort allocation, Secret encryption, graceful and
-//! cascading deletes, and watches translated into Kubernetes events.
+//! cascading deletes, binding pods to nodes, and watches translated into Kubernetes
+//! events.
 //!
 //! Objects are stored as JSON under `/registry/<plural>/[<namespace>/]<name>`; the
 //! store's mod revision is the object's resourceVersion.
 
+mod binding;
 mod delete;
 mod pod_cidrs;
 mod services;
@@ -62,6 +64,10 @@ pub enum ApiError {
         "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
     )]
     Conflict { resource: String, name: String },
+    #[error(
+        "Operation cannot be fulfilled on pods/binding \"{pod}\": pod {pod} is already assigned to node \"{node}\""
+    )]
+    AlreadyBound { pod: String, node: String },
     #[error("too old resource version: {requested} ({oldest})")]
     Expired {
         requested: Revision,

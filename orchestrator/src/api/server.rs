@@ -769,7 +769,7 @@ fn status(error: ApiError) -> Status {
             )
         }
         ApiError::NotFound { .. } => Status::not_found(message),
-        ApiError::Conflict { .. } => Status::aborted(message),
+        ApiError::Conflict { .. } | ApiError::AlreadyBound { .. } => Status::aborted(message),
         ApiError::Expired { .. } => Status::out_of_range(message),
         ApiError::BadRequest(_) => Status::invalid_argument(message),
         ApiError::Exhausted(_) => Status::resource_exhausted(message),

@@ -202,6 +202,10 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::PodMetrics | Kind::NodeMetrics => {
             (vec!["NAME", "CPU(cores)", "MEMORY(bytes)"], vec!["WINDOW"])
         }
+        Kind::PriorityClass => (
+            vec!["NAME", "VALUE", "GLOBAL-DEFAULT", "AGE"],
+            vec!["PREEMPTIONPOLICY"],
+        ),
     };
     if wide {
         base.extend(extra);
@@ -407,6 +411,18 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
                 ),
                 text(&o["message"]),
             ]
+        }
+        Kind::PriorityClass => {
+            let mut row = vec![
+                name,
+                text(&o["value"]),
+                or(&o["globalDefault"], "false"),
+                age,
+            ];
+            if wide {
+                row.push(or(&o["preemptionPolicy"], "PreemptLowerPriority"));
+            }
+            return row;
         }
         Kind::HorizontalPodAutoscaler => {
             let target = &spec["scaleTargetRef"];

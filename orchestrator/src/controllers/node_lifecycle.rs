@@ -14,7 +14,7 @@ use super::{Action, Context, Error, Reconciler};
 use crate::api::registry::{ApiError, ObjectRef, Propagation, now as timestamp};
 use crate::model::{
     Condition, ConditionStatus, FieldSelector, Kind, Node, Object, Pod, Selector, Taint,
-    TaintEffect, Toleration, TolerationOperator,
+    TaintEffect, Toleration,
 };
 use crate::runtime::events::Type;
 
@@ -64,21 +64,15 @@ fn is_unreachable_taint(taint: &Taint) -> bool {
 /// do not tolerate it (evict now), Some(None) for ever, Some(Some(s)) for s
 /// seconds.
 pub fn tolerated_for(tolerations: &[Toleration]) -> Option<Option<i64>> {
+    let unreachable = Taint {
+        key: UNREACHABLE.into(),
+        value: None,
+        effect: Some(TaintEffect::NoExecute),
+        time_added: None,
+    };
     tolerations
         .iter()
-        .filter(|t| {
-            let key_matches = match t.operator.unwrap_or(TolerationOperator::Equal) {
-                TolerationOperator::Exists => t
-                    .key
-                    .as_deref()
-                    .is_none_or(|k| k.is_empty() || k == UNREACHABLE),
-                TolerationOperator::Equal => {
-                    t.key.as_deref() == Some(UNREACHABLE)
-                        && t.value.as_deref().unwrap_or("").is_empty()
-                }
-            };
-            key_matches && t.effect.is_none_or(|e| e == TaintEffect::NoExecute)
-        })
+        .filter(|t| t.tolerates(&unreachable))
         .map(|t| t.toleration_seconds)
         // The longest toleration wins; one without a limit wins outright.
         .max_by_key(|s| s.map_or(i64::MAX, |s| s))
@@ -262,6 +256,7 @@ async fn remove(ctx: &Context, node: &Node, pod: &Pod) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::TolerationOperator;
 
     fn node_with_heartbeat(stamp: Option<&str>) -> Node {
         let mut node = Node::default();

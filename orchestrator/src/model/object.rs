@@ -17,7 +17,7 @@ use super::meta::{validate_meta, validate_meta_update};
 use super::validation::{FieldErrors, Path};
 use super::{
     ConfigMap, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace, Node,
-    NodeMetrics, ObjectMeta, Pod, PodMetrics, ReplicaSet, Secret, Service,
+    NodeMetrics, ObjectMeta, Pod, PodMetrics, PriorityClass, ReplicaSet, Secret, Service,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -36,6 +36,7 @@ pub enum Kind {
     Event,
     PodMetrics,
     NodeMetrics,
+    PriorityClass,
 }
 
 /// What the API says about a kind.
@@ -48,7 +49,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -63,6 +64,7 @@ impl Kind {
         Kind::Event,
         Kind::PodMetrics,
         Kind::NodeMetrics,
+        Kind::PriorityClass,
     ];
 
     fn info(self) -> KindInfo {
@@ -94,6 +96,13 @@ impl Kind {
             Kind::Event => ("Event", "v1", "events", &["ev"], true),
             Kind::PodMetrics => ("PodMetrics", "metrics.k8s.io/v1beta1", "pods", &[], true),
             Kind::NodeMetrics => ("NodeMetrics", "metrics.k8s.io/v1beta1", "nodes", &[], false),
+            Kind::PriorityClass => (
+                "PriorityClass",
+                "scheduling.k8s.io/v1",
+                "priorityclasses",
+                &["pc"],
+                false,
+            ),
         };
         KindInfo {
             name,
@@ -129,7 +138,8 @@ impl Kind {
         self.info().short_names
     }
 
-    /// Namespace and Node are cluster-scoped; everything else lives in a namespace.
+    /// Namespace, Node and PriorityClass are cluster-scoped; everything else lives in a
+    /// namespace.
     pub fn namespaced(self) -> bool {
         self.info().namespaced
     }
@@ -196,8 +206,8 @@ pub(crate) trait Resource {
 }
 
 /// The [`Resource`] methods of a kind whose desired state is its `spec` field and
-/// whose observed state is its `status` field (every kind but ConfigMap, Secret and
-/// EndpointSlice).
+/// whose observed state is its `status` field (every kind but ConfigMap, Secret,
+/// EndpointSlice and PriorityClass).
 macro_rules! spec_and_status {
     () => {
         fn spec_value(&self) -> serde_json::Value {
@@ -321,6 +331,7 @@ objects!(
     Event,
     PodMetrics,
     NodeMetrics,
+    PriorityClass,
 );
 
 impl Object {

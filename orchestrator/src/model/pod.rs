@@ -444,6 +444,24 @@ pub struct Toleration {
     pub toleration_seconds: Option<i64>,
 }
 
+impl Toleration {
+    /// Kubernetes' toleration rules: an unset effect matches every effect, an empty
+    /// key with Exists matches every taint, Equal compares values.
+    pub fn tolerates(&self, taint: &super::Taint) -> bool {
+        let key = self.key.as_deref().unwrap_or_default();
+        self.effect.is_none_or(|e| Some(e) == taint.effect)
+            && (key.is_empty() || key == taint.key)
+            && match self.operator.unwrap_or(TolerationOperator::Equal) {
+                TolerationOperator::Exists => true,
+                TolerationOperator::Equal => {
+                    !key.is_empty()
+                        && self.value.as_deref().unwrap_or_default()
+                            == taint.value.as_deref().unwrap_or_default()
+                }
+            }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum TolerationOperator {
     Exists,

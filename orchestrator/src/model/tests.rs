@@ -247,6 +247,13 @@ metadata:
 timestamp: "2026-01-01T00:00:15Z"
 window: 15s
 usage: {cpu: 1200m, memory: 2Gi}
+---
+apiVersion: scheduling.k8s.io/v1
+kind: PriorityClass
+metadata:
+  name: critical
+value: 1000000
+description: Pods that must run.
 "#;
 
 fn parse_ok(source: &str, text: &str) -> Vec<Document> {
@@ -882,6 +889,41 @@ fn bad_node_and_endpoint_slice() {
 }
 
 #[test]
+fn bad_priority_class() {
+    let class = |body: &str| {
+        format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {body}")
+    };
+    assert_eq!(
+        parse_err(&class("batch\ndescription: no value\n")),
+        "app.yaml doc 1: value: required"
+    );
+    assert_eq!(
+        parse_err(&class(
+            "system-mine\nvalue: 2000000000\npreemptionPolicy: Sometimes\n"
+        )),
+        "app.yaml doc 1: preemptionPolicy: unsupported value \"Sometimes\" (supported: \
+         \"PreemptLowerPriority\", \"Never\")"
+    );
+    assert_eq!(
+        parse_err(&class("system-mine\nvalue: 2000000000\n")),
+        "app.yaml doc 1: value: 2000000000 must be less than or equal to 1000000000 (higher values \
+         are reserved for system classes)\n\
+         app.yaml doc 1: metadata.name: the prefix \"system-\" is reserved for system classes"
+    );
+    let old = object(&class("batch\nvalue: 10\n"));
+    assert_eq!(
+        old.to_value()["preemptionPolicy"],
+        "PreemptLowerPriority",
+        "defaulted"
+    );
+    let changed = object(&class("batch\nvalue: 11\npreemptionPolicy: Never\n"));
+    assert_eq!(
+        update_errors(&changed, &old),
+        "value: field is immutable\npreemptionPolicy: field is immutable"
+    );
+}
+
+#[test]
 fn json_input_with_errors() {
     let text = r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web"},
                   "spec": {"containers": [{"name": "web", "image": "nginx", "ports": [{"containerPort": "80"}]}]}}"#;
@@ -967,6 +1009,7 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::Event(event),
         Object::PodMetrics(pod_metrics),
         Object::NodeMetrics(node_metrics),
+        Object::PriorityClass(class),
     ] = documents.iter().map(|d| &d.object).collect::<Vec<_>>()[..]
     else {
         panic!("unexpected kinds");
@@ -975,6 +1018,10 @@ fn every_kind_decodes_defaults_and_validates() {
     assert_eq!(event.involved_object.name, "web-1");
     assert_eq!(pod_metrics.containers[0].usage["cpu"].0, "250m");
     assert_eq!(node_metrics.usage["memory"].0, "2Gi");
+    assert_eq!(
+        class.preemption_policy,
+        Some(PreemptionPolicy::PreemptLowerPriority)
+    );
 
     // Pod defaults.
     assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
@@ -1389,7 +1436,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 14);
+    assert_eq!(Kind::ALL.len(), 15);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),
@@ -1417,6 +1464,8 @@ fn kinds() {
         ("pods.metrics.k8s.io", Kind::PodMetrics),
         ("podmetrics", Kind::PodMetrics),
         ("NodeMetrics", Kind::NodeMetrics),
+        ("pc", Kind::PriorityClass),
+        ("priorityclasses.scheduling.k8s.io", Kind::PriorityClass),
     ] {
         assert_eq!(Kind::from_cli_name(name), Some(kind), "{name}");
     }

@@ -690,3 +690,54 @@ async fn watching_a_compacted_version_is_expired() {
     );
     assert!(version.parse::<u64>().is_ok());
 }
+
+#[tokio::test]
+async fn binding_sets_the_node_once_and_clears_the_nomination() {
+    let f = fixture().await;
+    let created = apply_one(&f.registry, pod("pending", None)).await;
+    let uid = created.object["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut nominated = created.object.clone();
+    nominated["status"] = json!({"nominatedNodeName": "node-1"});
+    f.registry.update_status(nominated).await.unwrap();
+    let at = reference(Kind::Pod, "pending");
+
+    let error = f
+        .registry
+        .bind(&at, Some("not-its-uid"), "node-1")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, ApiError::Conflict { .. }), "{error}");
+
+    let bound = f.registry.bind(&at, Some(&uid), "node-1").await.unwrap();
+    assert_eq!(bound["spec"]["nodeName"], "node-1");
+    assert!(bound["status"]["nominatedNodeName"].is_null());
+    assert_eq!(
+        f.registry.get(&at).await.unwrap()["spec"]["nodeName"],
+        "node-1"
+    );
+
+    let error = f.registry.bind(&at, None, "node-2").await.unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "Operation cannot be fulfilled on pods/binding \"pending\": pod pending is already \
+         assigned to node \"node-1\""
+    );
+    let missing = f
+        .registry
+        .bind(&reference(Kind::Pod, "nobody"), None, "node-1")
+        .await
+        .unwrap_err();
+    assert!(matches!(missing, ApiError::NotFound { .. }), "{missing}");
+    let not_a_pod = f
+        .registry
+        .bind(&reference(Kind::ConfigMap, "settings"), None, "node-1")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        not_a_pod.to_string(),
+        "only pods can be bound to nodes, not configmaps"
+    );
+}

@@ -1,0 +1,338 @@
+//! The scheduler benchmark: 10,000 pods on 1,000 simulated nodes (Node objects
+//! only, no containers).
+//!
+//! - Core: skiff's decision function on its snapshot (filters, scoring, then the
+//!   pod placed on the snapshot), against a naive scheduler that decides from the
+//!   API objects themselves, with no cache: for each pod it reads every node's
+//!   allocatable and every bound pod's requests from their quantity strings, then
+//!   applies the same resource fit and most-allocated score. kube-scheduler is not
+//!   installable here; the naive one is what a scheduler without a cache costs.
+//!   Memory is what the snapshot holds, counted by the allocator.
+//! - End to end: a real agent (API, embedded store, the scheduler in the agent):
+//!   the nodes are applied and reported Ready, then the pods are applied without
+//!   a node, and the time runs from the first apply until a watch has seen every
+//!   pod bound; with the agent's resident memory before and after.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, anyhow, bail};
+use futures::StreamExt;
+use serde_json::{Value, json};
+use skiff::api::proto;
+use skiff::model::{Node, Object, Pod};
+use skiff::scheduler::snapshot::{NodeSpecifics, PlacedPod, Resources, Snapshot, pod_requests};
+use skiff::scheduler::{Decision, Scoring, decide};
+
+use crate::agent::Agent;
+use crate::stats::{allocated_bytes, median, rss_mib};
+
+/// The label every simulated node has and every pod selects, so that the agent's
+/// own (real) node never gets a pod.
+const SIMULATED: &str = "bench.skiff.dev/simulated";
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// The skiff binary (release build).
+    #[arg(long)]
+    skiff: PathBuf,
+    #[arg(long, default_value_t = 1_000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 10_000)]
+    pods: usize,
+    /// Rounds of the core measurement; skiff and the naive scheduler alternate.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Pods per Apply call in the end-to-end run.
+    #[arg(long, default_value_t = 1_000)]
+    batch: usize,
+}
+
+/// A simulated node: 32 cpu, 128Gi, 110 pods, Ready.
+fn node(i: usize) -> Value {
+    let name = format!("sim-{i:04}");
+    json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, SIMULATED: "true"}},
+        "status": {
+            "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+            "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
+            "conditions": [{"type": "Ready", "status": "True"}],
+        },
+    })
+}
+
+/// A pod asking for 100m-1 cpu and 128Mi-1Gi, varied.
+fn pod(i: usize) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": format!("bench-{i:05}"), "namespace": "default"},
+        "spec": {
+            "nodeSelector": {SIMULATED: "true"},
+            "containers": [{
+                "name": "main", "image": "busybox:1.36",
+                "resources": {"requests": {
+                    "cpu": format!("{}m", 100 + (i * 37 % 10) * 100),
+                    "memory": format!("{}Mi", 128 + (i * 53 % 8) * 128),
+                }},
+            }],
+        },
+    })
+}
+
+/// The object as the API server would store it: decoded, defaulted, validated.
+fn decode<T: TryFrom<Object, Error = Object>>(value: Value) -> Result<T> {
+    let object = Object::from_value(value).map_err(|e| anyhow!("{e}"))?;
+    T::try_from(object).map_err(|other| anyhow!("unexpected {}", other.kind()))
+}
+
+pub async fn run(options: Options) -> Result<()> {
+    let nodes: Vec<Node> = (0..options.nodes)
+        .map(|i| decode(node(i)))
+        .collect::<Result<_>>()?;
+    let pods: Vec<Pod> = (0..options.pods)
+        .map(|i| decode(pod(i)))
+        .collect::<Result<_>>()?;
+    let mut skiff_rounds = Vec::new();
+    let mut naive_rounds = Vec::new();
+    for round in 1..=options.rounds {
+        let skiff = core_skiff(&nodes, &pods)?;
+        let naive = core_naive(&nodes, &pods)?;
+        eprintln!(
+            "round {round}: skiff {:.3} s ({} nodes used, {:.1} MiB), naive {:.3} s ({} nodes used)",
+            skiff.seconds, skiff.nodes_used, skiff.memory_mib, naive.seconds, naive.nodes_used
+        );
+        skiff_rounds.push(skiff);
+        naive_rounds.push(naive);
+    }
+    let end_to_end = end_to_end(&options).await?;
+
+    let seconds = median(skiff_rounds.iter().map(|r| r.seconds));
+    let naive_seconds = median(naive_rounds.iter().map(|r| r.seconds));
+    println!(
+        "{} pods on {} simulated nodes; core: median of {} rounds\n",
+        options.pods, options.nodes, options.rounds
+    );
+    println!("| measure | skiff | naive (no cache) | skiff vs naive |");
+    println!("|---|---|---|---|");
+    println!(
+        "| core: time for all pods (s) | {seconds:.3} | {naive_seconds:.3} | {:.1}x faster |",
+        naive_seconds / seconds
+    );
+    println!(
+        "| core: pods scheduled/s | {:.0} | {:.0} | |",
+        options.pods as f64 / seconds,
+        options.pods as f64 / naive_seconds
+    );
+    println!(
+        "| core: snapshot memory, all pods placed (MiB) | {:.1} | | |",
+        median(skiff_rounds.iter().map(|r| r.memory_mib))
+    );
+    println!(
+        "| end to end: first apply to last pod bound (s) | {:.2} | | |",
+        end_to_end.seconds
+    );
+    println!(
+        "| end to end: pods scheduled/s | {:.0} | | |",
+        options.pods as f64 / end_to_end.seconds
+    );
+    println!(
+        "| end to end: of which applying the pods (s) | {:.2} | | |",
+        end_to_end.apply_seconds
+    );
+    println!(
+        "| end to end: agent RSS, nodes only -> all pods bound (MiB) | {:.1} -> {:.1} | | |",
+        end_to_end.rss_before_mib, end_to_end.rss_after_mib
+    );
+    println!(
+        "\nfloor: {} pods in under 2 s: core {}, end to end {}",
+        options.pods,
+        if seconds < 2.0 { "met" } else { "NOT met" },
+        if end_to_end.seconds < 2.0 {
+            "met"
+        } else {
+            "NOT met"
+        }
+    );
+    Ok(())
+}
+
+struct CoreFigures {
+    seconds: f64,
+    nodes_used: usize,
+    memory_mib: f64,
+}
+
+/// skiff's snapshot and decision function, each pod placed as the loop assumes it.
+fn core_skiff(nodes: &[Node], pods: &[Pod]) -> Result<CoreFigures> {
+    let before = allocated_bytes();
+    let started = Instant::now();
+    let mut snapshot = Snapshot::default();
+    for node in nodes {
+        snapshot.set_node(&node.metadata.name, NodeSpecifics::of(node));
+    }
+    for pod in pods {
+        match decide(pod, &snapshot, Scoring::MostAllocated) {
+            Decision::Bind { node } => snapshot.place(&node, PlacedPod::new(pod, 0)),
+            other => bail!("pod {} was not bound: {other:?}", pod.metadata.name),
+        }
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let memory_mib = allocated_bytes().saturating_sub(before) as f64 / (1024.0 * 1024.0);
+    let nodes_used = snapshot
+        .nodes
+        .values()
+        .filter(|n| !n.pods.is_empty())
+        .count();
+    Ok(CoreFigures {
+        seconds,
+        nodes_used,
+        memory_mib,
+    })
+}
+
+/// The naive scheduler: every decision reads the API objects afresh.
+fn core_naive(nodes: &[Node], pods: &[Pod]) -> Result<CoreFigures> {
+    let started = Instant::now();
+    let mut bound: HashMap<&str, Vec<&Pod>> = HashMap::new();
+    for pod in pods {
+        let wanted = pod_requests(&pod.spec);
+        let mut best: Option<(&str, i128)> = None;
+        for node in nodes {
+            let labels = &node.metadata.labels;
+            if !pod
+                .spec
+                .node_selector
+                .iter()
+                .all(|(k, v)| labels.get(k) == Some(v))
+            {
+                continue;
+            }
+            let allocatable = Resources::from_quantities(&node.status.allocatable);
+            let on_node = bound.get(node.metadata.name.as_str());
+            let used = on_node
+                .into_iter()
+                .flatten()
+                .map(|p| pod_requests(&p.spec))
+                .fold(Resources::default(), Resources::plus)
+                .plus(wanted);
+            if used.cpu_millis > allocatable.cpu_millis
+                || used.memory_bytes > allocatable.memory_bytes
+                || used.pods > allocatable.pods
+            {
+                continue;
+            }
+            let score = (i128::from(used.cpu_millis) * 100 / i128::from(allocatable.cpu_millis)
+                + i128::from(used.memory_bytes) * 100 / i128::from(allocatable.memory_bytes))
+                / 2;
+            if best.is_none_or(|(_, top)| score > top) {
+                best = Some((node.metadata.name.as_str(), score));
+            }
+        }
+        let (node, _) =
+            best.with_context(|| format!("naive: {} fits nowhere", pod.metadata.name))?;
+        bound.entry(node).or_default().push(pod);
+    }
+    Ok(CoreFigures {
+        seconds: started.elapsed().as_secs_f64(),
+        nodes_used: bound.len(),
+        memory_mib: 0.0,
+    })
+}
+
+struct EndToEnd {
+    seconds: f64,
+    apply_seconds: f64,
+    rss_before_mib: f64,
+    rss_after_mib: f64,
+}
+
+async fn end_to_end(options: &Options) -> Result<EndToEnd> {
+    let mut agent = Agent::start(&options.skiff, "warn", &[]).await?;
+    let nodes: Vec<Value> = (0..options.nodes).map(node).collect();
+    for chunk in nodes.chunks(options.batch) {
+        agent.apply(chunk).await?;
+    }
+    // Apply keeps the stored status; the nodes report theirs as a kubelet would.
+    let client = agent.client.clone();
+    let mut reports = futures::stream::iter(nodes.into_iter().map(|node| {
+        let mut client = client.clone();
+        async move {
+            let object = serde_json::to_vec(&node)?;
+            client
+                .update_status(proto::UpdateStatusRequest { object })
+                .await
+                .context("UpdateStatus of a node")?;
+            anyhow::Ok(())
+        }
+    }))
+    .buffer_unordered(16);
+    while let Some(reported) = reports.next().await {
+        reported?;
+    }
+    // Let the scheduler's node watch catch up before the pods come.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_before_mib = rss_mib(agent.pid())?;
+
+    let version = agent
+        .client
+        .list(proto::ListRequest {
+            kind: "Pod".into(),
+            field_selector: "metadata.name=none".into(),
+            ..Default::default()
+        })
+        .await?
+        .into_inner()
+        .resource_version;
+    let mut events = agent
+        .client
+        .watch(proto::WatchRequest {
+            kind: "Pod".into(),
+            resource_version: version,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    let total = options.pods;
+    let counter = tokio::spawn(async move {
+        let mut bound = HashSet::new();
+        let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
+        while bound.len() < total {
+            let event = events.next().await.context("watch ended")??;
+            let object: Value = serde_json::from_slice(&event.object)?;
+            if let Some(node) = object["spec"]["nodeName"].as_str()
+                && bound.insert(object["metadata"]["name"].to_string())
+            {
+                *per_node.entry(node.to_string()).or_default() += 1;
+            }
+        }
+        anyhow::Ok((Instant::now(), per_node))
+    });
+    let started = Instant::now();
+    let pods: Vec<Value> = (0..options.pods).map(pod).collect();
+    for chunk in pods.chunks(options.batch) {
+        agent.apply(chunk).await?;
+    }
+    let apply_seconds = started.elapsed().as_secs_f64();
+    let (finished, per_node) = tokio::time::timeout(Duration::from_secs(600), counter)
+        .await
+        .context("not every pod was bound within 600 s")???;
+    let seconds = finished.duration_since(started).as_secs_f64();
+    if per_node.keys().any(|n| !n.starts_with("sim-")) {
+        bail!("a pod was bound to a node that is not simulated: {per_node:?}");
+    }
+    eprintln!(
+        "end to end: {} pods bound on {} nodes in {seconds:.2} s",
+        options.pods,
+        per_node.len()
+    );
+    let rss_after_mib = rss_mib(agent.pid())?;
+    agent.stop()?;
+    Ok(EndToEnd {
+        seconds,
+        apply_seconds,
+        rss_before_mib,
+        rss_after_mib,
+    })
+}
