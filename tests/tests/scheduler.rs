@@ -80,12 +80,14 @@ fn pods_without_a_node_are_bound_and_wait_with_a_reason_when_nothing_fits() {
 fn a_high_priority_pod_evicts_a_low_priority_one_to_fit() {
     let agent = Agent::start_node(&[]);
     let node = agent.object("node", NODE_NAME).expect("the agent's node");
-    let cpu = node["status"]["allocatable"]["cpu"]
-        .as_str()
-        .and_then(|c| c.parse::<u32>().ok())
-        .expect("whole cpus allocatable");
+    let allocatable = node["status"]["allocatable"]["cpu"].as_str().expect("cpu");
+    let millis = match allocatable.strip_suffix('m') {
+        Some(millis) => millis.parse::<u32>(),
+        None => allocatable.parse::<u32>().map(|cores| cores * 1000),
+    }
+    .expect("allocatable cpu in cores or millicores");
     // Each pod takes more than half the node.
-    let request = format!("{}m", cpu * 1000 * 3 / 4);
+    let request = format!("{}m", millis * 3 / 4);
     let requesting = |name: &str, class: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n  \

@@ -55,7 +55,6 @@ spec:
 {extra_spec}
   template:
     spec:
-      nodeName: {NODE_NAME}
       restartPolicy: Never
       terminationGracePeriodSeconds: 1
       containers:
@@ -128,7 +127,6 @@ spec:
   template:
     metadata: {{labels: {{app: burner}}}}
     spec:
-      nodeName: {NODE_NAME}
       terminationGracePeriodSeconds: 1
       containers:
       - name: main
