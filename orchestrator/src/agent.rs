@@ -234,6 +234,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             let _ = leading_stopped.await;
         },
     ));
+    let routes = tokio::spawn(crate::routes::run(
+        registry.clone(),
+        node_config.identity.name.clone(),
+    ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
     let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
     let usage = tokio::spawn(runtime::usage::run(
@@ -281,6 +285,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     info!("{received} received, shutting down");
     compactor.abort();
     usage.abort();
+    // The routes stay: pods keep running, and keep reaching other nodes.
+    routes.abort();
     if let Some(task) = log_reader {
         task.abort();
     }

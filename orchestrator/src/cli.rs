@@ -305,9 +305,10 @@ struct AgentArgs {
     /// This node's name [default: the host name]
     #[arg(long)]
     node_name: Option<String>,
-    /// The address other nodes reach this one at [default: the default route's source]
-    #[arg(long, value_name = "IP")]
-    node_ip: Option<std::net::IpAddr>,
+    /// The addresses other nodes reach this one at, one per IP family, comma
+    /// separated [default: the source address of each family's default route]
+    #[arg(long, value_name = "IP[,IP]", value_delimiter = ',')]
+    node_ip: Vec<std::net::IpAddr>,
     /// This node's pod CIDRs, one per IP family [default: free ones of --cluster-cidr,
     /// reserved in the store so that nodes sharing it never overlap]
     #[arg(long = "pod-cidr", value_name = "CIDR")]
@@ -798,7 +799,11 @@ fn agent_config(args: AgentArgs) -> agent::Config {
         node: NodeConfig {
             identity: NodeIdentity {
                 name: args.node_name.unwrap_or_else(host_name),
-                host_ip: args.node_ip.or_else(node::default_host_ip),
+                host_ips: if args.node_ip.is_empty() {
+                    node::default_host_ips()
+                } else {
+                    args.node_ip
+                },
                 // Reserved in the store when the agent starts.
                 pod_cidrs: Vec::new(),
                 reserved: args.system_reserved,

@@ -17,6 +17,7 @@
 //! - [`controllers`]: the reconcile loops (ReplicaSet, Deployment, EndpointSlice,
 //!   Job, HorizontalPodAutoscaler, node lifecycle).
 //! - [`scheduler`]: binding pending pods to nodes (filters, scoring, preemption).
+//! - [`routes`]: routes to other nodes' pod CIDRs (direct routing).
 //! - [`cli`]: the `skiff` command line.
 //! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
 
@@ -30,6 +31,7 @@ pub mod dns;
 pub mod image;
 pub mod metrics;
 pub mod model;
+pub mod routes;
 pub mod runtime;
 pub mod scheduler;
 pub mod store;

@@ -60,6 +60,33 @@ impl NetNs {
     }
 }
 
+/// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, with addresses.
+pub fn veth(a: &NetNs, a_if: &str, a_addrs: &[&str], b: &NetNs, b_if: &str, b_addrs: &[&str]) {
+    a.ip(&[
+        "link",
+        "add",
+        a_if,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        b_if,
+        "netns",
+        b.name(),
+    ]);
+    for (netns, device, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
+        for addr in addrs {
+            // No duplicate address detection: IPv6 addresses work at once.
+            let mut args = vec!["addr", "add", addr, "dev", device];
+            if addr.contains(':') {
+                args.push("nodad");
+            }
+            netns.ip(&args);
+        }
+        netns.ip(&["link", "set", device, "up"]);
+    }
+}
+
 impl Default for NetNs {
     fn default() -> Self {
         Self::new()

@@ -29,7 +29,7 @@ use skiff_ebpf_common::{IPPROTO_UDP, raw_addr};
 use skiff_tests::agent::Agent;
 use skiff_tests::backend::UdpBackend;
 use skiff_tests::kernel::{assert_unloaded, program_loaded};
-use skiff_tests::netns::NetNs;
+use skiff_tests::netns::{NetNs, veth};
 use skiff_tests::wait_for_names;
 
 const NODE_PORT: u16 = 30080;
@@ -44,33 +44,6 @@ struct Topology {
     outside: NetNs,
     pods: NetNs,
     remote: NetNs,
-}
-
-/// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, with addresses.
-fn veth(a: &NetNs, a_if: &str, a_addrs: &[&str], b: &NetNs, b_if: &str, b_addrs: &[&str]) {
-    a.ip(&[
-        "link",
-        "add",
-        a_if,
-        "type",
-        "veth",
-        "peer",
-        "name",
-        b_if,
-        "netns",
-        b.name(),
-    ]);
-    for (netns, device, addrs) in [(a, a_if, a_addrs), (b, b_if, b_addrs)] {
-        for addr in addrs {
-            // No duplicate address detection: IPv6 addresses work at once.
-            let mut args = vec!["addr", "add", addr, "dev", device];
-            if addr.contains(':') {
-                args.push("nodad");
-            }
-            netns.ip(&args);
-        }
-        netns.ip(&["link", "set", device, "up"]);
-    }
 }
 
 impl Topology {

@@ -116,38 +116,38 @@ fn a_failing_job_stops_at_its_backoff_limit() {
 #[test]
 fn an_autoscaler_follows_cpu_use_up_and_back_down() {
     let agent = Agent::start_node(&["--usage-interval", "1s", "--hpa-sync-period", "1s"]);
-    agent.apply(&format!(
+    agent.apply(
         r#"
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: burner}}
+metadata: {name: burner}
 spec:
   replicas: 1
-  selector: {{matchLabels: {{app: burner}}}}
+  selector: {matchLabels: {app: burner}}
   template:
-    metadata: {{labels: {{app: burner}}}}
+    metadata: {labels: {app: burner}}
     spec:
       terminationGracePeriodSeconds: 1
       containers:
       - name: main
         image: busybox:1.36
         command: ["sh", "-c", "while [ ! -f /tmp/stop ]; do :; done; exec sleep 3600"]
-        resources: {{requests: {{cpu: 200m}}}}
+        resources: {requests: {cpu: 200m}}
 ---
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
-metadata: {{name: burner}}
+metadata: {name: burner}
 spec:
-  scaleTargetRef: {{apiVersion: apps/v1, kind: Deployment, name: burner}}
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: burner}
   minReplicas: 1
   maxReplicas: 3
   metrics:
   - type: Resource
-    resource: {{name: cpu, target: {{type: Utilization, averageUtilization: 50}}}}
+    resource: {name: cpu, target: {type: Utilization, averageUtilization: 50}}
   behavior:
-    scaleDown: {{stabilizationWindowSeconds: 2}}
-"#
-    ));
+    scaleDown: {stabilizationWindowSeconds: 2}
+"#,
+    );
     // One pod burning a core is far over 50% of 200m: up to the maximum.
     let up = wait_object(
         &agent,

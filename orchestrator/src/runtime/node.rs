@@ -26,7 +26,9 @@ use super::worker::{self, Context};
 #[derive(Debug, Clone)]
 pub struct NodeIdentity {
     pub name: String,
-    pub host_ip: Option<IpAddr>,
+    /// The addresses other nodes reach this one at, at most one per family; the
+    /// first is the pods' hostIP.
+    pub host_ips: Vec<IpAddr>,
     pub pod_cidrs: Vec<ipnet::IpNet>,
     /// Kept back from pods: allocatable is capacity minus this.
     pub reserved: Reserved,
@@ -102,7 +104,7 @@ impl NodeConfig {
             network_check: self.network_check,
             registry,
             node_name: name,
-            host_ip: self.identity.host_ip,
+            host_ip: self.identity.host_ips.first().copied(),
             paths,
             images,
             oci,
@@ -308,10 +310,12 @@ async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiErr
         .unwrap_or_else(|| "0".into());
     let capacity = json!({"cpu": cpus.to_string(), "memory": memory, "pods": "110"});
     let allocatable = allocatable(cpus, memory_kib(), identity.reserved);
-    let mut addresses = vec![json!({"type": "Hostname", "address": identity.name})];
-    if let Some(ip) = identity.host_ip {
-        addresses.insert(0, json!({"type": "InternalIP", "address": ip.to_string()}));
-    }
+    let mut addresses: Vec<serde_json::Value> = identity
+        .host_ips
+        .iter()
+        .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
+        .collect();
+    addresses.push(json!({"type": "Hostname", "address": identity.name}));
     let node = json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -379,14 +383,21 @@ fn architecture() -> &'static str {
     }
 }
 
-/// The address other hosts reach this one at: the source address of the default
-/// route (found without sending anything), if there is one.
-pub fn default_host_ip() -> Option<IpAddr> {
-    let socket = std::net::UdpSocket::bind("0.0.0.0:0").ok()?;
-    // TEST-NET-1: routable in principle, never contacted (UDP connect sends nothing).
-    socket.connect("192.0.2.1:9").ok()?;
-    let ip = socket.local_addr().ok()?.ip();
-    (!ip.is_unspecified()).then_some(ip)
+/// The addresses other hosts reach this one at: the source address of the
+/// default route of each family (found without sending anything), where there is
+/// one.
+pub fn default_host_ips() -> Vec<IpAddr> {
+    // TEST-NET-1 and the IPv6 documentation prefix: routable in principle, never
+    // contacted (a UDP connect sends nothing).
+    [("0.0.0.0:0", "192.0.2.1:9"), ("[::]:0", "[2001:db8::1]:9")]
+        .into_iter()
+        .filter_map(|(local, remote)| {
+            let socket = std::net::UdpSocket::bind(local).ok()?;
+            socket.connect(remote).ok()?;
+            let ip = socket.local_addr().ok()?.ip();
+            (!ip.is_unspecified()).then_some(ip)
+        })
+        .collect()
 }
 
 #[cfg(test)]
