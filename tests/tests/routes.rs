@@ -68,10 +68,10 @@ fn pods_reach_another_nodes_pod_cidrs_through_its_address_and_the_routes_follow_
         let via = if cidr.contains(':') { NODE_V6 } else { NODE_V4 };
         peer.ip(&["route", "add", cidr, "via", via]);
     }
-    agent.apply(&format!(
-        "apiVersion: v1\nkind: Node\nmetadata: {{name: peer}}\n\
-         spec: {{podCIDRs: [10.244.250.0/24, 'fd00:10:244:fa::/64']}}\n"
-    ));
+    agent.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: peer}\n\
+         spec: {podCIDRs: [10.244.250.0/24, 'fd00:10:244:fa::/64']}\n",
+    );
     let client = agent.client();
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
