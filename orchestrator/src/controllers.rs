@@ -10,7 +10,7 @@
 //! - [`queue`]: the work queue (plain data: due times and failure counts).
 //! - [`runner`]: list, watch, map, reconcile, retry.
 //! - [`pods`]: what controllers read from pods (ready, available, deletion order).
-//! - [`replicaset`]: the controllers.
+//! - [`replicaset`], [`endpointslice`]: the controllers.
 //!
 //! [`start`] starts every controller (a task each) and [`Controllers::stop`] stops
 //! them: the one place the agent (and, later, leader election) turns them on and off.
@@ -22,6 +22,7 @@
 //! [`Context::update_status`] / [`Context::delete`], puts [`owner_reference`] on
 //! what it creates, and records events with [`Context::event`].
 
+pub mod endpointslice;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
@@ -316,11 +317,14 @@ pub struct Controllers {
 /// Starts every controller, each as its own task following the store.
 pub fn start(registry: &Registry) -> Controllers {
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    let tasks = vec![runner::spawn(
-        replicaset::ReplicaSetController,
-        registry,
-        stopped.clone(),
-    )];
+    let tasks = vec![
+        runner::spawn(replicaset::ReplicaSetController, registry, stopped.clone()),
+        runner::spawn(
+            endpointslice::EndpointSliceController,
+            registry,
+            stopped.clone(),
+        ),
+    ];
     info!("controllers started");
     Controllers { stop, tasks }
 }

@@ -127,3 +127,158 @@ spec:
             .ok_or(format!("{} pods", pods.len()))
     });
 }
+
+/// A pod template (YAML, indented for a workload's spec) of pods that answer every
+/// TCP connection on port 8080 with "`version` <pod name>" and are ready once
+/// they listen, or never when `healthy` is false.
+fn server_template(app: &str, version: &str, healthy: bool) -> String {
+    let probe_port = if healthy { "http" } else { "9" };
+    format!(
+        r#"  template:
+    metadata: {{labels: {{app: {app}}}}}
+    spec:
+      nodeName: {NODE_NAME}
+      terminationGracePeriodSeconds: 2
+      containers:
+      - name: web
+        image: busybox:1.36
+        env: [{{name: VERSION, value: {version}}}]
+        command: [nc, -ll, -p, "8080", -e, sh, -c, 'echo $VERSION $(hostname)']
+        ports: [{{name: http, containerPort: 8080}}]
+        readinessProbe: {{tcpSocket: {{port: {probe_port}}}, periodSeconds: 1}}
+"#
+    )
+}
+
+/// A Service selecting app=`app`, port 80 to the pods' named port "http"; returns
+/// its VIP and port.
+fn service(agent: &Agent, app: &str) -> std::net::SocketAddr {
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: {app}}}
+spec:
+  selector: {{app: {app}}}
+  ports: [{{name: web, port: 80, targetPort: http}}]
+"#
+    ));
+    let service = agent.object("service", app).expect("the Service");
+    let vip = service["spec"]["clusterIP"].as_str().expect("a cluster IP");
+    format!("{vip}:80").parse().expect("a socket address")
+}
+
+/// `count` connections to `addr` from the node, in the agent's cgroup (where the
+/// dataplane balances): one line per connection, the reply or `error <errno>`.
+fn connect(agent: &Agent, addr: std::net::SocketAddr, count: usize) -> Vec<String> {
+    let netns = agent.node_netns.as_ref().expect("a node agent");
+    let out = agent
+        .cgroup
+        .command_in(netns, skiff_tests::workspace_bin("skiff-test-client"))
+        .arg(addr.to_string())
+        .arg(count.to_string())
+        .output()
+        .expect("run skiff-test-client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The pod names that answered (the second word of each reply).
+fn answered_by(replies: &[String]) -> std::collections::BTreeSet<String> {
+    replies
+        .iter()
+        .filter_map(|r| r.split_whitespace().nth(1))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn a_service_gets_slices_of_its_ready_pods_and_its_vip_reaches_them() {
+    let agent = Agent::start_node(&[]);
+    let app = unique_name("web");
+    agent.apply(&format!(
+        "apiVersion: apps/v1\nkind: ReplicaSet\nmetadata: {{name: {app}}}\nspec:\n  replicas: 2\n  selector: {{matchLabels: {{app: {app}}}}}\n{}",
+        server_template(&app, "v1", true)
+    ));
+    let vip = service(&agent, &app);
+    let pods = ready_pods(&agent, &app, 2);
+
+    let slice = eventually("a slice with both pods ready", || {
+        let slice = agent
+            .object("endpointslice", &format!("{app}-ipv4"))
+            .ok_or("no slice")?;
+        let ready = slice["endpoints"].as_array().map_or(0, |e| {
+            e.iter()
+                .filter(|e| e["conditions"]["ready"] == true)
+                .count()
+        });
+        (ready == 2)
+            .then_some(slice.clone())
+            .ok_or(slice.to_string())
+    });
+    assert_eq!(slice["addressType"], "IPv4");
+    assert_eq!(
+        slice["metadata"]["labels"]["kubernetes.io/service-name"],
+        app.as_str()
+    );
+    assert_eq!(
+        slice["metadata"]["labels"]["endpointslice.kubernetes.io/managed-by"],
+        "endpointslice-controller.skiff.io"
+    );
+    let service = agent.object("service", &app).expect("the Service");
+    assert_eq!(
+        slice["metadata"]["ownerReferences"][0]["uid"],
+        service["metadata"]["uid"]
+    );
+    assert_eq!(
+        slice["ports"][0]["port"], 8080,
+        "the named targetPort, resolved"
+    );
+    let mut targets: Vec<String> = slice["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            assert_eq!(e["nodeName"], NODE_NAME);
+            e["targetRef"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    targets.sort();
+    let mut expected = pods.clone();
+    expected.sort();
+    assert_eq!(targets, expected);
+
+    let replies = connect(&agent, vip, 40);
+    assert!(replies.iter().all(|r| r.starts_with("v1 ")), "{replies:?}");
+    assert_eq!(answered_by(&replies), expected.into_iter().collect());
+
+    // A pod being deleted is flagged terminating, then leaves the slice.
+    agent.ok(&["delete", "pod", &pods[0]]);
+    eventually("the deleted pod out of the slice", || {
+        let slice = agent
+            .object("endpointslice", &format!("{app}-ipv4"))
+            .ok_or("no slice")?;
+        let names: Vec<&str> = slice["endpoints"]
+            .as_array()
+            .map(|e| {
+                e.iter()
+                    .filter(|e| e["conditions"]["ready"] == true)
+                    .filter_map(|e| e["targetRef"]["name"].as_str())
+                    .collect()
+            })
+            .unwrap_or_default();
+        (!names.contains(&pods[0].as_str()))
+            .then_some(())
+            .ok_or(slice.to_string())
+    });
+}
