@@ -10,7 +10,9 @@
 //! - [`queue`]: the work queue (plain data: due times and failure counts).
 //! - [`runner`]: list, watch, map, reconcile, retry.
 //! - [`pods`]: what controllers read from pods (ready, available, deletion order).
-//! - [`replicaset`], [`endpointslice`]: the controllers.
+//! - [`replicaset`], [`deployment`], [`endpointslice`]: the controllers.
+//! - [`rollout`]: the Deployment's arithmetic (surge, unavailability, hashes,
+//!   revisions).
 //!
 //! [`start`] starts every controller (a task each) and [`Controllers::stop`] stops
 //! them: the one place the agent (and, later, leader election) turns them on and off.
@@ -22,10 +24,12 @@
 //! [`Context::update_status`] / [`Context::delete`], puts [`owner_reference`] on
 //! what it creates, and records events with [`Context::event`].
 
+pub mod deployment;
 pub mod endpointslice;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod rollout;
 pub mod runner;
 
 use std::time::Duration;
@@ -319,6 +323,7 @@ pub fn start(registry: &Registry) -> Controllers {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let tasks = vec![
         runner::spawn(replicaset::ReplicaSetController, registry, stopped.clone()),
+        runner::spawn(deployment::DeploymentController, registry, stopped.clone()),
         runner::spawn(
             endpointslice::EndpointSliceController,
             registry,
