@@ -299,6 +299,14 @@ fn with_clients<T>(
     during: impl FnOnce() -> T,
 ) -> (T, Vec<String>) {
     use std::sync::atomic::{AtomicBool, Ordering};
+    /// Stops the client loop however `during` ends (a failed assertion too), so
+    /// the scope can end.
+    struct StopOnDrop<'a>(&'a AtomicBool);
+    impl Drop for StopOnDrop<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
     let stop = AtomicBool::new(false);
     let netns = agent.node_netns.as_ref().expect("a node agent");
     let cgroup = &agent.cgroup;
@@ -310,8 +318,10 @@ fn with_clients<T>(
             }
             replies
         });
-        let result = during();
-        stop.store(true, Ordering::Relaxed);
+        let result = {
+            let _stop = StopOnDrop(&stop);
+            during()
+        };
         (result, client.join().expect("the client loop"))
     })
 }
@@ -475,6 +485,10 @@ fn a_release_that_never_gets_ready_is_rolled_back_and_the_service_stays_up() {
         .cloned()
         .expect("a RolledBack condition");
     assert_eq!(rolled["reason"], "ProgressDeadlineExceeded");
+    assert_eq!(
+        d["metadata"]["annotations"]["skiff.io/rolled-back-generation"],
+        "2"
+    );
     assert!(
         rolled["message"]
             .as_str()
@@ -574,4 +588,35 @@ fn undo_to_a_revision_pause_resume_and_scale_from_the_command_line() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(expected), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn recreate_removes_every_old_pod_before_starting_new_ones() {
+    let agent = Agent::start_node(&[]);
+    let app = unique_name("recreate");
+    let manifest = |version: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {app}}}\nspec:\n  replicas: 2\n  strategy: {{type: Recreate}}\n  selector: {{matchLabels: {{app: {app}}}}}\n{}",
+            server_template(&app, version, true)
+        )
+    };
+    agent.apply(&manifest("v1"));
+    assert_rolled_out(&agent, &app);
+    let old = labelled(&agent, "replicasets", &app);
+    assert_eq!(old.len(), 1);
+    agent.apply(&manifest("v2"));
+    assert_rolled_out(&agent, &app);
+    let sets = labelled(&agent, "replicasets", &app);
+    let new = sets
+        .iter()
+        .find(|rs| name(rs) != name(&old[0]))
+        .expect("a ReplicaSet for v2");
+    let described = agent.ok(&["describe", "deployment", &app]);
+    // All at once, in that order: the old set to zero, then the new one to two.
+    let down = format!("Scaled down replica set {} from 2 to 0", name(&old[0]));
+    let up = format!("Scaled up replica set {} from 0 to 2", name(new));
+    let (Some(down_at), Some(up_at)) = (described.find(&down), described.find(&up)) else {
+        panic!("expected {down:?} then {up:?} in: {described}");
+    };
+    assert!(down_at < up_at, "{described}");
 }

@@ -12,11 +12,12 @@ use crate::api::client::{self, ApiClient};
 use crate::api::proto;
 use crate::api::registry::typed::decode_as;
 use crate::cli::config::Settings;
-use crate::controllers::deployment::{COMPLETED, DEADLINE_EXCEEDED, PROGRESSING, ROLLED_BACK};
-use crate::controllers::pods::seconds;
+use crate::controllers::deployment::{
+    COMPLETED, DEADLINE_EXCEEDED, PROGRESSING, ROLLED_BACK, ROLLED_BACK_GENERATION_ANNOTATION,
+};
 use crate::controllers::rollout::{REVISION_ANNOTATION, deployment_template, revision};
 use crate::controllers::{controlled_by, namespace_of};
-use crate::model::{ConditionStatus, Deployment, Kind, ReplicaSet};
+use crate::model::{Deployment, Kind, ReplicaSet};
 
 /// How often `rollout status` looks again.
 const POLL: Duration = Duration::from_millis(500);
@@ -153,19 +154,24 @@ pub enum Progress {
     Failed(String),
 }
 
-/// kubectl's rollout status messages for `d`; `since` (seconds) is when the
-/// command started, so only a rollback after it counts as this rollout's failure.
-pub fn progress(d: &Deployment, since: i64) -> Progress {
+/// kubectl's rollout status messages for `d`, whose rollout of generation `watched`
+/// is followed: an automatic rollback from that generation (or a later one) is its
+/// failure.
+pub fn progress(d: &Deployment, watched: i64) -> Progress {
     let name = &d.metadata.name;
     let status = &d.status;
     let condition = |kind: &str| status.conditions.iter().find(|c| c.r#type == kind);
-    if let Some(rolled) = condition(ROLLED_BACK).filter(|c| {
-        seconds(c.last_transition_time.as_deref()).is_some_and(|t| t >= since)
-            && c.status == ConditionStatus::True
-    }) {
+    let rolled_back_from = d
+        .metadata
+        .annotations
+        .get(ROLLED_BACK_GENERATION_ANNOTATION)
+        .and_then(|g| g.parse::<i64>().ok());
+    if rolled_back_from.is_some_and(|g| g >= watched) {
+        let message = condition(ROLLED_BACK)
+            .and_then(|c| c.message.clone())
+            .unwrap_or_default();
         return Progress::Failed(format!(
-            "deployment {name:?} was rolled back automatically: {}",
-            rolled.message.clone().unwrap_or_default()
+            "deployment {name:?} was rolled back automatically: {message}"
         ));
     }
     if condition(PROGRESSING).is_some_and(|c| c.reason.as_deref() == Some(DEADLINE_EXCEEDED)) {
@@ -217,12 +223,13 @@ pub async fn rollout(settings: &Settings, command: RolloutCommand) -> Result<(),
             timeout,
         } => {
             let (_, name) = target(&text, name, &kinds)?;
-            let since = jiff::Timestamp::now().as_second();
             let started = Instant::now();
+            let mut watched = None;
             let mut last = String::new();
             loop {
                 let d = deployment(&mut client, namespace, &name).await?;
-                match progress(&d, since) {
+                let generation = *watched.get_or_insert(d.metadata.generation.unwrap_or(0));
+                match progress(&d, generation) {
                     Progress::Done(message) => {
                         println!("{message}");
                         return Ok(());
@@ -369,7 +376,7 @@ pub async fn scale(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Condition;
+    use crate::model::{Condition, ConditionStatus};
 
     fn deployment(replicas: i32, updated: i32, total: i32, available: i32) -> Deployment {
         let mut d = Deployment::default();
@@ -405,23 +412,26 @@ mod tests {
     }
 
     #[test]
-    fn status_fails_on_the_deadline_or_a_rollback_after_it_started() {
+    fn status_fails_on_the_deadline_or_a_rollback_of_the_followed_generation() {
         let mut d = deployment(3, 1, 4, 3);
         d.status.conditions[0].reason = Some(DEADLINE_EXCEEDED.into());
-        assert!(matches!(progress(&d, 0), Progress::Failed(_)));
+        assert!(matches!(progress(&d, 2), Progress::Failed(_)));
         let mut d = deployment(3, 3, 3, 3);
+        d.metadata.generation = Some(3);
+        d.status.observed_generation = Some(3);
+        d.metadata
+            .annotations
+            .insert(ROLLED_BACK_GENERATION_ANNOTATION.into(), "2".into());
         d.status.conditions.push(Condition {
             r#type: ROLLED_BACK.into(),
             status: ConditionStatus::True,
             message: Some("Rolled back from revision 2 to revision 1".into()),
-            last_transition_time: Some("2026-01-01T00:00:10Z".into()),
             ..Default::default()
         });
-        let at = seconds(Some("2026-01-01T00:00:10Z")).unwrap_or_default();
-        assert!(matches!(progress(&d, at), Progress::Failed(m) if m.contains("revision 1")));
+        assert!(matches!(progress(&d, 2), Progress::Failed(m) if m.contains("revision 1")));
         assert!(
-            matches!(progress(&d, at + 1), Progress::Done(_)),
-            "an older rollback"
+            matches!(progress(&d, 3), Progress::Done(_)),
+            "the rollback's own rollout completes"
         );
     }
 

@@ -13,7 +13,8 @@
 //! Deployment has the annotation `skiff.io/auto-rollback: "false"`, the controller
 //! rolls it back to the newest revision that once completed (annotated
 //! `skiff.io/rollout-complete` on its ReplicaSet): the Deployment's template becomes
-//! that revision's, a RolledBack condition and a Warning event say so. Old pods
+//! that revision's, a RolledBack condition and a Warning event say so, and the
+//! annotation `skiff.io/rolled-back-generation` names the generation that failed. Old pods
 //! only go as new ones become available, so a broken release never takes the
 //! service down.
 
@@ -40,6 +41,9 @@ use crate::runtime::events::Type;
 pub const AUTO_ROLLBACK_ANNOTATION: &str = "skiff.io/auto-rollback";
 /// Set on a ReplicaSet once a rollout to it completed: a revision to roll back to.
 pub const COMPLETE_ANNOTATION: &str = "skiff.io/rollout-complete";
+/// Set by an automatic rollback: the generation (spec) it rolled back from, so
+/// `rollout status` of that generation knows it failed.
+pub const ROLLED_BACK_GENERATION_ANNOTATION: &str = "skiff.io/rolled-back-generation";
 /// The condition recording the last automatic rollback.
 pub const ROLLED_BACK: &str = "RolledBack";
 pub const PROGRESSING: &str = "Progressing";
@@ -279,6 +283,10 @@ impl DeploymentController {
         };
         let mut rolled = deployment.clone();
         rolled.spec.template = deployment_template(target);
+        rolled.metadata.annotations.insert(
+            ROLLED_BACK_GENERATION_ANNOTATION.into(),
+            deployment.metadata.generation.unwrap_or(0).to_string(),
+        );
         ctx.apply::<Deployment>(rolled.into()).await?;
         let message = format!(
             "Rolled back from revision {} to revision {}: the rollout made no progress for {}s (progressDeadlineSeconds)",

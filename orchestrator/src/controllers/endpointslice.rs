@@ -5,7 +5,8 @@
 //! ready; the hostname of pods whose subdomain is the service; node name and
 //! target reference. Slices are named `<service>-<family>[-<n>]`, labelled
 //! `kubernetes.io/service-name` and `endpointslice.kubernetes.io/managed-by`, and
-//! owned by the Service. Slices of Services without a selector are the user's.
+//! owned by the Service. Slices of Services without a selector are the user's (a
+//! Service whose selector is removed loses the slices this controller wrote).
 
 use std::collections::BTreeMap;
 
@@ -265,12 +266,17 @@ impl Reconciler for EndpointSliceController {
         let Ok(service) = Service::try_from(object.clone()) else {
             return Ok(Action::await_change());
         };
-        if service.spec.selector.is_empty() || service.metadata.deletion_timestamp.is_some() {
+        if service.metadata.deletion_timestamp.is_some() {
             return Ok(Action::await_change());
         }
         let namespace = namespace_of(&service.metadata);
-        let pods: Vec<Pod> = ctx.list(Kind::Pod, namespace).await?;
-        let desired = desired_slices(&service, &pods);
+        // A Service whose selector was removed keeps no slice of ours.
+        let desired = if service.spec.selector.is_empty() {
+            Vec::new()
+        } else {
+            let pods: Vec<Pod> = ctx.list(Kind::Pod, namespace).await?;
+            desired_slices(&service, &pods)
+        };
         for slice in &desired {
             ctx.apply::<EndpointSlice>(slice.clone().into()).await?;
         }
