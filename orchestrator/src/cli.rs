@@ -1,11 +1,14 @@
 //! The `skiff` command line: the node agent, and kubectl's everyday verbs against
-//! the API (apply, get, describe, delete, create namespace, logs, exec).
+//! the API (apply, get, describe, delete, create namespace, logs, exec, rollout,
+//! scale).
 //!
 //! - [`config`]: where the API and token come from (flags, config file, defaults).
 //! - [`print`]: tables and output formats.
+//! - [`rollout`]: `rollout status|history|undo|pause|resume` and `scale`.
 
 pub mod config;
 pub mod print;
+pub mod rollout;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -141,6 +144,17 @@ enum Command {
     /// Create an object from arguments
     #[command(subcommand)]
     Create(CreateCommand),
+    /// Follow, list, undo, pause or resume a Deployment's rollout
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
+    /// Set the replicas of a Deployment or ReplicaSet: scale deployment/NAME --replicas N
+    Scale {
+        /// deployment/NAME or replicaset/NAME, or the kind alone followed by NAME
+        target: String,
+        name: Option<String>,
+        #[arg(long, required = true, allow_negative_numbers = true)]
+        replicas: i64,
+    },
     /// The node's container images
     #[command(subcommand)]
     Image(ImageCommand),
@@ -618,6 +632,18 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             delete(&settings, targets, options).await
         }
         Command::Image(command) => image(&overrides, command).await,
+        Command::Rollout(command) => {
+            let settings = config::resolve(&overrides)?;
+            rollout::rollout(&settings, command).await
+        }
+        Command::Scale {
+            target,
+            name,
+            replicas,
+        } => {
+            let settings = config::resolve(&overrides)?;
+            rollout::scale(&settings, &target, name, replicas).await
+        }
         Command::Logs {
             pod,
             container,

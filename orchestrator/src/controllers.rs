@@ -10,7 +10,10 @@
 //! - [`queue`]: the work queue (plain data: due times and failure counts).
 //! - [`runner`]: list, watch, map, reconcile, retry.
 //! - [`pods`]: what controllers read from pods (ready, available, deletion order).
-//! - [`replicaset`], [`job`], [`autoscaler`], [`node_lifecycle`]: the controllers.
+//! - [`replicaset`], [`deployment`], [`endpointslice`], [`job`], [`autoscaler`],
+//!   [`node_lifecycle`]: the controllers.
+//! - [`rollout`]: the Deployment's arithmetic (surge, unavailability, hashes,
+//!   revisions).
 //!
 //! [`start`] starts every controller (a task each) and [`Controllers::stop`] stops
 //! them: the one place the agent (and, later, leader election) turns them on and off.
@@ -23,11 +26,14 @@
 //! what it creates, and records events with [`Context::event`].
 
 pub mod autoscaler;
+pub mod deployment;
+pub mod endpointslice;
 pub mod job;
 pub mod node_lifecycle;
 pub mod pods;
 pub mod queue;
 pub mod replicaset;
+pub mod rollout;
 pub mod runner;
 
 use std::time::Duration;
@@ -330,6 +336,12 @@ pub fn start(registry: &Registry, settings: &Settings) -> Controllers {
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let tasks = vec![
         runner::spawn(replicaset::ReplicaSetController, registry, stopped.clone()),
+        runner::spawn(deployment::DeploymentController, registry, stopped.clone()),
+        runner::spawn(
+            endpointslice::EndpointSliceController,
+            registry,
+            stopped.clone(),
+        ),
         runner::spawn(job::JobController, registry, stopped.clone()),
         runner::spawn(
             autoscaler::AutoscalerController::new(settings.autoscaler_sync),
