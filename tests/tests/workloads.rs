@@ -131,7 +131,7 @@ spec:
       containers:
       - name: main
         image: busybox:1.36
-        command: ["sh", "-c", "while [ ! -f /tmp/stop ]; do :; done; exec sleep 3600"]
+        command: ["sh", "-c", "while [ ! -f /stop ]; do :; done; exec sleep 3600"]
         resources: {requests: {cpu: 200m}}
 ---
 apiVersion: autoscaling/v2
@@ -169,7 +169,12 @@ spec:
     loop {
         let pods = pods_labelled(&agent, "app=burner");
         for pod in pods.iter().filter(|p| p["status"]["phase"] == "Running") {
-            agent.exec(pod, "main", &["touch", "/tmp/stop"]);
+            let out = agent.exec(pod, "main", &["touch", "/stop"]);
+            assert!(
+                out.status.success(),
+                "touch /stop: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         if agent.object("deployment", "burner").expect("deployment")["spec"]["replicas"] == 1 {
             break;

@@ -322,20 +322,51 @@ impl Reconciler for AutoscalerController {
             "ValidMetricFound",
             "usage is published for the target's pods".into(),
         ));
-        let limited = desired != wanted.clamp(behavior.min_replicas, behavior.max_replicas);
-        status.conditions.push(condition(
-            "ScalingLimited",
-            limited || wanted != wanted.clamp(behavior.min_replicas, behavior.max_replicas),
-            if limited {
-                "ScaleLimited"
-            } else {
-                "DesiredWithinRange"
-            },
-            format!(
-                "recommended {wanted}, bounds {}..={}",
-                behavior.min_replicas, behavior.max_replicas
-            ),
-        ));
+        let (limited, reason, message) = if wanted > behavior.max_replicas {
+            (
+                true,
+                "TooManyReplicas",
+                format!(
+                    "recommended {wanted}, more than maxReplicas {}",
+                    behavior.max_replicas
+                ),
+            )
+        } else if wanted < behavior.min_replicas {
+            (
+                true,
+                "TooFewReplicas",
+                format!(
+                    "recommended {wanted}, fewer than minReplicas {}",
+                    behavior.min_replicas
+                ),
+            )
+        } else if desired < wanted {
+            (
+                true,
+                "ScaleUpLimit",
+                format!("recommended {wanted}; the scale-up policies allow {desired} for now"),
+            )
+        } else if desired > wanted {
+            (
+                true,
+                "ScaleDownLimit",
+                format!(
+                    "recommended {wanted}; held at {desired} by the scale-down stabilisation window and policies"
+                ),
+            )
+        } else {
+            (
+                false,
+                "DesiredWithinRange",
+                format!(
+                    "the recommended {wanted} is within {}..={}",
+                    behavior.min_replicas, behavior.max_replicas
+                ),
+            )
+        };
+        status
+            .conditions
+            .push(condition("ScalingLimited", limited, reason, message));
         if desired != target.replicas {
             let from = target.replicas;
             let meta = target.object.metadata().clone();
