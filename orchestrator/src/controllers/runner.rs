@@ -19,9 +19,8 @@ use tokio::time::Instant;
 
 use super::queue::WorkQueue;
 use super::{Context, Reconciler};
-use crate::api::registry::Registry;
 use crate::api::registry::typed::{decode_as, list_all, watch_all};
-use crate::api::registry::{ApiError, EventType, ObjectRef, WatchEvent};
+use crate::api::registry::{ApiError, EventType, ObjectRef, Registry, WatchEvent};
 use crate::model::{Kind, Object};
 
 /// How long after a failed list or watch the runner lists again.
