@@ -94,7 +94,24 @@ fn apply_get_and_round_trip_through_yaml() {
     assert!(meta["resourceVersion"].as_str().is_some());
     assert_eq!(deployment["spec"]["strategy"]["type"], "RollingUpdate");
 
-    // -o yaml applies back unchanged.
+    // -o yaml applies back unchanged, once the Deployment controller has settled (it
+    // writes the revision annotation and the status; its pods stay pending here,
+    // without a node, so nothing moves after that).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let d = yaml_of(&agent, &["get", "deployment", "web", "-n", "shop"]);
+        if d["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "1"
+            && d["status"]["observedGeneration"] == 1
+            && d["status"]["replicas"] == 2
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "controller never settled: {d}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
     let yaml = agent.ok(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"]);
     let out = agent.cli_with_stdin(&["apply", "-f", "-"], yaml.as_bytes());
     assert!(out.status.success(), "{}", stderr(&out));

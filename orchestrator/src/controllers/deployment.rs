@@ -534,8 +534,12 @@ impl Reconciler for DeploymentController {
                     .insert(REVISION_ANNOTATION.into(), r.to_string());
                 match ctx.apply(annotated.into()).await {
                     Ok(d) => d,
-                    // Changed meanwhile (a rollback above, a user): the next pass sets it.
-                    Err(_) => deployment.clone(),
+                    // Changed meanwhile (a rollback above, a user): that change brings
+                    // another pass, which sets it.
+                    Err(e) => {
+                        log::debug!("{}: {e}; the next pass annotates the revision", Self::NAME);
+                        deployment.clone()
+                    }
                 }
             }
             _ => deployment.clone(),

@@ -19,9 +19,8 @@ use tokio::time::Instant;
 
 use super::queue::WorkQueue;
 use super::{Context, Reconciler};
-use crate::api::registry::Registry;
 use crate::api::registry::typed::{decode_as, list_all, watch_all};
-use crate::api::registry::{ApiError, EventType, ObjectRef, WatchEvent};
+use crate::api::registry::{ApiError, EventType, ObjectRef, Registry, WatchEvent};
 use crate::model::{Kind, Object};
 
 /// How long after a failed list or watch the runner lists again.
@@ -213,5 +212,72 @@ async fn reconcile_one<R: Reconciler>(
             let delay = queue.failed(key, Instant::now().into_std());
             warn!("{}: {e}; retrying in {delay:?}", R::NAME);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controllers::deployment::DeploymentController;
+    use crate::controllers::owner_reference;
+    use crate::model::{Deployment, Pod, ReplicaSet};
+
+    fn event(event_type: EventType, object: impl Into<Object>) -> WatchEvent {
+        WatchEvent {
+            event_type,
+            object: object.into().to_value(),
+        }
+    }
+
+    #[test]
+    fn changes_map_to_their_owners_through_the_cache() {
+        let mut deployment = Deployment::default();
+        deployment.metadata.name = "web".into();
+        deployment.metadata.namespace = Some("shop".into());
+        deployment.metadata.uid = Some("d".into());
+        let mut rs = ReplicaSet::default();
+        rs.metadata.name = "web-abc".into();
+        rs.metadata.namespace = Some("shop".into());
+        rs.metadata.uid = Some("r".into());
+        rs.metadata.owner_references =
+            vec![owner_reference(Kind::Deployment, &deployment.metadata)];
+        let mut pod = Pod::default();
+        pod.metadata.name = "web-abc-xyz".into();
+        pod.metadata.namespace = Some("shop".into());
+        pod.metadata.owner_references = vec![owner_reference(Kind::ReplicaSet, &rs.metadata)];
+        let web = ObjectRef {
+            kind: Kind::Deployment,
+            namespace: Some("shop".into()),
+            name: "web".into(),
+        };
+
+        let mut cache = Cache::default();
+        let controller = DeploymentController;
+        // A pod whose ReplicaSet is not known yet concerns nobody.
+        let unknown = concerned(
+            &controller,
+            &mut cache,
+            event(EventType::Added, pod.clone()),
+        );
+        assert!(unknown.is_empty());
+        let for_rs = concerned(&controller, &mut cache, event(EventType::Added, rs));
+        assert_eq!(for_rs, std::slice::from_ref(&web));
+        let for_pod = concerned(
+            &controller,
+            &mut cache,
+            event(EventType::Deleted, pod.clone()),
+        );
+        assert_eq!(for_pod, std::slice::from_ref(&web));
+        assert!(
+            cache.get(&ObjectRef::of(&pod.into())).is_none(),
+            "deleted from the cache"
+        );
+        let itself = concerned(
+            &controller,
+            &mut cache,
+            event(EventType::Modified, deployment),
+        );
+        assert_eq!(itself, [web]);
+        assert_eq!(cache.objects(Kind::Deployment).count(), 1);
     }
 }
