@@ -249,7 +249,7 @@ struct EndToEnd {
 }
 
 async fn end_to_end(options: &Options) -> Result<EndToEnd> {
-    let mut agent = Agent::start(&options.skiff, "warn", &[]).await?;
+    let mut agent = Agent::start(&options.skiff, "warn,skiff::agent=info", &[]).await?;
     let nodes: Vec<Value> = (0..options.nodes).map(node).collect();
     for chunk in nodes.chunks(options.batch) {
         agent.apply(chunk).await?;
@@ -271,6 +271,7 @@ async fn end_to_end(options: &Options) -> Result<EndToEnd> {
     while let Some(reported) = reports.next().await {
         reported?;
     }
+    eprintln!("end to end: {} nodes registered and Ready", options.nodes);
     // Let the scheduler's node watch catch up before the pods come.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_before_mib = rss_mib(agent.pid())?;
@@ -315,6 +316,10 @@ async fn end_to_end(options: &Options) -> Result<EndToEnd> {
         agent.apply(chunk).await?;
     }
     let apply_seconds = started.elapsed().as_secs_f64();
+    eprintln!(
+        "end to end: {} pods applied in {apply_seconds:.2} s",
+        options.pods
+    );
     let (finished, per_node) = tokio::time::timeout(Duration::from_secs(600), counter)
         .await
         .context("not every pod was bound within 600 s")???;
