@@ -102,7 +102,14 @@ impl Default for Lab {
     }
 }
 
-fn client_output(mut cmd: std::process::Command, addr: SocketAddr, count: usize) -> Vec<String> {
+/// Runs skiff-test-client as `cmd` (set up in the namespace and cgroup to connect
+/// from) for `count` connections to `addr`: one line per connection, the reply or
+/// `error <errno>`.
+pub fn client_output(
+    mut cmd: std::process::Command,
+    addr: SocketAddr,
+    count: usize,
+) -> Vec<String> {
     let out = cmd
         .arg(addr.to_string())
         .arg(count.to_string())

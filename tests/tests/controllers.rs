@@ -181,21 +181,11 @@ fn connect_from(
     addr: std::net::SocketAddr,
     count: usize,
 ) -> Vec<String> {
-    let out = cgroup
-        .command_in(netns, skiff_tests::workspace_bin("skiff-test-client"))
-        .arg(addr.to_string())
-        .arg(count.to_string())
-        .output()
-        .expect("run skiff-test-client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect()
+    skiff_tests::lab::client_output(
+        cgroup.command_in(netns, skiff_tests::workspace_bin("skiff-test-client")),
+        addr,
+        count,
+    )
 }
 
 /// The pod names that answered (the second word of each reply).
@@ -376,22 +366,29 @@ fn versions(replies: &[String]) -> Vec<String> {
     seen
 }
 
-#[test]
-fn a_rolling_update_through_the_service_vip_loses_no_connection() {
-    let agent = Agent::start_node(&[]);
-    let app = unique_name("roll");
-    agent.apply(&deployment(&app, "v1", true, 2, 120));
-    let vip = service(&agent, &app);
-    assert_rolled_out(&agent, &app);
-    ready_pods(&agent, &app, 2);
+/// Deploys `app` at v1 (2 ready replicas, the given progress deadline) behind a
+/// Service, and waits until its VIP answers from v1; returns the VIP.
+fn serve_v1(agent: &Agent, app: &str, deadline_seconds: u32) -> std::net::SocketAddr {
+    agent.apply(&deployment(app, "v1", true, 2, deadline_seconds));
+    let vip = service(agent, app);
+    assert_rolled_out(agent, app);
     eventually("the VIP answering", || {
-        let replies = connect(&agent, vip, 4);
+        let replies = connect(agent, vip, 4);
         replies
             .iter()
             .all(|r| r.starts_with("v1 "))
             .then_some(())
             .ok_or(format!("{replies:?}"))
     });
+    vip
+}
+
+#[test]
+fn a_rolling_update_through_the_service_vip_loses_no_connection() {
+    let agent = Agent::start_node(&[]);
+    let app = unique_name("roll");
+    let vip = serve_v1(&agent, &app, 120);
+    ready_pods(&agent, &app, 2);
 
     let ((), replies) = with_clients(&agent, vip, || {
         agent.apply(&deployment(&app, "v2", true, 2, 120));
@@ -439,17 +436,7 @@ fn a_rolling_update_through_the_service_vip_loses_no_connection() {
 fn a_release_that_never_gets_ready_is_rolled_back_and_the_service_stays_up() {
     let agent = Agent::start_node(&[]);
     let app = unique_name("broken");
-    agent.apply(&deployment(&app, "v1", true, 2, 6));
-    let vip = service(&agent, &app);
-    assert_rolled_out(&agent, &app);
-    eventually("the VIP answering", || {
-        let replies = connect(&agent, vip, 4);
-        replies
-            .iter()
-            .all(|r| r.starts_with("v1 "))
-            .then_some(())
-            .ok_or(format!("{replies:?}"))
-    });
+    let vip = serve_v1(&agent, &app, 6);
 
     let (status, replies) = with_clients(&agent, vip, || {
         agent.apply(&deployment(&app, "v2", false, 2, 6));

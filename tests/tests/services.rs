@@ -49,23 +49,10 @@ fn backends(agent: &Agent) -> Vec<NamedBackend> {
 /// `count` connections to `addr` from a process in the agent's namespace and cgroup.
 fn connect(agent: &Agent, addr: SocketAddr, count: usize) -> BTreeMap<String, usize> {
     let netns = agent.node_netns.as_ref().expect("node agent");
-    let out = agent
+    let command = agent
         .cgroup
-        .command_in(netns, workspace_bin("skiff-test-client"))
-        .arg(addr.to_string())
-        .arg(count.to_string())
-        .output()
-        .expect("run skiff-test-client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lines: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(str::to_string)
-        .collect();
-    tally(&lines)
+        .command_in(netns, workspace_bin("skiff-test-client"));
+    tally(&skiff_tests::lab::client_output(command, addr, count))
 }
 
 /// Polls until connections to `addr` reach exactly `expected` (names of replies).
