@@ -247,5 +247,14 @@ fn a_silent_node_is_marked_unknown_tainted_and_loses_its_pods() {
             .is_none_or(|t| t.is_empty()),
         "{node}"
     );
-    assert!(condition(&node, "Ready").is_some(), "{}", node["status"]);
+    // Its heartbeats move on while the time it became Ready stays.
+    let ready = condition(&node, "Ready").expect("Ready").clone();
+    std::thread::sleep(Duration::from_secs(3));
+    let later = agent.object("node", NODE_NAME).expect("this node");
+    let ready_later = condition(&later, "Ready").expect("still Ready");
+    assert_eq!(
+        ready_later["lastTransitionTime"],
+        ready["lastTransitionTime"]
+    );
+    assert_ne!(ready_later["lastHeartbeatTime"], ready["lastHeartbeatTime"]);
 }

@@ -316,6 +316,21 @@ async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiErr
         .map(|ip| json!({"type": "InternalIP", "address": ip.to_string()}))
         .collect();
     addresses.push(json!({"type": "Hostname", "address": identity.name}));
+    // Ready since when: unchanged while the node stays Ready.
+    let reference = crate::api::registry::ObjectRef {
+        kind: crate::model::Kind::Node,
+        namespace: None,
+        name: identity.name.clone(),
+    };
+    let stored = registry.get(&reference).await?;
+    let ready_since = stored["status"]["conditions"]
+        .as_array()
+        .and_then(|all| {
+            all.iter()
+                .find(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+        .and_then(|c| c["lastTransitionTime"].as_str())
+        .map_or_else(|| now.clone(), str::to_string);
     let node = json!({
         "apiVersion": "v1",
         "kind": "Node",
@@ -327,7 +342,7 @@ async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiErr
             "conditions": [{
                 "type": "Ready", "status": "True", "reason": "KubeletReady",
                 "message": "skiff agent is posting ready status",
-                "lastHeartbeatTime": now, "lastTransitionTime": now,
+                "lastHeartbeatTime": now, "lastTransitionTime": ready_since,
             }],
             "nodeInfo": {
                 "kernelVersion": read_trimmed("/proc/sys/kernel/osrelease"),
