@@ -163,8 +163,8 @@ impl Handler {
 }
 
 /// The answer from the zone at a name holding `node`: the records of the
-/// question's type (an alias's CNAME for any type), SRV targets' addresses as
-/// additional records, and NODATA (the SOA in authority) when none fit.
+/// question's type (an alias's CNAME for any type), the addresses of SRV and NS
+/// targets as additional records, and NODATA (the SOA in authority) when none fit.
 async fn from_zone<R: ResponseHandler>(
     reply: Reply<'_>,
     query: &LowerQuery,
@@ -182,10 +182,11 @@ async fn from_zone<R: ResponseHandler>(
         },
     };
     let count = answers.clone().count();
-    let additionals = match !alias && matches!(wanted, RecordType::SRV | RecordType::ANY) {
-        true => node.srv_targets.as_slice(),
-        false => &[],
-    };
+    let additionals =
+        match !alias && matches!(wanted, RecordType::SRV | RecordType::NS | RecordType::ANY) {
+            true => node.targets.as_slice(),
+            false => &[],
+        };
     let nodata = (count == 0).then_some(&records.soa);
     let bound = (count + additionals.len()) * node.largest + nodata.map_or(0, |_| records.soa_len);
     // The owner is the question's name as the client wrote it (RFC 4343):

@@ -11,10 +11,11 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
+use super::publish;
 use crate::dataplane::desired::SERVICE_NAME_LABEL;
 use crate::model::{self, AddressType, Endpoint, EndpointSlice, Pod, Service, ServiceType};
 
@@ -42,8 +43,9 @@ pub struct Records {
 pub struct Node {
     /// Owned by the name in lower case.
     pub records: Vec<Record>,
-    /// The addresses of this name's SRV targets, for the additional section.
-    pub srv_targets: Vec<Record>,
+    /// The addresses of the names this name's SRV and NS records point at,
+    /// for the additional section.
+    pub targets: Vec<Record>,
     /// The largest encoded size (names uncompressed) of any record above: what
     /// bounds an answer's size before it is encoded.
     pub largest: usize,
@@ -106,6 +108,19 @@ impl Records {
             names: HashMap::new(),
         };
         builder.add(&zone, RData::SOA(soa.clone()));
+        // The zone's name server is the SOA's: the cluster DNS Service's IPs.
+        let name_server = soa.mname.clone();
+        builder.add(&zone, RData::NS(NS(name_server.clone())));
+        builder.add_existing(&name_server);
+        let cluster_dns = (publish::NAMESPACE.to_string(), publish::SERVICE.to_string());
+        for ip in sources
+            .services
+            .get(&cluster_dns)
+            .map(cluster_ips)
+            .unwrap_or_default()
+        {
+            builder.add(&name_server, address(ip));
+        }
         if let Some(version) = in_zone("dns-version") {
             builder.add(&version, RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()])));
         }
@@ -161,7 +176,7 @@ impl Records {
 }
 
 impl Builder {
-    /// The records of every name, built whole, with SRV targets' addresses.
+    /// The records of every name, built whole, with SRV and NS targets' addresses.
     fn nodes(self, ttl: u32) -> HashMap<LowerName, Node> {
         let record = |owner: &LowerName, data: &RData| {
             Record::from_rdata(Name::from(owner.clone()), ttl, data.clone())
@@ -170,28 +185,29 @@ impl Builder {
             .iter()
             .map(|(owner, data)| {
                 let records: Vec<Record> = data.iter().map(|d| record(owner, d)).collect();
-                let mut srv_targets: Vec<Record> = Vec::new();
+                let mut targets: Vec<Record> = Vec::new();
                 for target in data.iter().filter_map(|d| match d {
                     RData::SRV(srv) => Some(LowerName::new(&srv.target)),
+                    RData::NS(ns) => Some(LowerName::new(&ns.0)),
                     _ => None,
                 }) {
                     let addresses = self.names.get(&target).into_iter().flatten();
                     for address in addresses.filter(|d| matches!(d, RData::A(_) | RData::AAAA(_))) {
                         let extra = record(&target, address);
-                        if !srv_targets.contains(&extra) {
-                            srv_targets.push(extra);
+                        if !targets.contains(&extra) {
+                            targets.push(extra);
                         }
                     }
                 }
                 let largest = records
                     .iter()
-                    .chain(&srv_targets)
+                    .chain(&targets)
                     .map(encoded_len)
                     .max()
                     .unwrap_or_default();
                 let node = Node {
                     records,
-                    srv_targets,
+                    targets,
                     largest,
                 };
                 (owner.clone(), node)
@@ -213,19 +229,9 @@ impl Builder {
             }
             return;
         }
-        let cluster_ips: Vec<IpAddr> = spec
-            .cluster_ips
-            .iter()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
+        let cluster_ips = cluster_ips(service);
         if !cluster_ips.is_empty() {
-            let mut seen = Vec::new();
             for ip in cluster_ips {
-                if seen.contains(&ip) {
-                    continue;
-                }
-                seen.push(ip);
                 self.add(base, address(ip));
                 self.add(&Name::from(ip), RData::PTR(PTR(base.clone())));
             }
@@ -300,6 +306,20 @@ impl Builder {
             current = current.base_name();
         }
     }
+}
+
+/// A Service's cluster IPs (none for a headless one), each once.
+fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let spec = &service.spec;
+    for ip in spec.cluster_ips.iter().chain(spec.cluster_ip.iter()) {
+        if let Ok(ip) = ip.parse()
+            && !ips.contains(&ip)
+        {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 /// An endpoint's hostname: the slice's, else its pod's spec.hostname when the
@@ -428,6 +448,7 @@ mod tests {
             "metadata: {name: db-1, namespace: shop}\nspec: {hostname: db-1, subdomain: db, containers: []}",
             "metadata: {name: other, namespace: shop}\nspec: {hostname: other, subdomain: elsewhere, containers: []}",
             "metadata: {name: ext, namespace: shop}\nspec: {type: ExternalName, externalName: example.com}",
+            "metadata: {name: kube-dns, namespace: kube-system}\nspec: {clusterIPs: [10.96.0.10]}",
         ]);
         let r = Records::build(&zone(), 5, 1, &s);
         assert_eq!(
@@ -478,6 +499,19 @@ mod tests {
         );
         assert_eq!(lookup(&r, "ext.shop.svc.cluster.local."), ["example.com."]);
         assert_eq!(lookup(&r, "dns-version.cluster.local."), ["1.1.0"]);
+        // The apex names its server, whose addresses are the cluster DNS IPs.
+        let apex = lookup(&r, "cluster.local.");
+        assert!(
+            apex.contains(&"ns.dns.cluster.local.".to_string()),
+            "{apex:?}"
+        );
+        assert_eq!(lookup(&r, "ns.dns.cluster.local."), ["10.96.0.10"]);
+        let Found::Name(apex) = r.find(&LowerName::new(&zone())) else {
+            panic!("no apex");
+        };
+        let glue: Vec<String> = apex.targets.iter().map(ToString::to_string).collect();
+        assert_eq!(glue.len(), 1, "{glue:?}");
+        assert!(glue[0].contains("10.96.0.10"), "{glue:?}");
         assert!(lookup(&r, "shop.svc.cluster.local.").is_empty());
         assert_eq!(lookup(&r, "nope.shop.svc.cluster.local."), ["NoSuchName"]);
         assert_eq!(lookup(&r, "9.0.244.10.in-addr.arpa."), ["Elsewhere"]);
