@@ -21,9 +21,9 @@ use hickory_server::proto::op::{
     Edns, Header, HeaderCounts, LowerQuery, Metadata, OpCode, ResponseCode,
 };
 use hickory_server::proto::rr::{DNSClass, Record, RecordType};
-use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::proto::serialize::binary::{BinDecoder, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponseBuilder, Queries};
 use log::debug;
 
 use super::metrics::DnsMetrics;
@@ -93,14 +93,20 @@ impl Handler {
     }
 
     async fn answer<R: ResponseHandler>(&self, request: &Request, handle: R) -> ResponseInfo {
-        let mut reply = Reply {
-            request,
-            metadata: Metadata::response_from_request(&request.metadata),
-            edns: request.edns.as_ref().map(|_| &self.edns),
+        let edns = request.edns.as_ref().map(|_| &self.edns);
+        // Not a query, or not one question: the answer echoes no question, so
+        // it stays small whatever the request held.
+        let code = match request.queries.queries() {
+            _ if request.metadata.op_code != OpCode::Query => Some(ResponseCode::NotImp),
+            [_] => None,
+            _ => Some(ResponseCode::FormErr),
         };
-        if request.metadata.op_code != OpCode::Query {
-            return reply.error(handle, ResponseCode::NotImp).await;
+        if let Some(code) = code {
+            let none = no_question();
+            let reply = Reply::new(request, &none, edns);
+            return reply.error(handle, code).await;
         }
+        let mut reply = Reply::new(request, &request.queries, edns);
         let [query] = request.queries.queries() else {
             return reply.error(handle, ResponseCode::FormErr).await;
         };
@@ -223,15 +229,32 @@ impl<'a> Iterator for Matching<'a> {
     }
 }
 
+/// An empty question section.
+fn no_question() -> Queries {
+    // Reading no question from no bytes cannot fail.
+    Queries::read(&mut BinDecoder::new(&[]), 0).unwrap_or_else(|_| unreachable!())
+}
+
 /// A response being built for one request.
 struct Reply<'q> {
     request: &'q Request,
+    /// The question section to echo.
+    queries: &'q Queries,
     metadata: Metadata,
     /// Ours, when the request had an OPT record.
     edns: Option<&'q Edns>,
 }
 
 impl<'q> Reply<'q> {
+    fn new(request: &'q Request, queries: &'q Queries, edns: Option<&'q Edns>) -> Self {
+        Self {
+            request,
+            queries,
+            metadata: Metadata::response_from_request(&request.metadata),
+            edns,
+        }
+    }
+
     /// An answer with no records and `code`.
     async fn error<R: ResponseHandler>(self, handle: R, code: ResponseCode) -> ResponseInfo {
         let mut reply = self;
@@ -258,12 +281,12 @@ impl<'q> Reply<'q> {
             additionals.into_iter(),
         );
         let request = self.request;
-        let builder = || MessageResponseBuilder::new(&request.queries, self.edns);
+        let builder = || MessageResponseBuilder::new(self.queries, self.edns);
         let limit = match request.protocol() {
             Protocol::Udp => request.max_payload().min(MAX_UDP_PAYLOAD),
             _ => u16::MAX,
         };
-        let fixed = HEADER_LEN + request.queries.as_bytes().len() + OPT_LEN;
+        let fixed = HEADER_LEN + self.queries.as_bytes().len() + OPT_LEN;
         let fits = match bound {
             Some(bound) if fixed + bound <= usize::from(limit) => true,
             _ => {
@@ -348,6 +371,17 @@ mod tests {
         assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
         let m = ask(&h, &Message::query(), LOCAL, Protocol::Udp);
         assert_eq!(m.metadata.response_code, ResponseCode::FormErr);
+        // More questions than an answer can echo (found by the fuzz target).
+        let mut many = Message::query();
+        many.metadata.op_code = OpCode::Status;
+        for _ in 0..300 {
+            many.add_query(Query::query(Name::root(), RecordType::A));
+        }
+        let m = ask(&h, &many, LOCAL, Protocol::Udp);
+        assert_eq!(
+            (m.metadata.response_code, m.queries.len()),
+            (ResponseCode::NotImp, 0)
+        );
 
         let mut chaos = query("version.bind.", RecordType::TXT);
         chaos.queries[0].set_query_class(DNSClass::CH);

@@ -15,8 +15,11 @@ use hickory_server::Server;
 use hickory_server::net::NetError;
 use hickory_server::net::runtime::TokioTime;
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{
+    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
 use hickory_server::proto::rr::Record;
-use hickory_server::proto::serialize::binary::BinEncoder;
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
@@ -138,7 +141,7 @@ pub fn answer_bytes(
 ) -> Option<Vec<u8>> {
     let request =
         Request::from_bytes(bytes.to_vec(), SocketAddr::new(client, 53), protocol).ok()?;
-    if request.metadata.message_type == hickory_server::proto::op::MessageType::Response {
+    if request.metadata.message_type == MessageType::Response {
         return None;
     }
     let sent = Captured {
@@ -178,7 +181,23 @@ impl ResponseHandler for Captured {
         let mut bytes = Vec::new();
         let mut encoder = BinEncoder::new(&mut bytes);
         encoder.set_max_size(limit);
-        let info = response.destructive_emit(&mut encoder)?;
+        let id = response.metadata().id;
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(_) => {
+                // hickory-server's fallback for what does not encode: a
+                // SERVFAIL header.
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                bytes.clear();
+                header.emit(&mut BinEncoder::new(&mut bytes))?;
+                ResponseInfo::from(header)
+            }
+        };
         *self.bytes.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
         Ok(info)
     }
