@@ -230,10 +230,14 @@ fn dnsperf(queries: &Path, port: u16, args: &[&str], verbose: bool) -> Result<Dn
     };
     let qps: f64 = field("Queries per second:")?.parse()?;
     let lost: u64 = field("Queries lost:")?.parse()?;
-    // `> NOERROR name A 0.000130`: rcode, name, type, seconds.
+    // `> NOERROR name A 0.000130`: rcode, name, type, seconds; `> T name A`:
+    // no answer in time (dnsperf counts it as lost).
     let mut latencies_ms = Vec::new();
     for line in text.lines().filter_map(|l| l.strip_prefix("> ")) {
         let words: Vec<&str> = line.split_whitespace().collect();
+        if words.first() == Some(&"T") {
+            continue;
+        }
         ensure!(words.first() == Some(&"NOERROR"), "answered {line:?}");
         if let Some(seconds) = words.last().and_then(|s| s.parse::<f64>().ok()) {
             latencies_ms.push(seconds * 1_000.0);

@@ -1,18 +1,23 @@
 //! The cluster DNS request path: any bytes, from a client allowed recursion or
-//! not, over UDP or TCP, against a zone holding every kind of record. The
-//! handler must answer, forward or drop, never panic or hang, and every reply it
-//! makes must decode as a DNS message.
+//! not, over UDP or TCP, against a zone holding every kind of record, decoded as
+//! hickory-server decodes them and answered by the RequestHandler the server
+//! uses. It must answer or drop, never panic or hang; every answer must decode
+//! as a DNS message and fit the UDP size when it went over UDP.
 #![no_main]
 
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, OnceLock};
 
+use arc_swap::ArcSwap;
 use hickory_proto::op::Message;
 use hickory_proto::rr::Name;
+use hickory_server::net::xfer::Protocol;
 use libfuzzer_sys::fuzz_target;
 use serde_json::json;
-use skiff::dns::handler::{Handler, Outcome, Transport};
+use skiff::dns::handler::{Handler, MAX_UDP_PAYLOAD};
+use skiff::dns::metrics::DnsMetrics;
 use skiff::dns::records::{Records, Sources};
+use skiff::dns::server::answer_bytes;
 
 fn handler() -> &'static Handler {
     static HANDLER: OnceLock<Handler> = OnceLock::new();
@@ -45,9 +50,12 @@ fn handler() -> &'static Handler {
         sources.slices.insert(("shop".into(), "db-1".into()), slice);
         let zone = Name::from_ascii("cluster.local.").expect("a valid zone");
         let records = Records::build(&zone, 5, 1, &sources);
+        // No upstream: a forwarded question is answered SERVFAIL.
         Handler::new(
-            Arc::new(RwLock::new(Arc::new(records))),
+            Arc::new(ArcSwap::from_pointee(records)),
             Box::new(|ip: IpAddr| ip.is_loopback()),
+            None,
+            DnsMetrics::default(),
         )
     })
 }
@@ -62,15 +70,15 @@ fuzz_target!(|data: &[u8]| {
     } else {
         IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1))
     };
-    let transport = if choice & 2 == 0 {
-        Transport::Udp
+    let protocol = if choice & 2 == 0 {
+        Protocol::Udp
     } else {
-        Transport::Tcp
+        Protocol::Tcp
     };
-    if let Outcome::Reply(reply) = handler().handle(packet, client, transport) {
-        assert!(
-            Message::from_vec(&reply.bytes).is_ok(),
-            "a reply that does not decode"
-        );
+    if let Some(reply) = answer_bytes(handler(), packet, client, protocol) {
+        assert!(Message::from_vec(&reply).is_ok(), "a reply that does not decode");
+        if protocol == Protocol::Udp {
+            assert!(reply.len() <= usize::from(MAX_UDP_PAYLOAD), "{} bytes over UDP", reply.len());
+        }
     }
 });

@@ -2,18 +2,15 @@
 //! Service Discovery specification (schema 1.1.0) describes it, kept in step with
 //! the store by a watch, and everything else forwarded to the host's resolvers.
 //!
-//! The wire format is hickory-proto's; the server around it is a small tokio
-//! UDP/TCP loop rather than hickory-server. Why: hickory-server's request path
-//! (ZoneHandler, RequestHandler, ResponseHandler) wants a socket-shaped response
-//! handle for every request, while this server needs one plain function from
-//! bytes to bytes ([`handler::Handler::handle`]) that tests and a fuzz target can
-//! call, a per-client recursion decision, and its own metrics around each answer.
-//! Those are a few lines here and adapters there.
+//! hickory-server owns the sockets, TCP framing, request decoding and response
+//! sending; the zone is not one of its ZoneHandlers but a RequestHandler
+//! of ours, as the answers need a per-client recursion decision, truncation
+//! without partial record sets, and metrics around each answer.
 //!
 //! - [`records`]: the zone as plain data, a pure function of Services and
 //!   EndpointSlices.
-//! - [`handler`]: bytes in, bytes out.
-//! - [`server`]: sockets, forwarding, metrics.
+//! - [`handler`]: the RequestHandler: checks, answers, forwarding, metrics.
+//! - [`server`]: sockets, and the upstream resolver.
 //! - [`sync`]: the store watch that rebuilds the zone.
 //! - [`publish`]: the kube-system/kube-dns Service whose cluster IPs reach the
 //!   server through the dataplane.
@@ -61,18 +58,16 @@ pub struct Config {
     pub service_ips: Vec<IpAddr>,
 }
 
-/// Cluster DNS while it runs: its tasks end when this is dropped.
+/// Cluster DNS while it runs: it stops serving when this is dropped.
 pub struct Running {
-    /// The bound addresses (ports chosen for port-0 addresses).
-    addresses: Vec<SocketAddr>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// hickory-server's tasks end when it is dropped.
+    _server: hickory_server::Server<handler::Handler>,
+    sync: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for Running {
     fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
+        self.sync.abort();
     }
 }
 
@@ -129,36 +124,30 @@ pub async fn start(
     };
     let dns_metrics = metrics::DnsMetrics::default();
     dns_metrics.register(metrics);
-    let shared = std::sync::Arc::new(server::Shared {
-        handler: handler::Handler::new(zone.current.clone(), Box::new(recursion)),
+    let handler = handler::Handler::new(
+        zone.current.clone(),
+        Box::new(recursion),
         upstream,
-        metrics: dns_metrics,
-    });
-    let mut running = Running {
-        addresses: Vec::new(),
-        tasks: Vec::new(),
-    };
+        dns_metrics,
+    );
     let listen = match config.listen.is_empty() {
         true => pod_gateways(pod_cidrs),
         false => config.listen.clone(),
     };
-    for addr in &listen {
-        let (udp, tcp) = server::bind(*addr)?;
-        let bound = udp.local_addr().map_err(|source| Error::Bind {
-            addr: *addr,
-            source,
-        })?;
-        log::info!("cluster DNS on udp+tcp {bound}");
-        running.addresses.push(bound);
-        running.tasks.push(tokio::spawn(server::serve_udp(
-            std::sync::Arc::new(udp),
-            shared.clone(),
-        )));
-        running
-            .tasks
-            .push(tokio::spawn(server::serve_tcp(tcp, shared.clone())));
+    // One UDP socket per core: hickory-server serves each from its own task.
+    let udp_sockets = std::thread::available_parallelism().map_or(1, usize::from);
+    let bound = listen
+        .iter()
+        .map(|addr| server::bind(*addr, udp_sockets))
+        .collect::<Result<Vec<_>, _>>()?;
+    let addresses: Vec<SocketAddr> = bound.iter().map(|b| b.address).collect();
+    for address in &addresses {
+        log::info!("cluster DNS on udp+tcp {address}");
     }
-    publish::publish(&registry, &config.service_ips, &running.addresses).await;
-    running.tasks.push(tokio::spawn(sync::run(registry, zone)));
-    Ok(running)
+    let server = server::serve(handler, bound);
+    publish::publish(&registry, &config.service_ips, &addresses).await;
+    Ok(Running {
+        _server: server,
+        sync: tokio::spawn(sync::run(registry, zone)),
+    })
 }

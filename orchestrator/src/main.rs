@@ -21,6 +21,9 @@ async fn main() -> ExitCode {
     };
     let mut logger =
         env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    // hickory-server logs every answer at info (through tracing's log
+    // records): cluster DNS has its own metrics instead.
+    logger.filter_module("hickory_server", log::LevelFilter::Warn);
     if let Some(level) = cli.agent_ebpf_log() {
         // Kernel-side records carry the eBPF crate's name as their target.
         logger.filter_module("skiff_ebpf", level);

@@ -191,7 +191,7 @@ const fn case(
     }
 }
 
-use RecordType::{A, AAAA, ANY, CNAME, MX, PTR, SOA, SRV, TXT};
+use RecordType::{A, AAAA, ANY, CNAME, MX, NS, PTR, SOA, SRV, TXT};
 use ResponseCode::{NXDomain, NoError};
 
 const WEB: &str = "web.default.svc.cluster.local.";
@@ -440,6 +440,16 @@ const CASES: &[Case] = &[
         NONE,
     ),
     case("cluster.local.", A, NoError, NONE, NONE),
+    // The apex names the SOA's server (its addresses are the kube-dns Service's,
+    // which an agent serving DNS on loopback only does not publish).
+    case(
+        "cluster.local.",
+        NS,
+        NoError,
+        &["cluster.local. NS ns.dns.cluster.local."],
+        NONE,
+    ),
+    case("ns.dns.cluster.local.", A, NoError, NONE, NONE),
     case("svc.cluster.local.", A, NoError, NONE, NONE),
     case("default.svc.cluster.local.", A, NoError, NONE, NONE),
     // Names that do not exist.

@@ -1,6 +1,11 @@
 //! Cluster DNS metrics on the agent's /metrics: answers by question type and
 //! response code, and how long each took (forwarded ones included).
 
+use std::time::Duration;
+
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::ResponseCode;
+use hickory_server::server::{Request, ResponseInfo};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -10,7 +15,7 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueryLabels {
     /// The question's type ("none" when it had none).
-    pub r#type: String,
+    pub r#type: &'static str,
     pub rcode: &'static str,
     pub protocol: &'static str,
 }
@@ -35,6 +40,24 @@ impl Default for DnsMetrics {
 }
 
 impl DnsMetrics {
+    /// Counts the answer `info` to `request`, which took `took`.
+    pub fn count(&self, request: &Request, info: &ResponseInfo, took: Duration) {
+        self.duration.observe(took.as_secs_f64());
+        let labels = QueryLabels {
+            r#type: request
+                .queries
+                .queries()
+                .first()
+                .map_or("none", |q| q.query_type().into()),
+            rcode: rcode_name(info.response_code),
+            protocol: match request.protocol() {
+                Protocol::Udp => "udp",
+                _ => "tcp",
+            },
+        };
+        self.queries.get_or_create(&labels).inc();
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "skiff_dns_queries",
@@ -46,5 +69,19 @@ impl DnsMetrics {
             "Time from a DNS request's arrival to its answer",
             self.duration.clone(),
         );
+    }
+}
+
+/// The mnemonic of a response code, as dig prints it (hickory's Display is prose).
+fn rcode_name(code: ResponseCode) -> &'static str {
+    match code {
+        ResponseCode::NoError => "NOERROR",
+        ResponseCode::FormErr => "FORMERR",
+        ResponseCode::ServFail => "SERVFAIL",
+        ResponseCode::NXDomain => "NXDOMAIN",
+        ResponseCode::NotImp => "NOTIMP",
+        ResponseCode::Refused => "REFUSED",
+        ResponseCode::BADVERS => "BADVERS",
+        _ => "OTHER",
     }
 }

@@ -3,13 +3,19 @@
 //! of the store, with its records. [`Records::build`] is a pure function of the
 //! objects, so the rules are tested without sockets; the sync task rebuilds it
 //! on every store change and the server reads whichever build is current.
+//!
+//! Every record is built whole (owner, TTL, data) with the zone, and so are the
+//! additional records an SRV answer carries: an answer is references into the
+//! current build, with nothing to allocate per question.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
-use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, SOA, SRV, TXT};
-use hickory_proto::rr::{Name, RData};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, PTR, SOA, SRV, TXT};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
+use super::publish;
 use crate::dataplane::desired::SERVICE_NAME_LABEL;
 use crate::model::{self, AddressType, Endpoint, EndpointSlice, Pod, Service, ServiceType};
 
@@ -22,19 +28,43 @@ pub struct Records {
     /// The cluster zone, lower case, fully qualified.
     pub zone: Name,
     pub ttl: u32,
-    /// The zone's SOA (answered at the apex and in negative answers).
-    pub soa: SOA,
-    /// Every name that exists, by its lower-case text with the final dot: names
-    /// with records and the empty names above them (so `<ns>.svc.<zone>` is
-    /// NODATA, not NXDOMAIN, per RFC 8020). Reverse names are here too.
-    names: HashMap<String, Vec<RData>>,
+    /// The zone's SOA record (answered at the apex and in negative answers).
+    pub soa: Record,
+    /// The largest encoded size of the SOA record.
+    pub soa_len: usize,
+    /// Every name that exists: names with records and the empty names above
+    /// them (so `<ns>.svc.<zone>` is NODATA, not NXDOMAIN, per RFC 8020).
+    /// Reverse names are here too.
+    names: HashMap<LowerName, Node>,
+}
+
+/// The records at one name.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Node {
+    /// Owned by the name in lower case.
+    pub records: Vec<Record>,
+    /// The addresses of the names this name's SRV and NS records point at,
+    /// for the additional section.
+    pub targets: Vec<Record>,
+    /// The largest encoded size (names uncompressed) of any record above: what
+    /// bounds an answer's size before it is encoded.
+    pub largest: usize,
+}
+
+impl Node {
+    /// Whether the name is an alias (which answers every type but CNAME itself).
+    pub fn is_alias(&self) -> bool {
+        self.records
+            .iter()
+            .any(|r| r.record_type() == RecordType::CNAME)
+    }
 }
 
 /// What the index says about one name.
 #[derive(Debug, PartialEq)]
 pub enum Found<'a> {
     /// The name exists with these records (maybe none).
-    Name(&'a [RData]),
+    Name(&'a Node),
     /// A name inside the zone that does not exist.
     NoSuchName,
     /// Outside the zone and not a reverse name the zone answers for.
@@ -53,6 +83,12 @@ pub struct Sources {
     pub pods: BTreeMap<(String, String), Pod>,
 }
 
+/// The zone while it is built: record data by name.
+struct Builder {
+    zone: Name,
+    names: HashMap<LowerName, Vec<RData>>,
+}
+
 impl Records {
     /// The zone for `sources`. `serial` distinguishes builds in the SOA.
     pub fn build(zone: &Name, ttl: u32, serial: u32, sources: &Sources) -> Self {
@@ -67,15 +103,26 @@ impl Records {
             86400,
             ttl,
         );
-        let mut records = Self {
+        let mut builder = Builder {
             zone: zone.clone(),
-            ttl,
-            soa: soa.clone(),
             names: HashMap::new(),
         };
-        records.add(&zone, RData::SOA(soa));
+        builder.add(&zone, RData::SOA(soa.clone()));
+        // The zone's name server is the SOA's: the cluster DNS Service's IPs.
+        let name_server = soa.mname.clone();
+        builder.add(&zone, RData::NS(NS(name_server.clone())));
+        builder.add_existing(&name_server);
+        let cluster_dns = (publish::NAMESPACE.to_string(), publish::SERVICE.to_string());
+        for ip in sources
+            .services
+            .get(&cluster_dns)
+            .map(cluster_ips)
+            .unwrap_or_default()
+        {
+            builder.add(&name_server, address(ip));
+        }
         if let Some(version) = in_zone("dns-version") {
-            records.add(&version, RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()])));
+            builder.add(&version, RData::TXT(TXT::new(vec![SCHEMA_VERSION.into()])));
         }
         let mut slices: HashMap<(&str, &str), Vec<&EndpointSlice>> = HashMap::new();
         for ((namespace, _), slice) in &sources.slices {
@@ -96,29 +143,76 @@ impl Records {
                 .unwrap_or_default();
             let hostname =
                 |endpoint: &Endpoint| hostname(endpoint, namespace, service_name, sources);
-            records.add_service(&base, service, slices, &hostname);
+            builder.add_service(&base, service, slices, &hostname);
         }
-        records
+        let soa = Record::from_rdata(zone.clone(), ttl, RData::SOA(soa));
+        Self {
+            soa_len: encoded_len(&soa),
+            soa,
+            names: builder.nodes(ttl),
+            zone,
+            ttl,
+        }
     }
 
-    /// Looks `name` up, ignoring case.
-    pub fn find(&self, name: &Name) -> Found<'_> {
-        let key = key(name);
-        match self.names.get(&key) {
-            Some(records) => Found::Name(records),
-            None if self.zone.zone_of(&name.to_lowercase()) => Found::NoSuchName,
+    /// Looks `name` up (names are compared in lower case).
+    pub fn find(&self, name: &LowerName) -> Found<'_> {
+        match self.names.get(name) {
+            Some(node) => Found::Name(node),
+            None if self.in_zone(name) => Found::NoSuchName,
             None => Found::Elsewhere,
         }
     }
 
     /// Whether `name` is inside the cluster zone.
-    pub fn in_zone(&self, name: &Name) -> bool {
-        self.zone.zone_of(&name.to_lowercase())
+    pub fn in_zone(&self, name: &LowerName) -> bool {
+        self.zone.zone_of(name)
     }
 
     /// How many names exist (for logs).
     pub(crate) fn len(&self) -> usize {
         self.names.len()
+    }
+}
+
+impl Builder {
+    /// The records of every name, built whole, with SRV and NS targets' addresses.
+    fn nodes(self, ttl: u32) -> HashMap<LowerName, Node> {
+        let record = |owner: &LowerName, data: &RData| {
+            Record::from_rdata(Name::from(owner.clone()), ttl, data.clone())
+        };
+        self.names
+            .iter()
+            .map(|(owner, data)| {
+                let records: Vec<Record> = data.iter().map(|d| record(owner, d)).collect();
+                let mut targets: Vec<Record> = Vec::new();
+                for target in data.iter().filter_map(|d| match d {
+                    RData::SRV(srv) => Some(LowerName::new(&srv.target)),
+                    RData::NS(ns) => Some(LowerName::new(&ns.0)),
+                    _ => None,
+                }) {
+                    let addresses = self.names.get(&target).into_iter().flatten();
+                    for address in addresses.filter(|d| matches!(d, RData::A(_) | RData::AAAA(_))) {
+                        let extra = record(&target, address);
+                        if !targets.contains(&extra) {
+                            targets.push(extra);
+                        }
+                    }
+                }
+                let largest = records
+                    .iter()
+                    .chain(&targets)
+                    .map(encoded_len)
+                    .max()
+                    .unwrap_or_default();
+                let node = Node {
+                    records,
+                    targets,
+                    largest,
+                };
+                (owner.clone(), node)
+            })
+            .collect()
     }
 
     fn add_service(
@@ -135,19 +229,9 @@ impl Records {
             }
             return;
         }
-        let cluster_ips: Vec<IpAddr> = spec
-            .cluster_ips
-            .iter()
-            .chain(spec.cluster_ip.iter())
-            .filter_map(|ip| ip.parse().ok())
-            .collect();
+        let cluster_ips = cluster_ips(service);
         if !cluster_ips.is_empty() {
-            let mut seen = Vec::new();
             for ip in cluster_ips {
-                if seen.contains(&ip) {
-                    continue;
-                }
-                seen.push(ip);
                 self.add(base, address(ip));
                 self.add(&Name::from(ip), RData::PTR(PTR(base.clone())));
             }
@@ -205,7 +289,7 @@ impl Records {
     /// Adds a record at `owner`, and the names above it up to the zone.
     fn add(&mut self, owner: &Name, record: RData) {
         self.add_existing(owner);
-        let records = self.names.entry(key(owner)).or_default();
+        let records = self.names.entry(LowerName::new(owner)).or_default();
         if !records.contains(&record) {
             records.push(record);
         }
@@ -215,13 +299,27 @@ impl Records {
     fn add_existing(&mut self, owner: &Name) {
         let mut current = owner.clone();
         loop {
-            self.names.entry(key(&current)).or_default();
+            self.names.entry(LowerName::new(&current)).or_default();
             if current.num_labels() <= self.zone.num_labels() || !self.zone.zone_of(&current) {
                 return;
             }
             current = current.base_name();
         }
     }
+}
+
+/// A Service's cluster IPs (none for a headless one), each once.
+fn cluster_ips(service: &Service) -> Vec<IpAddr> {
+    let mut ips: Vec<IpAddr> = Vec::new();
+    let spec = &service.spec;
+    for ip in spec.cluster_ips.iter().chain(spec.cluster_ip.iter()) {
+        if let Ok(ip) = ip.parse()
+            && !ips.contains(&ip)
+        {
+            ips.push(ip);
+        }
+    }
+    ips
 }
 
 /// An endpoint's hostname: the slice's, else its pod's spec.hostname when the
@@ -246,13 +344,17 @@ fn hostname(
         .flatten()
 }
 
-/// The index key of a name: lower case with the final dot.
-fn key(name: &Name) -> String {
-    let mut text = name.to_lowercase().to_ascii();
-    if !text.ends_with('.') {
-        text.push('.');
+/// The size of `record` encoded on its own with names uncompressed: an upper
+/// bound of what it adds to a message.
+fn encoded_len(record: &Record) -> usize {
+    let mut bytes = Vec::new();
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    // Records built from valid names and data always encode.
+    match record.emit(&mut encoder) {
+        Ok(()) => bytes.len(),
+        Err(_) => usize::from(u16::MAX),
     }
-    text
 }
 
 fn fqdn(name: &Name) -> Name {
@@ -331,8 +433,8 @@ mod tests {
     }
 
     fn lookup(records: &Records, text: &str) -> Vec<String> {
-        match records.find(&Name::from_ascii(text).unwrap()) {
-            Found::Name(r) => r.iter().map(ToString::to_string).collect(),
+        match records.find(&LowerName::new(&Name::from_ascii(text).unwrap())) {
+            Found::Name(node) => node.records.iter().map(|r| r.data.to_string()).collect(),
             other => vec![format!("{other:?}")],
         }
     }
@@ -346,6 +448,7 @@ mod tests {
             "metadata: {name: db-1, namespace: shop}\nspec: {hostname: db-1, subdomain: db, containers: []}",
             "metadata: {name: other, namespace: shop}\nspec: {hostname: other, subdomain: elsewhere, containers: []}",
             "metadata: {name: ext, namespace: shop}\nspec: {type: ExternalName, externalName: example.com}",
+            "metadata: {name: kube-dns, namespace: kube-system}\nspec: {clusterIPs: [10.96.0.10]}",
         ]);
         let r = Records::build(&zone(), 5, 1, &s);
         assert_eq!(
@@ -396,6 +499,19 @@ mod tests {
         );
         assert_eq!(lookup(&r, "ext.shop.svc.cluster.local."), ["example.com."]);
         assert_eq!(lookup(&r, "dns-version.cluster.local."), ["1.1.0"]);
+        // The apex names its server, whose addresses are the cluster DNS IPs.
+        let apex = lookup(&r, "cluster.local.");
+        assert!(
+            apex.contains(&"ns.dns.cluster.local.".to_string()),
+            "{apex:?}"
+        );
+        assert_eq!(lookup(&r, "ns.dns.cluster.local."), ["10.96.0.10"]);
+        let Found::Name(apex) = r.find(&LowerName::new(&zone())) else {
+            panic!("no apex");
+        };
+        let glue: Vec<String> = apex.targets.iter().map(ToString::to_string).collect();
+        assert_eq!(glue.len(), 1, "{glue:?}");
+        assert!(glue[0].contains("10.96.0.10"), "{glue:?}");
         assert!(lookup(&r, "shop.svc.cluster.local.").is_empty());
         assert_eq!(lookup(&r, "nope.shop.svc.cluster.local."), ["NoSuchName"]);
         assert_eq!(lookup(&r, "9.0.244.10.in-addr.arpa."), ["Elsewhere"]);

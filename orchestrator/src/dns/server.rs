@@ -1,59 +1,84 @@
-//! The sockets: UDP and TCP on each listen address, each request answered by the
-//! [`Handler`]; names outside the zone resolved through hickory-resolver (with
-//! its cache) against the nameservers of the host's resolv.conf.
+//! The sockets, served by hickory-server: on each listen address, one UDP
+//! socket per core sharing the port (SO_REUSEPORT, so the kernel spreads
+//! clients over them and hickory-server serves each from its own task) and a
+//! TCP listener; and the upstream resolver (hickory-resolver, with its cache)
+//! for names outside the zone, from the host's resolv.conf.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
-use hickory_proto::op::{Message, ResponseCode};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::net::{DnsError, NetError};
-use log::{debug, warn};
-use socket2::{Domain, Protocol, Socket, Type};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use hickory_server::Server;
+use hickory_server::net::NetError;
+use hickory_server::net::runtime::TokioTime;
+use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::op::{
+    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponse;
+use socket2::{Domain, Protocol as IpProtocol, Socket, Type};
+use tokio::net::{TcpListener, UdpSocket};
 
 use super::Error;
-use super::handler::{Handler, Outcome, Reply, Transport, finish, response_to};
-use super::metrics::{DnsMetrics, QueryLabels};
+use super::handler::Handler;
 
 /// How long an idle TCP connection is kept (RFC 7766 suggests seconds).
 const TCP_IDLE: Duration = Duration::from_secs(10);
-/// A UDP request larger than this is not a query worth reading whole.
-const UDP_BUFFER: usize = 4096;
+/// Answers queued for sending on one TCP connection.
+const TCP_RESPONSE_QUEUE: usize = 32;
 /// How often a port-0 address is retried when TCP finds UDP's port taken.
 const PORT_ATTEMPTS: usize = 16;
 
-/// Binds UDP and TCP on `addr`, on the same port. Binding works before the
-/// address is on an interface (IP_FREEBIND), as the pods' gateway addresses are
-/// until the first pod starts.
-pub fn bind(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+/// The sockets of one listen address.
+pub struct Bound {
+    /// Every UDP socket shares this address (the port chosen for port 0).
+    pub address: SocketAddr,
+    udp: Vec<UdpSocket>,
+    tcp: TcpListener,
+}
+
+/// Binds `udp_sockets` UDP sockets and a TCP listener on `addr`, on the same
+/// port. Binding works before the address is on an interface (IP_FREEBIND), as
+/// the pods' gateway addresses are until the first pod starts.
+pub fn bind(addr: SocketAddr, udp_sockets: usize) -> Result<Bound, Error> {
     let fail = |source| Error::Bind { addr, source };
     for _ in 0..PORT_ATTEMPTS {
-        let udp = socket(addr, Type::DGRAM, Protocol::UDP).map_err(fail)?;
-        let bound = udp
+        let first = socket(addr, Type::DGRAM, IpProtocol::UDP).map_err(fail)?;
+        let address = first
             .local_addr()
             .map_err(fail)?
             .as_socket()
             .ok_or_else(|| fail(std::io::Error::other("not an IP socket")))?;
-        match socket(bound, Type::STREAM, Protocol::TCP) {
-            Ok(tcp) => {
-                tcp.listen(1024).map_err(fail)?;
-                let udp = UdpSocket::from_std(udp.into()).map_err(fail)?;
-                let tcp = TcpListener::from_std(tcp.into()).map_err(fail)?;
-                return Ok((udp, tcp));
-            }
+        let tcp = match socket(address, Type::STREAM, IpProtocol::TCP) {
+            Ok(tcp) => tcp,
             Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && addr.port() == 0 => continue,
             Err(e) => return Err(fail(e)),
+        };
+        tcp.listen(1024).map_err(fail)?;
+        let mut udp = vec![first];
+        for _ in 1..udp_sockets {
+            udp.push(socket(address, Type::DGRAM, IpProtocol::UDP).map_err(fail)?);
         }
+        return Ok(Bound {
+            address,
+            udp: udp
+                .into_iter()
+                .map(|s| UdpSocket::from_std(s.into()))
+                .collect::<Result<_, _>>()
+                .map_err(fail)?,
+            tcp: TcpListener::from_std(tcp.into()).map_err(fail)?,
+        });
     }
     Err(fail(std::io::Error::from(std::io::ErrorKind::AddrInUse)))
 }
 
-fn socket(addr: SocketAddr, kind: Type, protocol: Protocol) -> std::io::Result<Socket> {
+fn socket(addr: SocketAddr, kind: Type, protocol: IpProtocol) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), kind, Some(protocol))?;
     match addr.ip() {
         IpAddr::V4(_) => socket.set_freebind_v4(true)?,
@@ -62,12 +87,26 @@ fn socket(addr: SocketAddr, kind: Type, protocol: Protocol) -> std::io::Result<S
             socket.set_freebind_v6(true)?;
         }
     }
-    if kind == Type::STREAM {
-        socket.set_reuse_address(true)?;
+    match kind {
+        Type::STREAM => socket.set_reuse_address(true)?,
+        _ => socket.set_reuse_port(true)?,
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     Ok(socket)
+}
+
+/// hickory-server answering every bound socket with `handler`; it serves
+/// until dropped.
+pub fn serve(handler: Handler, bound: Vec<Bound>) -> Server<Handler> {
+    let mut server = Server::new(handler);
+    for sockets in bound {
+        for udp in sockets.udp {
+            server.register_socket(udp);
+        }
+        server.register_listener(sockets.tcp, TCP_IDLE, TCP_RESPONSE_QUEUE);
+    }
+    server
 }
 
 /// The forwarding resolver for names outside the zone.
@@ -87,181 +126,79 @@ pub fn upstream(resolv_conf: &Path) -> Result<TokioResolver, Error> {
         .map_err(|e| fail(e.to_string()))
 }
 
-/// What every socket task shares.
-pub struct Shared {
-    pub handler: Handler,
-    pub upstream: Option<TokioResolver>,
-    pub metrics: DnsMetrics,
+/// What the server sends for the packet `bytes` from `client`, without a
+/// socket (for tests and the fuzz target): the packet decoded as hickory-server
+/// decodes it, answered by `handler`, and encoded as hickory-server encodes
+/// for `protocol`. None for a packet hickory-server does not hand to the
+/// handler: one it drops, or answers FORMERR itself because it does not decode.
+/// Names outside the zone must not need an upstream resolver (which needs a
+/// tokio runtime).
+pub fn answer_bytes(
+    handler: &Handler,
+    bytes: &[u8],
+    client: IpAddr,
+    protocol: Protocol,
+) -> Option<Vec<u8>> {
+    let request =
+        Request::from_bytes(bytes.to_vec(), SocketAddr::new(client, 53), protocol).ok()?;
+    if request.metadata.message_type == MessageType::Response {
+        return None;
+    }
+    let sent = Captured {
+        protocol,
+        bytes: Arc::default(),
+    };
+    futures::executor::block_on(handler.handle_request::<_, TokioTime>(&request, sent.clone()));
+    let bytes = std::mem::take(&mut *sent.bytes.lock().unwrap_or_else(|p| p.into_inner()));
+    Some(bytes)
 }
 
-impl Shared {
-    /// The answer to `bytes` (None: say nothing), counted in the metrics.
-    async fn answer(&self, bytes: &[u8], client: IpAddr, transport: Transport) -> Option<Vec<u8>> {
-        let started = Instant::now();
-        match self.handler.handle(bytes, client, transport) {
-            Outcome::Drop => None,
-            Outcome::Reply(reply) => Some(self.counted(reply, transport, started)),
-            Outcome::Forward(request) => Some(self.forwarded(&request, transport, started).await),
-        }
-    }
+/// Keeps the bytes of the response instead of sending them.
+#[derive(Clone)]
+struct Captured {
+    protocol: Protocol,
+    bytes: Arc<Mutex<Vec<u8>>>,
+}
 
-    /// The upstream's answer to `request`, counted in the metrics.
-    async fn forwarded(
-        &self,
-        request: &Message,
-        transport: Transport,
-        started: Instant,
-    ) -> Vec<u8> {
-        let reply = self.forward(request, transport).await;
-        self.counted(reply, transport, started)
-    }
-
-    /// Counts `reply` (asked at `started`) and returns its bytes.
-    fn counted(&self, reply: Reply, transport: Transport, started: Instant) -> Vec<u8> {
-        self.metrics
-            .duration
-            .observe(started.elapsed().as_secs_f64());
-        self.metrics
-            .queries
-            .get_or_create(&QueryLabels {
-                r#type: reply
-                    .query_type
-                    .map_or_else(|| "none".to_string(), |t| t.to_string()),
-                rcode: rcode_name(reply.code),
-                protocol: match transport {
-                    Transport::Udp => "udp",
-                    Transport::Tcp => "tcp",
-                },
-            })
-            .inc();
-        reply.bytes
-    }
-
-    async fn forward(&self, request: &Message, transport: Transport) -> Reply {
-        let mut response = response_to(request, true);
-        let code = match (&self.upstream, request.queries.first()) {
-            (Some(resolver), Some(query)) => {
-                match resolver
-                    .lookup(query.name().clone(), query.query_type())
-                    .await
-                {
-                    Ok(lookup) => {
-                        response.add_answers(lookup.answers().iter().cloned());
-                        ResponseCode::NoError
-                    }
-                    Err(NetError::Dns(DnsError::NoRecordsFound(none))) => {
-                        if let Some(soa) = none.soa {
-                            response.add_authority(soa.into_record_of_rdata());
-                        }
-                        none.response_code
-                    }
-                    Err(e) => {
-                        debug!("cluster DNS: forwarding {}: {e}", query.name());
-                        ResponseCode::ServFail
-                    }
-                }
-            }
-            _ => ResponseCode::ServFail,
+#[async_trait::async_trait]
+impl ResponseHandler for Captured {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        // hickory-server's limit: the response's EDNS size, else 512, over UDP.
+        let limit = match self.protocol {
+            Protocol::Udp => response.edns().map_or(512, |e| e.max_payload()),
+            _ => u16::MAX,
         };
-        response.metadata.response_code = code;
-        finish(response, request, transport)
-    }
-}
-
-/// The mnemonic of a response code, as dig prints it (hickory's Display is prose).
-fn rcode_name(code: ResponseCode) -> &'static str {
-    match code {
-        ResponseCode::NoError => "NOERROR",
-        ResponseCode::FormErr => "FORMERR",
-        ResponseCode::ServFail => "SERVFAIL",
-        ResponseCode::NXDomain => "NXDOMAIN",
-        ResponseCode::NotImp => "NOTIMP",
-        ResponseCode::Refused => "REFUSED",
-        ResponseCode::BADVERS => "BADVERS",
-        _ => "OTHER",
-    }
-}
-
-/// Answers UDP requests until the task is dropped.
-pub async fn serve_udp(socket: Arc<UdpSocket>, shared: Arc<Shared>) {
-    let mut buffer = vec![0u8; UDP_BUFFER];
-    loop {
-        let (len, client) = match socket.recv_from(&mut buffer).await {
-            Ok(received) => received,
-            Err(e) => {
-                // ICMP errors from earlier replies surface here; the socket is fine.
-                debug!("cluster DNS: receiving: {e}");
-                continue;
+        let mut bytes = Vec::new();
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(limit);
+        let id = response.metadata().id;
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(_) => {
+                // hickory-server's fallback for what does not encode: a
+                // SERVFAIL header.
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let header = Header {
+                    metadata,
+                    counts: HeaderCounts::default(),
+                };
+                bytes.clear();
+                header.emit(&mut BinEncoder::new(&mut bytes))?;
+                ResponseInfo::from(header)
             }
         };
-        let started = Instant::now();
-        // Zone answers inline (no task per query); a forwarded question gets a
-        // task of its own so it does not hold up the rest.
-        let reply = match shared
-            .handler
-            .handle(&buffer[..len], client.ip(), Transport::Udp)
-        {
-            Outcome::Drop => continue,
-            Outcome::Reply(reply) => shared.counted(reply, Transport::Udp, started),
-            Outcome::Forward(request) => {
-                let (socket, shared) = (socket.clone(), shared.clone());
-                tokio::spawn(async move {
-                    let reply = shared.forwarded(&request, Transport::Udp, started).await;
-                    send(&socket, &reply, client).await;
-                });
-                continue;
-            }
-        };
-        send(&socket, &reply, client).await;
-    }
-}
-
-async fn send(socket: &UdpSocket, reply: &[u8], client: SocketAddr) {
-    if let Err(e) = socket.send_to(reply, client).await {
-        debug!("cluster DNS: answering {client}: {e}");
-    }
-}
-
-/// Answers TCP connections until the task is dropped.
-pub async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        match listener.accept().await {
-            Ok((stream, client)) => {
-                tokio::spawn(connection(stream, client, shared.clone()));
-            }
-            Err(e) => {
-                warn!("cluster DNS: accepting a TCP connection: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-}
-
-/// Length-prefixed requests on one connection, answered in order, until the
-/// client closes it, sends something unanswerable, or idles.
-async fn connection(mut stream: TcpStream, client: SocketAddr, shared: Arc<Shared>) {
-    loop {
-        let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, stream.read_u16()).await else {
-            return;
-        };
-        let mut request = vec![0u8; usize::from(len)];
-        if !matches!(
-            tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut request)).await,
-            Ok(Ok(_))
-        ) {
-            return;
-        }
-        let Some(reply) = shared.answer(&request, client.ip(), Transport::Tcp).await else {
-            return;
-        };
-        let Ok(len) = u16::try_from(reply.len()) else {
-            return;
-        };
-        let mut framed = Vec::with_capacity(reply.len() + 2);
-        framed.extend_from_slice(&len.to_be_bytes());
-        framed.extend_from_slice(&reply);
-        if stream.write_all(&framed).await.is_err() {
-            return;
-        }
+        *self.bytes.lock().unwrap_or_else(|p| p.into_inner()) = bytes;
+        Ok(info)
     }
 }

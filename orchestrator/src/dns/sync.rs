@@ -5,9 +5,10 @@
 //! a mix. A watch that ends or fails is followed by a fresh list.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
 use hickory_proto::rr::Name;
 use log::{debug, info, warn};
@@ -21,7 +22,7 @@ use crate::model::{EndpointSlice, Kind, Object, ObjectMeta, Pod, Service};
 pub struct Zone {
     pub name: Name,
     pub ttl: u32,
-    pub current: Arc<RwLock<Arc<Records>>>,
+    pub current: Arc<ArcSwap<Records>>,
     builds: u32,
 }
 
@@ -32,7 +33,7 @@ impl Zone {
         Self {
             name,
             ttl,
-            current: Arc::new(RwLock::new(Arc::new(empty))),
+            current: Arc::new(ArcSwap::from_pointee(empty)),
             builds: 0,
         }
     }
@@ -41,7 +42,7 @@ impl Zone {
         self.builds = self.builds.wrapping_add(1);
         let records = Arc::new(Records::build(&self.name, self.ttl, self.builds, sources));
         debug!("cluster DNS: zone rebuilt with {} names", records.len());
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) = records;
+        self.current.store(records);
     }
 }
 
