@@ -76,9 +76,16 @@ fuzz_target!(|data: &[u8]| {
         Protocol::Tcp
     };
     if let Some(reply) = answer_bytes(handler(), packet, client, protocol) {
-        assert!(Message::from_vec(&reply).is_ok(), "a reply that does not decode");
+        assert!(
+            Message::from_vec(&reply).is_ok(),
+            "a reply that does not decode"
+        );
         if protocol == Protocol::Udp {
-            assert!(reply.len() <= usize::from(MAX_UDP_PAYLOAD), "{} bytes over UDP", reply.len());
+            assert!(
+                reply.len() <= usize::from(MAX_UDP_PAYLOAD),
+                "{} bytes over UDP",
+                reply.len()
+            );
         }
     }
 });
