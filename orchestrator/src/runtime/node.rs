@@ -365,10 +365,15 @@ fn allocatable(cpus: usize, memory_kib: Option<u64>, reserved: Reserved) -> serd
 }
 
 fn memory_kib() -> Option<u64> {
+    meminfo_kib("MemTotal")
+}
+
+/// A /proc/meminfo field, in KiB ("MemTotal", "MemAvailable").
+pub(super) fn meminfo_kib(field: &str) -> Option<u64> {
     std::fs::read_to_string("/proc/meminfo")
         .ok()?
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))?
         .split_whitespace()
         .next()?
         .parse()

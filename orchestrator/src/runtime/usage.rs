@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use log::{debug, warn};
 use serde_json::{Value, json};
 
-use super::node::list_pods;
+use super::node::{list_pods, meminfo_kib};
 use super::record::PodRecord;
 use super::worker::Context;
 use crate::api::registry::now;
@@ -88,22 +88,12 @@ impl Sampler {
     /// The node's NodeMetrics from /proc: busy CPU time and memory not available.
     fn node_metrics(&mut self, node: &str, window: &str) -> Option<Value> {
         let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
         let reading = Reading {
             at: Instant::now(),
             cpu_nanos: busy_nanos(&stat)?,
         };
         let cpu = self.rate(String::new(), reading)?;
-        let kib = |name: &str| -> Option<u64> {
-            meminfo
-                .lines()
-                .find_map(|l| l.strip_prefix(name))?
-                .split_whitespace()
-                .next()?
-                .parse()
-                .ok()
-        };
-        let used = kib("MemTotal:")?.saturating_sub(kib("MemAvailable:")?);
+        let used = meminfo_kib("MemTotal")?.saturating_sub(meminfo_kib("MemAvailable")?);
         Some(json!({
             "apiVersion": "metrics.k8s.io/v1beta1",
             "kind": "NodeMetrics",
