@@ -40,9 +40,9 @@ pub type Routes = BTreeMap<IpNet, IpAddr>;
 
 /// The routes this node needs: each other node's pod CIDRs via its InternalIP of
 /// the same family (a CIDR whose family the node has no address of is skipped).
-pub fn desired(nodes: &[Node], this_node: &str) -> Routes {
+pub fn desired<'a>(nodes: impl IntoIterator<Item = &'a Node>, this_node: &str) -> Routes {
     let mut routes = Routes::new();
-    for node in nodes.iter().filter(|n| n.metadata.name != this_node) {
+    for node in nodes.into_iter().filter(|n| n.metadata.name != this_node) {
         let addresses: Vec<IpAddr> = node
             .status
             .addresses
@@ -248,12 +248,8 @@ async fn follow(
         .into_iter()
         .map(|n| (n.metadata.name.clone(), n))
         .collect();
-    let snapshot = |nodes: &BTreeMap<String, Node>| {
-        desired(&nodes.values().cloned().collect::<Vec<_>>(), this_node)
-    };
-    converge(table, &snapshot(&nodes))
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut current = desired(nodes.values(), this_node);
+    converge(table, &current).await.map_err(|e| e.to_string())?;
     let mut events = watch_all(registry, Kind::Node, &version)
         .await
         .map_err(|e| e.to_string())?;
@@ -262,17 +258,17 @@ async fn follow(
         let Some(node) = decode_as::<Node>(event.object) else {
             continue;
         };
-        let before = snapshot(&nodes);
         match event.event_type {
             EventType::Deleted => nodes.remove(&node.metadata.name),
             EventType::Added | EventType::Modified => {
                 nodes.insert(node.metadata.name.clone(), node)
             }
         };
-        let wanted = snapshot(&nodes);
+        let wanted = desired(nodes.values(), this_node);
         // Heartbeats change Nodes every few seconds; the routes rarely.
-        if wanted != before {
+        if wanted != current {
             converge(table, &wanted).await.map_err(|e| e.to_string())?;
+            current = wanted;
         }
     }
     Ok(())
