@@ -75,6 +75,7 @@ pub fn add(wiring: &Wiring) -> Result<Links, NetlinkError> {
         run(&what, handle.link().add(veth.build()).execute()).await?;
 
         let host = link(handle, &wiring.host_veth).await?.header.index;
+        skip_duplicate_address_detection(&wiring.host_veth)?;
         let up = LinkUnspec::new_with_index(host).up().build();
         run(
             &format!("bringing {} up", wiring.host_veth),
@@ -104,6 +105,7 @@ pub fn add(wiring: &Wiring) -> Result<Links, NetlinkError> {
                 },
             });
         }
+        skip_duplicate_address_detection(&wiring.pod_ifname)?;
         let up = LinkUnspec::new_with_index(index).up().build();
         run(
             &format!("bringing {} up", wiring.pod_ifname),
@@ -403,6 +405,24 @@ fn mac(link: &LinkMessage) -> String {
             _ => None,
         })
         .unwrap_or_default()
+}
+
+/// Turns IPv6 duplicate address detection off on `link` (in the calling thread's
+/// namespace) before it comes up. Each end of a veth pair is the only host on its
+/// link, so nothing can be duplicated; with detection on, the link-local addresses
+/// stay tentative for a second or two, during which neighbour discovery between
+/// node and pod fails and the first IPv6 packets to a pod that is already ready
+/// wait a full retransmission (1 s) or are lost.
+fn skip_duplicate_address_detection(link: &str) -> Result<(), NetlinkError> {
+    let path = format!("/proc/sys/net/ipv6/conf/{link}/accept_dad");
+    match std::fs::write(&path, "0") {
+        // No IPv6 in this kernel or namespace: nothing to detect.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        written => written.map_err(|source| NetlinkError::Io {
+            what: format!("turning duplicate address detection off ({path})"),
+            source,
+        }),
+    }
 }
 
 /// Pods reach beyond their node through it: forwarding on, for both families.
