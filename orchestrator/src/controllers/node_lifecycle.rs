@@ -21,6 +21,10 @@ use crate::runtime::events::Type;
 /// The taint a lost node gets (Kubernetes' name).
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
+/// The shortest wait before looking at a node again, should the clock say it is
+/// not quite lost yet when the wait ends.
+const MIN_WAIT_MILLIS: u64 = 50;
+
 pub struct NodeLifecycleController {
     /// How long a node may go without a heartbeat before it is lost.
     pub grace: Duration,
@@ -106,8 +110,13 @@ impl Reconciler for NodeLifecycleController {
                     )
                     .await;
                 }
-                let wait = u64::try_from(lost_at - now).unwrap_or(0);
-                Ok(Action::requeue(Duration::from_secs(wait.max(1))))
+                // To the millisecond: a whole-second wait would add up to a second
+                // to the time a lost node's backends keep getting connections.
+                let now_millis = jiff::Timestamp::now().as_millisecond();
+                let wait = u64::try_from(lost_at * 1000 - now_millis).unwrap_or(0);
+                Ok(Action::requeue(Duration::from_millis(
+                    wait.max(MIN_WAIT_MILLIS),
+                )))
             }
             Health::Lost => {
                 let mut lost = node.clone();
