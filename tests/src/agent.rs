@@ -71,6 +71,16 @@ impl Agent {
         extra_args: &[&str],
         prepare: impl FnOnce(&crate::netns::NetNs),
     ) -> Agent {
+        Self::start_node_named(NODE_NAME, extra_args, prepare)
+    }
+
+    /// Like [`Agent::start_node_with`], for the node called `name` (one of several
+    /// nodes of a cluster).
+    pub fn start_node_named(
+        name: &str,
+        extra_args: &[&str],
+        prepare: impl FnOnce(&crate::netns::NetNs),
+    ) -> Agent {
         require_root();
         let state = tempfile::Builder::new()
             .prefix("skiff-test-node-")
@@ -78,7 +88,7 @@ impl Agent {
             .expect("state dir");
         let mut args: Vec<String> = vec![
             "--node-name".into(),
-            NODE_NAME.into(),
+            name.into(),
             "--log-dir".into(),
             state.path().join("logs").display().to_string(),
         ];
@@ -281,6 +291,16 @@ impl Agent {
             .then(|| serde_json::from_slice(&out.stdout).expect("JSON output"))
     }
 
+    /// The objects of `kind` whose labels match `selector` (e.g. `app=web`).
+    pub fn list(&self, kind: &str, selector: &str) -> Vec<serde_json::Value> {
+        let out = self.ok(&["get", kind, "-l", selector, "-o", "json"]);
+        let list: serde_json::Value = serde_json::from_str(&out).expect("JSON output");
+        match list["kind"].as_str() {
+            Some("List") => list["items"].as_array().cloned().unwrap_or_default(),
+            _ => vec![list],
+        }
+    }
+
     /// Polls a pod until `until` holds for it (None: the pod is gone), failing the
     /// test after `timeout` with the pod's last state.
     pub fn wait_pod(
@@ -411,6 +431,13 @@ impl Agent {
         })
         .await
         .expect("connect to the agent")
+    }
+
+    /// Everything the agent logged so far (reading what came since the last
+    /// look, without waiting).
+    pub fn logged(&mut self) -> &[String] {
+        self.log.extend(self.lines.try_iter());
+        &self.log
     }
 
     pub fn wait_for_line(&mut self, needle: &str) {

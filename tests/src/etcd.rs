@@ -1,5 +1,5 @@
-//! A real single-member etcd (Debian's etcd-server) on free loopback ports with a
-//! data directory of its own, killed and removed when the test lets go of it (also
+//! A real single-member etcd (Debian's etcd-server) on free loopback ports (or on
+//! an address inside a network namespace the test made) with a data directory of its own, killed and removed when the test lets go of it (also
 //! when the test panics); clients over plain HTTP or TLS with client certificates.
 
 use std::fs::File;
@@ -18,7 +18,7 @@ const START_ATTEMPTS: usize = 3;
 
 pub struct EtcdServer {
     child: Child,
-    ports: Ports,
+    place: Place,
     tls: Option<ServerTls>,
     /// Holds the data directory and etcd's log; removed after the process is gone.
     dir: tempfile::TempDir,
@@ -32,12 +32,29 @@ pub struct ServerTls {
     pub key: PathBuf,
 }
 
-#[derive(Clone, Copy)]
-struct Ports {
+/// Where etcd listens.
+#[derive(Clone)]
+struct Place {
+    /// The network namespace it runs in; None: the test's own.
+    netns: Option<PathBuf>,
+    /// The address of its client and peer URLs.
+    host: String,
     client: u16,
     peer: u16,
-    /// Plain HTTP `/health`, whatever the client port speaks.
+    /// Plain HTTP `/health` on the namespace's loopback, whatever the client port speaks.
     metrics: u16,
+}
+
+impl Place {
+    fn on_loopback() -> Place {
+        Place {
+            netns: None,
+            host: "127.0.0.1".into(),
+            client: free_port(),
+            peer: free_port(),
+            metrics: free_port(),
+        }
+    }
 }
 
 impl EtcdServer {
@@ -51,24 +68,38 @@ impl EtcdServer {
         Self::start_with(Some(tls))
     }
 
+    /// Starts etcd inside `netns` (one the test made, so etcd's usual ports are
+    /// free there), serving clients on `host`, e.g. a bridge address other
+    /// namespaces reach.
+    pub fn start_in(netns: &crate::netns::NetNs, host: &str) -> EtcdServer {
+        let place = || Place {
+            netns: Some(netns.path()),
+            host: host.to_string(),
+            client: 2379,
+            peer: 2380,
+            metrics: 2381,
+        };
+        Self::start_at(place, None)
+    }
+
     fn start_with(tls: Option<ServerTls>) -> EtcdServer {
+        Self::start_at(Place::on_loopback, tls)
+    }
+
+    fn start_at(place: impl Fn() -> Place, tls: Option<ServerTls>) -> EtcdServer {
         let dir = tempfile::Builder::new()
             .prefix("skiff-test-etcd-")
             .tempdir()
             .expect("etcd temp dir");
         let mut failures = Vec::new();
         for _ in 0..START_ATTEMPTS {
-            let ports = Ports {
-                client: free_port(),
-                peer: free_port(),
-                metrics: free_port(),
-            };
-            let mut child = spawn(dir.path(), ports, tls.as_ref());
-            match wait_until_healthy(&mut child, ports, dir.path()) {
+            let place = place();
+            let mut child = spawn(dir.path(), &place, tls.as_ref());
+            match wait_until_healthy(&mut child, &place, dir.path()) {
                 Ok(()) => {
                     return EtcdServer {
                         child,
-                        ports,
+                        place,
                         tls,
                         dir,
                     };
@@ -87,7 +118,7 @@ impl EtcdServer {
 
     /// `host:port` of the client URL.
     pub fn endpoint(&self) -> String {
-        format!("127.0.0.1:{}", self.ports.client)
+        format!("{}:{}", self.place.host, self.place.client)
     }
 
     /// The agent's `--store` for this server.
@@ -111,8 +142,8 @@ impl EtcdServer {
 
     /// Starts a killed etcd again on the same ports and data.
     pub fn restart(&mut self) {
-        self.child = spawn(self.dir.path(), self.ports, self.tls.as_ref());
-        if let Err(failure) = wait_until_healthy(&mut self.child, self.ports, self.dir.path()) {
+        self.child = spawn(self.dir.path(), &self.place, self.tls.as_ref());
+        if let Err(failure) = wait_until_healthy(&mut self.child, &self.place, self.dir.path()) {
             panic!("etcd did not come back: {failure}");
         }
     }
@@ -125,14 +156,14 @@ impl Drop for EtcdServer {
 }
 
 /// Polls etcd's `/health` until it reports healthy, or says why it did not.
-fn wait_until_healthy(child: &mut Child, ports: Ports, dir: &Path) -> Result<(), String> {
+fn wait_until_healthy(child: &mut Child, place: &Place, dir: &Path) -> Result<(), String> {
     let log = || std::fs::read_to_string(log_path(dir)).unwrap_or_default();
     let deadline = Instant::now() + START_TIMEOUT;
     while Instant::now() < deadline {
         if let Ok(Some(status)) = child.try_wait() {
             return Err(format!("etcd exited ({status}): {}", log()));
         }
-        if health(ports.metrics).is_ok_and(|body| body.contains(r#""health":"true""#)) {
+        if health(place).is_ok_and(|body| body.contains(r#""health":"true""#)) {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(20));
@@ -147,16 +178,19 @@ fn log_path(dir: &Path) -> PathBuf {
     dir.join("etcd.log")
 }
 
-fn spawn(dir: &Path, ports: Ports, tls: Option<&ServerTls>) -> Child {
+fn spawn(dir: &Path, place: &Place, tls: Option<&ServerTls>) -> Child {
     let scheme = if tls.is_some() { "https" } else { "http" };
-    let client_url = format!("{scheme}://127.0.0.1:{}", ports.client);
-    let peer_url = format!("http://127.0.0.1:{}", ports.peer);
+    let client_url = format!("{scheme}://{}:{}", place.host, place.client);
+    let peer_url = format!("http://{}:{}", place.host, place.peer);
     let log = File::options()
         .create(true)
         .append(true)
         .open(log_path(dir))
         .expect("etcd log file");
-    let mut command = Command::new(ETCD);
+    let mut command = match &place.netns {
+        Some(netns) => crate::netns::command_at(netns, ETCD),
+        None => Command::new(ETCD),
+    };
     command
         .args(["--name", "test", "--data-dir"])
         .arg(dir.join("data"))
@@ -166,7 +200,7 @@ fn spawn(dir: &Path, ports: Ports, tls: Option<&ServerTls>) -> Child {
         .args(["--initial-advertise-peer-urls", &peer_url])
         .args(["--initial-cluster", &format!("test={peer_url}")])
         .arg("--listen-metrics-urls")
-        .arg(format!("http://127.0.0.1:{}", ports.metrics))
+        .arg(format!("http://127.0.0.1:{}", place.metrics))
         // A single member elects itself in tens of milliseconds with these.
         .args(["--heartbeat-interval", "10", "--election-timeout", "50"])
         .args(["--log-level", "warn", "--logger", "zap"]);
@@ -195,8 +229,12 @@ fn free_port() -> u16 {
 }
 
 /// The body of `GET /health` on etcd's metrics port.
-fn health(port: u16) -> std::io::Result<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+fn health(place: &Place) -> std::io::Result<String> {
+    let connect = || TcpStream::connect(("127.0.0.1", place.metrics));
+    let mut stream = match &place.netns {
+        Some(netns) => crate::netns::run_at(netns, connect),
+        None => connect(),
+    }?;
     stream.set_read_timeout(Some(Duration::from_secs(1)))?;
     stream.write_all(b"GET /health HTTP/1.0\r\nHost: etcd\r\n\r\n")?;
     let mut response = String::new();

@@ -105,16 +105,22 @@ impl Default for Lab {
 /// Runs skiff-test-client as `cmd` (set up in the namespace and cgroup to connect
 /// from) for `count` connections to `addr`: one line per connection, the reply or
 /// `error <errno>`.
-pub fn client_output(
+pub fn client_output(cmd: std::process::Command, addr: SocketAddr, count: usize) -> Vec<String> {
+    client_output_within(cmd, addr, count, None)
+}
+
+/// [`client_output`], giving up on each connect() after `timeout` (`error timeout`).
+pub fn client_output_within(
     mut cmd: std::process::Command,
     addr: SocketAddr,
     count: usize,
+    timeout: Option<std::time::Duration>,
 ) -> Vec<String> {
-    let out = cmd
-        .arg(addr.to_string())
-        .arg(count.to_string())
-        .output()
-        .expect("run skiff-test-client");
+    cmd.arg(addr.to_string()).arg(count.to_string());
+    if let Some(timeout) = timeout {
+        cmd.arg(timeout.as_millis().to_string());
+    }
+    let out = cmd.output().expect("run skiff-test-client");
     assert!(
         out.status.success(),
         "skiff-test-client: {}",

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod backend;
 pub mod cgroup;
+pub mod cluster;
 pub mod cni;
 pub mod etcd;
 pub mod kernel;
@@ -82,5 +83,22 @@ pub fn wait_for_names(
             "{what}: {seen:?}, expected {expected:?}"
         );
         std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Polls `probe` until it returns Ok, failing the test after `timeout` with
+/// `what` and the last Err it gave.
+pub fn eventually<T>(
+    what: impl Display,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Result<T, String>,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match probe() {
+            Ok(value) => return value,
+            Err(last) => assert!(Instant::now() < deadline, "{what}: still {last}"),
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

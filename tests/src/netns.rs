@@ -46,18 +46,23 @@ impl NetNs {
     /// Runs `f` on a thread that has entered this namespace. Sockets made there stay
     /// in the namespace when used from other threads.
     pub fn run<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        let file = File::open(self.path()).expect("open netns");
-        std::thread::scope(|s| {
-            s.spawn(|| {
-                // SAFETY: setns on this thread only; the fd is a network namespace.
-                let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
-                f()
-            })
-            .join()
-            .expect("thread in netns panicked")
-        })
+        run_at(&self.path(), f)
     }
+}
+
+/// Runs `f` on a thread that has entered the network namespace at `path`.
+pub fn run_at<R: Send>(path: &Path, f: impl FnOnce() -> R + Send) -> R {
+    let file = File::open(path).expect("open netns");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            // SAFETY: setns on this thread only; the fd is a network namespace.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .expect("thread in netns panicked")
+    })
 }
 
 /// A veth pair: `a_if` in `a`, `b_if` in `b`, both up, with addresses.

@@ -1,0 +1,139 @@
+//! A cluster of node agents on one real etcd, on one machine: each node is a
+//! network namespace with an agent of its own (state directory, cgroup, bpffs
+//! pins, runc root), all joined by a bridge in a "fabric" namespace where etcd
+//! listens, as hosts on one LAN with etcd on another host.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use crate::agent::Agent;
+use crate::etcd::EtcdServer;
+use crate::netns::{NetNs, veth};
+
+/// The fabric's bridge and etcd's address on it; node `i` (from 1) is `.1i`.
+const LAN_V4: &str = "192.168.90";
+const LAN_V6: &str = "fd00:90:";
+const BRIDGE: &str = "br-lan";
+
+pub struct Cluster {
+    // Fields drop in order: agents (and their pods) first, then etcd, then the LAN.
+    nodes: Vec<Agent>,
+    /// Nodes [`Cluster::lose`] took down.
+    lost: Mutex<BTreeSet<usize>>,
+    pub etcd: EtcdServer,
+    fabric: NetNs,
+}
+
+impl Cluster {
+    /// Starts etcd and `count` node agents named node-1, node-2, ..., in that
+    /// order (so node-1 campaigns first), each with `extra_args`.
+    pub fn start(count: usize, extra_args: &[&str]) -> Cluster {
+        let fabric = NetNs::new();
+        fabric.ip(&["link", "add", BRIDGE, "type", "bridge"]);
+        fabric.ip(&["addr", "add", &format!("{LAN_V4}.1/24"), "dev", BRIDGE]);
+        fabric.ip(&[
+            "addr",
+            "add",
+            &format!("{LAN_V6}:1/64"),
+            "dev",
+            BRIDGE,
+            "nodad",
+        ]);
+        fabric.ip(&["link", "set", BRIDGE, "up"]);
+        let etcd = EtcdServer::start_in(&fabric, &format!("{LAN_V4}.1"));
+        let mut cluster = Cluster {
+            nodes: Vec::new(),
+            lost: Mutex::default(),
+            etcd,
+            fabric,
+        };
+        for index in 1..=count {
+            let agent = cluster.start_node(index, extra_args);
+            cluster.nodes.push(agent);
+        }
+        cluster
+    }
+
+    fn start_node(&self, index: usize, extra_args: &[&str]) -> Agent {
+        let (v4, v6) = (node_v4(index), node_v6(index));
+        let mut args = vec![
+            "--store".to_string(),
+            self.etcd.store_url(),
+            "--node-ip".into(),
+            format!("{v4},{v6}"),
+        ];
+        args.extend(extra_args.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        Agent::start_node_named(&node_name(index), &args, |node| {
+            let port = port_name(index);
+            veth(
+                node,
+                "eth0",
+                &[&format!("{v4}/24"), &format!("{v6}/64")],
+                &self.fabric,
+                &port,
+                &[],
+            );
+            self.fabric.ip(&["link", "set", &port, "master", BRIDGE]);
+        })
+    }
+
+    /// Node `index` (from 1).
+    pub fn node(&self, index: usize) -> &Agent {
+        &self.nodes[index - 1]
+    }
+
+    /// Loses node `index` as a host dies: its agent is killed (SIGKILL) and its
+    /// link to the LAN removed, so its pods are unreachable though still running
+    /// (its guard removes them when the cluster drops).
+    pub fn lose(&self, index: usize) {
+        self.node(index).signal(libc::SIGKILL);
+        self.fabric.ip(&["link", "del", &port_name(index)]);
+        self.lost
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(index);
+    }
+
+    /// The node whose agent said last that it leads the control loops, among
+    /// those not lost.
+    pub fn leader(&mut self) -> Option<usize> {
+        let lost = self.lost.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut leader = None;
+        for (i, agent) in self.nodes.iter_mut().enumerate() {
+            let index = i + 1;
+            if lost.contains(&index) {
+                continue;
+            }
+            let name = node_name(index);
+            let log = agent.logged();
+            let led = log
+                .iter()
+                .rposition(|l| l.contains(&format!("{name} leads the control loops")));
+            let lost_lead = log
+                .iter()
+                .rposition(|l| l.contains(&format!("{name} lost the lead")));
+            if led.is_some() && led > lost_lead {
+                leader = Some(index);
+            }
+        }
+        leader
+    }
+}
+
+pub fn node_name(index: usize) -> String {
+    format!("node-{index}")
+}
+
+fn port_name(index: usize) -> String {
+    format!("lan-{index}")
+}
+
+/// Node `index`'s address on the LAN, each family.
+pub fn node_v4(index: usize) -> String {
+    format!("{LAN_V4}.{}", 10 + index)
+}
+
+pub fn node_v6(index: usize) -> String {
+    format!("{LAN_V6}:{}", 10 + index)
+}

@@ -1,0 +1,296 @@
+//! A three-node cluster on a real etcd, each node a network namespace with an agent
+//! of its own: a Deployment spreads over the nodes; a client on one node reaches
+//! backends on the two others through the service VIP over IPv4 and IPv6; then the
+//! node whose agent leads is lost (agent SIGKILLed, link cut): another agent takes
+//! the lead, the lost replicas come back on the survivors, and the survivors' VIPs
+//! and DNS stop sending to the lost backends after no more than the grace period.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use skiff_tests::agent::Agent;
+use skiff_tests::cgroup::Cgroup;
+use skiff_tests::cluster::{Cluster, node_name};
+use skiff_tests::lab::client_output_within;
+use skiff_tests::netns::NetNs;
+use skiff_tests::{eventually, workspace_bin};
+
+/// The agents' default --node-monitor-grace-period.
+const GRACE: Duration = Duration::from_secs(10);
+/// How long the issue gives the lost replicas to run again elsewhere.
+const REPLACED_WITHIN: Duration = Duration::from_secs(20);
+/// A client gives up on a backend that does not answer after this long.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
+const REPLICAS: usize = 6;
+
+/// Six servers answering each TCP connection on 8080 with their pod name, ready
+/// once they listen, each requesting a little CPU so that least-allocated scoring
+/// spreads them; a dual-stack Service in front, and a headless one for DNS.
+const APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: busybox:1.36
+        command: [nc, -ll, -p, "8080", -e, sh, -c, 'echo $(hostname)']
+        ports: [{name: http, containerPort: 8080}]
+        resources: {requests: {cpu: 100m, memory: 16Mi}}
+        readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: web}
+  ports: [{name: web, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-pods}
+spec:
+  clusterIP: None
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: web}
+  ports: [{name: web, port: 8080}]
+"#;
+
+fn is_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// A server pod as the test follows it.
+#[derive(Clone, Debug)]
+struct Server {
+    name: String,
+    node: String,
+    ips: Vec<String>,
+}
+
+/// The web pods once there are exactly six, all ready, none on `not_on`.
+fn ready_servers(agent: &Agent, not_on: Option<&str>) -> Result<Vec<Server>, String> {
+    let pods = agent.list("pods", "app=web");
+    let servers: Vec<Server> = pods
+        .iter()
+        .filter(|p| is_ready(p))
+        .map(|p| Server {
+            name: p["metadata"]["name"].as_str().unwrap_or_default().into(),
+            node: p["spec"]["nodeName"].as_str().unwrap_or_default().into(),
+            ips: p["status"]["podIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip["ip"].as_str().map(str::to_string))
+                .collect(),
+        })
+        .collect();
+    let placed: Vec<(&str, &str)> = servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.node.as_str()))
+        .collect();
+    if pods.len() != REPLICAS || servers.len() != REPLICAS {
+        return Err(format!("{} pods, ready: {placed:?}", pods.len()));
+    }
+    if not_on.is_some_and(|lost| servers.iter().any(|s| s.node == lost)) {
+        return Err(format!("some on the lost node: {placed:?}"));
+    }
+    Ok(servers)
+}
+
+/// Where a client on a node runs: the node's namespace and the cgroup its
+/// agent's dataplane balances.
+fn client_on(agent: &Agent) -> (&NetNs, &Cgroup) {
+    (
+        agent.node_netns.as_ref().expect("a node agent"),
+        &agent.cgroup,
+    )
+}
+
+/// `count` connections to `addr` from a client at `on`: the replying pod's name
+/// or `error ...` for each.
+fn connect((netns, cgroup): (&NetNs, &Cgroup), addr: SocketAddr, count: usize) -> Vec<String> {
+    let client = cgroup.command_in(netns, workspace_bin("skiff-test-client"));
+    client_output_within(client, addr, count, Some(CONNECT_TIMEOUT))
+}
+
+/// The nodes whose pods answered `replies`, failing on any failed connection.
+fn answering_nodes(replies: &[String], servers: &[Server]) -> BTreeSet<String> {
+    replies
+        .iter()
+        .map(|reply| {
+            servers
+                .iter()
+                .find(|s| &s.name == reply)
+                .map(|s| s.node.clone())
+                .unwrap_or_else(|| panic!("{reply:?} is no server; replies: {replies:?}"))
+        })
+        .collect()
+}
+
+/// The addresses cluster DNS on `agent`'s node gives for `name` (A and AAAA).
+fn resolve(agent: &Agent, name: &str) -> BTreeSet<String> {
+    let dns = agent.dns_addrs()[0];
+    let mut addresses = BTreeSet::new();
+    for record in ["A", "AAAA"] {
+        let out = agent.in_node(
+            "dig",
+            &[
+                &format!("@{}", dns.ip()),
+                "-p",
+                &dns.port().to_string(),
+                "+short",
+                name,
+                record,
+            ],
+        );
+        assert!(out.status.success(), "dig {name} {record}: {out:?}");
+        addresses.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_string),
+        );
+    }
+    addresses
+}
+
+fn all_ips(servers: &[Server]) -> BTreeSet<String> {
+    servers.iter().flat_map(|s| s.ips.iter().cloned()).collect()
+}
+
+#[test]
+fn a_deployment_spreads_over_three_nodes_and_survives_losing_the_leading_node() {
+    let mut cluster = Cluster::start(3, &["--scheduler-score", "least-allocated"]);
+    eventually("three Ready nodes", Duration::from_secs(30), || {
+        let nodes = cluster.node(1).list("nodes", "");
+        let ready = nodes
+            .iter()
+            .filter(|n| {
+                n["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+            })
+            .count();
+        (ready == 3).then_some(()).ok_or(format!("{ready} ready"))
+    });
+    cluster.node(1).apply(APP);
+    let servers = eventually("six ready servers", Duration::from_secs(90), || {
+        ready_servers(cluster.node(1), None)
+    });
+    let spread: BTreeSet<&str> = servers.iter().map(|s| s.node.as_str()).collect();
+    assert_eq!(spread.len(), 3, "the replicas are not spread: {servers:?}");
+
+    let leader = eventually("a leader", Duration::from_secs(10), || {
+        cluster.leader().ok_or("none".to_string())
+    });
+    let client = (1..=3)
+        .find(|&i| i != leader)
+        .expect("a node that does not lead");
+    let service = cluster.node(client).object("service", "web").expect("web");
+    let vips: Vec<SocketAddr> = service["spec"]["clusterIPs"]
+        .as_array()
+        .expect("clusterIPs")
+        .iter()
+        .filter_map(|ip| ip.as_str()?.parse().ok())
+        .map(|ip| SocketAddr::new(ip, 80))
+        .collect();
+    assert_eq!(vips.len(), 2, "one VIP per family: {service}");
+
+    // The client's node reaches the backends on both other nodes, each family.
+    let others: BTreeSet<String> = (1..=3).filter(|&i| i != client).map(node_name).collect();
+    for vip in &vips {
+        let replies = connect(client_on(cluster.node(client)), *vip, 60);
+        let nodes = answering_nodes(&replies, &servers);
+        assert!(
+            nodes.is_superset(&others),
+            "through {vip} the client on {} reached pods on {nodes:?}, not on all of {others:?}",
+            node_name(client)
+        );
+    }
+    let name = "web-pods.default.svc.cluster.local";
+    assert_eq!(resolve(cluster.node(client), name), all_ips(&servers));
+
+    // Lose the leading node while the client keeps connecting.
+    let stop = AtomicBool::new(false);
+    let (lost_at, attempts) = std::thread::scope(|scope| {
+        let node = client_on(cluster.node(client));
+        let stop = &stop;
+        let vips = &vips;
+        let attempts = scope.spawn(move || {
+            let mut attempts: Vec<(Instant, String)> = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                for vip in vips {
+                    let started = Instant::now();
+                    for reply in connect(node, *vip, 1) {
+                        attempts.push((started, reply));
+                    }
+                }
+            }
+            attempts
+        });
+        std::thread::sleep(Duration::from_secs(1));
+        let lost_at = Instant::now();
+        cluster.lose(leader);
+        // Observed from the client's node: every change reaches every agent.
+        let observer = cluster.node(client);
+        let replaced = eventually(
+            "six ready servers on the surviving nodes",
+            REPLACED_WITHIN,
+            || ready_servers(observer, Some(&node_name(leader))),
+        );
+        let replaced_after = lost_at.elapsed();
+        // A little longer, to see that connections keep succeeding.
+        std::thread::sleep(Duration::from_secs(2));
+        stop.store(true, Ordering::Relaxed);
+        let attempts = attempts.join().expect("the client loop");
+        println!("replicas back on the survivors {replaced_after:?} after the loss: {replaced:?}");
+        (lost_at, attempts)
+    });
+    let failures: Vec<Duration> = attempts
+        .iter()
+        .filter(|(_, reply)| reply.starts_with("error") || reply.starts_with("read-error"))
+        .map(|(at, _)| at.saturating_duration_since(lost_at))
+        .collect();
+    println!(
+        "{} of {} connection attempts failed, the last one started {:?} after the loss",
+        failures.len(),
+        attempts.len(),
+        failures.iter().max()
+    );
+    if let Some(last) = failures.iter().max() {
+        assert!(
+            *last <= GRACE + CONNECT_TIMEOUT,
+            "connections still failed {last:?} after the node was lost (grace {GRACE:?})"
+        );
+    }
+
+    // Another agent leads, and the survivors' VIPs and DNS know only the new pods.
+    let new_leader = cluster.leader().expect("a new leader");
+    assert_ne!(new_leader, leader);
+    let servers = ready_servers(cluster.node(client), Some(&node_name(leader)))
+        .expect("six ready servers on the survivors");
+    for vip in &vips {
+        let replies = connect(client_on(cluster.node(client)), *vip, 30);
+        let nodes = answering_nodes(&replies, &servers);
+        assert!(
+            !nodes.contains(&node_name(leader)),
+            "{vip} still reaches the lost node: {replies:?}"
+        );
+    }
+    assert_eq!(resolve(cluster.node(client), name), all_ips(&servers));
+}
