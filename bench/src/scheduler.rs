@@ -8,10 +8,12 @@
 //!   applies the same resource fit and most-allocated score. kube-scheduler is not
 //!   installable here; the naive one is what a scheduler without a cache costs.
 //!   Memory is what the snapshot holds, counted by the allocator.
-//! - End to end: a real agent (API, embedded store, the scheduler in the agent):
-//!   the nodes are applied and reported Ready, then the pods are applied without
-//!   a node, and the time runs from the first apply until a watch has seen every
-//!   pod bound; with the agent's resident memory before and after.
+//! - End to end: a real agent (API, embedded store, the scheduler in the agent),
+//!   twice: pods arriving (the nodes are applied and reported Ready, then the pods
+//!   are applied without a node, and the time runs from the first apply until a
+//!   watch has seen every pod bound), and pods pending (the same with the nodes
+//!   cordoned until every pod waits, then opened in one Apply, the time running
+//!   from that Apply); with the agent's resident memory before and after.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -49,12 +51,13 @@ pub struct Options {
     batch: usize,
 }
 
-/// A simulated node: 32 cpu, 128Gi, 110 pods, Ready.
-fn node(i: usize) -> Value {
+/// A simulated node: 32 cpu, 128Gi, 110 pods, Ready; cordoned or open.
+fn node(i: usize, cordoned: bool) -> Value {
     let name = format!("sim-{i:04}");
     json!({
         "apiVersion": "v1", "kind": "Node",
         "metadata": {"name": name, "labels": {"kubernetes.io/hostname": name, SIMULATED: "true"}},
+        "spec": {"unschedulable": cordoned},
         "status": {
             "allocatable": {"cpu": "32", "memory": "128Gi", "pods": "110"},
             "capacity": {"cpu": "32", "memory": "128Gi", "pods": "110"},
@@ -89,7 +92,7 @@ fn decode<T: TryFrom<Object, Error = Object>>(value: Value) -> Result<T> {
 
 pub async fn run(options: Options) -> Result<()> {
     let nodes: Vec<Node> = (0..options.nodes)
-        .map(|i| decode(node(i)))
+        .map(|i| decode(node(i, false)))
         .collect::<Result<_>>()?;
     let pods: Vec<Pod> = (0..options.pods)
         .map(|i| decode(pod(i)))
@@ -106,7 +109,8 @@ pub async fn run(options: Options) -> Result<()> {
         skiff_rounds.push(skiff);
         naive_rounds.push(naive);
     }
-    let end_to_end = end_to_end(&options).await?;
+    let arriving = end_to_end(&options, Arrival::WhileApplied).await?;
+    let pending = end_to_end(&options, Arrival::Pending).await?;
 
     let seconds = median(skiff_rounds.iter().map(|r| r.seconds));
     let naive_seconds = median(naive_rounds.iter().map(|r| r.seconds));
@@ -130,30 +134,33 @@ pub async fn run(options: Options) -> Result<()> {
         median(skiff_rounds.iter().map(|r| r.memory_mib))
     );
     println!(
-        "| end to end: first apply to last pod bound (s) | {:.2} | | |",
-        end_to_end.seconds
+        "| end to end, pods arriving: first apply to last pod bound (s) | {:.2} | | |",
+        arriving.seconds
     );
     println!(
-        "| end to end: pods scheduled/s | {:.0} | | |",
-        options.pods as f64 / end_to_end.seconds
+        "| end to end, pods arriving: of which applying the pods (s) | {:.2} | | |",
+        arriving.apply_seconds
     );
     println!(
-        "| end to end: of which applying the pods (s) | {:.2} | | |",
-        end_to_end.apply_seconds
+        "| end to end, pods pending: nodes opened to last pod bound (s) | {:.2} | | |",
+        pending.seconds
+    );
+    println!(
+        "| end to end, pods pending: pods bound/s | {:.0} | | |",
+        options.pods as f64 / pending.seconds
     );
     println!(
         "| end to end: agent RSS, nodes only -> all pods bound (MiB) | {:.1} -> {:.1} | | |",
-        end_to_end.rss_before_mib, end_to_end.rss_after_mib
+        arriving.rss_before_mib, arriving.rss_after_mib
     );
+    let verdict = |seconds: f64| if seconds < 2.0 { "met" } else { "NOT met" };
     println!(
-        "\nfloor: {} pods in under 2 s: core {}, end to end {}",
+        "\nfloor: {} pods in under 2 s: core {}, pending pods bound through the agent {}, \
+         arriving through the API {}",
         options.pods,
-        if seconds < 2.0 { "met" } else { "NOT met" },
-        if end_to_end.seconds < 2.0 {
-            "met"
-        } else {
-            "NOT met"
-        }
+        verdict(seconds),
+        verdict(pending.seconds),
+        verdict(arriving.seconds),
     );
     Ok(())
 }
@@ -248,9 +255,22 @@ struct EndToEnd {
     rss_after_mib: f64,
 }
 
-async fn end_to_end(options: &Options) -> Result<EndToEnd> {
+/// How the pods meet the scheduler in an end-to-end run.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Arrival {
+    /// Applied while every node is open: the scheduler binds while the API takes
+    /// the pods in; the time runs from the first apply.
+    WhileApplied,
+    /// Applied while every node is cordoned, so all wait; then the nodes open in
+    /// one Apply and the time runs from that Apply: the scheduler's own throughput,
+    /// binds and their store writes included, without the API's intake of pods.
+    Pending,
+}
+
+async fn end_to_end(options: &Options, arrival: Arrival) -> Result<EndToEnd> {
     let mut agent = Agent::start(&options.skiff, "warn,skiff::agent=info", &[]).await?;
-    let nodes: Vec<Value> = (0..options.nodes).map(node).collect();
+    let cordoned = arrival == Arrival::Pending;
+    let nodes: Vec<Value> = (0..options.nodes).map(|i| node(i, cordoned)).collect();
     for chunk in nodes.chunks(options.batch) {
         agent.apply(chunk).await?;
     }
@@ -296,30 +316,60 @@ async fn end_to_end(options: &Options) -> Result<EndToEnd> {
         .await?
         .into_inner();
     let total = options.pods;
+    // Counts the pods the scheduler has bound, and (for pending ones) the pods it
+    // has marked as waiting, so the nodes open only once all wait.
+    let (waiting_tx, mut waiting_rx) = tokio::sync::oneshot::channel();
     let counter = tokio::spawn(async move {
         let mut bound = HashSet::new();
+        let mut waiting = HashSet::new();
+        let mut waiting_tx = Some(waiting_tx);
         let mut per_node: BTreeMap<String, usize> = BTreeMap::new();
         while bound.len() < total {
             let event = events.next().await.context("watch ended")??;
             let object: Value = serde_json::from_slice(&event.object)?;
-            if let Some(node) = object["spec"]["nodeName"].as_str()
-                && bound.insert(object["metadata"]["name"].to_string())
-            {
-                *per_node.entry(node.to_string()).or_default() += 1;
+            let name = object["metadata"]["name"].to_string();
+            if let Some(node) = object["spec"]["nodeName"].as_str() {
+                if bound.insert(name) {
+                    *per_node.entry(node.to_string()).or_default() += 1;
+                }
+            } else if object["status"]["conditions"][0]["reason"] == "Unschedulable" {
+                waiting.insert(name);
+                if waiting.len() == total
+                    && let Some(tx) = waiting_tx.take()
+                {
+                    let _ = tx.send(());
+                }
             }
         }
         anyhow::Ok((Instant::now(), per_node))
     });
-    let started = Instant::now();
+    let applying = Instant::now();
     let pods: Vec<Value> = (0..options.pods).map(pod).collect();
     for chunk in pods.chunks(options.batch) {
         agent.apply(chunk).await?;
     }
-    let apply_seconds = started.elapsed().as_secs_f64();
+    let apply_seconds = applying.elapsed().as_secs_f64();
     eprintln!(
         "end to end: {} pods applied in {apply_seconds:.2} s",
         options.pods
     );
+    let started = match arrival {
+        Arrival::WhileApplied => applying,
+        Arrival::Pending => {
+            tokio::time::timeout(Duration::from_secs(600), &mut waiting_rx)
+                .await
+                .context("the scheduler did not mark every pod as waiting within 600 s")?
+                .context("the watch ended")?;
+            eprintln!(
+                "end to end: all {} pods wait; opening the nodes",
+                options.pods
+            );
+            let started = Instant::now();
+            let nodes: Vec<Value> = (0..options.nodes).map(|i| node(i, false)).collect();
+            agent.apply(&nodes).await?;
+            started
+        }
+    };
     let (finished, per_node) = tokio::time::timeout(Duration::from_secs(600), counter)
         .await
         .context("not every pod was bound within 600 s")???;
