@@ -16,12 +16,17 @@
 //! `runc create` + `runc start` of the same container, with where skiff's time
 //! goes and the agent's memory holding the pods.
 //!
+//! `skiff-bench cluster`: on a three-node cluster on etcd, the time from losing a
+//! node to its replicas Ready elsewhere and the survivors' service maps updated,
+//! against Kubernetes' default of about 5 minutes 40 seconds.
+//!
 //! `skiff-bench scheduler`: pods scheduled per second, 10,000 pods on 1,000
 //! simulated nodes: the decision core on its snapshot against a naive scheduler
 //! without a cache, and end to end through a real agent; with the memory each takes.
 
 mod agent;
 mod api;
+mod cluster;
 mod cni;
 mod dataplane;
 mod dns;
@@ -42,6 +47,8 @@ struct Cli {
 enum Bench {
     /// The API and store against etcd.
     Api(api::Options),
+    /// Node loss on a three-node cluster against Kubernetes' defaults.
+    Cluster(cluster::Options),
     /// skiff-cni against the bridge and host-local plugins.
     Cni(cni::Options),
     /// skiff's eBPF service load balancing against iptables and nftables DNAT.
@@ -58,6 +65,7 @@ enum Bench {
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().bench {
         Bench::Api(options) => api::run(options).await,
+        Bench::Cluster(options) => cluster::run(options).await,
         Bench::Cni(options) => cni::run(options),
         Bench::Dataplane(options) => dataplane::run(options).await,
         Bench::Dns(options) => dns::run(options).await,

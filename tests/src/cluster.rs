@@ -6,6 +6,8 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
+use serde_json::Value;
+
 use crate::agent::Agent;
 use crate::etcd::EtcdServer;
 use crate::netns::{NetNs, veth};
@@ -83,6 +85,12 @@ impl Cluster {
         &self.nodes[index - 1]
     }
 
+    /// The LAN's own namespace, where etcd runs: a host outside every node, for
+    /// clients of NodePorts.
+    pub fn lan(&self) -> &NetNs {
+        &self.fabric
+    }
+
     /// Loses node `index` as a host dies: its agent is killed (SIGKILL) and its
     /// link to the LAN removed, so its pods are unreachable though still running
     /// (its guard removes them when the cluster drops).
@@ -119,6 +127,118 @@ impl Cluster {
         }
         leader
     }
+}
+
+/// How many servers [`WEB_APP`] runs.
+pub const WEB_REPLICAS: usize = 6;
+
+/// Six servers answering each TCP connection on 8080 with their pod name, ready
+/// once they listen, each requesting a little CPU so that least-allocated scoring
+/// spreads them; a dual-stack Service in front, and a headless one for DNS.
+pub const WEB_APP: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 6
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: web
+        image: busybox:1.36
+        command: [nc, -ll, -p, "8080", -e, sh, -c, 'echo $(hostname)']
+        ports: [{name: http, containerPort: 8080}]
+        resources: {requests: {cpu: 100m, memory: 16Mi}}
+        readinessProbe: {tcpSocket: {port: http}, periodSeconds: 1}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: web}
+  ports: [{name: web, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-pods}
+spec:
+  clusterIP: None
+  ipFamilyPolicy: RequireDualStack
+  selector: {app: web}
+  ports: [{name: web, port: 8080}]
+"#;
+
+pub fn is_ready(pod: &Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
+/// A server pod of [`WEB_APP`].
+#[derive(Clone, Debug)]
+pub struct Server {
+    pub name: String,
+    pub node: String,
+    pub ips: Vec<String>,
+}
+
+/// The web pods once there are exactly six, all ready, none on `not_on`.
+pub fn ready_servers(agent: &Agent, not_on: Option<&str>) -> Result<Vec<Server>, String> {
+    let pods = agent.list("pods", "app=web");
+    let servers: Vec<Server> = pods
+        .iter()
+        .filter(|p| is_ready(p))
+        .map(|p| Server {
+            name: p["metadata"]["name"].as_str().unwrap_or_default().into(),
+            node: p["spec"]["nodeName"].as_str().unwrap_or_default().into(),
+            ips: p["status"]["podIPs"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|ip| ip["ip"].as_str().map(str::to_string))
+                .collect(),
+        })
+        .collect();
+    let placed: Vec<(&str, &str)> = servers
+        .iter()
+        .map(|s| (s.name.as_str(), s.node.as_str()))
+        .collect();
+    if pods.len() != WEB_REPLICAS || servers.len() != WEB_REPLICAS {
+        return Err(format!("{} pods, ready: {placed:?}", pods.len()));
+    }
+    if not_on.is_some_and(|lost| servers.iter().any(|s| s.node == lost)) {
+        return Err(format!("some on the lost node: {placed:?}"));
+    }
+    Ok(servers)
+}
+
+/// The backends (`ip:port`) `agent`'s own dataplane holds for the cluster IPs of
+/// Service `name`, as `skiff get services -o wide` shows them.
+pub fn dataplane_backends(agent: &Agent, name: &str) -> BTreeSet<String> {
+    let out = agent.ok(&["get", "services", name, "-o", "wide"]);
+    let row = out.lines().nth(1).unwrap_or_default();
+    let column = row.split_whitespace().last().unwrap_or_default();
+    if column == "<none>" {
+        return BTreeSet::new();
+    }
+    column
+        .split(',')
+        // `10.244.0.2:8080[w9]=120` or `[fd00::2]:8080=3`: the address, without
+        // its weight and count.
+        .map(|backend| {
+            let address = backend.rsplit_once('=').map_or(backend, |(a, _)| a);
+            match address.rfind("[w") {
+                Some(weight) => address[..weight].to_string(),
+                None => address.to_string(),
+            }
+        })
+        .collect()
 }
 
 pub fn node_name(index: usize) -> String {

@@ -35,14 +35,19 @@ pub fn unique_name(prefix: &str) -> String {
 }
 
 /// A binary of the workspace, built next to the test executables
-/// (`cargo xtask test` builds every binary before running the tests).
+/// (`cargo xtask test` builds every binary before running the tests), or next to
+/// the running binary itself (the benchmarks, in target/release).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test executable path");
+    let beside = exe.parent().map(|dir| dir.join(name));
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let bin = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .map(|profile| profile.join(name))
+    let bin = beside
+        .filter(|bin| bin.exists())
+        .or_else(|| {
+            exe.parent()
+                .and_then(|deps| deps.parent())
+                .map(|profile| profile.join(name))
+        })
         .expect("test executable lives in target/<profile>/deps");
     assert!(
         bin.exists(),

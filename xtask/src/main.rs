@@ -50,11 +50,11 @@ enum Cmd {
         #[arg(long, default_value = "busybox:latest")]
         reference: String,
     },
-    /// Run a benchmark side by side with the alternative (root): `api`, `cni`, `dataplane`, `dns`,
-    /// `pods`, `scheduler`.
+    /// Run a benchmark side by side with the alternative (root): `api`, `cluster`, `cni`,
+    /// `dataplane`, `dns`, `pods`, `scheduler`.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "cni", "dataplane", "dns", "pods", "scheduler"])]
+        #[arg(value_parser = ["api", "cluster", "cni", "dataplane", "dns", "pods", "scheduler"])]
         name: String,
         /// Arguments passed on to the benchmark (see `skiff-bench <name> --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -131,6 +131,9 @@ fn main() -> Result<()> {
             // Each benchmark is told where the release binary it measures is.
             match name.as_str() {
                 "cni" => bench.arg("--skiff-cni").arg(release.join("skiff-cni")),
+                // Its agents are the integration tests' harness, which runs the
+                // binaries beside skiff-bench.
+                "cluster" => &mut bench,
                 _ => bench.arg("--skiff").arg(release.join("skiff")),
             };
             run_checked(bench.args(&bench_args))
