@@ -2,8 +2,8 @@
 //! dataplane, run the scheduler and the controllers while this agent leads, run
 //! until SIGINT or SIGTERM, then stop them and serving (removing the socket) and
 //! detach everything it attached, so nothing it created at run time stays on
-//! the host. The state directory (store, token, encryption key) persists by
-//! design.
+//! the host. The state directory (store, token, encryption key; on etcd the
+//! cluster's join token) persists by design.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -17,7 +17,8 @@ use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::api::allocator::{PodCidr, ServiceNetworks};
-use crate::api::credentials::{self, CredentialError};
+use crate::api::cluster_secrets::{self, ClusterSecretsError, Membership};
+use crate::api::credentials::CredentialError;
 use crate::api::encryption::{self, SecretBox};
 use crate::api::registry::{ApiError, Registry};
 use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
@@ -29,8 +30,6 @@ use crate::store::{Store, StoreError};
 use crate::{cgroup, dataplane};
 
 const STORE_FILE: &str = "store.redb";
-const TOKEN_FILE: &str = "token";
-const ENCRYPTION_KEY_FILE: &str = "encryption.key";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -44,6 +43,8 @@ pub enum Error {
     StateDir { path: PathBuf, source: io::Error },
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    #[error(transparent)]
+    ClusterSecrets(#[from] ClusterSecretsError),
     #[error("encryption key: {0}")]
     Encryption(#[from] encryption::EncryptionError),
     #[error("opening the store: {0}")]
@@ -90,6 +91,8 @@ pub struct Config {
     /// The etcd cluster that holds the state; the embedded store in the state
     /// directory when unset.
     pub store: Option<EtcdConfig>,
+    /// How this agent creates or joins the cluster on etcd (unused without `store`).
+    pub membership: Membership,
     /// This node's pod CIDRs (one per IP family), reserved in the store at start.
     pub pod_cidrs: Vec<PodCidr>,
     /// The API's unix socket (0600).
@@ -125,7 +128,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
     // The store before the dataplane: a store that cannot be opened (an etcd that does
     // not answer) fails the start before anything is attached.
-    let (registry, store) = open_registry(&config).await?;
+    let (registry, store, api_token) = open_registry(&config).await?;
     let mut node_config = config.node.clone();
     node_config.identity.pod_cidrs = registry
         .reserve_pod_cidrs(&node_config.identity.name, &config.pod_cidrs)
@@ -179,7 +182,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let listeners = server::bind(&ServerConfig {
         socket: config.socket.clone(),
         tls: config.tls.clone(),
-        token: credentials::load_or_create_token(&config.state_dir.join(TOKEN_FILE))?,
+        token: api_token,
     })?;
     let (stop_api, api_stopped) = tokio::sync::oneshot::channel::<()>();
     let mut api = tokio::spawn(server::serve(
@@ -388,29 +391,51 @@ async fn lead(
     }
 }
 
-/// Opens the state directory and store, and the registry over them.
-async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>), Error> {
+/// Opens the state directory and store, and the registry over them; returns the
+/// API token too. On etcd, the cluster's shared secrets come from its bootstrap
+/// data (created by the cluster's first agent) before anything is written locally.
+async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>, String), Error> {
     let dir = &config.state_dir;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .map_err(|source| Error::StateDir {
-            path: dir.clone(),
-            source,
-        })?;
-    let key = credentials::load_or_create_key(&dir.join(ENCRYPTION_KEY_FILE), encryption::KEY_LEN)?;
-    let store: Arc<dyn Store> = match &config.store {
-        Some(etcd) => Arc::new(EtcdStore::connect(etcd).await?),
-        None => Arc::new(EmbeddedStore::open(&dir.join(STORE_FILE))?),
+    let create_dir = || {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| Error::StateDir {
+                path: dir.clone(),
+                source,
+            })
+    };
+    let (store, secrets): (Arc<dyn Store>, _) = match &config.store {
+        Some(etcd) => {
+            let store = EtcdStore::connect(etcd).await?;
+            let cluster = format!("etcd://{}", etcd.endpoints.join(","));
+            let obtained =
+                cluster_secrets::obtain(&store, &cluster, &config.membership, dir).await?;
+            create_dir()?;
+            obtained.save(dir)?;
+            if obtained.created {
+                info!(
+                    "created the cluster at {cluster}; its join token (also in {}): {}",
+                    dir.join(cluster_secrets::JOIN_TOKEN_FILE).display(),
+                    obtained.token.expose()
+                );
+            }
+            (Arc::new(store), obtained.secrets)
+        }
+        None => {
+            create_dir()?;
+            let store = EmbeddedStore::open(&dir.join(STORE_FILE))?;
+            (Arc::new(store), cluster_secrets::load_or_create_local(dir)?)
+        }
     };
     let registry = Registry::new(
         store.clone(),
-        SecretBox::new(&key)?,
+        SecretBox::new(&secrets.encryption_key)?,
         config.networks.clone(),
     );
     registry.bootstrap().await?;
-    Ok((registry, store))
+    Ok((registry, store, secrets.api_token))
 }
 
 /// Every `interval`, drops the history older than the revision seen one interval

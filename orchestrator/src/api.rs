@@ -7,6 +7,8 @@
 //! - [`server`]: the gRPC service on a unix socket (and optionally TCP with TLS),
 //!   with bearer-token authentication.
 //! - [`client`]: connecting to it.
+//! - [`cluster_secrets`]: the secrets every agent of a cluster shares, and how
+//!   agents joining a cluster on etcd obtain them with its join token.
 //! - [`containers`]: which container of a pod on this node a logs or exec
 //!   request means.
 
@@ -16,6 +18,7 @@ pub mod proto {
 
 pub mod allocator;
 pub mod client;
+pub mod cluster_secrets;
 pub mod containers;
 pub mod credentials;
 pub mod encryption;

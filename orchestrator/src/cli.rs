@@ -23,6 +23,8 @@ use tonic::Code;
 use crate::agent;
 use crate::api::allocator::{PodCidr, ServiceNetworks};
 use crate::api::client::{self, ApiClient, ClientError};
+use crate::api::cluster_secrets::{JoinToken, Membership};
+use crate::api::credentials;
 use crate::api::proto::{self, exec_output::Output};
 use crate::api::server::TlsListener;
 use crate::model::{Kind, manifest};
@@ -54,10 +56,10 @@ struct GlobalArgs {
     /// API address: unix:///path/to/skiff.sock or https://host:port
     #[arg(long, global = true, value_name = "URL")]
     server: Option<String>,
-    /// Bearer token for the API
+    /// Bearer token for the API (for `skiff agent`: the cluster's join token)
     #[arg(long, global = true)]
     token: Option<String>,
-    /// File holding the bearer token
+    /// File holding the bearer token (for `skiff agent`: the cluster's join token)
     #[arg(long, global = true, value_name = "FILE")]
     token_file: Option<PathBuf>,
     /// CA certificate (PEM) of an https API server
@@ -280,13 +282,19 @@ struct AgentArgs {
     /// Maglev tables the maps hold; each takes two tables of M entries
     #[arg(long, value_name = "N", default_value_t = skiff_ebpf_common::nodeport::MAX_NODEPORT_FRONTENDS, value_parser = clap::value_parser!(u32).range(1..))]
     max_nodeport_frontends: u32,
-    /// Where the store, the API token and the encryption key live
+    /// Where the store, the API token and the encryption key live (on etcd: the
+    /// cluster's join token and a copy of its API token)
     #[arg(long, value_name = "DIR", default_value = config::DEFAULT_STATE_DIR)]
     state_dir: PathBuf,
     /// Keep the cluster's state in etcd, for several nodes sharing it:
-    /// etcd://HOST:PORT[,HOST:PORT...] [default: the embedded store in --state-dir]
+    /// etcd://HOST:PORT[,HOST:PORT...] [default: the embedded store in --state-dir].
+    /// The first agent creates the cluster and prints its join token
     #[arg(long, value_name = "URL", value_parser = parse_store)]
     store: Option<EtcdConfig>,
+    /// Join the cluster on --store that another agent created, with its join token
+    /// (--token or --token-file)
+    #[arg(long, requires = "store")]
+    join: bool,
     /// The CA certificate (PEM) that signed the etcd members' certificates; talks
     /// to etcd over TLS
     #[arg(long, value_name = "FILE", requires = "store")]
@@ -560,7 +568,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         namespace: cli.global.namespace,
     };
     match cli.command {
-        Command::Agent(args) => Ok(agent::run(agent_config(*args)).await?),
+        Command::Agent(args) => {
+            let membership = membership(&args, overrides.token, overrides.token_file)?;
+            Ok(agent::run(agent_config(*args, membership)).await?)
+        }
         Command::Apply { files, recursive } => {
             let documents = load(&files, recursive)?;
             let settings = config::resolve(&overrides)?;
@@ -760,7 +771,39 @@ async fn exec(settings: &Settings, request: proto::ExecRequest) -> Result<(), Cl
     )))
 }
 
-fn agent_config(args: AgentArgs) -> agent::Config {
+/// How the agent creates or joins its cluster: --join, and the join token from
+/// --token or --token-file, which mean that only with --store.
+fn membership(
+    args: &AgentArgs,
+    token: Option<String>,
+    token_file: Option<PathBuf>,
+) -> Result<Membership, CliError> {
+    let token = match (token, token_file) {
+        (Some(token), _) => Some(token),
+        (None, Some(path)) => Some(
+            credentials::read_token(&path)
+                .map_err(|e| CliError::Usage(format!("--token-file: {e}")))?,
+        ),
+        (None, None) => None,
+    };
+    if token.is_some() && args.store.is_none() {
+        return Err(CliError::Usage(
+            "--token and --token-file give `skiff agent` the join token of a cluster on etcd \
+             (--store etcd://...); the embedded store has no cluster to join"
+                .into(),
+        ));
+    }
+    let token = token
+        .map(|token| JoinToken::parse(&token))
+        .transpose()
+        .map_err(|e| CliError::Usage(format!("--token: {e}")))?;
+    Ok(Membership {
+        join: args.join,
+        token,
+    })
+}
+
+fn agent_config(args: AgentArgs, membership: Membership) -> agent::Config {
     let pod_cidrs = pod_cidr_requests(&args);
     let dns = crate::dns::Config {
         listen: args.dns_addrs,
@@ -796,6 +839,7 @@ fn agent_config(args: AgentArgs) -> agent::Config {
             frontends: args.max_nodeport_frontends,
         },
         state_dir: args.state_dir.clone(),
+        membership,
         store: args.store.map(|etcd| EtcdConfig {
             tls: args.etcd_ca.map(|ca| EtcdTls {
                 ca,

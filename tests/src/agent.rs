@@ -374,6 +374,14 @@ impl Agent {
             .to_string()
     }
 
+    /// The join token of the cluster on etcd this agent created or joined.
+    pub fn join_token(&self) -> String {
+        std::fs::read_to_string(self.state.path().join("join-token"))
+            .expect("join-token file (an agent on etcd writes it)")
+            .trim()
+            .to_string()
+    }
+
     /// `skiff ARGS` against this agent, with its token.
     pub fn cli(&self, args: &[&str]) -> Output {
         self.cli_with_stdin(args, b"")

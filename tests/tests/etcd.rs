@@ -222,7 +222,9 @@ async fn an_agent_on_etcd_serves_apply_get_and_watch_and_its_state_outlives_it()
         agent.signal(libc::SIGTERM);
         assert!(agent.wait().success(), "{:#?}", agent.log);
         assert!(!agent.state_dir().join("store.redb").exists());
-        let other = Agent::start(&args);
+        let token = agent.join_token();
+        let joining = [&args[..], &["--join", "--token", token.as_str()]].concat();
+        let other = Agent::start(&joining);
         assert_eq!(snapshot(&other), after);
     });
 }
@@ -358,7 +360,9 @@ fn agents_sharing_etcd_get_pod_cidrs_that_do_not_overlap_and_keep_them() {
     let url = etcd.store_url();
     let (a, b) = (unique_name("cidr-node"), unique_name("cidr-node"));
     let first = Agent::start(&["--store", &url, "--node-name", &a]);
-    let second = Agent::start(&["--store", &url, "--node-name", &b]);
+    let token = first.join_token();
+    let join = ["--join", "--token", token.as_str()];
+    let second = Agent::start(&[&["--store", &url, "--node-name", &b][..], &join].concat());
     let a_cidrs = pod_cidrs(&second, &a);
     assert_eq!(
         a_cidrs,
@@ -369,7 +373,8 @@ fn agents_sharing_etcd_get_pod_cidrs_that_do_not_overlap_and_keep_them() {
         serde_json::json!(["10.244.1.0/24", "fd00:10:244:1::/64"])
     );
     // A restarted agent keeps its node's CIDRs, whatever started since.
-    let third = Agent::start(&["--store", &url, "--node-name", &unique_name("cidr-node")]);
+    let c = unique_name("cidr-node");
+    let third = Agent::start(&[&["--store", &url, "--node-name", &c][..], &join].concat());
     let first = first.kill_and_restart();
     assert_eq!(pod_cidrs(&first, &a), a_cidrs);
     drop((second, third));

@@ -30,11 +30,7 @@ pub enum CredentialError {
 
 /// Reads `path`, or creates it with `len` random bytes (mode 0600) when absent.
 pub fn load_or_create_key(path: &Path, len: usize) -> Result<Vec<u8>, CredentialError> {
-    let bytes = load_or_create(path, || {
-        let mut key = vec![0u8; len];
-        rand::rng().fill_bytes(&mut key);
-        key
-    })?;
+    let bytes = load_or_create(path, || random_key(len))?;
     if bytes.len() != len {
         return Err(CredentialError::WrongLength {
             path: path.to_path_buf(),
@@ -47,13 +43,7 @@ pub fn load_or_create_key(path: &Path, len: usize) -> Result<Vec<u8>, Credential
 
 /// Reads the bearer token in `path`, or creates one (64 hex digits, mode 0600).
 pub fn load_or_create_token(path: &Path) -> Result<String, CredentialError> {
-    let bytes = load_or_create(path, || {
-        let mut raw = [0u8; 32];
-        rand::rng().fill_bytes(&mut raw);
-        let mut hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
-        hex.push('\n');
-        hex.into_bytes()
-    })?;
+    let bytes = load_or_create(path, || format!("{}\n", random_token()).into_bytes())?;
     let token = String::from_utf8_lossy(&bytes).trim().to_string();
     if token.is_empty() {
         return Err(CredentialError::Empty {
@@ -61,6 +51,18 @@ pub fn load_or_create_token(path: &Path) -> Result<String, CredentialError> {
         });
     }
     Ok(token)
+}
+
+/// `len` random bytes, for a key.
+pub fn random_key(len: usize) -> Vec<u8> {
+    let mut key = vec![0u8; len];
+    rand::rng().fill_bytes(&mut key);
+    key
+}
+
+/// A new bearer token: 32 random bytes as 64 hex digits.
+pub fn random_token() -> String {
+    random_key(32).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// Reads a token someone else created (the CLI side); no permission check, since a
@@ -100,20 +102,49 @@ fn load_or_create(
             Ok(bytes)
         }
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            let mut file = std::fs::File::open(path).map_err(io)?;
-            let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(CredentialError::TooOpen {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-            let mut bytes = Vec::new();
-            file.read_to_end(&mut bytes).map_err(io)?;
-            Ok(bytes)
+            read_private(path)?.ok_or_else(|| io(std::io::ErrorKind::NotFound.into()))
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// The bytes of `path` (None when absent), refused if anyone else can read them.
+pub fn read_private(path: &Path) -> Result<Option<Vec<u8>>, CredentialError> {
+    let io = |source| CredentialError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut file = match std::fs::File::open(path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let mode = file.metadata().map_err(io)?.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(CredentialError::TooOpen {
+            path: path.to_path_buf(),
+            mode,
+        });
+    }
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(io)?;
+    Ok(Some(bytes))
+}
+
+/// Replaces `path` with `bytes` (mode 0600) in one step: a crash leaves the old
+/// file or the new one, never a part.
+pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), CredentialError> {
+    let io = |source| CredentialError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    // tempfile creates its files with mode 0600.
+    let mut file = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.as_file().sync_all().map_err(io)?;
+    file.persist(path).map_err(|e| io(e.error))?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -130,6 +161,19 @@ mod tests {
         assert_eq!(mode, 0o600);
         assert_eq!(load_or_create_token(&path).unwrap(), first);
         assert_eq!(read_token(&path).unwrap(), first);
+    }
+
+    #[test]
+    fn private_files_are_replaced_whole_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        assert_eq!(read_private(&path).unwrap(), None);
+        write_private(&path, b"one").unwrap();
+        write_private(&path, b"two").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert_eq!(read_private(&path).unwrap().as_deref(), Some(&b"two"[..]));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
