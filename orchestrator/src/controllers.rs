@@ -351,6 +351,7 @@ pub fn start(registry: &Registry, settings: &Settings) -> Controllers {
         runner::spawn(
             node_lifecycle::NodeLifecycleController {
                 grace: settings.node_monitor_grace,
+                started: pods::now_seconds(),
             },
             registry,
             stopped.clone(),

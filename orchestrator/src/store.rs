@@ -130,6 +130,10 @@ pub enum StoreError {
         requested: Revision,
         current: Revision,
     },
+    /// The backend did not answer (a cluster that is down or cut off); nothing
+    /// is known to have been written.
+    #[error("the store is unreachable: {0}")]
+    Unreachable(String),
     #[error("store backend: {0}")]
     Backend(String),
 }

@@ -140,6 +140,23 @@ impl EtcdServer {
         let _ = self.child.wait();
     }
 
+    /// Freezes etcd (SIGSTOP): its connections stay open and nothing answers, as
+    /// when a host hangs or a link silently drops everything.
+    pub fn pause(&self) {
+        self.send(libc::SIGSTOP);
+    }
+
+    /// Lets a paused etcd go on (SIGCONT).
+    pub fn resume(&self) {
+        self.send(libc::SIGCONT);
+    }
+
+    fn send(&self, signal: i32) {
+        // SAFETY: kill() on our own child's pid.
+        let rc = unsafe { libc::kill(self.child.id() as i32, signal) };
+        assert_eq!(rc, 0, "kill: {}", std::io::Error::last_os_error());
+    }
+
     /// Starts a killed etcd again on the same ports and data.
     pub fn restart(&mut self) {
         self.child = spawn(self.dir.path(), &self.place, self.tls.as_ref());

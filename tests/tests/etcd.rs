@@ -78,11 +78,14 @@ async fn writes_fail_naming_etcd_while_it_is_down_and_succeed_once_it_is_back() 
     server.kill();
     let started = Instant::now();
     let failed = store.txn(Txn::new().put("/down/b", "2")).await;
-    let Err(StoreError::Backend(message)) = failed else {
+    let Err(StoreError::Unreachable(message)) = failed else {
         panic!("a write to a dead etcd gave {failed:?}");
     };
     assert!(
-        message.contains(&format!("etcd at http://{}", server.endpoint())),
+        message.contains(&format!(
+            "etcd at http://{} is unreachable",
+            server.endpoint()
+        )),
         "{message}"
     );
     assert!(

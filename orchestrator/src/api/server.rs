@@ -28,6 +28,7 @@ use crate::image::{ImageError, ImageStore, ImageSummary, PullError};
 use crate::model::{FieldSelector, Kind, Selector};
 use crate::runtime::logs;
 use crate::runtime::node::NodeHandle;
+use crate::store::StoreError;
 
 /// How often a followed log is looked at for new lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -773,6 +774,7 @@ fn status(error: ApiError) -> Status {
         ApiError::Expired { .. } => Status::out_of_range(message),
         ApiError::BadRequest(_) => Status::invalid_argument(message),
         ApiError::Exhausted(_) => Status::resource_exhausted(message),
+        ApiError::Store(StoreError::Unreachable(_)) => Status::unavailable(message),
         ApiError::Corrupt { .. } | ApiError::Store(_) => Status::internal(message),
     }
 }

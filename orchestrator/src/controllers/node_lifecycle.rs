@@ -4,6 +4,12 @@
 //! `node.kubernetes.io/unreachable:NoExecute`, and its pods that do not tolerate
 //! the taint are removed so their controllers recreate them on other nodes. When
 //! the agent reports again, the taint goes.
+//!
+//! As Kubernetes' controller does with the times it observed itself, a heartbeat
+//! counts from no earlier than when this controller started: while the store was
+//! unreachable (or another agent led) no node could report, and a control plane
+//! that comes back must give every node a full grace period rather than evict the
+//! pods of all of them at once.
 
 use std::time::Duration;
 
@@ -28,6 +34,8 @@ const MIN_WAIT_MILLIS: u64 = 50;
 pub struct NodeLifecycleController {
     /// How long a node may go without a heartbeat before it is lost.
     pub grace: Duration,
+    /// The unix second this controller started; no heartbeat counts as older.
+    pub started: i64,
 }
 
 /// What the controller concludes about a node at an instant.
@@ -41,13 +49,15 @@ pub enum Health {
     Lost,
 }
 
-/// The node's health from its Ready condition's last heartbeat.
-pub fn health(node: &Node, grace_seconds: i64, now: i64) -> Health {
+/// The node's health from its Ready condition's last heartbeat, counted from no
+/// earlier than `started` (when the controller began watching).
+pub fn health(node: &Node, grace_seconds: i64, started: i64, now: i64) -> Health {
     let heartbeat = ready_condition(node)
         .and_then(|c| seconds(c.last_heartbeat_time.as_deref()))
         // A node that never reported counts from its creation.
         .or_else(|| seconds(node.metadata.creation_timestamp.as_deref()))
-        .unwrap_or(now);
+        .unwrap_or(now)
+        .max(started);
     let lost_at = heartbeat + grace_seconds;
     if now < lost_at {
         Health::Alive { lost_at }
@@ -95,7 +105,7 @@ impl Reconciler for NodeLifecycleController {
         let grace = i64::try_from(self.grace.as_secs()).unwrap_or(i64::MAX);
         let now = now_seconds();
         let tainted = node.spec.taints.iter().any(is_unreachable_taint);
-        match health(node, grace, now) {
+        match health(node, grace, self.started, now) {
             Health::Alive { lost_at } => {
                 if tainted {
                     let mut healed = node.clone();
@@ -286,16 +296,26 @@ mod tests {
         let beat = seconds(Some("2026-01-01T00:01:00Z")).expect("time");
         let node = node_with_heartbeat(Some("2026-01-01T00:01:00Z"));
         assert_eq!(
-            health(&node, 10, beat + 9),
+            health(&node, 10, 0, beat + 9),
             Health::Alive { lost_at: beat + 10 }
         );
-        assert_eq!(health(&node, 10, beat + 10), Health::Lost);
+        assert_eq!(health(&node, 10, 0, beat + 10), Health::Lost);
         // Never reported: counted from creation.
         let created = seconds(Some("2026-01-01T00:00:00Z")).expect("time");
         assert_eq!(
-            health(&node_with_heartbeat(None), 10, created + 11),
+            health(&node_with_heartbeat(None), 10, 0, created + 11),
             Health::Lost
         );
+        // A controller that started after the heartbeat (the store came back, or
+        // it took over the lead) gives the node the grace period from then.
+        let started = beat + 60;
+        assert_eq!(
+            health(&node, 10, started, started + 9),
+            Health::Alive {
+                lost_at: started + 10
+            }
+        );
+        assert_eq!(health(&node, 10, started, started + 10), Health::Lost);
     }
 
     fn toleration(

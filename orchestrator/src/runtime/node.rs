@@ -121,7 +121,13 @@ impl NodeConfig {
     }
 }
 
-/// Runs the node until `shutdown` resolves. Pods keep running after it returns.
+/// The wait before listing this node's pods again after the store failed (it is
+/// unreachable): pods keep running meanwhile, as last seen.
+const RELIST_RETRY: Duration = Duration::from_secs(1);
+
+/// Runs the node until `shutdown` resolves. Pods keep running after it returns,
+/// and while the store is unreachable: their workers keep the last state they
+/// were given until the store answers again.
 pub async fn run(
     ctx: Arc<Context>,
     identity: NodeIdentity,
@@ -134,7 +140,19 @@ pub async fn run(
     let mut tasks: JoinSet<String> = JoinSet::new();
     tokio::pin!(shutdown);
     'relist: loop {
-        let (pods, version) = list_pods(&ctx).await?;
+        let (pods, version) = match list_pods(&ctx).await {
+            Ok(listed) => listed,
+            Err(e) => {
+                warn!(
+                    "node {}: listing its pods: {e}; trying again",
+                    identity.name
+                );
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(RELIST_RETRY) => continue 'relist,
+                }
+            }
+        };
         let listed: HashSet<String> = pods.iter().filter_map(|p| p.metadata.uid.clone()).collect();
         for pod in pods {
             dispatch(&ctx, &mut workers, &mut tasks, Some(pod), None);
@@ -147,7 +165,7 @@ pub async fn run(
                 dispatch(&ctx, &mut workers, &mut tasks, None, Some(uid));
             }
         }
-        let mut events = ctx
+        let watched = ctx
             .registry
             .watch(
                 Kind::Pod,
@@ -156,7 +174,20 @@ pub async fn run(
                 node_selector(&ctx.node_name),
                 &version,
             )
-            .await?;
+            .await;
+        let mut events = match watched {
+            Ok(events) => events,
+            Err(e) => {
+                warn!(
+                    "node {}: watching its pods: {e}; listing again",
+                    identity.name
+                );
+                tokio::select! {
+                    _ = &mut shutdown => return Ok(()),
+                    _ = tokio::time::sleep(RELIST_RETRY) => continue 'relist,
+                }
+            }
+        };
         loop {
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),

@@ -38,8 +38,11 @@ use crate::store::{
     Compare, Event, EventKind, KeyValue, Op, Revision, Store, StoreError, Txn, WatchStream,
 };
 
-/// The longest any one request to etcd may take before it counts as unreachable.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest any one request to etcd may take before it counts as unreachable:
+/// a user's `skiff apply` or `skiff get` against an agent whose etcd is down must
+/// fail in a few seconds, not hang; a healthy etcd answers in milliseconds, and a
+/// member that lost its leader answers at once (`require_leader`).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// HTTP/2 pings while requests or watches are open, so a cut link breaks watches
 /// (which then resume) instead of leaving them silent. etcd refuses pings more
 /// often than every 5 s.
@@ -94,13 +97,12 @@ pub enum EtcdError {
         what: &'static str,
         source: etcd_client::Error,
     },
-    #[error(
-        "etcd at {endpoints}: {what}: no answer within {timeout:?} (is etcd running and reachable?)"
-    )]
-    Timeout {
+    /// No answer in time, or no connection at all.
+    #[error("etcd at {endpoints} is unreachable: {what}: {why} (is etcd running and reachable?)")]
+    Unreachable {
         endpoints: String,
         what: &'static str,
-        timeout: Duration,
+        why: String,
     },
     #[error(
         "etcd at {endpoints}: writing: a transaction of {writes} writes and {compares} compares \
@@ -126,7 +128,19 @@ pub enum EtcdError {
 
 impl From<EtcdError> for StoreError {
     fn from(error: EtcdError) -> Self {
-        StoreError::Backend(error.to_string())
+        match error {
+            EtcdError::Unreachable { .. } => StoreError::Unreachable(error.to_string()),
+            error => StoreError::Backend(error.to_string()),
+        }
+    }
+}
+
+/// Whether `error` says the connection failed rather than etcd refusing the request.
+fn is_connection_failure(error: &etcd_client::Error) -> bool {
+    match error {
+        etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
+        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        _ => false,
     }
 }
 
@@ -291,10 +305,15 @@ impl EtcdStore {
         request: impl Future<Output = Result<T, etcd_client::Error>>,
     ) -> Result<T, EtcdError> {
         match tokio::time::timeout(REQUEST_TIMEOUT, request).await {
-            Err(_) => Err(EtcdError::Timeout {
+            Err(_) => Err(EtcdError::Unreachable {
                 endpoints: self.endpoints.clone(),
                 what,
-                timeout: REQUEST_TIMEOUT,
+                why: format!("no answer within {REQUEST_TIMEOUT:?}"),
+            }),
+            Ok(Err(source)) if is_connection_failure(&source) => Err(EtcdError::Unreachable {
+                endpoints: self.endpoints.clone(),
+                what,
+                why: source.to_string(),
             }),
             Ok(Err(source)) => Err(EtcdError::Request {
                 endpoints: self.endpoints.clone(),
@@ -868,10 +887,10 @@ mod tests {
             endpoints: vec![format!("127.0.0.1:{port}"), format!("[::1]:{port}")],
             tls: None,
         };
-        let Err(StoreError::Backend(message)) = EtcdStore::connect(&down).await else {
+        let Err(StoreError::Unreachable(message)) = EtcdStore::connect(&down).await else {
             panic!("nothing listens on port {port}");
         };
-        let named = format!("etcd at http://127.0.0.1:{port},http://[::1]:{port}");
+        let named = format!("etcd at http://127.0.0.1:{port},http://[::1]:{port} is unreachable");
         assert!(message.starts_with(&named), "{message}");
     }
 
