@@ -233,6 +233,38 @@ async fn an_agent_on_etcd_serves_apply_get_and_watch_and_its_state_outlives_it()
 }
 
 #[test]
+fn an_apply_over_etcds_transaction_limit_fails_whole_saying_so() {
+    let etcd = EtcdServer::start();
+    let url = etcd.store_url();
+    let agent = Agent::start(&["--store", &url, "--node-name", &unique_name("txn-node")]);
+    let prefix = unique_name("many");
+    // One apply is one transaction: a compare and a put per object, all or nothing.
+    let manifest = |count: usize| -> String {
+        (0..count)
+            .map(|i| {
+                format!(
+                    "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {prefix}-{i}}}\ndata: {{n: \"{i}\"}}\n---\n"
+                )
+            })
+            .collect()
+    };
+    let out = agent.cli_with_stdin(&["apply", "-f", "-"], manifest(129).as_bytes());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "129 objects in one etcd transaction");
+    for says in ["129 writes", "--max-txn-ops", "apply fewer at once"] {
+        assert!(stderr.contains(says), "{stderr}");
+    }
+    assert!(agent.object("configmap", &format!("{prefix}-0")).is_none());
+    // etcd's limit, not a lower one of skiff's.
+    agent.apply(&manifest(128));
+    assert!(
+        agent
+            .object("configmap", &format!("{prefix}-127"))
+            .is_some()
+    );
+}
+
+#[test]
 fn bad_store_values_are_refused_by_name() {
     for (value, why) in [
         ("http://127.0.0.1:2379", "must start with etcd://"),

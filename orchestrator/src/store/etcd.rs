@@ -107,7 +107,8 @@ pub enum EtcdError {
     #[error(
         "etcd at {endpoints}: writing: a transaction of {writes} writes and {compares} compares \
          with {bytes} bytes of values is over etcd's limits (--max-txn-ops, 128 by default; \
-         --max-request-bytes, 1.5 MiB by default): {source}"
+         --max-request-bytes, 1.5 MiB by default; `skiff apply` writes all its objects in one \
+         transaction: apply fewer at once): {source}"
     )]
     OverLimits {
         endpoints: String,
