@@ -412,8 +412,7 @@ async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>, Str
             let cluster = format!("etcd://{}", etcd.endpoints.join(","));
             let obtained =
                 cluster_secrets::obtain(&store, &cluster, &config.membership, dir).await?;
-            create_dir()?;
-            obtained.save(dir)?;
+            // Before the token is saved: should saving fail, it is not lost.
             if obtained.created {
                 info!(
                     "created the cluster at {cluster}; its join token (also in {}): {}",
@@ -421,6 +420,8 @@ async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>, Str
                     obtained.token.expose()
                 );
             }
+            create_dir()?;
+            obtained.save(dir)?;
             (Arc::new(store), obtained.secrets)
         }
         None => {
