@@ -3,7 +3,7 @@
 //! pod from the last known state, while `skiff apply` and `skiff get` fail saying
 //! that etcd is unreachable. Once etcd goes on, everything resumes: a new Service
 //! works through its VIP, the node reports Ready again and the agent leads the
-//! control loops again.
+//! control loops again. The same once more with etcd killed and started again.
 
 use std::net::SocketAddr;
 use std::process::Output;
@@ -86,7 +86,7 @@ fn while_etcd_is_frozen_pods_and_vips_keep_serving_writes_fail_and_all_resumes_a
     let mut agent = Agent::start_node_with(&["--store", STORE], |netns| {
         etcd = Some(EtcdServer::start_in(netns, "127.0.0.1"));
     });
-    let etcd = etcd.as_ref().expect("etcd started");
+    let etcd = etcd.as_mut().expect("etcd started");
     assert_eq!(etcd.store_url(), STORE);
     let (pod, service, reply) = (
         unique_name("held"),
@@ -131,17 +131,7 @@ fn while_etcd_is_frozen_pods_and_vips_keep_serving_writes_fail_and_all_resumes_a
     // A new Service through the agent: applied once the store answers again
     // (the first attempts may still meet broken connections), then served.
     let (second, second_reply) = (unique_name("after"), unique_name("after"));
-    let manifest = pod_and_service(&second, &second, &second_reply);
-    let deadline = Instant::now() + START;
-    loop {
-        let out = agent.cli_with_stdin(&["apply", "-f", "-"], manifest.as_bytes());
-        if out.status.success() {
-            break;
-        }
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(Instant::now() < deadline, "apply still fails: {stderr}");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    apply_once_etcd_answers(&agent, &pod_and_service(&second, &second, &second_reply));
     let after = vip(&agent, &second);
     wait_for_reply(&agent, after, &second_reply, START);
     wait_for_reply(&agent, held, &reply, START);
@@ -165,4 +155,34 @@ fn while_etcd_is_frozen_pods_and_vips_keep_serving_writes_fail_and_all_resumes_a
     // It lost the lead while etcd was frozen, and leads again.
     agent.wait_for_line("lost the lead of the control loops");
     agent.wait_for_line("leads the control loops");
+
+    // The other kind of outage: etcd killed (connections refused), then started
+    // again on the same data.
+    etcd.kill();
+    let (out, took) = timed(&agent, &["get", "pod", &pod], "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "get succeeded with etcd dead");
+    assert!(stderr.contains(&unreachable), "{stderr}");
+    assert!(took < FAILS_WITHIN, "get took {took:?}");
+    wait_for_reply(&agent, held, &reply, START);
+    etcd.restart();
+    let (third, third_reply) = (unique_name("third"), unique_name("third"));
+    apply_once_etcd_answers(&agent, &pod_and_service(&third, &third, &third_reply));
+    wait_for_reply(&agent, vip(&agent, &third), &third_reply, START);
+    wait_for_reply(&agent, held, &reply, START);
+}
+
+/// Applies `manifest`, retrying while the agent's connections to etcd recover
+/// from an outage.
+fn apply_once_etcd_answers(agent: &Agent, manifest: &str) {
+    let deadline = Instant::now() + START;
+    loop {
+        let out = agent.cli_with_stdin(&["apply", "-f", "-"], manifest.as_bytes());
+        if out.status.success() {
+            return;
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(Instant::now() < deadline, "apply still fails: {stderr}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
