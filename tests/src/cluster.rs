@@ -64,6 +64,10 @@ impl Cluster {
             "--node-ip".into(),
             format!("{v4},{v6}"),
         ];
+        // The first node creates the cluster; the others join it with its token.
+        if let Some(first) = self.nodes.first() {
+            args.extend(["--join".into(), "--token".into(), first.join_token()]);
+        }
         args.extend(extra_args.iter().map(|a| a.to_string()));
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         Agent::start_node_named(&node_name(index), &args, |node| {

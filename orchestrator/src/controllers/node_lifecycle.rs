@@ -5,11 +5,12 @@
 //! the taint are removed so their controllers recreate them on other nodes. When
 //! the agent reports again, the taint goes.
 //!
-//! As Kubernetes' controller does with the times it observed itself, a heartbeat
-//! counts from no earlier than when this controller started: while the store was
-//! unreachable (or another agent led) no node could report, and a control plane
-//! that comes back must give every node a full grace period rather than evict the
-//! pods of all of them at once.
+//! A heartbeat that was already older than the grace period when this controller
+//! started, of a node not yet marked lost, counts from the controller's start:
+//! while the store was unreachable no node could report, and a control plane that
+//! comes back must give every node a full grace period rather than evict the pods
+//! of all of them at once. A node that stopped reporting shortly before (the
+//! leader that died and handed over) is still lost at its heartbeat's grace end.
 
 use std::time::Duration;
 
@@ -34,7 +35,7 @@ const MIN_WAIT_MILLIS: u64 = 50;
 pub struct NodeLifecycleController {
     /// How long a node may go without a heartbeat before it is lost.
     pub grace: Duration,
-    /// The unix second this controller started; no heartbeat counts as older.
+    /// The unix second this controller started (see [`health`]).
     pub started: i64,
 }
 
@@ -49,15 +50,20 @@ pub enum Health {
     Lost,
 }
 
-/// The node's health from its Ready condition's last heartbeat, counted from no
-/// earlier than `started` (when the controller began watching).
+/// The node's health from its Ready condition's last heartbeat; one already stale
+/// at `started` (when the controller began watching) counts from then, unless the
+/// node is already marked lost.
 pub fn health(node: &Node, grace_seconds: i64, started: i64, now: i64) -> Health {
-    let heartbeat = ready_condition(node)
+    let beat = ready_condition(node)
         .and_then(|c| seconds(c.last_heartbeat_time.as_deref()))
         // A node that never reported counts from its creation.
         .or_else(|| seconds(node.metadata.creation_timestamp.as_deref()))
-        .unwrap_or(now)
-        .max(started);
+        .unwrap_or(now);
+    let marked_lost = ready_condition(node).is_some_and(|c| c.status == ConditionStatus::Unknown);
+    let heartbeat = match beat + grace_seconds <= started && !marked_lost {
+        true => started,
+        false => beat,
+    };
     let lost_at = heartbeat + grace_seconds;
     if now < lost_at {
         Health::Alive { lost_at }
@@ -306,8 +312,8 @@ mod tests {
             health(&node_with_heartbeat(None), 10, 0, created + 11),
             Health::Lost
         );
-        // A controller that started after the heartbeat (the store came back, or
-        // it took over the lead) gives the node the grace period from then.
+        // A controller that started when the heartbeat was already stale (the
+        // store was unreachable) gives the node the grace period from then...
         let started = beat + 60;
         assert_eq!(
             health(&node, 10, started, started + 9),
@@ -316,6 +322,16 @@ mod tests {
             }
         );
         assert_eq!(health(&node, 10, started, started + 10), Health::Lost);
+        // ... but not to a node already marked lost,
+        let mut marked = node.clone();
+        marked.status.conditions[0].status = ConditionStatus::Unknown;
+        assert_eq!(health(&marked, 10, started, started + 1), Health::Lost);
+        // nor to one that went quiet just before it started (a leader that died).
+        assert_eq!(
+            health(&node, 10, beat + 3, beat + 9),
+            Health::Alive { lost_at: beat + 10 }
+        );
+        assert_eq!(health(&node, 10, beat + 3, beat + 10), Health::Lost);
     }
 
     fn toleration(
