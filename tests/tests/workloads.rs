@@ -1,8 +1,11 @@
-//! Jobs, autoscaling and node loss against a real agent and real pods: a Job
-//! runs to completion and another gives up at its backoff limit; an autoscaler
-//! scales a CPU-burning Deployment up and, once idle, down again; a node that
-//! stops reporting is marked Unknown, tainted, and loses its pods.
+//! Jobs, CronJobs, autoscaling and node loss against a real agent and real pods: a
+//! Job runs to completion and another gives up at its backoff limit; CronJobs start
+//! Jobs each minute, one at a time under Forbid, keeping their history limit, and
+//! bad schedules are refused; an autoscaler scales a CPU-burning Deployment up and,
+//! once idle, down again; a node that stops reporting is marked Unknown, tainted,
+//! and loses its pods.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -111,6 +114,229 @@ fn a_failing_job_stops_at_its_backoff_limit() {
     assert_eq!(pods.len(), 3, "{pods:?}");
     let events = agent.ok(&["describe", "job", "flaky"]);
     assert!(events.contains("BackoffLimitExceeded"), "{events}");
+}
+
+/// Seconds since the epoch of an RFC 3339 stamp in `value`.
+fn seconds(value: &Value) -> i64 {
+    let stamp = value
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp: {value}"));
+    stamp
+        .parse::<jiff::Timestamp>()
+        .unwrap_or_else(|e| panic!("{stamp}: {e}"))
+        .as_second()
+}
+
+/// A CronJob running `script` in busybox each minute; `extra_spec` is YAML lines
+/// indented two spaces. Its Jobs are labelled `cron: NAME`.
+fn cronjob(name: &str, script: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: {name}}}
+spec:
+  schedule: "* * * * *"
+{extra_spec}
+  jobTemplate:
+    metadata: {{labels: {{cron: {name}}}}}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: main
+            image: busybox:1.36
+            command: ["sh", "-c", "{script}"]
+"#
+    )
+}
+
+fn names(objects: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn jobs_labelled(agent: &Agent, selector: &str) -> Vec<Value> {
+    let out = agent.ok(&["get", "jobs", "-l", selector, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("JSON list");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Job name of the run at an RFC 3339 `scheduled` time, as the controller names it.
+fn run_name(cronjob: &str, scheduled: &Value) -> String {
+    format!("{cronjob}-{}", seconds(scheduled) / 60)
+}
+
+#[test]
+fn cronjobs_start_a_job_each_minute_one_at_a_time_under_forbid_keeping_their_history() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&cronjob(
+        "cron-quick",
+        "exit 0",
+        "  successfulJobsHistoryLimit: 1",
+    ));
+    agent.apply(&cronjob(
+        "cron-slow",
+        "sleep 600",
+        "  concurrencyPolicy: Forbid",
+    ));
+    // The one wait of a minute or two: until a second run of cron-quick has
+    // succeeded (cron's granularity is a minute, so the first boundary is at most
+    // 60 s away and the second 60 s later).
+    let first: RefCell<Option<Value>> = RefCell::new(None);
+    let quick = wait_object(
+        &agent,
+        "cronjob",
+        "cron-quick",
+        Duration::from_secs(150),
+        |c| {
+            let Some(status) = c.map(|c| &c["status"]) else {
+                return false;
+            };
+            let last = &status["lastScheduleTime"];
+            if !last.is_string() {
+                return false;
+            }
+            let mut first = first.borrow_mut();
+            let first_run = first.get_or_insert_with(|| last.clone());
+            last != first_run
+                && status["lastSuccessfulTime"]
+                    .as_str()
+                    .is_some_and(|done| seconds(&Value::from(done)) >= seconds(last))
+        },
+    )
+    .expect("the CronJob");
+    let second = &quick["status"]["lastScheduleTime"];
+    // The finished run beyond the history limit of 1 is gone; the second stays,
+    // complete, with its pod succeeded.
+    let quick_jobs = jobs_labelled(&agent, "cron=cron-quick");
+    let second_job = run_name("cron-quick", second);
+    assert_eq!(
+        names(&quick_jobs),
+        std::slice::from_ref(&second_job),
+        "{quick_jobs:?}"
+    );
+    assert!(
+        condition(&quick_jobs[0], "Complete").is_some(),
+        "{}",
+        quick_jobs[0]["status"]
+    );
+    assert_eq!(
+        quick_jobs[0]["metadata"]["ownerReferences"][0]["kind"],
+        "CronJob"
+    );
+    let pods = pods_labelled(&agent, &format!("job-name={second_job}"));
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0]["status"]["phase"], "Succeeded");
+    assert!(
+        quick["status"]["active"]
+            .as_array()
+            .is_none_or(Vec::is_empty)
+    );
+    // Under Forbid, the slow CronJob's first Job still runs: the second minute
+    // started nothing.
+    let slow_jobs = jobs_labelled(&agent, "cron=cron-slow");
+    assert_eq!(slow_jobs.len(), 1, "{slow_jobs:?}");
+    assert!(condition(&slow_jobs[0], "Complete").is_none());
+    let slow = agent.object("cronjob", "cron-slow").expect("the CronJob");
+    assert_eq!(
+        slow["status"]["active"][0]["name"],
+        slow_jobs[0]["metadata"]["name"]
+    );
+    let events = agent.ok(&["describe", "cronjob", "cron-slow"]);
+    assert!(events.contains("JobAlreadyActive"), "{events}");
+    let events = agent.ok(&["describe", "cronjob", "cron-quick"]);
+    for reason in ["SuccessfulCreate", "SawCompletedJob", "SuccessfulDelete"] {
+        assert!(events.contains(reason), "{reason} in {events}");
+    }
+}
+
+#[test]
+fn cronjobs_with_bad_schedules_are_refused_and_listed_like_kubectl() {
+    let agent = Agent::start(&[]);
+    for (spec, message) in [
+        (
+            r#"  schedule: "61 * * * *""#,
+            r#"spec.schedule: minute field "61": out of range 0-59"#,
+        ),
+        (
+            r#"  schedule: "0 0 * * MON-FUN""#,
+            r#"spec.schedule: day-of-week field "MON-FUN": not a number (0-6) or a name (SUN-SAT)"#,
+        ),
+        (
+            "  schedule: \"@daily\"\n  timeZone: Mars/Olympus",
+            r#"spec.timeZone: "Mars/Olympus" is not an IANA time zone name"#,
+        ),
+    ] {
+        let manifest =
+            cronjob("cron-bad", "exit 0", spec).replace("  schedule: \"* * * * *\"\n", "");
+        let out = agent.cli_with_stdin(&["apply", "-f", "-"], manifest.as_bytes());
+        assert!(!out.status.success(), "{spec} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{spec}: {stderr}");
+        assert!(agent.object("cronjob", "cron-bad").is_none(), "{spec}");
+    }
+    agent.apply(&cronjob(
+        "cron-listed",
+        "exit 0",
+        "  timeZone: Europe/Berlin\n  suspend: true",
+    ));
+    let table = agent.ok(&["get", "cronjobs"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split("   ")
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header
+            .into_iter()
+            .filter(|h| !h.is_empty())
+            .collect::<Vec<_>>(),
+        [
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "SUSPEND",
+            "ACTIVE",
+            "LAST SCHEDULE",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..row.len() - 1],
+        [
+            "cron-listed",
+            "*",
+            "*",
+            "*",
+            "*",
+            "*",
+            "Europe/Berlin",
+            "true",
+            "0",
+            "<none>"
+        ],
+        "{table}"
+    );
 }
 
 #[test]

@@ -20,7 +20,7 @@ use crate::runtime::events::Type;
 pub struct JobController;
 
 /// The Job's terminal condition (Complete or Failed, status True), if it has one.
-fn finished(job: &Job) -> Option<&Condition> {
+pub fn finished(job: &Job) -> Option<&Condition> {
     job.status.conditions.iter().find(|c| {
         matches!(c.r#type.as_str(), "Complete" | "Failed") && c.status == ConditionStatus::True
     })
