@@ -1,9 +1,9 @@
 //! Jobs, CronJobs, autoscaling and node loss against a real agent and real pods: a
-//! Job runs to completion and another gives up at its backoff limit; CronJobs start
-//! Jobs each minute, one at a time under Forbid, keeping their history limit, and
-//! bad schedules are refused; an autoscaler scales a CPU-burning Deployment up and,
-//! once idle, down again; a node that stops reporting is marked Unknown, tainted,
-//! and loses its pods.
+//! Job runs to completion and another gives up at its backoff limit after backing
+//! off; CronJobs start Jobs each minute, one at a time under Forbid, keeping their
+//! history limit, and bad schedules are refused; an autoscaler scales a CPU-burning
+//! Deployment up and, once idle, down again; a node that stops reporting is marked
+//! Unknown, tainted, and loses its pods.
 
 use std::cell::RefCell;
 use std::time::{Duration, Instant};
@@ -98,20 +98,32 @@ fn a_job_runs_its_completions_and_is_deleted_after_its_ttl() {
 }
 
 #[test]
-fn a_failing_job_stops_at_its_backoff_limit() {
+fn a_failing_job_stops_at_its_backoff_limit_retrying_after_a_back_off() {
     let agent = Agent::start_node(&[]);
-    agent.apply(&job("flaky", "exit 3", "  backoffLimit: 2"));
+    // One retry: the back-off before it is 10 s (20 s for a second one).
+    agent.apply(&job("flaky", "exit 3", "  backoffLimit: 1"));
     let failed = wait_object(&agent, "job", "flaky", Duration::from_secs(60), |j| {
         j.is_some_and(|j| condition(j, "Failed").is_some())
     })
     .expect("the job");
     let reason = &condition(&failed, "Failed").expect("Failed")["reason"];
     assert_eq!(reason, "BackoffLimitExceeded", "{}", failed["status"]);
-    assert_eq!(failed["status"]["failed"], 3, "{}", failed["status"]);
+    assert_eq!(failed["status"]["failed"], 2, "{}", failed["status"]);
     // No pod is started after the Job failed.
     std::thread::sleep(Duration::from_secs(2));
-    let pods = pods_labelled(&agent, "job-name=flaky");
-    assert_eq!(pods.len(), 3, "{pods:?}");
+    let mut pods = pods_labelled(&agent, "job-name=flaky");
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    // The retry waited out the back-off after the first pod failed (stamps are
+    // whole seconds, hence 9).
+    pods.sort_by_key(|p| seconds(&p["metadata"]["creationTimestamp"]));
+    let failed_at =
+        seconds(&pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]);
+    let retried_at = seconds(&pods[1]["metadata"]["creationTimestamp"]);
+    assert!(
+        retried_at - failed_at >= 9,
+        "retried {}s after the failure",
+        retried_at - failed_at
+    );
     let events = agent.ok(&["describe", "job", "flaky"]);
     assert!(events.contains("BackoffLimitExceeded"), "{events}");
 }
