@@ -1,8 +1,8 @@
 //! What the API's verbs do, independent of gRPC: decoding and validating objects,
 //! server-owned metadata (uid, resourceVersion, generation, timestamps), optimistic
-//! concurrency, ClusterIP and NodePort allocation, Secret encryption, graceful and
-//! cascading deletes, binding pods to nodes, and watches translated into Kubernetes
-//! events.
+//! concurrency, ClusterIP and NodePort allocation, pod priority admission, Secret
+//! encryption, graceful and cascading deletes, binding pods to nodes, and watches
+//! translated into Kubernetes events.
 //!
 //! Objects are stored as JSON under `/registry/<plural>/[<namespace>/]<name>`; the
 //! store's mod revision is the object's resourceVersion.
@@ -10,6 +10,7 @@
 mod binding;
 mod delete;
 mod pod_cidrs;
+mod priority;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -276,6 +277,17 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             };
+            if object.kind() == Kind::Pod {
+                let old_pod = old.as_ref().map(|s| &s.object);
+                match self.admit_priority(index, &mut object, old_pod).await {
+                    Ok(()) => {}
+                    Err(ApiError::Invalid(mut v)) => {
+                        violations.append(&mut v);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             if object.kind() == Kind::Service {
                 let old_service = old.as_ref().map(|s| &s.object);
                 match self
