@@ -275,7 +275,7 @@ fn cronjobs_start_a_job_each_minute_one_at_a_time_under_forbid_keeping_their_his
 }
 
 #[test]
-fn cronjobs_with_bad_schedules_are_refused_and_listed_like_kubectl() {
+fn cronjobs_with_bad_schedules_are_refused_others_listed_and_run_by_hand() {
     let agent = Agent::start(&[]);
     for (spec, message) in [
         (
@@ -349,6 +349,27 @@ fn cronjobs_with_bad_schedules_are_refused_and_listed_like_kubectl() {
         ],
         "{table}"
     );
+    // A run by hand, from the template, owned by the CronJob; not twice.
+    let out = agent.ok(&["create", "job", "cron-manual", "--from=cronjob/cron-listed"]);
+    assert_eq!(out.trim(), "job.batch/cron-manual created");
+    let manual = agent.object("job", "cron-manual").expect("the Job");
+    assert_eq!(manual["metadata"]["labels"]["cron"], "cron-listed");
+    assert_eq!(
+        manual["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    assert_eq!(
+        manual["metadata"]["ownerReferences"][0]["name"],
+        "cron-listed"
+    );
+    let again = agent.cli(&["create", "job", "cron-manual", "--from=cronjob/cron-listed"]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let wrong = agent.cli(&["create", "job", "cron-other", "--from=deployment/web"]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("expected cronjob/NAME"), "{stderr}");
+    assert!(agent.object("job", "cron-other").is_none());
 }
 
 #[test]

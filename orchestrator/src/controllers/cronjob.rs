@@ -43,31 +43,37 @@ fn timestamp(text: Option<&str>) -> Option<Timestamp> {
     text.and_then(|t| t.parse().ok())
 }
 
-/// The run's Job: the template's labels, annotations and spec, owned by the CronJob.
-fn new_job(cronjob: &CronJob, name: &str, scheduled: Timestamp, tz: &TimeZone) -> Job {
+/// A Job of `cronjob` named `name`: the template's labels, annotations and spec,
+/// controlled by the CronJob (for its runs, and for `skiff create job --from`).
+pub fn job_from_template(cronjob: &CronJob, name: &str) -> Job {
     let template = &cronjob.spec.job_template;
-    let mut annotations = template.metadata.annotations.clone();
-    annotations.insert(
-        SCHEDULED_TIMESTAMP_ANNOTATION.into(),
-        scheduled
-            .display_with_offset(tz.to_offset(scheduled))
-            .to_string(),
-    );
     Job {
         metadata: ObjectMeta {
             name: name.into(),
             namespace: Some(namespace_of(&cronjob.metadata).to_string()),
             labels: template.metadata.labels.clone(),
-            annotations,
+            annotations: template.metadata.annotations.clone(),
             owner_references: vec![owner_reference(Kind::CronJob, &cronjob.metadata)],
-            // Create only: a stored object never has revision 0, so a second create
-            // of the same run is refused rather than replacing the Job.
-            resource_version: Some("0".into()),
             ..Default::default()
         },
         spec: template.spec.clone(),
         status: Default::default(),
     }
+}
+
+/// The Job of the run scheduled at `scheduled`.
+fn new_job(cronjob: &CronJob, name: &str, scheduled: Timestamp, tz: &TimeZone) -> Job {
+    let mut job = job_from_template(cronjob, name);
+    job.metadata.annotations.insert(
+        SCHEDULED_TIMESTAMP_ANNOTATION.into(),
+        scheduled
+            .display_with_offset(tz.to_offset(scheduled))
+            .to_string(),
+    );
+    // Create only: a stored object never has revision 0, so a second create of the
+    // same run is refused rather than replacing the Job.
+    job.metadata.resource_version = Some("0".into());
+    job
 }
 
 /// The reference status.active holds for the Job named `name`.
