@@ -14,7 +14,7 @@ use jiff::tz::TimeZone;
 use self::plan::{CronSpec, JobState, Run};
 use super::job::finished;
 use super::{Action, Context, Error, Reconciler, controlled_by, namespace_of, owner_reference};
-use crate::model::cron::{self, Schedule};
+use crate::model::cron::{self, Schedule, ScheduleError};
 use crate::model::{CronJob, CronJobStatus, Job, Kind, Object, ObjectMeta, ObjectReference};
 use crate::runtime::events::Type;
 
@@ -120,13 +120,18 @@ impl Reconciler for CronJobController {
         let (schedule, time_zone) = match parsed {
             Ok(parsed) => parsed,
             Err(error) => {
-                let message = format!("unusable schedule: {error}");
+                let reason = match error {
+                    ScheduleError::UnknownTimeZone(_) | ScheduleError::NoTimeZoneDatabase(_) => {
+                        "UnknownTimeZone"
+                    }
+                    _ => "UnparseableSchedule",
+                };
                 ctx.event(
                     Kind::CronJob,
                     meta,
                     Type::Warning,
-                    "UnparseableSchedule",
-                    &message,
+                    reason,
+                    &error.to_string(),
                 )
                 .await;
                 return Ok(Action::await_change());
@@ -159,14 +164,10 @@ impl Reconciler for CronJobController {
             .collect();
         let plan = plan::plan(&meta.name, &spec, &runs, &was_active, Timestamp::now());
         for event in &plan.events {
-            let event_type = match event.event_type {
-                plan::EventType::Normal => Type::Normal,
-                plan::EventType::Warning => Type::Warning,
-            };
             ctx.event(
                 Kind::CronJob,
                 meta,
-                event_type,
+                event.event_type,
                 event.reason,
                 &event.message,
             )

@@ -10,6 +10,7 @@ use jiff::tz::TimeZone;
 
 use crate::model::ConcurrencyPolicy;
 use crate::model::cron::Schedule;
+use crate::runtime::events::Type;
 
 /// Past this many missed runs the CronJob gets a warning (Kubernetes' number): the
 /// clock or the controller was off for long. The latest run still starts.
@@ -49,15 +50,9 @@ pub struct Run {
     pub finished: Option<Timestamp>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum EventType {
-    Normal,
-    Warning,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Event {
-    pub event_type: EventType,
+    pub event_type: Type,
     pub reason: &'static str,
     pub message: String,
 }
@@ -118,7 +113,7 @@ pub fn plan(
     for run in runs.iter().filter(|r| r.state != JobState::Running) {
         if was_active.contains(&run.name) {
             plan.events.push(Event {
-                event_type: EventType::Normal,
+                event_type: Type::Normal,
                 reason: "SawCompletedJob",
                 message: format!(
                     "Saw completed job: {}, condition: {}",
@@ -157,7 +152,7 @@ pub fn plan(
         && scheduled.as_second().saturating_add(deadline) < now.as_second()
     {
         plan.events.push(Event {
-            event_type: EventType::Warning,
+            event_type: Type::Warning,
             reason: "MissSchedule",
             message: format!(
                 "Missed scheduled time to start a job: {}",
@@ -169,7 +164,7 @@ pub fn plan(
     match spec.concurrency_policy {
         ConcurrencyPolicy::Forbid if !plan.active.is_empty() => {
             plan.events.push(Event {
-                event_type: EventType::Normal,
+                event_type: Type::Normal,
                 reason: "JobAlreadyActive",
                 message: "Not starting job because prior execution is running and concurrency \
                           policy is Forbid"
@@ -211,7 +206,7 @@ fn due(spec: &CronSpec, now: Timestamp, events: &mut Vec<Event>) -> Option<Times
     .count();
     if missed > MANY_MISSED {
         events.push(Event {
-            event_type: EventType::Warning,
+            event_type: Type::Warning,
             reason: "TooManyMissedTimes",
             message: format!(
                 "too many missed start times: > {MANY_MISSED}. Set or decrease \

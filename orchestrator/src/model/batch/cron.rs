@@ -114,7 +114,7 @@ impl Field {
     }
 
     /// The values, lowest first.
-    fn ascending(self) -> impl DoubleEndedIterator<Item = i8> {
+    fn ascending(self) -> impl Iterator<Item = i8> {
         (0..64i8).filter(move |v| self.has(*v))
     }
 }
