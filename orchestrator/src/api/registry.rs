@@ -246,6 +246,7 @@ impl Registry {
 
     async fn try_apply(&self, objects: &[Object]) -> Result<Vec<Applied>, ApiError> {
         let mut plan = services::Plan::default();
+        let mut classes = priority::Classes::default();
         let mut txn = Txn::new();
         let mut staged = Vec::with_capacity(objects.len());
         let mut removed = Vec::new();
@@ -279,7 +280,10 @@ impl Registry {
             };
             if object.kind() == Kind::Pod {
                 let old_pod = old.as_ref().map(|s| &s.object);
-                match self.admit_priority(index, &mut object, old_pod).await {
+                match self
+                    .admit_priority(index, &mut object, old_pod, &mut classes)
+                    .await
+                {
                     Ok(()) => {}
                     Err(ApiError::Invalid(mut v)) => {
                         violations.append(&mut v);

@@ -2,10 +2,15 @@
 //! `spec.priority` and `spec.preemptionPolicy` from the PriorityClass it names, or
 //! from the global default class, or 0 and PreemptLowerPriority. A pod naming a
 //! class that does not exist, or stating a priority or policy other than its
-//! class's, is refused. An update keeps what creation set.
+//! class's, is refused. An update keeps what creation set. The classes are read
+//! once per request, however many pods it creates.
 
-use super::{ApiError, ObjectRef, Registry};
+use super::{ApiError, Registry};
 use crate::model::{FieldErrors, Kind, Object, PodSpec, PreemptionPolicy, PriorityClass};
+
+/// The PriorityClasses, read at a request's first pod creation.
+#[derive(Default)]
+pub(super) struct Classes(Option<Vec<PriorityClass>>);
 
 /// What a pod's class gives it.
 struct Resolved {
@@ -23,6 +28,7 @@ impl Registry {
         index: usize,
         object: &mut Object,
         old: Option<&Object>,
+        classes: &mut Classes,
     ) -> Result<(), ApiError> {
         let Object::Pod(pod) = object else {
             return Ok(());
@@ -34,7 +40,7 @@ impl Registry {
             spec.preemption_policy = spec.preemption_policy.or(old.spec.preemption_policy);
             return Ok(());
         }
-        let resolved = self.resolve(index, &pod.spec).await?;
+        let resolved = self.resolve(index, &pod.spec, classes).await?;
         let refuse = |field: &str, reason: String| {
             ApiError::invalid(index, FieldErrors::one(format!("spec.{field}"), reason))
         };
@@ -66,15 +72,27 @@ impl Registry {
     }
 
     /// The class `spec` names, or the global default one.
-    async fn resolve(&self, index: usize, spec: &PodSpec) -> Result<Resolved, ApiError> {
+    async fn resolve(
+        &self,
+        index: usize,
+        spec: &PodSpec,
+        classes: &mut Classes,
+    ) -> Result<Resolved, ApiError> {
+        let classes = match &mut classes.0 {
+            Some(classes) => classes,
+            unread => {
+                let (objects, _) = self.list_objects(Kind::PriorityClass, None).await?;
+                unread.insert(
+                    objects
+                        .into_iter()
+                        .filter_map(|o| PriorityClass::try_from(o).ok())
+                        .collect(),
+                )
+            }
+        };
         let class = match &spec.priority_class_name {
             Some(name) => {
-                let reference = ObjectRef {
-                    kind: Kind::PriorityClass,
-                    namespace: None,
-                    name: name.clone(),
-                };
-                let Some(stored) = self.read(&reference).await? else {
+                let Some(class) = classes.iter().find(|c| c.metadata.name == *name) else {
                     return Err(ApiError::invalid(
                         index,
                         FieldErrors::one(
@@ -83,21 +101,15 @@ impl Registry {
                         ),
                     ));
                 };
-                PriorityClass::try_from(stored.object).ok()
+                Some(class)
             }
-            None => {
-                let (classes, _) = self.list_objects(Kind::PriorityClass, None).await?;
-                classes
-                    .into_iter()
-                    .filter_map(|o| PriorityClass::try_from(o).ok())
-                    .find(|c| c.global_default == Some(true))
-            }
+            None => classes.iter().find(|c| c.global_default == Some(true)),
         };
         Ok(match class {
             Some(class) => Resolved {
                 value: class.value.unwrap_or(0),
                 policy: class.preemption_policy.unwrap_or_default(),
-                class: Some(class.metadata.name),
+                class: Some(class.metadata.name.clone()),
             },
             None => Resolved {
                 class: None,
