@@ -75,7 +75,8 @@ pub struct Plan {
     pub prune: Vec<String>,
     /// The Jobs that run after this pass (status.active).
     pub active: Vec<String>,
-    /// Jobs seen finished for the first time (they were active before).
+    /// What to tell the user: Jobs seen finished for the first time, runs skipped
+    /// (Forbid, past their deadline) and too many missed runs.
     pub events: Vec<Event>,
     /// When the latest successful Job finished (status.lastSuccessfulTime).
     pub last_successful: Option<Timestamp>,
