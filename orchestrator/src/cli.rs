@@ -27,7 +27,8 @@ use crate::api::cluster_secrets::{JoinToken, Membership};
 use crate::api::credentials;
 use crate::api::proto::{self, exec_output::Output};
 use crate::api::server::TlsListener;
-use crate::model::{Kind, manifest};
+use crate::controllers::cronjob::job_from_template;
+use crate::model::{CronJob, Kind, Object, manifest};
 use crate::runtime::node::{self, NodeConfig, NodeIdentity};
 use crate::runtime::pod_files::Dns;
 use crate::scheduler::Scoring;
@@ -219,6 +220,13 @@ enum CreateCommand {
     /// Create a namespace
     #[command(alias = "ns")]
     Namespace { name: String },
+    /// Create a Job now from a CronJob's template: create job NAME --from=cronjob/CRON
+    Job {
+        name: String,
+        /// The CronJob whose jobTemplate to use: cronjob/NAME
+        #[arg(long, value_name = "cronjob/NAME")]
+        from: String,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -682,6 +690,10 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                 command,
             };
             exec(&settings, request).await
+        }
+        Command::Create(CreateCommand::Job { name, from }) => {
+            let settings = config::resolve(&overrides)?;
+            create_job_from(&settings, &name, &from).await
         }
         Command::Create(CreateCommand::Namespace { name }) => {
             let settings = config::resolve(&overrides)?;
@@ -1236,6 +1248,49 @@ async fn events_of(client: &mut ApiClient, object: &Value) -> Result<Vec<Value>,
             .cmp(&b["lastTimestamp"].as_str())
     });
     Ok(events)
+}
+
+/// `create job NAME --from=cronjob/CRON`: the CronJob's Job, made now and marked
+/// as made by hand (as kubectl marks it). An existing Job is not replaced.
+async fn create_job_from(settings: &Settings, name: &str, from: &str) -> Result<(), CliError> {
+    let cronjob_name = from
+        .split_once('/')
+        .filter(|(kind, _)| Kind::from_cli_name(kind) == Some(Kind::CronJob))
+        .map(|(_, name)| name)
+        .filter(|name| !name.is_empty())
+        .ok_or_else(|| {
+            CliError::Usage(format!(
+                "--from={from}: expected cronjob/NAME (from a CronJob)"
+            ))
+        })?;
+    let namespace = &settings.namespace;
+    let mut client = client::connect(&settings.connection).await?;
+    let value = get_one(&mut client, Kind::CronJob, namespace, cronjob_name).await?;
+    let cronjob = Object::decode(value)
+        .ok()
+        .and_then(|o| CronJob::try_from(o).ok())
+        .ok_or_else(|| CliError::Usage("the server sent an unreadable CronJob".into()))?;
+    let mut job = job_from_template(&cronjob, name);
+    job.metadata
+        .annotations
+        .insert("cronjob.kubernetes.io/instantiate".into(), "manual".into());
+    match get_one(&mut client, Kind::Job, namespace, name).await {
+        Ok(_) => {
+            return Err(CliError::Server(tonic::Status::already_exists(format!(
+                "jobs.batch \"{name}\" already exists"
+            ))));
+        }
+        Err(CliError::Server(status)) if status.code() == Code::NotFound => {}
+        Err(error) => return Err(error),
+    }
+    let job = Object::from(job).to_value();
+    client
+        .apply(proto::ApplyRequest {
+            objects: vec![json_bytes(&job)],
+        })
+        .await?;
+    println!("job.batch/{name} created");
+    Ok(())
 }
 
 async fn get_one(

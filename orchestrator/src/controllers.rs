@@ -10,8 +10,8 @@
 //! - [`queue`]: the work queue (plain data: due times and failure counts).
 //! - [`runner`]: list, watch, map, reconcile, retry.
 //! - [`pods`]: what controllers read from pods (ready, available, deletion order).
-//! - [`replicaset`], [`deployment`], [`endpointslice`], [`job`], [`autoscaler`],
-//!   [`node_lifecycle`]: the controllers.
+//! - [`replicaset`], [`deployment`], [`endpointslice`], [`job`], [`cronjob`],
+//!   [`autoscaler`], [`node_lifecycle`]: the controllers.
 //! - [`rollout`]: the Deployment's arithmetic (surge, unavailability, hashes,
 //!   revisions).
 //!
@@ -26,6 +26,7 @@
 //! what it creates, and records events with [`Context::event`].
 
 pub mod autoscaler;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpointslice;
 pub mod job;
@@ -343,6 +344,7 @@ pub fn start(registry: &Registry, settings: &Settings) -> Controllers {
             stopped.clone(),
         ),
         runner::spawn(job::JobController, registry, stopped.clone()),
+        runner::spawn(cronjob::CronJobController, registry, stopped.clone()),
         runner::spawn(
             autoscaler::AutoscalerController::new(settings.autoscaler_sync),
             registry,

@@ -12,7 +12,7 @@
 //! - [`meta`]: [`ObjectMeta`] and conditions.
 //! - [`pod`], [`service`], [`cluster`] (Namespace, Node), [`config`] (ConfigMap,
 //!   Secret), [`apps`]
-//!   (Deployment, ReplicaSet), [`batch`] (Job), [`autoscaling`]
+//!   (Deployment, ReplicaSet), [`batch`] (Job, CronJob), [`autoscaling`]
 //!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event),
 //!   [`metrics`] (PodMetrics, NodeMetrics), [`scheduling`] (PriorityClass):
 //!   the kinds.

@@ -1,7 +1,8 @@
 //! The scheduler in a real agent: pods applied without a node are bound to the
 //! agent's node and run; a pod no node can take waits with the reason, and runs
 //! once the node changes; a high-priority pod evicts a low-priority one to fit;
-//! bad PriorityClasses are refused.
+//! bad PriorityClasses, and pods naming a missing class or another priority than
+//! their class's, are refused.
 
 use std::time::Duration;
 
@@ -117,7 +118,7 @@ fn a_high_priority_pod_evicts_a_low_priority_one_to_fit() {
 }
 
 #[test]
-fn bad_priority_classes_are_refused_with_the_field_and_nothing_is_stored() {
+fn bad_priority_classes_and_pods_are_refused_with_the_field_and_nothing_is_stored() {
     let agent = Agent::start(&[]);
     let out = agent.cli_with_stdin(
         &["apply", "-f", "-"],
@@ -142,4 +143,44 @@ fn bad_priority_classes_are_refused_with_the_field_and_nothing_is_stored() {
     assert!(stderr.contains("value: required"), "{stderr}");
     assert!(agent.object("priorityclass", "sched-test-huge").is_none());
     assert!(agent.object("priorityclass", "sched-test-none").is_none());
+
+    // A pod naming a class that does not exist.
+    let lost = pod("sched-lost", "  priorityClassName: sched-test-missing\n");
+    let out = agent.cli_with_stdin(&["apply", "-f", "-"], lost.as_bytes());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "spec.priorityClassName: no PriorityClass named \"sched-test-missing\" was found"
+        ),
+        "{stderr}"
+    );
+    assert!(agent.object("pod", "sched-lost").is_none());
+    // A pod stating a priority of its own.
+    agent.apply(
+        "apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata: {name: sched-test-silver}\n\
+         value: 500\n",
+    );
+    let greedy = pod(
+        "sched-greedy",
+        "  priorityClassName: sched-test-silver\n  priority: 900\n",
+    );
+    let out = agent.cli_with_stdin(&["apply", "-f", "-"], greedy.as_bytes());
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "spec.priority: 900 disagrees with the PriorityClass \"sched-test-silver\" (500)"
+        ),
+        "{stderr}"
+    );
+    assert!(agent.object("pod", "sched-greedy").is_none());
+    // Without it, the pod gets its class's.
+    agent.apply(&pod(
+        "sched-silver",
+        "  priorityClassName: sched-test-silver\n",
+    ));
+    let silver = agent.object("pod", "sched-silver").expect("stored");
+    assert_eq!(silver["spec"]["priority"], 500, "{}", silver["spec"]);
+    assert_eq!(silver["spec"]["preemptionPolicy"], "PreemptLowerPriority");
 }

@@ -1,8 +1,11 @@
-//! Jobs, autoscaling and node loss against a real agent and real pods: a Job
-//! runs to completion and another gives up at its backoff limit; an autoscaler
-//! scales a CPU-burning Deployment up and, once idle, down again; a node that
-//! stops reporting is marked Unknown, tainted, and loses its pods.
+//! Jobs, CronJobs, autoscaling and node loss against a real agent and real pods: a
+//! Job runs to completion and another gives up at its backoff limit after backing
+//! off; CronJobs start Jobs each minute, one at a time under Forbid, keeping their
+//! history limit, and bad schedules are refused; an autoscaler scales a CPU-burning
+//! Deployment up and, once idle, down again; a node that stops reporting is marked
+//! Unknown, tainted, and loses its pods.
 
+use std::cell::RefCell;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -95,22 +98,275 @@ fn a_job_runs_its_completions_and_is_deleted_after_its_ttl() {
 }
 
 #[test]
-fn a_failing_job_stops_at_its_backoff_limit() {
+fn a_failing_job_stops_at_its_backoff_limit_retrying_after_a_back_off() {
     let agent = Agent::start_node(&[]);
-    agent.apply(&job("flaky", "exit 3", "  backoffLimit: 2"));
+    // One retry: the back-off before it is 10 s (20 s for a second one).
+    agent.apply(&job("flaky", "exit 3", "  backoffLimit: 1"));
     let failed = wait_object(&agent, "job", "flaky", Duration::from_secs(60), |j| {
         j.is_some_and(|j| condition(j, "Failed").is_some())
     })
     .expect("the job");
     let reason = &condition(&failed, "Failed").expect("Failed")["reason"];
     assert_eq!(reason, "BackoffLimitExceeded", "{}", failed["status"]);
-    assert_eq!(failed["status"]["failed"], 3, "{}", failed["status"]);
+    assert_eq!(failed["status"]["failed"], 2, "{}", failed["status"]);
     // No pod is started after the Job failed.
     std::thread::sleep(Duration::from_secs(2));
-    let pods = pods_labelled(&agent, "job-name=flaky");
-    assert_eq!(pods.len(), 3, "{pods:?}");
+    let mut pods = pods_labelled(&agent, "job-name=flaky");
+    assert_eq!(pods.len(), 2, "{pods:?}");
+    // The retry waited out the back-off after the first pod failed (stamps are
+    // whole seconds, hence 9).
+    pods.sort_by_key(|p| seconds(&p["metadata"]["creationTimestamp"]));
+    let failed_at =
+        seconds(&pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["finishedAt"]);
+    let retried_at = seconds(&pods[1]["metadata"]["creationTimestamp"]);
+    assert!(
+        retried_at - failed_at >= 9,
+        "retried {}s after the failure",
+        retried_at - failed_at
+    );
     let events = agent.ok(&["describe", "job", "flaky"]);
     assert!(events.contains("BackoffLimitExceeded"), "{events}");
+}
+
+/// Seconds since the epoch of an RFC 3339 stamp in `value`.
+fn seconds(value: &Value) -> i64 {
+    let stamp = value
+        .as_str()
+        .unwrap_or_else(|| panic!("a timestamp: {value}"));
+    stamp
+        .parse::<jiff::Timestamp>()
+        .unwrap_or_else(|e| panic!("{stamp}: {e}"))
+        .as_second()
+}
+
+/// A CronJob running `script` in busybox each minute; `extra_spec` is YAML lines
+/// indented two spaces. Its Jobs are labelled `cron: NAME`.
+fn cronjob(name: &str, script: &str, extra_spec: &str) -> String {
+    format!(
+        r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {{name: {name}}}
+spec:
+  schedule: "* * * * *"
+{extra_spec}
+  jobTemplate:
+    metadata: {{labels: {{cron: {name}}}}}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          terminationGracePeriodSeconds: 1
+          containers:
+          - name: main
+            image: busybox:1.36
+            command: ["sh", "-c", "{script}"]
+"#
+    )
+}
+
+fn names(objects: &[Value]) -> Vec<String> {
+    let mut names: Vec<String> = objects
+        .iter()
+        .map(|o| {
+            o["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+fn jobs_labelled(agent: &Agent, selector: &str) -> Vec<Value> {
+    let out = agent.ok(&["get", "jobs", "-l", selector, "-o", "json"]);
+    let list: Value = serde_json::from_str(&out).expect("JSON list");
+    list["items"].as_array().cloned().unwrap_or_default()
+}
+
+/// Job name of the run at an RFC 3339 `scheduled` time, as the controller names it.
+fn run_name(cronjob: &str, scheduled: &Value) -> String {
+    format!("{cronjob}-{}", seconds(scheduled) / 60)
+}
+
+#[test]
+fn cronjobs_start_a_job_each_minute_one_at_a_time_under_forbid_keeping_their_history() {
+    let agent = Agent::start_node(&[]);
+    agent.apply(&cronjob(
+        "cron-quick",
+        "exit 0",
+        "  successfulJobsHistoryLimit: 1",
+    ));
+    agent.apply(&cronjob(
+        "cron-slow",
+        "sleep 600",
+        "  concurrencyPolicy: Forbid",
+    ));
+    // The one wait of a minute or two: until the controller has seen a second run
+    // of cron-quick finish (cron's granularity is a minute, so the first boundary
+    // is at most 60 s away and the second 60 s later; the time allowed leaves room
+    // for pods starting slowly on a busy machine). The pass that empties
+    // status.active, recorded with the second run's lastScheduleTime, is the one
+    // that applied the history limit.
+    let first: RefCell<Option<Value>> = RefCell::new(None);
+    let quick = wait_object(
+        &agent,
+        "cronjob",
+        "cron-quick",
+        Duration::from_secs(240),
+        |c| {
+            let Some(status) = c.map(|c| &c["status"]) else {
+                return false;
+            };
+            let last = &status["lastScheduleTime"];
+            if !last.is_string() {
+                return false;
+            }
+            let mut first = first.borrow_mut();
+            let first_run = first.get_or_insert_with(|| last.clone());
+            last != first_run && status["active"].as_array().is_none_or(Vec::is_empty)
+        },
+    )
+    .expect("the CronJob");
+    let second = &quick["status"]["lastScheduleTime"];
+    // The finished run beyond the history limit of 1 is gone; the second stays,
+    // complete, with its pod succeeded.
+    let quick_jobs = jobs_labelled(&agent, "cron=cron-quick");
+    let second_job = run_name("cron-quick", second);
+    assert_eq!(
+        names(&quick_jobs),
+        std::slice::from_ref(&second_job),
+        "{quick_jobs:?}"
+    );
+    assert!(
+        condition(&quick_jobs[0], "Complete").is_some(),
+        "{}",
+        quick_jobs[0]["status"]
+    );
+    assert_eq!(
+        quick_jobs[0]["metadata"]["ownerReferences"][0]["kind"],
+        "CronJob"
+    );
+    let pods = pods_labelled(&agent, &format!("job-name={second_job}"));
+    assert_eq!(pods.len(), 1, "{pods:?}");
+    assert_eq!(pods[0]["status"]["phase"], "Succeeded");
+    let succeeded = &quick["status"]["lastSuccessfulTime"];
+    assert!(seconds(succeeded) >= seconds(second), "{}", quick["status"]);
+    // Under Forbid, the slow CronJob's first Job still runs: the second minute
+    // started nothing.
+    let slow_jobs = jobs_labelled(&agent, "cron=cron-slow");
+    assert_eq!(slow_jobs.len(), 1, "{slow_jobs:?}");
+    assert!(condition(&slow_jobs[0], "Complete").is_none());
+    let slow = agent.object("cronjob", "cron-slow").expect("the CronJob");
+    assert_eq!(
+        slow["status"]["active"][0]["name"],
+        slow_jobs[0]["metadata"]["name"]
+    );
+    let events = agent.ok(&["describe", "cronjob", "cron-slow"]);
+    assert!(events.contains("JobAlreadyActive"), "{events}");
+    let events = agent.ok(&["describe", "cronjob", "cron-quick"]);
+    for reason in ["SuccessfulCreate", "SawCompletedJob", "SuccessfulDelete"] {
+        assert!(events.contains(reason), "{reason} in {events}");
+    }
+}
+
+#[test]
+fn cronjobs_with_bad_schedules_are_refused_others_listed_and_run_by_hand() {
+    let agent = Agent::start(&[]);
+    for (spec, message) in [
+        (
+            r#"  schedule: "61 * * * *""#,
+            r#"spec.schedule: minute field "61": out of range 0-59"#,
+        ),
+        (
+            r#"  schedule: "0 0 * * MON-FUN""#,
+            r#"spec.schedule: day-of-week field "MON-FUN": not a number (0-6) or a name (SUN-SAT)"#,
+        ),
+        (
+            "  schedule: \"@daily\"\n  timeZone: Mars/Olympus",
+            r#"spec.timeZone: "Mars/Olympus" is not an IANA time zone name"#,
+        ),
+    ] {
+        let manifest =
+            cronjob("cron-bad", "exit 0", spec).replace("  schedule: \"* * * * *\"\n", "");
+        let out = agent.cli_with_stdin(&["apply", "-f", "-"], manifest.as_bytes());
+        assert!(!out.status.success(), "{spec} was accepted");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(message), "{spec}: {stderr}");
+        assert!(agent.object("cronjob", "cron-bad").is_none(), "{spec}");
+    }
+    agent.apply(&cronjob(
+        "cron-listed",
+        "exit 0",
+        "  timeZone: Europe/Berlin\n  suspend: true",
+    ));
+    let table = agent.ok(&["get", "cronjobs"]);
+    let mut lines = table.lines();
+    let header: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split("   ")
+        .map(str::trim)
+        .collect();
+    assert_eq!(
+        header
+            .into_iter()
+            .filter(|h| !h.is_empty())
+            .collect::<Vec<_>>(),
+        [
+            "NAME",
+            "SCHEDULE",
+            "TIMEZONE",
+            "SUSPEND",
+            "ACTIVE",
+            "LAST SCHEDULE",
+            "AGE"
+        ],
+        "{table}"
+    );
+    let row: Vec<&str> = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        row[..row.len() - 1],
+        [
+            "cron-listed",
+            "*",
+            "*",
+            "*",
+            "*",
+            "*",
+            "Europe/Berlin",
+            "true",
+            "0",
+            "<none>"
+        ],
+        "{table}"
+    );
+    // A run by hand, from the template, owned by the CronJob; not twice.
+    let out = agent.ok(&["create", "job", "cron-manual", "--from=cronjob/cron-listed"]);
+    assert_eq!(out.trim(), "job.batch/cron-manual created");
+    let manual = agent.object("job", "cron-manual").expect("the Job");
+    assert_eq!(manual["metadata"]["labels"]["cron"], "cron-listed");
+    assert_eq!(
+        manual["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"],
+        "manual"
+    );
+    assert_eq!(
+        manual["metadata"]["ownerReferences"][0]["name"],
+        "cron-listed"
+    );
+    let again = agent.cli(&["create", "job", "cron-manual", "--from=cronjob/cron-listed"]);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(stderr.contains("already exists"), "{stderr}");
+    let wrong = agent.cli(&["create", "job", "cron-other", "--from=deployment/web"]);
+    let stderr = String::from_utf8_lossy(&wrong.stderr);
+    assert!(stderr.contains("expected cronjob/NAME"), "{stderr}");
+    assert!(agent.object("job", "cron-other").is_none());
 }
 
 #[test]

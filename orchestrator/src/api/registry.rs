@@ -1,8 +1,8 @@
 //! What the API's verbs do, independent of gRPC: decoding and validating objects,
 //! server-owned metadata (uid, resourceVersion, generation, timestamps), optimistic
-//! concurrency, ClusterIP and NodePort allocation, Secret encryption, graceful and
-//! cascading deletes, binding pods to nodes, and watches translated into Kubernetes
-//! events.
+//! concurrency, ClusterIP and NodePort allocation, pod priority admission, Secret
+//! encryption, graceful and cascading deletes, binding pods to nodes, and watches
+//! translated into Kubernetes events.
 //!
 //! Objects are stored as JSON under `/registry/<plural>/[<namespace>/]<name>`; the
 //! store's mod revision is the object's resourceVersion.
@@ -10,6 +10,7 @@
 mod binding;
 mod delete;
 mod pod_cidrs;
+mod priority;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -245,6 +246,7 @@ impl Registry {
 
     async fn try_apply(&self, objects: &[Object]) -> Result<Vec<Applied>, ApiError> {
         let mut plan = services::Plan::default();
+        let mut classes = priority::Classes::default();
         let mut txn = Txn::new();
         let mut staged = Vec::with_capacity(objects.len());
         let mut removed = Vec::new();
@@ -276,6 +278,20 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             };
+            if object.kind() == Kind::Pod {
+                let old_pod = old.as_ref().map(|s| &s.object);
+                match self
+                    .admit_priority(index, &mut object, old_pod, &mut classes)
+                    .await
+                {
+                    Ok(()) => {}
+                    Err(ApiError::Invalid(mut v)) => {
+                        violations.append(&mut v);
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             if object.kind() == Kind::Service {
                 let old_service = old.as_ref().map(|s| &s.object);
                 match self

@@ -183,6 +183,18 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
             vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
         ),
+        Kind::CronJob => (
+            vec![
+                "NAME",
+                "SCHEDULE",
+                "TIMEZONE",
+                "SUSPEND",
+                "ACTIVE",
+                "LAST SCHEDULE",
+                "AGE",
+            ],
+            vec!["CONTAINERS", "IMAGES", "SELECTOR"],
+        ),
         Kind::HorizontalPodAutoscaler => (
             vec![
                 "NAME",
@@ -398,6 +410,18 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
                 age,
             ]
         }
+        Kind::CronJob => vec![
+            name,
+            text(&spec["schedule"]),
+            or(&spec["timeZone"], "<none>"),
+            or(&spec["suspend"], "false"),
+            items(&status["active"]).count().to_string(),
+            match status["lastScheduleTime"] {
+                Value::Null => "<none>".into(),
+                ref last => self::age(last, now),
+            },
+            age,
+        ],
         Kind::Event => {
             let object = &o["involvedObject"];
             vec![
@@ -465,7 +489,12 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
     };
     if wide {
         match kind {
-            Kind::Deployment | Kind::ReplicaSet | Kind::Job => {
+            Kind::Deployment | Kind::ReplicaSet | Kind::Job | Kind::CronJob => {
+                // A CronJob's pods are described one level down, in its Jobs' template.
+                let spec = match kind {
+                    Kind::CronJob => &spec["jobTemplate"]["spec"],
+                    _ => spec,
+                };
                 let containers: Vec<&Value> =
                     items(&spec["template"]["spec"]["containers"]).collect();
                 cells.push(

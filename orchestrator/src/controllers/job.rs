@@ -1,8 +1,9 @@
 //! The Job controller: runs a Job's pods to completion: up to `parallelism` at
 //! once until `completions` have succeeded, retrying failures up to
-//! `backoffLimit`, stopping everything past `activeDeadlineSeconds`, and deleting
-//! the finished Job (with its pods) `ttlSecondsAfterFinished` later. The decisions
-//! are in [`plan`]; this file reads the store and writes them.
+//! `backoffLimit` (each retry after an exponential back-off), stopping everything
+//! past `activeDeadlineSeconds`, and deleting the finished Job (with its pods)
+//! `ttlSecondsAfterFinished` later. The decisions are in [`plan`]; this file reads
+//! the store and writes them.
 
 pub mod plan;
 
@@ -20,7 +21,7 @@ use crate::runtime::events::Type;
 pub struct JobController;
 
 /// The Job's terminal condition (Complete or Failed, status True), if it has one.
-fn finished(job: &Job) -> Option<&Condition> {
+pub fn finished(job: &Job) -> Option<&Condition> {
     job.status.conditions.iter().find(|c| {
         matches!(c.r#type.as_str(), "Complete" | "Failed") && c.status == ConditionStatus::True
     })
@@ -145,14 +146,19 @@ impl Reconciler for JobController {
             None => {}
         }
         ctx.update_status(updated.into()).await?;
-        Ok(match (plan.finish, job.spec.active_deadline_seconds) {
+        let in_seconds = |left: i64| Duration::from_secs(u64::try_from(left).unwrap_or(0).max(1));
+        let deadline = match (&plan.finish, job.spec.active_deadline_seconds) {
             (Some(_), _) => Action::requeue(Duration::from_secs(1)),
             (None, Some(deadline)) if !suspend => {
-                let left = started.unwrap_or(now) + deadline - now;
-                Action::requeue(Duration::from_secs(u64::try_from(left).unwrap_or(0).max(1)))
+                Action::requeue(in_seconds(started.unwrap_or(now) + deadline - now))
             }
             _ => Action::await_change(),
-        })
+        };
+        // Pods held back by the failure back-off are created when it ends.
+        let retry = plan.retry_in.map_or_else(Action::await_change, |left| {
+            Action::requeue(in_seconds(left))
+        });
+        Ok(deadline.sooner(retry))
     }
 }
 

@@ -1,12 +1,19 @@
-//! Jobs (batch/v1): pods that run to completion, retried on failure up to a limit.
+//! Jobs (batch/v1): pods that run to completion, retried on failure up to a limit;
+//! and CronJobs, which create Jobs on a [`cron`] schedule.
+
+pub mod cron;
 
 use serde::{Deserialize, Serialize};
 
+use self::cron::Schedule;
 use super::apps::validate_template;
+use super::discovery::ObjectReference;
 use super::meta::Condition;
 use super::object::{Resource, is_default, spec_and_status};
 use super::pod::RestartPolicy;
-use super::validation::{FieldErrors, Path, check_immutable, check_min};
+use super::validation::{
+    FieldErrors, Format, Path, check_immutable, check_keys, check_labels, check_min,
+};
 use super::{LabelSelector, ObjectMeta, PodTemplateSpec};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -71,30 +78,7 @@ impl Resource for Job {
     }
 
     fn validate(&self, errors: &mut FieldErrors) {
-        let spec = &self.spec;
-        let path = Path::root().field("spec");
-        check_min(errors, &path.field("parallelism"), spec.parallelism, 0);
-        check_min(errors, &path.field("completions"), spec.completions, 0);
-        check_min(errors, &path.field("backoffLimit"), spec.backoff_limit, 0);
-        check_min(
-            errors,
-            &path.field("activeDeadlineSeconds"),
-            spec.active_deadline_seconds,
-            1,
-        );
-        check_min(
-            errors,
-            &path.field("ttlSecondsAfterFinished"),
-            spec.ttl_seconds_after_finished,
-            0,
-        );
-        validate_template(
-            errors,
-            &path,
-            spec.selector.as_ref(),
-            &spec.template,
-            &[RestartPolicy::OnFailure, RestartPolicy::Never],
-        );
+        self.spec.validate(errors, &Path::root().field("spec"));
     }
 
     fn validate_update(&self, old: &Self, errors: &mut FieldErrors) {
@@ -114,6 +98,172 @@ impl Resource for Job {
             &self.spec.template,
             &old.spec.template,
         );
+    }
+
+    spec_and_status!();
+}
+
+impl JobSpec {
+    /// Checks of a Job's spec, at `path` (`spec`, or a CronJob's
+    /// `spec.jobTemplate.spec`).
+    fn validate(&self, errors: &mut FieldErrors, path: &Path) {
+        check_min(errors, &path.field("parallelism"), self.parallelism, 0);
+        check_min(errors, &path.field("completions"), self.completions, 0);
+        check_min(errors, &path.field("backoffLimit"), self.backoff_limit, 0);
+        check_min(
+            errors,
+            &path.field("activeDeadlineSeconds"),
+            self.active_deadline_seconds,
+            1,
+        );
+        check_min(
+            errors,
+            &path.field("ttlSecondsAfterFinished"),
+            self.ttl_seconds_after_finished,
+            0,
+        );
+        validate_template(
+            errors,
+            path,
+            self.selector.as_ref(),
+            &self.template,
+            &[RestartPolicy::OnFailure, RestartPolicy::Never],
+        );
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CronJob {
+    pub metadata: ObjectMeta,
+    pub spec: CronJobSpec,
+    #[serde(skip_serializing_if = "is_default")]
+    pub status: CronJobStatus,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CronJobSpec {
+    /// Five cron fields or a macro: see [`cron`].
+    pub schedule: String,
+    /// The IANA time zone the schedule is read in; the node's local time when unset.
+    pub time_zone: Option<String>,
+    /// A run not started within this many seconds of its time is skipped.
+    pub starting_deadline_seconds: Option<i64>,
+    pub concurrency_policy: Option<ConcurrencyPolicy>,
+    /// While true, no new runs start (running ones go on).
+    pub suspend: Option<bool>,
+    /// Boxed: a whole Job spec inline would make every [`super::Object`] this big.
+    pub job_template: Box<JobTemplateSpec>,
+    /// Finished Jobs kept: the oldest beyond these are deleted.
+    pub successful_jobs_history_limit: Option<i32>,
+    pub failed_jobs_history_limit: Option<i32>,
+}
+
+/// What a run's Job looks like.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct JobTemplateSpec {
+    /// Labels and annotations of the Jobs.
+    pub metadata: ObjectMeta,
+    pub spec: JobSpec,
+}
+
+/// What a run does when the previous one is still running.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ConcurrencyPolicy {
+    /// Both run.
+    #[default]
+    Allow,
+    /// The new run is skipped.
+    Forbid,
+    /// The running one is deleted, then the new one starts.
+    Replace,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct CronJobStatus {
+    /// The Jobs of this CronJob that are running.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub active: Vec<ObjectReference>,
+    /// The scheduled time of the last run started.
+    pub last_schedule_time: Option<String>,
+    /// When the last run that succeeded finished.
+    pub last_successful_time: Option<String>,
+}
+
+/// Kubernetes' limit: a Job's name is the CronJob's, a dash and up to 11 digits of
+/// minutes, and must stay a valid label value (63 characters).
+const MAX_CRONJOB_NAME: usize = 52;
+
+impl Resource for CronJob {
+    fn apply_defaults(&mut self) {
+        let spec = &mut self.spec;
+        spec.concurrency_policy.get_or_insert_default();
+        spec.suspend.get_or_insert(false);
+        spec.successful_jobs_history_limit.get_or_insert(3);
+        spec.failed_jobs_history_limit.get_or_insert(1);
+        // The Job's own defaults come when each Job is created.
+        spec.job_template.spec.template.spec.apply_defaults(None);
+    }
+
+    fn validate(&self, errors: &mut FieldErrors) {
+        let spec = &self.spec;
+        let path = Path::root().field("spec");
+        if self.metadata.name.len() > MAX_CRONJOB_NAME {
+            errors.push(
+                Path::root().field("metadata").field("name"),
+                format!(
+                    "must be no more than {MAX_CRONJOB_NAME} characters (the Jobs' names add \
+                     the scheduled minute)"
+                ),
+            );
+        }
+        if spec.schedule.trim().is_empty() {
+            errors.push(path.field("schedule"), "required");
+        } else if let Err(error) = spec.schedule.parse::<Schedule>() {
+            errors.push(path.field("schedule"), error.to_string());
+        }
+        if let Some(zone) = &spec.time_zone
+            && let Err(error) = cron::time_zone(zone)
+        {
+            errors.push(path.field("timeZone"), error.to_string());
+        }
+        check_min(
+            errors,
+            &path.field("startingDeadlineSeconds"),
+            spec.starting_deadline_seconds,
+            0,
+        );
+        check_min(
+            errors,
+            &path.field("successfulJobsHistoryLimit"),
+            spec.successful_jobs_history_limit,
+            0,
+        );
+        check_min(
+            errors,
+            &path.field("failedJobsHistoryLimit"),
+            spec.failed_jobs_history_limit,
+            0,
+        );
+        let template = path.field("jobTemplate");
+        let meta = &spec.job_template.metadata;
+        check_labels(
+            errors,
+            &template.field("metadata").field("labels"),
+            &meta.labels,
+        );
+        check_keys(
+            errors,
+            &template.field("metadata").field("annotations"),
+            &meta.annotations,
+            Format::QualifiedName,
+        );
+        spec.job_template
+            .spec
+            .validate(errors, &template.field("spec"));
     }
 
     spec_and_status!();

@@ -16,8 +16,8 @@ use serde_path_to_error::Segment;
 use super::meta::{validate_meta, validate_meta_update};
 use super::validation::{FieldErrors, Path};
 use super::{
-    ConfigMap, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace, Node,
-    NodeMetrics, ObjectMeta, Pod, PodMetrics, PriorityClass, ReplicaSet, Secret, Service,
+    ConfigMap, CronJob, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace,
+    Node, NodeMetrics, ObjectMeta, Pod, PodMetrics, PriorityClass, ReplicaSet, Secret, Service,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -32,6 +32,7 @@ pub enum Kind {
     ConfigMap,
     Secret,
     Job,
+    CronJob,
     HorizontalPodAutoscaler,
     Event,
     PodMetrics,
@@ -49,7 +50,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -60,6 +61,7 @@ impl Kind {
         Kind::ConfigMap,
         Kind::Secret,
         Kind::Job,
+        Kind::CronJob,
         Kind::HorizontalPodAutoscaler,
         Kind::Event,
         Kind::PodMetrics,
@@ -86,6 +88,7 @@ impl Kind {
             Kind::ConfigMap => ("ConfigMap", "v1", "configmaps", &["cm"], true),
             Kind::Secret => ("Secret", "v1", "secrets", &[], true),
             Kind::Job => ("Job", "batch/v1", "jobs", &[], true),
+            Kind::CronJob => ("CronJob", "batch/v1", "cronjobs", &["cj"], true),
             Kind::HorizontalPodAutoscaler => (
                 "HorizontalPodAutoscaler",
                 "autoscaling/v2",
@@ -327,6 +330,7 @@ objects!(
     ConfigMap,
     Secret,
     Job,
+    CronJob,
     HorizontalPodAutoscaler,
     Event,
     PodMetrics,

@@ -12,7 +12,7 @@ use super::validation::{
     FieldErrors, Format, Path, check_exactly_one, check_format, check_labels, check_min,
     check_name, check_optional, check_port, check_range, check_required, check_unique,
 };
-use super::{IntOrString, LabelSelector, ObjectMeta, ParsedQuantity, Quantity};
+use super::{IntOrString, LabelSelector, ObjectMeta, ParsedQuantity, PreemptionPolicy, Quantity};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
@@ -51,7 +51,10 @@ pub struct PodSpec {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
     pub priority_class_name: Option<String>,
+    /// Set at creation from the PriorityClass (admission); a pod may not choose it.
     pub priority: Option<i32>,
+    /// Set at creation from the PriorityClass, like `priority`.
+    pub preemption_policy: Option<PreemptionPolicy>,
     pub hostname: Option<String>,
     pub subdomain: Option<String>,
     pub service_account_name: Option<String>,

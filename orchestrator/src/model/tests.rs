@@ -199,6 +199,24 @@ spec:
       - name: migrate
         image: registry.local:5000/shop/migrate
 ---
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: nightly
+spec:
+  schedule: "30 2 * * MON-FRI"
+  timeZone: Europe/Berlin
+  jobTemplate:
+    metadata:
+      labels: {task: report}
+    spec:
+      template:
+        spec:
+          restartPolicy: Never
+          containers:
+          - name: report
+            image: registry.local:5000/shop/report
+---
 apiVersion: autoscaling/v2
 kind: HorizontalPodAutoscaler
 metadata:
@@ -752,6 +770,46 @@ fn job_restart_policy() {
 }
 
 #[test]
+fn bad_cronjobs_name_the_field() {
+    let cronjob = |name: &str, spec: &str| {
+        format!(
+            "apiVersion: batch/v1\nkind: CronJob\nmetadata:\n  name: {name}\nspec:\n{spec}  \
+             jobTemplate:\n    spec:\n      template:\n        spec:\n          containers:\n          \
+             - name: main\n            image: busybox\n"
+        )
+    };
+    assert_eq!(
+        parse_err(&cronjob(
+            "nightly",
+            "  schedule: \"61 * * * *\"\n  timeZone: Nowhere/City\n  concurrencyPolicy: Replace\n"
+        )),
+        "app.yaml doc 1: spec.schedule: minute field \"61\": out of range 0-59\n\
+         app.yaml doc 1: spec.timeZone: \"Nowhere/City\" is not an IANA time zone name (such as \
+         \"Europe/Berlin\" or \"UTC\")\n\
+         app.yaml doc 1: spec.jobTemplate.spec.template.spec.restartPolicy: required (supported: \
+         \"OnFailure\", \"Never\")"
+    );
+    let long = "n".repeat(53);
+    let text = cronjob(
+        &long,
+        "  schedule: \"@hourly\"\n  startingDeadlineSeconds: -1\n",
+    );
+    let errors = parse_err(&text);
+    assert!(
+        errors.contains("metadata.name: must be no more than 52 characters"),
+        "{errors}"
+    );
+    assert!(
+        errors.contains("spec.startingDeadlineSeconds: -1 must be greater than or equal to 0"),
+        "{errors}"
+    );
+    assert!(
+        parse_err(&cronjob("nightly", "")).contains("spec.schedule: required"),
+        "no schedule"
+    );
+}
+
+#[test]
 fn headless_service_with_node_port() {
     let text = service(
         "  clusterIP: None\n  selector: {app: web}\n  ports:\n  - port: 80\n    nodePort: 30080\n",
@@ -1005,6 +1063,7 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::ConfigMap(config),
         Object::Secret(secret),
         Object::Job(job),
+        Object::CronJob(cronjob),
         Object::HorizontalPodAutoscaler(hpa),
         Object::Event(event),
         Object::PodMetrics(pod_metrics),
@@ -1015,6 +1074,31 @@ fn every_kind_decodes_defaults_and_validates() {
         panic!("unexpected kinds");
     };
     assert_eq!(node.spec.taints[0].effect, Some(TaintEffect::NoSchedule));
+    // CronJob defaults; the Job's own come when each Job is created.
+    let cron = &cronjob.spec;
+    assert_eq!(
+        (
+            cron.concurrency_policy,
+            cron.suspend,
+            cron.successful_jobs_history_limit,
+            cron.failed_jobs_history_limit
+        ),
+        (
+            Some(ConcurrencyPolicy::Allow),
+            Some(false),
+            Some(3),
+            Some(1)
+        )
+    );
+    assert_eq!(cron.job_template.spec.backoff_limit, None);
+    assert_eq!(
+        cron.job_template
+            .spec
+            .template
+            .spec
+            .termination_grace_period_seconds,
+        Some(30)
+    );
     assert_eq!(event.involved_object.name, "web-1");
     assert_eq!(pod_metrics.containers[0].usage["cpu"].0, "250m");
     assert_eq!(node_metrics.usage["memory"].0, "2Gi");
@@ -1436,7 +1520,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 15);
+    assert_eq!(Kind::ALL.len(), 16);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),
@@ -1452,6 +1536,8 @@ fn kinds() {
         ("cm", Kind::ConfigMap),
         ("secrets", Kind::Secret),
         ("jobs.batch", Kind::Job),
+        ("cj", Kind::CronJob),
+        ("cronjobs.batch", Kind::CronJob),
         ("hpa", Kind::HorizontalPodAutoscaler),
         (
             "horizontalpodautoscalers.autoscaling",

@@ -151,12 +151,13 @@ async fn follow(registry: &Registry, scoring: Scoring) -> Result<(), Error> {
 }
 
 impl Scheduler {
-    /// A pod's priority and preemption policy; a pod naming a class that does not
-    /// exist counts by its own `spec.priority` (or 0).
+    /// A pod's priority and preemption policy; a pod whose class was deleted since
+    /// it was admitted counts by its own `spec.priority` (or 0).
     fn priority(&self, spec: &PodSpec) -> (i32, PreemptionPolicy) {
-        self.snapshot
-            .priority_of(spec)
-            .unwrap_or((spec.priority.unwrap_or(0), PreemptionPolicy::default()))
+        self.snapshot.priority_of(spec).unwrap_or((
+            spec.priority.unwrap_or(0),
+            spec.preemption_policy.unwrap_or_default(),
+        ))
     }
 
     fn pod_changed(&mut self, event: EventType, pod: Pod) {

@@ -354,9 +354,9 @@ impl Snapshot {
         self.priority_classes.remove(name);
     }
 
-    /// A pod's priority and preemption policy: its `spec.priority` if set, else its
-    /// class's, else the global default class's, else 0. Err names a class that
-    /// does not exist.
+    /// A pod's priority and preemption policy: its own (set at admission) if set,
+    /// else its class's, else the global default class's, else 0. Err names a class
+    /// that does not exist.
     pub fn priority_of(&self, spec: &PodSpec) -> Result<(i32, PreemptionPolicy), String> {
         let class = match &spec.priority_class_name {
             Some(name) => Some(
@@ -366,9 +366,10 @@ impl Snapshot {
             ),
             None => self.priority_classes.values().find(|c| c.global_default),
         };
-        let policy = class.map_or(PreemptionPolicy::PreemptLowerPriority, |c| {
-            c.preemption_policy
-        });
+        let policy = spec
+            .preemption_policy
+            .or(class.map(|c| c.preemption_policy))
+            .unwrap_or_default();
         let value = spec.priority.or(class.map(|c| c.value)).unwrap_or(0);
         Ok((value, policy))
     }

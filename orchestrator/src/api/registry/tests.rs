@@ -741,3 +741,135 @@ async fn binding_sets_the_node_once_and_clears_the_nomination() {
         "only pods can be bound to nodes, not configmaps"
     );
 }
+
+/// A pod with `spec` fields besides its one container.
+fn pod_with(name: &str, spec: Value) -> Value {
+    let mut spec = spec;
+    spec["containers"] = json!([{"name": "c", "image": "busybox:1.36"}]);
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec})
+}
+
+fn priority_class(name: &str, value: i32, extra: Value) -> Value {
+    let mut class = json!({
+        "apiVersion": "scheduling.k8s.io/v1", "kind": "PriorityClass",
+        "metadata": {"name": name}, "value": value
+    });
+    if let (Some(class), Some(extra)) = (class.as_object_mut(), extra.as_object()) {
+        class.extend(extra.clone());
+    }
+    class
+}
+
+/// The one violation of a refused request.
+fn violation(err: ApiError) -> Violation {
+    let ApiError::Invalid(mut violations) = err else {
+        panic!("expected a validation error, got {err}")
+    };
+    assert_eq!(violations.len(), 1, "{violations:?}");
+    violations.remove(0)
+}
+
+#[tokio::test]
+async fn pods_get_their_priority_from_their_class_at_creation() {
+    let f = fixture().await;
+    // No class at all: 0, and the default policy.
+    let plain = apply_one(&f.registry, pod_with("plain", json!({}))).await;
+    assert_eq!(plain.object["spec"]["priority"], 0);
+    assert_eq!(
+        plain.object["spec"]["preemptionPolicy"],
+        "PreemptLowerPriority"
+    );
+    assert!(plain.object["spec"]["priorityClassName"].is_null());
+    apply_one(
+        &f.registry,
+        priority_class("gold", 1000, json!({"preemptionPolicy": "Never"})),
+    )
+    .await;
+    apply_one(
+        &f.registry,
+        priority_class("usual", 10, json!({"globalDefault": true})),
+    )
+    .await;
+    let gold = apply_one(
+        &f.registry,
+        pod_with("gold", json!({"priorityClassName": "gold"})),
+    )
+    .await;
+    assert_eq!(gold.object["spec"]["priority"], 1000);
+    assert_eq!(gold.object["spec"]["preemptionPolicy"], "Never");
+    // The global default class is named on pods that name none.
+    let usual = apply_one(&f.registry, pod_with("usual", json!({}))).await;
+    assert_eq!(usual.object["spec"]["priority"], 10);
+    assert_eq!(usual.object["spec"]["priorityClassName"], "usual");
+    // Agreeing with the class is fine; an update without the fields keeps them.
+    let same = pod_with(
+        "same",
+        json!({"priorityClassName": "gold", "priority": 1000}),
+    );
+    apply_one(&f.registry, same).await;
+    let again = apply_one(
+        &f.registry,
+        pod_with("gold", json!({"priorityClassName": "gold"})),
+    )
+    .await;
+    assert_eq!(again.outcome, Outcome::Unchanged);
+    // The class may go later; its pods keep their priority.
+    f.registry
+        .delete(
+            &reference(Kind::PriorityClass, "gold"),
+            None,
+            Propagation::Background,
+        )
+        .await
+        .unwrap();
+    let kept = f.registry.get(&reference(Kind::Pod, "gold")).await.unwrap();
+    assert_eq!(kept["spec"]["priority"], 1000);
+}
+
+#[tokio::test]
+async fn pods_naming_a_missing_class_or_another_priority_are_refused() {
+    let f = fixture().await;
+    let err = f
+        .registry
+        .apply(vec![pod_with(
+            "lost",
+            json!({"priorityClassName": "platinum"}),
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violation(err),
+        Violation {
+            index: 0,
+            field: "spec.priorityClassName".into(),
+            reason: "no PriorityClass named \"platinum\" was found".into()
+        }
+    );
+    apply_one(&f.registry, priority_class("gold", 1000, json!({}))).await;
+    let err = f
+        .registry
+        .apply(vec![pod_with(
+            "greedy",
+            json!({"priorityClassName": "gold", "priority": 2000}),
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        violation(err).to_string(),
+        "objects[0]: spec.priority: 2000 disagrees with the PriorityClass \"gold\" (1000): \
+         leave it unset"
+    );
+    let err = f
+        .registry
+        .apply(vec![pod_with(
+            "polite",
+            json!({"priorityClassName": "gold", "preemptionPolicy": "Never"}),
+        )])
+        .await
+        .unwrap_err();
+    assert_eq!(violation(err).field, "spec.preemptionPolicy");
+    for name in ["lost", "greedy", "polite"] {
+        let missing = f.registry.get(&reference(Kind::Pod, name)).await;
+        assert!(matches!(missing, Err(ApiError::NotFound { .. })), "{name}");
+    }
+}

@@ -1,9 +1,17 @@
 //! What a Job's controller does next, decided on plain data: how many pods to
-//! start or stop, and whether the Job has completed or failed (too many
-//! retries, or past its deadline), as Kubernetes' job controller decides it.
+//! start or stop, when a failed pod may be replaced (exponential back-off), and
+//! whether the Job has completed or failed (too many retries, or past its
+//! deadline), as Kubernetes' job controller decides it.
 
-use crate::controllers::pods::{is_active, to_delete};
+use std::time::Duration;
+
+use crate::controllers::pods::{is_active, seconds, to_delete};
 use crate::model::{Pod, PodPhase};
+
+/// The wait before replacing the first failed pod; it doubles with each failure.
+const BACKOFF_BASE: Duration = Duration::from_secs(10);
+/// The longest wait (Kubernetes' cap).
+const BACKOFF_CAP: Duration = Duration::from_secs(6 * 60);
 
 /// The Job's spec as the plan needs it.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -37,6 +45,37 @@ pub struct Plan {
     pub failed: i32,
     /// Set when the Job ends with this pass.
     pub finish: Option<Finish>,
+    /// Pods are due but held back by the failure back-off for this many seconds.
+    pub retry_in: Option<i64>,
+}
+
+/// How long after the last failure a Job waits to create pods again, with
+/// `failures` failed pods: 10 s, doubled with each further failure, up to 6 min.
+pub fn backoff(failures: i32) -> Duration {
+    match u32::try_from(failures) {
+        Ok(0) | Err(_) => Duration::ZERO,
+        Ok(n) => BACKOFF_BASE
+            .checked_mul(2u32.saturating_pow(n - 1))
+            .map_or(BACKOFF_CAP, |delay| delay.min(BACKOFF_CAP)),
+    }
+}
+
+/// When a failed pod failed: its last container's end, else its creation.
+fn failed_at(pod: &Pod) -> Option<i64> {
+    pod.status
+        .container_statuses
+        .iter()
+        .filter_map(|c| {
+            c.state
+                .as_ref()?
+                .terminated
+                .as_ref()?
+                .finished_at
+                .as_deref()
+        })
+        .filter_map(|t| seconds(Some(t)))
+        .max()
+        .or_else(|| seconds(pod.metadata.creation_timestamp.as_deref()))
 }
 
 fn count(n: usize) -> i32 {
@@ -118,6 +157,23 @@ pub fn plan(spec: JobSpec, pods: &[&Pod], started: i64, now: i64) -> Plan {
     } else {
         plan.create = (wanted - plan.active - terminating).max(0);
     }
+    // Failed pods are replaced after the back-off, counted from the last failure.
+    let failed_pods: Vec<&Pod> = pods
+        .iter()
+        .copied()
+        .filter(|p| p.status.phase == Some(PodPhase::Failed))
+        .collect();
+    let last_failure = failed_pods.iter().filter_map(|p| failed_at(p)).max();
+    if plan.create > 0
+        && let Some(last) = last_failure
+    {
+        let delay = i64::try_from(backoff(count(failed_pods.len())).as_secs()).unwrap_or(i64::MAX);
+        let left = last.saturating_add(delay) - now;
+        if left > 0 {
+            plan.create = 0;
+            plan.retry_in = Some(left);
+        }
+    }
     plan
 }
 
@@ -125,7 +181,7 @@ pub fn plan(spec: JobSpec, pods: &[&Pod], started: i64, now: i64) -> Plan {
 mod tests {
     use super::*;
     use crate::controllers::pods::tests::pod;
-    use crate::model::ContainerStatus;
+    use crate::model::{ContainerState, ContainerStateTerminated, ContainerStatus};
 
     fn spec() -> JobSpec {
         JobSpec {
@@ -174,7 +230,8 @@ mod tests {
             finished("a", PodPhase::Failed),
             finished("b", PodPhase::Failed),
         );
-        let p = plan(spec(), &[&a, &b], 0, 0);
+        // Long after the failures: the back-off is over.
+        let p = plan(spec(), &[&a, &b], 0, 1000);
         assert_eq!((p.failed, p.finish.clone(), p.create), (2, None, 2));
         let mut restarted = pod("c", 1, None);
         restarted.status.container_statuses.push(ContainerStatus {
@@ -191,6 +248,58 @@ mod tests {
             })
         ));
         assert_eq!(p.delete, ["c"]);
+    }
+
+    #[test]
+    fn backoff_doubles_from_ten_seconds_up_to_six_minutes() {
+        for (failures, wait) in [
+            (0, 0),
+            (1, 10),
+            (2, 20),
+            (3, 40),
+            (6, 320),
+            (7, 360),
+            (40, 360),
+        ] {
+            assert_eq!(backoff(failures), Duration::from_secs(wait), "{failures}");
+        }
+    }
+
+    /// A pod whose container failed at `at`.
+    fn failed_at(name: &str, at: i64) -> Pod {
+        let mut p = finished(name, PodPhase::Failed);
+        p.status.container_statuses.push(ContainerStatus {
+            state: Some(ContainerState {
+                terminated: Some(ContainerStateTerminated {
+                    exit_code: 1,
+                    finished_at: Some(jiff::Timestamp::from_second(at).expect("valid").to_string()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        p
+    }
+
+    #[test]
+    fn a_failed_pod_is_replaced_after_the_backoff_from_the_last_failure() {
+        let one = JobSpec {
+            parallelism: 1,
+            completions: 1,
+            backoff_limit: 5,
+            ..spec()
+        };
+        let first = failed_at("a", 100);
+        let p = plan(one, &[&first], 0, 105);
+        assert_eq!((p.create, p.retry_in), (0, Some(5)));
+        let p = plan(one, &[&first], 0, 110);
+        assert_eq!((p.create, p.retry_in), (1, None));
+        // Two failures: 20 s from the later one.
+        let second = failed_at("b", 200);
+        let p = plan(one, &[&first, &second], 0, 215);
+        assert_eq!((p.create, p.retry_in), (0, Some(5)));
+        assert_eq!(plan(one, &[&first, &second], 0, 220).create, 1);
     }
 
     #[test]
