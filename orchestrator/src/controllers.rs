@@ -11,7 +11,7 @@
 //! - [`runner`]: list, watch, map, reconcile, retry.
 //! - [`pods`]: what controllers read from pods (ready, available, deletion order).
 //! - [`replicaset`], [`deployment`], [`endpointslice`], [`job`], [`autoscaler`],
-//!   [`node_lifecycle`]: the controllers.
+//!   [`node_lifecycle`], [`service_account`]: the controllers.
 //! - [`rollout`]: the Deployment's arithmetic (surge, unavailability, hashes,
 //!   revisions).
 //!
@@ -35,6 +35,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod rollout;
 pub mod runner;
+pub mod service_account;
 
 use std::time::Duration;
 
@@ -352,6 +353,11 @@ pub fn start(registry: &Registry, settings: &Settings) -> Controllers {
             node_lifecycle::NodeLifecycleController {
                 grace: settings.node_monitor_grace,
             },
+            registry,
+            stopped.clone(),
+        ),
+        runner::spawn(
+            service_account::ServiceAccountController,
             registry,
             stopped.clone(),
         ),

@@ -18,6 +18,7 @@ use super::validation::{FieldErrors, Path};
 use super::{
     ConfigMap, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace, Node,
     NodeMetrics, ObjectMeta, Pod, PodMetrics, PriorityClass, ReplicaSet, Secret, Service,
+    ServiceAccount,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +32,7 @@ pub enum Kind {
     EndpointSlice,
     ConfigMap,
     Secret,
+    ServiceAccount,
     Job,
     HorizontalPodAutoscaler,
     Event,
@@ -49,7 +51,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -59,6 +61,7 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::ServiceAccount,
         Kind::Job,
         Kind::HorizontalPodAutoscaler,
         Kind::Event,
@@ -85,6 +88,7 @@ impl Kind {
             ),
             Kind::ConfigMap => ("ConfigMap", "v1", "configmaps", &["cm"], true),
             Kind::Secret => ("Secret", "v1", "secrets", &[], true),
+            Kind::ServiceAccount => ("ServiceAccount", "v1", "serviceaccounts", &["sa"], true),
             Kind::Job => ("Job", "batch/v1", "jobs", &[], true),
             Kind::HorizontalPodAutoscaler => (
                 "HorizontalPodAutoscaler",
@@ -207,7 +211,7 @@ pub(crate) trait Resource {
 
 /// The [`Resource`] methods of a kind whose desired state is its `spec` field and
 /// whose observed state is its `status` field (every kind but ConfigMap, Secret,
-/// EndpointSlice and PriorityClass).
+/// ServiceAccount, EndpointSlice and PriorityClass).
 macro_rules! spec_and_status {
     () => {
         fn spec_value(&self) -> serde_json::Value {
@@ -326,6 +330,7 @@ objects!(
     EndpointSlice,
     ConfigMap,
     Secret,
+    ServiceAccount,
     Job,
     HorizontalPodAutoscaler,
     Event,
