@@ -254,16 +254,10 @@ impl Registry {
             .filter(|o| o.kind() == Kind::Namespace)
             .map(|o| o.metadata().name.as_str())
             .collect();
-        let created_accounts: HashSet<(&str, &str)> = objects
+        let created_accounts: HashSet<ObjectRef> = objects
             .iter()
             .filter(|o| o.kind() == Kind::ServiceAccount)
-            .map(|o| {
-                let meta = o.metadata();
-                (
-                    meta.namespace.as_deref().unwrap_or("default"),
-                    meta.name.as_str(),
-                )
-            })
+            .map(ObjectRef::of)
             .collect();
         let mut violations = Vec::new();
         for (index, incoming) in objects.iter().enumerate() {

@@ -10,34 +10,34 @@ use crate::model::{DEFAULT_SERVICE_ACCOUNT, Kind, Object};
 
 impl Registry {
     /// The violation of a pod created at `index` naming an account that does not
-    /// exist; None for anything else. `created` holds the (namespace, name) of the
-    /// ServiceAccounts in the same request.
+    /// exist; None for anything else. `created` holds the ServiceAccounts of the
+    /// same request.
     pub(super) async fn check_service_account(
         &self,
         index: usize,
-        pod: &Object,
-        created: &HashSet<(&str, &str)>,
+        object: &Object,
+        created: &HashSet<ObjectRef>,
     ) -> Result<Option<Violation>, ApiError> {
-        let Object::Pod(pod) = pod else {
+        let Object::Pod(pod) = object else {
             return Ok(None);
         };
-        let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
         let account = pod
             .spec
             .service_account_name
             .as_deref()
             .unwrap_or(DEFAULT_SERVICE_ACCOUNT);
-        if account == DEFAULT_SERVICE_ACCOUNT || created.contains(&(namespace, account)) {
+        if account == DEFAULT_SERVICE_ACCOUNT {
             return Ok(None);
         }
         let reference = ObjectRef {
             kind: Kind::ServiceAccount,
-            namespace: Some(namespace.to_string()),
+            namespace: ObjectRef::of(object).namespace,
             name: account.to_string(),
         };
-        if self.read(&reference).await?.is_some() {
+        if created.contains(&reference) || self.read(&reference).await?.is_some() {
             return Ok(None);
         }
+        let namespace = reference.namespace.as_deref().unwrap_or_default();
         Ok(Some(Violation {
             index,
             field: "spec.serviceAccountName".into(),
