@@ -11,7 +11,7 @@
 //! - [`runner`]: list, watch, map, reconcile, retry.
 //! - [`pods`]: what controllers read from pods (ready, available, deletion order).
 //! - [`replicaset`], [`deployment`], [`endpointslice`], [`job`], [`cronjob`],
-//!   [`autoscaler`], [`node_lifecycle`]: the controllers.
+//!   [`autoscaler`], [`node_lifecycle`], [`service_account`]: the controllers.
 //! - [`rollout`]: the Deployment's arithmetic (surge, unavailability, hashes,
 //!   revisions).
 //!
@@ -36,6 +36,7 @@ pub mod queue;
 pub mod replicaset;
 pub mod rollout;
 pub mod runner;
+pub mod service_account;
 
 use std::time::Duration;
 
@@ -355,6 +356,11 @@ pub fn start(registry: &Registry, settings: &Settings) -> Controllers {
                 grace: settings.node_monitor_grace,
                 started: pods::now_seconds(),
             },
+            registry,
+            stopped.clone(),
+        ),
+        runner::spawn(
+            service_account::ServiceAccountController,
             registry,
             stopped.clone(),
         ),

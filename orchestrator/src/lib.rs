@@ -15,8 +15,10 @@
 //!   conformance tests.
 //! - [`api`]: the gRPC API over the store (registry rules, server, client).
 //! - [`controllers`]: the reconcile loops (ReplicaSet, Deployment, EndpointSlice,
-//!   Job, HorizontalPodAutoscaler, node lifecycle).
+//!   Job, HorizontalPodAutoscaler, node lifecycle, ServiceAccount).
 //! - [`scheduler`]: binding pending pods to nodes (filters, scoring, preemption).
+//! - [`mesh`]: the service mesh's pieces: workload identities, the certificate
+//!   authority, mTLS and the HBONE tunnel between node proxies.
 //! - [`routes`]: routes to other nodes' pod CIDRs (direct routing).
 //! - [`cli`]: the `skiff` command line.
 //! - [`agent`]: the node agent's lifecycle: start, serve, clean shutdown.
@@ -29,6 +31,7 @@ pub mod controllers;
 pub mod dataplane;
 pub mod dns;
 pub mod image;
+pub mod mesh;
 pub mod metrics;
 pub mod model;
 pub mod routes;

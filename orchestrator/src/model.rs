@@ -11,7 +11,7 @@
 //! - [`object`]: [`Kind`], [`Object`], strict decoding.
 //! - [`meta`]: [`ObjectMeta`] and conditions.
 //! - [`pod`], [`service`], [`cluster`] (Namespace, Node), [`config`] (ConfigMap,
-//!   Secret), [`apps`]
+//!   Secret), [`account`] (ServiceAccount), [`apps`]
 //!   (Deployment, ReplicaSet), [`batch`] (Job, CronJob), [`autoscaling`]
 //!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event),
 //!   [`metrics`] (PodMetrics, NodeMetrics), [`scheduling`] (PriorityClass):
@@ -21,6 +21,7 @@
 //! - [`validation`]: field errors and the shared checks.
 //! - [`manifest`]: reading YAML/JSON manifests from files, directories and stdin.
 
+pub mod account;
 pub mod apps;
 pub mod autoscaling;
 pub mod batch;
@@ -42,6 +43,7 @@ pub mod validation;
 #[cfg(test)]
 mod tests;
 
+pub use account::*;
 pub use apps::*;
 pub use autoscaling::*;
 pub use batch::*;

@@ -11,6 +11,7 @@ mod binding;
 mod delete;
 mod pod_cidrs;
 mod priority;
+mod service_accounts;
 mod services;
 #[cfg(test)]
 mod tests;
@@ -255,6 +256,11 @@ impl Registry {
             .filter(|o| o.kind() == Kind::Namespace)
             .map(|o| o.metadata().name.as_str())
             .collect();
+        let created_accounts: HashSet<ObjectRef> = objects
+            .iter()
+            .filter(|o| o.kind() == Kind::ServiceAccount)
+            .map(ObjectRef::of)
+            .collect();
         let mut violations = Vec::new();
         for (index, incoming) in objects.iter().enumerate() {
             let reference = ObjectRef::of(incoming);
@@ -270,6 +276,14 @@ impl Registry {
                 continue;
             }
             let old = self.read(&reference).await?;
+            if old.is_none()
+                && let Some(violation) = self
+                    .check_service_account(index, incoming, &created_accounts)
+                    .await?
+            {
+                violations.push(violation);
+                continue;
+            }
             let mut object = match merge(index, incoming, old.as_ref(), &reference) {
                 Ok(object) => object,
                 Err(ApiError::Invalid(mut v)) => {

@@ -179,6 +179,7 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         ),
         Kind::ConfigMap => (vec!["NAME", "DATA", "AGE"], vec![]),
         Kind::Secret => (vec!["NAME", "TYPE", "DATA", "AGE"], vec![]),
+        Kind::ServiceAccount => (vec!["NAME", "AGE"], vec![]),
         Kind::Job => (
             vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
@@ -383,6 +384,7 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
             entries(&o["data"]).to_string(),
             age,
         ],
+        Kind::ServiceAccount => vec![name, age],
         Kind::Job => {
             let state = conditions(status)
                 .find(|c| {

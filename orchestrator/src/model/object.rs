@@ -18,6 +18,7 @@ use super::validation::{FieldErrors, Path};
 use super::{
     ConfigMap, CronJob, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace,
     Node, NodeMetrics, ObjectMeta, Pod, PodMetrics, PriorityClass, ReplicaSet, Secret, Service,
+    ServiceAccount,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -31,6 +32,7 @@ pub enum Kind {
     EndpointSlice,
     ConfigMap,
     Secret,
+    ServiceAccount,
     Job,
     CronJob,
     HorizontalPodAutoscaler,
@@ -50,7 +52,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 16] = [
+    pub const ALL: [Kind; 17] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -60,6 +62,7 @@ impl Kind {
         Kind::EndpointSlice,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::ServiceAccount,
         Kind::Job,
         Kind::CronJob,
         Kind::HorizontalPodAutoscaler,
@@ -87,6 +90,7 @@ impl Kind {
             ),
             Kind::ConfigMap => ("ConfigMap", "v1", "configmaps", &["cm"], true),
             Kind::Secret => ("Secret", "v1", "secrets", &[], true),
+            Kind::ServiceAccount => ("ServiceAccount", "v1", "serviceaccounts", &["sa"], true),
             Kind::Job => ("Job", "batch/v1", "jobs", &[], true),
             Kind::CronJob => ("CronJob", "batch/v1", "cronjobs", &["cj"], true),
             Kind::HorizontalPodAutoscaler => (
@@ -210,7 +214,7 @@ pub(crate) trait Resource {
 
 /// The [`Resource`] methods of a kind whose desired state is its `spec` field and
 /// whose observed state is its `status` field (every kind but ConfigMap, Secret,
-/// EndpointSlice and PriorityClass).
+/// ServiceAccount, EndpointSlice and PriorityClass).
 macro_rules! spec_and_status {
     () => {
         fn spec_value(&self) -> serde_json::Value {
@@ -329,6 +333,7 @@ objects!(
     EndpointSlice,
     ConfigMap,
     Secret,
+    ServiceAccount,
     Job,
     CronJob,
     HorizontalPodAutoscaler,

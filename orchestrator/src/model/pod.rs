@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
+use super::account::DEFAULT_SERVICE_ACCOUNT;
 use super::meta::Condition;
 use super::object::{Resource, enum_name, is_default, spec_and_status};
 use super::selector::{check_operator_values, validate_label_selector};
@@ -57,7 +58,11 @@ pub struct PodSpec {
     pub preemption_policy: Option<PreemptionPolicy>,
     pub hostname: Option<String>,
     pub subdomain: Option<String>,
+    /// The ServiceAccount the pod runs as (its mesh identity); `default` when unset.
     pub service_account_name: Option<String>,
+    /// Deprecated alias of `serviceAccountName`, read when that is unset and kept
+    /// equal to it, as Kubernetes does.
+    pub service_account: Option<String>,
     pub dns_policy: Option<DnsPolicy>,
     pub host_network: Option<bool>,
 }
@@ -580,6 +585,16 @@ pub struct ContainerStateTerminated {
 impl Resource for Pod {
     fn apply_defaults(&mut self) {
         self.spec.apply_defaults(Some(RestartPolicy::Always));
+        // Pods only: a template's account is defaulted when its pods are created, so
+        // templates (and the hashes computed from them) stay as written.
+        let account = self
+            .spec
+            .service_account_name
+            .take()
+            .or_else(|| self.spec.service_account.take())
+            .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.to_string());
+        self.spec.service_account = Some(account.clone());
+        self.spec.service_account_name = Some(account);
     }
 
     fn validate(&self, errors: &mut FieldErrors) {
@@ -682,6 +697,15 @@ impl PodSpec {
             self.service_account_name.as_deref(),
             Format::Dns1123Subdomain,
         );
+        // The deprecated alias, when it says something else (a pod's mirrors it).
+        if self.service_account != self.service_account_name {
+            check_optional(
+                errors,
+                &path.field("serviceAccount"),
+                self.service_account.as_deref(),
+                Format::Dns1123Subdomain,
+            );
+        }
         if let Some(affinity) = &self.affinity {
             affinity.validate(errors, &path.field("affinity"));
         }

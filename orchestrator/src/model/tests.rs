@@ -186,6 +186,13 @@ data:
 stringData:
   username: admin
 ---
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: builder
+  namespace: shop
+automountServiceAccountToken: false
+---
 apiVersion: batch/v1
 kind: Job
 metadata:
@@ -1062,6 +1069,7 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::EndpointSlice(slice),
         Object::ConfigMap(config),
         Object::Secret(secret),
+        Object::ServiceAccount(account),
         Object::Job(job),
         Object::CronJob(cronjob),
         Object::HorizontalPodAutoscaler(hpa),
@@ -1112,6 +1120,9 @@ fn every_kind_decodes_defaults_and_validates() {
     assert_eq!(pod.spec.restart_policy, Some(RestartPolicy::Always));
     assert_eq!(pod.spec.termination_grace_period_seconds, Some(30));
     assert_eq!(pod.spec.dns_policy, Some(DnsPolicy::ClusterFirst));
+    assert_eq!(pod.spec.service_account_name.as_deref(), Some("default"));
+    assert_eq!(pod.spec.service_account.as_deref(), Some("default"));
+    assert_eq!(account.automount_service_account_token, Some(false));
     assert_eq!(
         pod.spec.containers[0].image_pull_policy,
         Some(ImagePullPolicy::IfNotPresent)
@@ -1520,7 +1531,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 16);
+    assert_eq!(Kind::ALL.len(), 17);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),
@@ -1535,6 +1546,8 @@ fn kinds() {
         ("rs", Kind::ReplicaSet),
         ("cm", Kind::ConfigMap),
         ("secrets", Kind::Secret),
+        ("sa", Kind::ServiceAccount),
+        ("serviceaccounts", Kind::ServiceAccount),
         ("jobs.batch", Kind::Job),
         ("cj", Kind::CronJob),
         ("cronjobs.batch", Kind::CronJob),
@@ -1589,4 +1602,56 @@ fn object_labels_are_selectable() {
     assert!(labels.is_empty());
     let selector = Selector::parse("!app").unwrap();
     assert!(selector.matches(labels));
+}
+
+#[test]
+fn a_pod_runs_as_default_or_the_account_it_names() {
+    let pod = |accounts: serde_json::Value| {
+        let mut spec = json!({"containers": [{"name": "c", "image": "busybox:1.36"}]});
+        spec.as_object_mut()
+            .unwrap()
+            .extend(accounts.as_object().unwrap().clone());
+        Object::from_value(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}),
+        )
+    };
+    let accounts = |object: Object| {
+        let value = object.to_value();
+        (
+            value["spec"]["serviceAccountName"].clone(),
+            value["spec"]["serviceAccount"].clone(),
+        )
+    };
+    assert_eq!(
+        accounts(pod(json!({})).unwrap()),
+        (json!("default"), json!("default"))
+    );
+    // The deprecated field is read when the current one is unset, and mirrors it.
+    assert_eq!(
+        accounts(pod(json!({"serviceAccount": "builder"})).unwrap()),
+        (json!("builder"), json!("builder"))
+    );
+    assert_eq!(
+        accounts(pod(json!({"serviceAccountName": "web", "serviceAccount": "old"})).unwrap()),
+        (json!("web"), json!("web"))
+    );
+    assert_eq!(
+        pod(json!({"serviceAccountName": "Web_Admin"}))
+            .unwrap_err()
+            .to_string(),
+        "spec.serviceAccountName: \"Web_Admin\" is not a valid DNS-1123 subdomain (lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters)"
+    );
+    // Templates keep what was written: their pods get the default when created.
+    let template = Object::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "r"},
+        "spec": {"selector": {"matchLabels": {"a": "b"}}, "template": {
+            "metadata": {"labels": {"a": "b"}},
+            "spec": {"containers": [{"name": "c", "image": "busybox:1.36"}]}}}
+    }))
+    .unwrap();
+    assert!(
+        template.to_value()["spec"]["template"]["spec"]
+            .get("serviceAccountName")
+            .is_none()
+    );
 }

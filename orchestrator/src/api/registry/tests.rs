@@ -873,3 +873,43 @@ async fn pods_naming_a_missing_class_or_another_priority_are_refused() {
         assert!(matches!(missing, Err(ApiError::NotFound { .. })), "{name}");
     }
 }
+
+#[tokio::test]
+async fn a_new_pod_must_name_an_existing_service_account_but_default() {
+    let f = fixture().await;
+    // `default` is the controller's to create; a pod need not wait for it.
+    let applied = apply_one(&f.registry, pod("plain", None)).await;
+    assert_eq!(applied.object["spec"]["serviceAccountName"], "default");
+    assert_eq!(applied.object["spec"]["serviceAccount"], "default");
+
+    let mut named = pod("named", None);
+    named["spec"]["serviceAccountName"] = json!("builder");
+    let err = f.registry.apply(vec![named.clone()]).await.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "objects[0]: spec.serviceAccountName: error looking up service account default/builder: serviceaccount \"builder\" not found"
+    );
+    assert!(matches!(
+        f.registry.get(&reference(Kind::Pod, "named")).await,
+        Err(ApiError::NotFound { .. })
+    ));
+    // The deprecated alias names the account just the same.
+    let mut aliased = pod("aliased", None);
+    aliased["spec"]["serviceAccount"] = json!("builder");
+    let err = f.registry.apply(vec![aliased]).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("serviceaccount \"builder\" not found"),
+        "{err}"
+    );
+
+    // The account in the same request, or created before, is found.
+    let account =
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "builder"}});
+    let applied = f.registry.apply(vec![named, account]).await.unwrap();
+    assert_eq!(applied[0].object["spec"]["serviceAccountName"], "builder");
+    let mut second = pod("second", None);
+    second["spec"]["serviceAccount"] = json!("builder");
+    let applied = apply_one(&f.registry, second).await;
+    assert_eq!(applied.object["spec"]["serviceAccountName"], "builder");
+}
