@@ -197,6 +197,30 @@ fn a_deployment_spreads_over_three_nodes_and_survives_losing_the_leading_node() 
     let name = "web-pods.default.svc.cluster.local";
     assert_eq!(resolve(cluster.node(client), name), all_ips(&servers));
 
+    // Pods reach pods on other nodes by pod IP, over both families.
+    let local = servers
+        .iter()
+        .find(|s| s.node == node_name(client))
+        .expect("a server on the client's node");
+    let pod = cluster
+        .node(client)
+        .object("pod", &local.name)
+        .expect("its pod");
+    for remote in servers.iter().filter(|s| s.node != node_name(client)) {
+        for ip in &remote.ips {
+            let out = cluster
+                .node(client)
+                .exec(&pod, "web", &["nc", "-w", "2", ip, "8080"]);
+            assert_eq!(
+                String::from_utf8_lossy(&out.stdout).trim(),
+                remote.name,
+                "{} -> {ip} on {}: {out:?}",
+                local.name,
+                remote.node
+            );
+        }
+    }
+
     // Lose the leading node while the client keeps connecting.
     let stop = AtomicBool::new(false);
     let (lost_at, attempts) = std::thread::scope(|scope| {
