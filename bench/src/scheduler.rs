@@ -268,7 +268,14 @@ enum Arrival {
 }
 
 async fn end_to_end(options: &Options, arrival: Arrival) -> Result<EndToEnd> {
-    let mut agent = Agent::start(&options.skiff, "warn,skiff::agent=info", &[]).await?;
+    // Simulated nodes have no agent to send heartbeats: without a long grace the
+    // node lifecycle controller would find them lost after 10 s and evict their pods.
+    let mut agent = Agent::start(
+        &options.skiff,
+        "warn,skiff::agent=info",
+        &["--node-monitor-grace-period", "1h"],
+    )
+    .await?;
     let cordoned = arrival == Arrival::Pending;
     let nodes: Vec<Value> = (0..options.nodes).map(|i| node(i, cordoned)).collect();
     for chunk in nodes.chunks(options.batch) {

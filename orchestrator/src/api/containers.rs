@@ -89,7 +89,7 @@ pub async fn find(
         name: pod.to_string(),
     };
     let value = registry.get(&reference).await?;
-    let Ok(Object::Pod(object)) = Object::decode(value) else {
+    let Ok(Object::Pod(object)) = Object::decode_stored(value) else {
         return Err(ApiError::Corrupt {
             key: reference.key(),
             reason: "not a pod".into(),

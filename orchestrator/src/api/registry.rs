@@ -483,7 +483,7 @@ impl Registry {
             kv.value.clone()
         };
         let value: Value = serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
-        let mut object = Object::decode(value).map_err(|e| corrupt(e.to_string()))?;
+        let mut object = Object::decode_stored(value).map_err(|e| corrupt(e.to_string()))?;
         object.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
         Ok(Stored { kv, object })
     }

@@ -200,7 +200,7 @@ impl Reconciler for AutoscalerController {
                     name: target_ref.name.clone(),
                 };
                 match ctx.registry.get(&reference).await {
-                    Ok(value) => Object::decode(value).ok().and_then(Scaled::of),
+                    Ok(value) => Object::decode_stored(value).ok().and_then(Scaled::of),
                     Err(ApiError::NotFound { .. }) => None,
                     Err(source) => {
                         return Err(Error::Read {

@@ -163,7 +163,7 @@ impl Reconciler for NodeLifecycleController {
                             .get(&node_ref(&node.metadata.name))
                             .await
                             .map_err(read_error)?;
-                        let Ok(Object::Node(mut current)) = Object::decode(stored) else {
+                        let Ok(Object::Node(mut current)) = Object::decode_stored(stored) else {
                             return Ok(Action::await_change());
                         };
                         current.spec.taints.push(Taint {
@@ -214,7 +214,7 @@ async fn evict(ctx: &Context, node: &Node, elapsed: i64) -> Result<Action, Error
         })?;
     let mut next: Option<i64> = None;
     for value in values {
-        let Ok(Object::Pod(pod)) = Object::decode(value) else {
+        let Ok(Object::Pod(pod)) = Object::decode_stored(value) else {
             continue;
         };
         match tolerated_for(&pod.spec.tolerations) {

@@ -312,6 +312,13 @@ macro_rules! objects {
                 }
             }
 
+            /// [`Object::decode_kind`] without the checks only user input needs.
+            fn decode_stored_kind(kind: Kind, fields: Value) -> Result<Object, serde_json::Error> {
+                match kind {
+                    $(Kind::$kind => serde_json::from_value(fields).map(Object::$kind),)+
+                }
+            }
+
             /// Kind-specific update checks; `old` has the same kind (checked by the caller).
             fn validate_kind_update(&self, old: &Object, errors: &mut FieldErrors) {
                 match (self, old) {
@@ -363,6 +370,23 @@ impl Object {
         };
         let kind = take_kind(&mut fields)?;
         Object::decode_kind(kind, Value::Object(fields))
+    }
+
+    /// Decodes an object as the API server stored it, after checking it on the
+    /// way in: without the strict decode's path tracking, null stripping and
+    /// struct-as-list check, which made every watch event and list item cost
+    /// several copies of the object. A stored object that does not decode is an
+    /// error all the same.
+    pub fn decode_stored(value: Value) -> Result<Object, FieldErrors> {
+        let Value::Object(mut fields) = value else {
+            return Err(FieldErrors::one(
+                "",
+                format!("expected an object, found {}", describe(&value)),
+            ));
+        };
+        let kind = take_kind(&mut fields)?;
+        Object::decode_stored_kind(kind, Value::Object(fields))
+            .map_err(|e| FieldErrors::one("", e.to_string()))
     }
 
     /// The object as JSON, with apiVersion and kind, without unset fields.

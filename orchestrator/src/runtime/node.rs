@@ -203,7 +203,7 @@ pub async fn run(
                 }
                 event = events.next() => match event {
                     Some(Ok(event)) => {
-                        let Ok(Object::Pod(pod)) = Object::decode(event.object) else { continue };
+                        let Ok(Object::Pod(pod)) = Object::decode_stored(event.object) else { continue };
                         match event.event_type {
                             EventType::Deleted => {
                                 let uid = pod.metadata.uid.clone();
@@ -267,7 +267,7 @@ pub(super) async fn list_pods(ctx: &Context) -> Result<(Vec<Pod>, String), ApiEr
         .await?;
     let pods = values
         .into_iter()
-        .filter_map(|v| match Object::decode(v) {
+        .filter_map(|v| match Object::decode_stored(v) {
             Ok(Object::Pod(pod)) => Some(pod),
             _ => None,
         })

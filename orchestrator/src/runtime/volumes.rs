@@ -183,7 +183,7 @@ async fn fetch(
         Err(ApiError::NotFound { .. }) => return Ok(None),
         Err(e) => return Err(error(e.to_string())),
     };
-    let (meta, data): (_, BTreeMap<String, Vec<u8>>) = match Object::decode(value) {
+    let (meta, data): (_, BTreeMap<String, Vec<u8>>) = match Object::decode_stored(value) {
         Ok(Object::ConfigMap(map)) => {
             let text = map.data.into_iter().map(|(k, v)| (k, v.into_bytes()));
             let binary = map.binary_data.into_iter().map(|(k, v)| (k, v.0));

@@ -1239,7 +1239,7 @@ mod environment {
             name: name.to_string(),
         };
         let found = match registry.get(&reference).await {
-            Ok(value) => match Object::decode(value) {
+            Ok(value) => match Object::decode_stored(value) {
                 Ok(Object::ConfigMap(cm)) => cm.data.get(key).cloned().or_else(|| {
                     cm.binary_data
                         .get(key)

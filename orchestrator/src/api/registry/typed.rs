@@ -8,7 +8,9 @@ use crate::model::{FieldSelector, Kind, Object, Selector};
 
 /// An object of a watch event or list, when it is one of `T` (others are skipped).
 pub fn decode_as<T: TryFrom<Object>>(value: Value) -> Option<T> {
-    Object::decode(value).ok().and_then(|o| T::try_from(o).ok())
+    Object::decode_stored(value)
+        .ok()
+        .and_then(|o| T::try_from(o).ok())
 }
 
 /// Every object of `kind` (in `namespace`, or all), and the resourceVersion to watch
