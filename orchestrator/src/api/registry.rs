@@ -292,33 +292,25 @@ impl Registry {
                 }
                 Err(e) => return Err(e),
             };
-            if object.kind() == Kind::Pod {
-                let old_pod = old.as_ref().map(|s| &s.object);
-                match self
-                    .admit_priority(index, &mut object, old_pod, &mut classes)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(ApiError::Invalid(mut v)) => {
-                        violations.append(&mut v);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+            let old_object = old.as_ref().map(|s| &s.object);
+            let admitted = match object.kind() {
+                Kind::Pod => {
+                    self.admit_priority(index, &mut object, old_object, &mut classes)
+                        .await
                 }
-            }
-            if object.kind() == Kind::Service {
-                let old_service = old.as_ref().map(|s| &s.object);
-                match self
-                    .allocate_service(index, &mut object, old_service, &mut plan)
-                    .await
-                {
-                    Ok(()) => {}
-                    Err(ApiError::Invalid(mut v)) => {
-                        violations.append(&mut v);
-                        continue;
-                    }
-                    Err(e) => return Err(e),
+                Kind::Service => {
+                    self.allocate_service(index, &mut object, old_object, &mut plan)
+                        .await
                 }
+                _ => Ok(()),
+            };
+            match admitted {
+                Ok(()) => {}
+                Err(ApiError::Invalid(mut v)) => {
+                    violations.append(&mut v);
+                    continue;
+                }
+                Err(e) => return Err(e),
             }
             if let Some(old) = old
                 .as_ref()
