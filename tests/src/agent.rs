@@ -508,6 +508,15 @@ pub fn failed_start(args: &[&str]) -> (ExitStatus, String) {
 /// The node name of agents started with [`Agent::start_node`].
 pub const NODE_NAME: &str = "test-node";
 
+/// Whether a pod (its JSON) is Ready and not being deleted.
+pub fn is_ready(pod: &serde_json::Value) -> bool {
+    pod["metadata"]["deletionTimestamp"].is_null()
+        && pod["status"]["conditions"].as_array().is_some_and(|all| {
+            all.iter()
+                .any(|c| c["type"] == "Ready" && c["status"] == "True")
+        })
+}
+
 /// The status of container `name` in a pod's JSON (null when it has none).
 pub fn container_status<'a>(pod: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
     pod["status"]["containerStatuses"]

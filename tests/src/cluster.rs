@@ -6,9 +6,7 @@
 use std::collections::BTreeSet;
 use std::sync::Mutex;
 
-use serde_json::Value;
-
-use crate::agent::Agent;
+use crate::agent::{Agent, is_ready};
 use crate::etcd::EtcdServer;
 use crate::netns::{NetNs, veth};
 
@@ -175,14 +173,6 @@ spec:
   selector: {app: web}
   ports: [{name: web, port: 8080}]
 "#;
-
-pub fn is_ready(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["status"]["conditions"].as_array().is_some_and(|all| {
-            all.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
 
 /// A server pod of [`WEB_APP`].
 #[derive(Clone, Debug)]

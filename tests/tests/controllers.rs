@@ -3,22 +3,17 @@
 //! service VIP that keeps answering. Workload templates carry spec.nodeName, so their
 //! pods run on the test node without a scheduler.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
-use skiff_tests::agent::{Agent, NODE_NAME};
+use skiff_tests::agent::{Agent, NODE_NAME, is_ready};
 use skiff_tests::unique_name;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The objects of `kind` labelled app=`app`.
 fn labelled(agent: &Agent, kind: &str, app: &str) -> Vec<Value> {
-    let out = agent.ok(&["get", kind, "-l", &format!("app={app}"), "-o", "json"]);
-    let list: Value = serde_json::from_str(&out).expect("JSON output");
-    match list["kind"].as_str() {
-        Some("List") => list["items"].as_array().cloned().unwrap_or_default(),
-        _ => vec![list],
-    }
+    agent.list(kind, &format!("app={app}"))
 }
 
 fn name(object: &Value) -> String {
@@ -28,25 +23,10 @@ fn name(object: &Value) -> String {
         .to_string()
 }
 
-fn is_ready(pod: &Value) -> bool {
-    pod["metadata"]["deletionTimestamp"].is_null()
-        && pod["status"]["conditions"].as_array().is_some_and(|all| {
-            all.iter()
-                .any(|c| c["type"] == "Ready" && c["status"] == "True")
-        })
-}
-
-/// Polls `probe` until it returns Some, failing after TIMEOUT with `what` and the
+/// Polls `probe` until it returns Ok, failing after TIMEOUT with `what` and the
 /// last value seen.
-fn eventually<T>(what: &str, mut probe: impl FnMut() -> Result<T, String>) -> T {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        match probe() {
-            Ok(value) => return value,
-            Err(last) => assert!(Instant::now() < deadline, "{what}: still {last}"),
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+fn eventually<T>(what: &str, probe: impl FnMut() -> Result<T, String>) -> T {
+    skiff_tests::eventually(what, TIMEOUT, probe)
 }
 
 /// The ready pods labelled app=`app`, once there are exactly `count` and no others.

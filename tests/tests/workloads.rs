@@ -34,11 +34,9 @@ fn wait_object(
     }
 }
 
-/// The pods whose label `key` is `value`.
+/// The pods whose labels match `selector`.
 fn pods_labelled(agent: &Agent, selector: &str) -> Vec<Value> {
-    let out = agent.ok(&["get", "pods", "-l", selector, "-o", "json"]);
-    let list: Value = serde_json::from_str(&out).expect("JSON list");
-    list["items"].as_array().cloned().unwrap_or_default()
+    agent.list("pods", selector)
 }
 
 fn condition<'a>(object: &'a Value, kind: &str) -> Option<&'a Value> {
@@ -180,9 +178,7 @@ fn names(objects: &[Value]) -> Vec<String> {
 }
 
 fn jobs_labelled(agent: &Agent, selector: &str) -> Vec<Value> {
-    let out = agent.ok(&["get", "jobs", "-l", selector, "-o", "json"]);
-    let list: Value = serde_json::from_str(&out).expect("JSON list");
-    list["items"].as_array().cloned().unwrap_or_default()
+    agent.list("jobs", selector)
 }
 
 /// Job name of the run at an RFC 3339 `scheduled` time, as the controller names it.
