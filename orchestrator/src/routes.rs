@@ -16,7 +16,7 @@ use log::{info, warn};
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteProtocol};
 use rtnetlink::{Handle, RouteMessageBuilder};
 
-use crate::api::registry::typed::{decode_as, list_all, watch_all};
+use crate::api::registry::typed::{cast, list_all, watch_all};
 use crate::api::registry::{EventType, Registry};
 use crate::model::{Kind, Node};
 
@@ -255,7 +255,7 @@ async fn follow(
         .map_err(|e| e.to_string())?;
     while let Some(event) = events.next().await {
         let event = event.map_err(|e| e.to_string())?;
-        let Some(node) = decode_as::<Node>(event.object) else {
+        let Some(node) = cast::<Node>(&event.object) else {
             continue;
         };
         match event.event_type {

@@ -32,6 +32,8 @@ use crate::store::{KeyValue, Revision, Store, StoreError, Txn};
 pub use delete::{Deleted, Propagation};
 pub use watch::{EventType, WatchEvent, WatchStream};
 
+use watch::cache::WatchCache;
+
 /// How often a write is retried when another writer changed what it read; only
 /// when the caller did not pin a resourceVersion.
 const WRITE_ATTEMPTS: usize = 8;
@@ -149,6 +151,28 @@ impl ObjectRef {
 }
 
 /// The store prefix of a kind, optionally narrowed to one namespace.
+/// The object a store key holds (opened, for Secrets), its resourceVersion the
+/// key's mod revision.
+fn stored_object(secrets: &SecretBox, kv: &KeyValue) -> Result<Object, ApiError> {
+    let corrupt = |reason: String| ApiError::Corrupt {
+        key: kv.key.clone(),
+        reason,
+    };
+    let opened;
+    let plain = if SecretBox::is_sealed(&kv.value) {
+        opened = secrets
+            .open(&kv.value)
+            .map_err(|e: EncryptionError| corrupt(e.to_string()))?;
+        &opened[..]
+    } else {
+        &kv.value[..]
+    };
+    let value: Value = serde_json::from_slice(plain).map_err(|e| corrupt(e.to_string()))?;
+    let mut object = Object::decode_stored(value).map_err(|e| corrupt(e.to_string()))?;
+    object.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+    Ok(object)
+}
+
 fn kind_prefix(kind: Kind, namespace: Option<&str>) -> String {
     // Keys name the plural, as Kubernetes' do; the metrics kinds share theirs with
     // Pod and Node, so they take their group too.
@@ -190,6 +214,7 @@ pub struct Registry {
     store: Arc<dyn Store>,
     secrets: Arc<SecretBox>,
     networks: Arc<ServiceNetworks>,
+    watch_cache: Arc<WatchCache>,
 }
 
 /// An object as read from the store.
@@ -200,9 +225,11 @@ struct Stored {
 
 impl Registry {
     pub fn new(store: Arc<dyn Store>, secrets: SecretBox, networks: ServiceNetworks) -> Self {
+        let secrets = Arc::new(secrets);
         Self {
+            watch_cache: Arc::new(WatchCache::new(&store, secrets.clone())),
             store,
-            secrets: Arc::new(secrets),
+            secrets,
             networks: Arc::new(networks),
         }
     }
@@ -463,20 +490,7 @@ impl Registry {
     }
 
     fn decode(&self, kv: KeyValue) -> Result<Stored, ApiError> {
-        let corrupt = |reason: String| ApiError::Corrupt {
-            key: kv.key.clone(),
-            reason,
-        };
-        let plain = if SecretBox::is_sealed(&kv.value) {
-            self.secrets
-                .open(&kv.value)
-                .map_err(|e: EncryptionError| corrupt(e.to_string()))?
-        } else {
-            kv.value.clone()
-        };
-        let value: Value = serde_json::from_slice(&plain).map_err(|e| corrupt(e.to_string()))?;
-        let mut object = Object::decode_stored(value).map_err(|e| corrupt(e.to_string()))?;
-        object.metadata_mut().resource_version = Some(kv.mod_revision.to_string());
+        let object = stored_object(&self.secrets, &kv)?;
         Ok(Stored { kv, object })
     }
 

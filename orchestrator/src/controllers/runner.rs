@@ -9,6 +9,7 @@
 //! it always sees its own previous writes.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -29,30 +30,37 @@ const RELIST_DELAY: Duration = Duration::from_secs(1);
 /// The last seen objects of the kinds a controller watches.
 #[derive(Debug, Default)]
 pub struct Cache {
-    objects: HashMap<Kind, HashMap<ObjectRef, Object>>,
+    // Shared with the watch events they came from: not copied per controller.
+    objects: HashMap<Kind, HashMap<ObjectRef, Arc<Object>>>,
 }
 
 impl Cache {
     /// The objects of `kind`.
     pub fn objects(&self, kind: Kind) -> impl Iterator<Item = &Object> {
-        self.objects.get(&kind).into_iter().flat_map(|m| m.values())
+        self.objects
+            .get(&kind)
+            .into_iter()
+            .flat_map(|m| m.values().map(|o| &**o))
     }
 
     pub fn get(&self, reference: &ObjectRef) -> Option<&Object> {
-        self.objects.get(&reference.kind)?.get(reference)
+        self.objects
+            .get(&reference.kind)?
+            .get(reference)
+            .map(|o| &**o)
     }
 
     /// Replaces every object of `kind` (after a list).
     pub fn replace(&mut self, kind: Kind, objects: Vec<Object>) {
         let by_ref = objects
             .into_iter()
-            .map(|o| (ObjectRef::of(&o), o))
+            .map(|o| (ObjectRef::of(&o), Arc::new(o)))
             .collect();
         self.objects.insert(kind, by_ref);
     }
 
     /// Records a change; returns the object's previous state.
-    pub fn change(&mut self, event_type: EventType, object: Object) -> Option<Object> {
+    pub fn change(&mut self, event_type: EventType, object: Arc<Object>) -> Option<Arc<Object>> {
         let reference = ObjectRef::of(&object);
         let objects = self.objects.entry(reference.kind).or_default();
         match event_type {
@@ -154,9 +162,7 @@ fn concerned<R: Reconciler>(
     cache: &mut Cache,
     event: WatchEvent,
 ) -> Vec<ObjectRef> {
-    let Some(object) = decode_as::<Object>(event.object) else {
-        return Vec::new();
-    };
+    let object = event.object;
     let kind = object.kind();
     let old = cache.change(event.event_type, object.clone());
     if kind == R::KIND {
@@ -225,7 +231,7 @@ mod tests {
     fn event(event_type: EventType, object: impl Into<Object>) -> WatchEvent {
         WatchEvent {
             event_type,
-            object: object.into().to_value(),
+            object: Arc::new(object.into()),
         }
     }
 

@@ -17,7 +17,7 @@ use log::{debug, info, warn};
 
 use super::desired::{self, SERVICE_NAME_LABEL};
 use super::{Balancing, Dataplane, Error, Frontend};
-use crate::api::registry::typed::{decode_as, list_all, watch_all};
+use crate::api::registry::typed::{cast, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, Registry};
 use crate::model::{EndpointSlice, Kind, Service};
 
@@ -314,7 +314,7 @@ async fn follow(
     loop {
         let touched: Vec<ServiceName> = tokio::select! {
             event = service_events.next() => match event {
-                Some(Ok(event)) => match decode_as::<Service>(event.object) {
+                Some(Ok(event)) => match cast::<Service>(&event.object) {
                     Some(service) => vec![catalog.service_changed(event.event_type, service)],
                     None => continue,
                 },
@@ -322,7 +322,7 @@ async fn follow(
                 None => return Ok(()),
             },
             event = slice_events.next() => match event {
-                Some(Ok(event)) => match decode_as::<EndpointSlice>(event.object) {
+                Some(Ok(event)) => match cast::<EndpointSlice>(&event.object) {
                     Some(slice) => catalog.slice_changed(event.event_type, slice),
                     None => continue,
                 },

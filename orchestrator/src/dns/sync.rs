@@ -14,7 +14,7 @@ use hickory_proto::rr::Name;
 use log::{debug, info, warn};
 
 use super::records::{Records, Sources};
-use crate::api::registry::typed::{decode_as, list_all, watch_all};
+use crate::api::registry::typed::{cast, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, Registry, WatchEvent};
 use crate::model::{EndpointSlice, Kind, Object, ObjectMeta, Pod, Service};
 
@@ -122,7 +122,7 @@ fn changed<T: TryFrom<Object>>(
     let Some(event) = event.transpose()? else {
         return Ok(false);
     };
-    if let Some(object) = decode_as::<T>(event.object) {
+    if let Some(object) = cast::<T>(&event.object) {
         let key = id(meta(&object));
         match event.event_type {
             EventType::Deleted => objects.remove(&key),

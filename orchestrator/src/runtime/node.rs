@@ -203,7 +203,7 @@ pub async fn run(
                 }
                 event = events.next() => match event {
                     Some(Ok(event)) => {
-                        let Ok(Object::Pod(pod)) = Object::decode_stored(event.object) else { continue };
+                        let Object::Pod(pod) = Object::clone(&event.object) else { continue };
                         match event.event_type {
                             EventType::Deleted => {
                                 let uid = pod.metadata.uid.clone();

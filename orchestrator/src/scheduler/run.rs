@@ -20,7 +20,7 @@ use super::decide::{Decision, decide};
 use super::queue::Queue;
 use super::snapshot::{NodeSpecifics, PlacedPod, PodKey, Snapshot, holds_room};
 use super::{Error, Scoring};
-use crate::api::registry::typed::{decode_as, list_all, watch_all};
+use crate::api::registry::typed::{cast, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, ObjectRef, Propagation, Registry, now};
 use crate::model::{
     Condition, ConditionStatus, Kind, Node, Object, Pod, PodPhase, PodSpec, PreemptionPolicy,
@@ -116,21 +116,21 @@ async fn follow(registry: &Registry, scoring: Scoring) -> Result<(), Error> {
         tokio::select! {
             biased;
             event = pod_events.next() => match event {
-                Some(Ok(event)) => if let Some(pod) = decode_as::<Pod>(event.object) {
+                Some(Ok(event)) => if let Some(pod) = cast::<Pod>(&event.object) {
                     scheduler.pod_changed(event.event_type, pod);
                 },
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
             event = node_events.next() => match event {
-                Some(Ok(event)) => if let Some(node) = decode_as::<Node>(event.object) {
+                Some(Ok(event)) => if let Some(node) = cast::<Node>(&event.object) {
                     scheduler.node_changed(event.event_type, &node);
                 },
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
             event = class_events.next() => match event {
-                Some(Ok(event)) => if let Some(class) = decode_as::<PriorityClass>(event.object) {
+                Some(Ok(event)) => if let Some(class) = cast::<PriorityClass>(&event.object) {
                     scheduler.class_changed(event.event_type, &class);
                 },
                 Some(Err(e)) => return Err(e.into()),

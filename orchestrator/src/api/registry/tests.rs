@@ -641,13 +641,7 @@ async fn watches_follow_selectors_as_kubernetes_does() {
             .unwrap()
             .unwrap()
             .unwrap();
-        seen.push((
-            event.event_type,
-            event.object["metadata"]["name"]
-                .as_str()
-                .unwrap()
-                .to_string(),
-        ));
+        seen.push((event.event_type, event.object.metadata().name.clone()));
     }
     let names = |v: &[(EventType, String)]| {
         v.iter()
@@ -658,6 +652,108 @@ async fn watches_follow_selectors_as_kubernetes_does() {
         names(&seen),
         ["Added a", "Added b", "Deleted a", "Deleted b"]
     );
+}
+
+/// What a watch told: (type, namespace/name, resourceVersion) per event.
+async fn told(events: &mut WatchStream, count: usize) -> Vec<(EventType, String, String)> {
+    let mut seen = Vec::new();
+    for _ in 0..count {
+        let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+            .await
+            .expect("an event within 5 s")
+            .expect("the watch goes on")
+            .expect("no error");
+        let meta = event.object.metadata();
+        seen.push((
+            event.event_type,
+            format!("{}/{}", meta.namespace.as_deref().unwrap_or(""), meta.name),
+            meta.resource_version.clone().unwrap_or_default(),
+        ));
+    }
+    seen
+}
+
+#[tokio::test]
+async fn watches_from_the_cache_window_and_from_the_store_tell_the_same() {
+    let f = fixture().await;
+    let watch_from = |revision: u64| {
+        let registry = f.registry.clone();
+        async move {
+            registry
+                .watch(
+                    Kind::ConfigMap,
+                    Some("default"),
+                    Selector::everything(),
+                    FieldSelector::everything(),
+                    &revision.to_string(),
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let before_cache = f.store.revision().await.unwrap();
+    apply_one(&f.registry, configmap("early", json!({}))).await;
+    // The first watch starts the kind's cache at the current revision.
+    let started = f.store.revision().await.unwrap();
+    let mut live = watch_from(started).await;
+    apply_one(&f.registry, configmap("a", json!({"v": "1"}))).await;
+    let mut other = configmap("elsewhere", json!({}));
+    other["metadata"]["namespace"] = json!("kube-system");
+    apply_one(&f.registry, other).await;
+    apply_one(&f.registry, configmap("a", json!({"v": "2"}))).await;
+    f.registry
+        .delete(
+            &reference(Kind::ConfigMap, "a"),
+            None,
+            Propagation::Background,
+        )
+        .await
+        .unwrap();
+    // Starting behind the cache: replayed from its window...
+    let mut from_window = watch_from(started).await;
+    // ...or, from before the cache started, read from the store.
+    let mut from_store = watch_from(before_cache).await;
+
+    let expected = told(&mut live, 3).await;
+    let kinds: Vec<_> = expected.iter().map(|(t, n, _)| (*t, n.as_str())).collect();
+    assert_eq!(
+        kinds,
+        [
+            (EventType::Added, "default/a"),
+            (EventType::Modified, "default/a"),
+            (EventType::Deleted, "default/a"),
+        ]
+    );
+    let deleted_at = f.store.revision().await.unwrap().to_string();
+    assert_eq!(
+        expected[2].2, deleted_at,
+        "a deletion's version is the deleting revision"
+    );
+    assert_eq!(told(&mut from_window, 3).await, expected);
+    let store_told = told(&mut from_store, 4).await;
+    assert_eq!(store_told[0].1, "default/early");
+    assert_eq!(store_told[1..], expected[..]);
+}
+
+#[tokio::test]
+async fn watchers_of_a_kind_share_one_decoded_object() {
+    let f = fixture().await;
+    let now = f.store.revision().await.unwrap().to_string();
+    let watch = || {
+        f.registry.watch(
+            Kind::ConfigMap,
+            None,
+            Selector::everything(),
+            FieldSelector::everything(),
+            &now,
+        )
+    };
+    let (mut first, mut second) = (watch().await.unwrap(), watch().await.unwrap());
+    apply_one(&f.registry, configmap("shared", json!({}))).await;
+    let a = first.next().await.unwrap().unwrap().object;
+    let b = second.next().await.unwrap().unwrap().object;
+    assert_eq!(a.metadata().name, "shared");
+    assert!(Arc::ptr_eq(&a, &b), "decoded once for both watchers");
 }
 
 #[tokio::test]

@@ -6,11 +6,17 @@ use serde_json::Value;
 use super::{ApiError, Registry, WatchStream};
 use crate::model::{FieldSelector, Kind, Object, Selector};
 
-/// An object of a watch event or list, when it is one of `T` (others are skipped).
+/// An object the API returned, when it is one of `T` (others are skipped).
 pub fn decode_as<T: TryFrom<Object>>(value: Value) -> Option<T> {
     Object::decode_stored(value)
         .ok()
         .and_then(|o| T::try_from(o).ok())
+}
+
+/// A watch event's object, when it is one of `T`: a copy, as the event's object is
+/// shared with the kind's other watchers.
+pub fn cast<T: TryFrom<Object>>(object: &Object) -> Option<T> {
+    T::try_from(object.clone()).ok()
 }
 
 /// Every object of `kind` (in `namespace`, or all), and the resourceVersion to watch
@@ -20,16 +26,12 @@ pub async fn list_in<T: TryFrom<Object>>(
     kind: Kind,
     namespace: Option<&str>,
 ) -> Result<(Vec<T>, String), ApiError> {
-    let (values, revision) = registry
-        .list(
-            kind,
-            namespace,
-            &Selector::everything(),
-            &FieldSelector::everything(),
-        )
-        .await?;
+    let (objects, revision) = registry.list_objects(kind, namespace).await?;
     Ok((
-        values.into_iter().filter_map(decode_as).collect(),
+        objects
+            .into_iter()
+            .filter_map(|o| T::try_from(o).ok())
+            .collect(),
         revision.to_string(),
     ))
 }
