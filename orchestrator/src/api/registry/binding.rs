@@ -3,8 +3,6 @@
 //! compare-and-swap on the pod's revision, so two schedulers (or a user and a
 //! scheduler) never both bind it.
 
-use serde_json::Value;
-
 use super::{ApiError, ObjectRef, Registry, WRITE_ATTEMPTS};
 use crate::model::{Kind, Object};
 use crate::store::{StoreError, Txn};
@@ -19,7 +17,7 @@ impl Registry {
         pod: &ObjectRef,
         uid: Option<&str>,
         node: &str,
-    ) -> Result<Value, ApiError> {
+    ) -> Result<Object, ApiError> {
         if pod.kind != Kind::Pod {
             return Err(ApiError::BadRequest(format!(
                 "only pods can be bound to nodes, not {}",
@@ -55,7 +53,7 @@ impl Registry {
             match self.store.txn(txn).await {
                 Ok(revision) => {
                     object.metadata_mut().resource_version = Some(revision.to_string());
-                    return Ok(object.to_value());
+                    return Ok(object);
                 }
                 // Changed since we read it (its status, say): read again and check again.
                 Err(StoreError::Conflict { .. }) => continue,

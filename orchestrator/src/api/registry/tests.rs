@@ -807,7 +807,12 @@ async fn binding_sets_the_node_once_and_clears_the_nomination() {
         .unwrap_err();
     assert!(matches!(error, ApiError::Conflict { .. }), "{error}");
 
-    let bound = f.registry.bind(&at, Some(&uid), "node-1").await.unwrap();
+    let bound = f
+        .registry
+        .bind(&at, Some(&uid), "node-1")
+        .await
+        .unwrap()
+        .to_value();
     assert_eq!(bound["spec"]["nodeName"], "node-1");
     assert!(bound["status"]["nominatedNodeName"].is_null());
     assert_eq!(
