@@ -9,7 +9,8 @@
 use serde_json::Value;
 
 use super::services::allocation_keys;
-use super::{ApiError, ObjectRef, Registry, Stored, WRITE_ATTEMPTS, now};
+use super::{ApiError, ObjectRef, Registry, Stored, WRITE_ATTEMPTS, kind_prefix, now};
+use crate::api::encryption::SecretBox;
 use crate::model::{Kind, Object};
 use crate::store::{StoreError, Txn};
 
@@ -184,24 +185,39 @@ impl Registry {
     }
 
     /// The objects whose ownerReferences name `owner`'s uid: in its namespace, or
-    /// anywhere for a cluster-scoped owner.
+    /// anywhere for a cluster-scoped owner. Only stored objects whose bytes hold the
+    /// uid (or that are sealed) are decoded: a delete scans its namespace, it does
+    /// not decode it.
     async fn dependents(&self, owner: &Object) -> Result<Vec<ObjectRef>, ApiError> {
         let Some(uid) = owner.metadata().uid.as_deref() else {
             return Ok(Vec::new());
         };
+        let mentions_uid = memchr::memmem::Finder::new(uid.as_bytes());
         let namespace = owner.metadata().namespace.as_deref();
         let mut found = Vec::new();
         for kind in Kind::ALL {
             if namespace.is_some() && !kind.namespaced() {
                 continue;
             }
-            let (objects, _) = self.list_objects(kind, namespace).await?;
-            found.extend(
-                objects
+            let (kvs, _) = self
+                .store
+                .list(&kind_prefix(kind, namespace))
+                .await
+                .map_err(ApiError::Store)?;
+            for kv in kvs {
+                if !SecretBox::is_sealed(&kv.value) && mentions_uid.find(&kv.value).is_none() {
+                    continue;
+                }
+                let object = self.decode(kv)?.object;
+                if object
+                    .metadata()
+                    .owner_references
                     .iter()
-                    .filter(|o| o.metadata().owner_references.iter().any(|r| r.uid == uid))
-                    .map(ObjectRef::of),
-            );
+                    .any(|r| r.uid == uid)
+                {
+                    found.push(ObjectRef::of(&object));
+                }
+            }
         }
         Ok(found)
     }
