@@ -10,6 +10,7 @@
 //!   [`Certificates`] cache that issues on demand and renews at half-life.
 //! - [`tls`]: rustls configurations that present a workload's certificate, verify
 //!   the peer's against the CA and learn the peer's identity from it.
+//! - [`policy`]: AuthorizationPolicy evaluation ([`policy::decide`]).
 //! - [`hbone`]: the tunnel: [`HboneServer`] (inbound: authorize, connect, copy) and
 //!   [`HboneClient`] (outbound: one HTTP/2 connection per peer, a stream per
 //!   connection).
@@ -21,6 +22,7 @@
 pub mod ca;
 pub mod hbone;
 pub mod identity;
+pub mod policy;
 pub mod tls;
 
 pub use ca::{Ca, CaMaterial, Certificates, Clock, WorkloadCert, system_clock};

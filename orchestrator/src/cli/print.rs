@@ -180,6 +180,8 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::ConfigMap => (vec!["NAME", "DATA", "AGE"], vec![]),
         Kind::Secret => (vec!["NAME", "TYPE", "DATA", "AGE"], vec![]),
         Kind::ServiceAccount => (vec!["NAME", "AGE"], vec![]),
+        Kind::AuthorizationPolicy => (vec!["NAME", "ACTION", "AGE"], vec![]),
+        Kind::HTTPRoute => (vec!["NAME", "PARENTS", "AGE"], vec![]),
         Kind::Job => (
             vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
@@ -385,6 +387,13 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
             age,
         ],
         Kind::ServiceAccount => vec![name, age],
+        Kind::AuthorizationPolicy => vec![name, or(&spec["action"], "ALLOW"), age],
+        Kind::HTTPRoute => {
+            let parents: Vec<String> = items(&spec["parentRefs"])
+                .map(|p| text(&p["name"]))
+                .collect();
+            vec![name, parents.join(","), age]
+        }
         Kind::Job => {
             let state = conditions(status)
                 .find(|c| {
