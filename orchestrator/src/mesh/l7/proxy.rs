@@ -1,0 +1,442 @@
+//! The HTTP proxy for Service ports that declare appProtocol `http`: it serves
+//! one captured client connection (HTTP/1.1 or HTTP/2), and for each request
+//! picks a rule from the [`Routes`], a backend Service by weight and one of its
+//! ready endpoints, forwards the request over HTTP/1.1 through a [`Connect`]
+//! (the node proxy passes its HBONE client; tests pass plain TCP), retries within
+//! the budget, answers 504 past the rule's timeout, feeds outlier detection and
+//! counts the golden metrics.
+//!
+//! The caller keeps the [`L7View`] (routes and endpoints) current with
+//! [`L7Proxy::update`]; nothing here watches the API.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode, Uri, Version};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use log::debug;
+use rand::Rng;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use super::balance::{OutlierConfig, Outliers, pick_weighted, total_weight};
+use super::budget::{BudgetConfig, RetryBudget};
+use super::routes::{RetryPolicy, Routes, Rule, ServicePort};
+use crate::mesh::metrics::{MeshMetrics, TrafficLabels, Workload};
+
+/// How the proxy reaches a backend endpoint.
+pub trait Connect: Send + Sync + 'static {
+    type Stream: AsyncRead + AsyncWrite + Send + Unpin + 'static;
+
+    fn connect(&self, backend: SocketAddr)
+    -> impl Future<Output = io::Result<Self::Stream>> + Send;
+}
+
+/// Plain TCP to the endpoint.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpConnect;
+
+impl Connect for TcpConnect {
+    type Stream = TcpStream;
+
+    async fn connect(&self, backend: SocketAddr) -> io::Result<TcpStream> {
+        let stream = TcpStream::connect(backend).await?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+}
+
+/// A ready endpoint of a Service port: where to connect, and whose it is (for
+/// the metrics).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub workload: Workload,
+}
+
+/// What the proxy routes by; the caller fills it from the API's HTTPRoutes,
+/// Services and EndpointSlices.
+#[derive(Clone, Debug, Default)]
+pub struct L7View {
+    pub routes: Routes,
+    pub endpoints: HashMap<ServicePort, Vec<Endpoint>>,
+}
+
+/// One client connection: who it is from and the Service port it was addressed to.
+#[derive(Clone, Debug)]
+pub struct Downstream {
+    pub source: Workload,
+    pub destination: ServicePort,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum L7Error {
+    #[error("serving HTTP to {source_workload:?}: {error}")]
+    Serve {
+        source_workload: Workload,
+        error: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why one attempt at a backend got no response.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("connecting to {addr}: {source}")]
+    Connect { addr: SocketAddr, source: io::Error },
+    #[error("HTTP with {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("{addr} did not answer within the attempt timeout")]
+    Timeout { addr: SocketAddr },
+}
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// The proxy's state shared by all its connections: the view, outlier
+/// detection, a retry budget per destination Service port, and the metrics.
+pub struct L7Proxy {
+    view: ArcSwap<L7View>,
+    outliers: Outliers,
+    budget_config: BudgetConfig,
+    budgets: Mutex<HashMap<ServicePort, Arc<RetryBudget>>>,
+    metrics: MeshMetrics,
+}
+
+impl L7Proxy {
+    pub fn new(metrics: MeshMetrics, outliers: OutlierConfig, budget: BudgetConfig) -> Self {
+        Self {
+            view: ArcSwap::from_pointee(L7View::default()),
+            outliers: Outliers::new(outliers),
+            budget_config: budget,
+            budgets: Mutex::default(),
+            metrics,
+        }
+    }
+
+    /// Replaces the routes and endpoints; requests in flight keep the old ones.
+    pub fn update(&self, view: L7View) {
+        self.view.store(Arc::new(view));
+    }
+
+    /// Serves one client connection until it closes.
+    pub async fn serve<IO, C>(
+        self: Arc<Self>,
+        io: IO,
+        downstream: Downstream,
+        connect: Arc<C>,
+    ) -> Result<(), L7Error>
+    where
+        IO: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+        C: Connect,
+    {
+        let source_workload = downstream.source.clone();
+        let downstream = Arc::new(downstream);
+        let service = hyper::service::service_fn(move |request| {
+            let (proxy, downstream, connect) = (self.clone(), downstream.clone(), connect.clone());
+            async move { Ok::<_, Infallible>(proxy.handle(request, &downstream, &*connect).await) }
+        });
+        auto::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(io), service)
+            .await
+            .map_err(|error| L7Error::Serve {
+                source_workload,
+                error,
+            })
+    }
+
+    async fn handle(
+        &self,
+        request: Request<Incoming>,
+        downstream: &Downstream,
+        connect: &impl Connect,
+    ) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let view = self.view.load_full();
+        let rule = view
+            .routes
+            .rule(&downstream.destination, request.uri().path());
+        let budget = self.budget(&downstream.destination);
+        budget.request(start);
+        let retry = rule
+            .retry
+            .clone()
+            .filter(|_| is_idempotent(request.method()));
+        let (parts, body) = request.into_parts();
+        let mut body = match &retry {
+            Some(_) => match body.collect().await {
+                Ok(collected) => RequestBody::Buffered(collected.to_bytes()),
+                Err(e) => {
+                    return plain(
+                        StatusCode::BAD_REQUEST,
+                        &format!("reading the request: {e}"),
+                    );
+                }
+            },
+            None => RequestBody::Streaming(Some(body)),
+        };
+        let mut target = Target {
+            workload: Workload::default(),
+            service: downstream.destination.name.clone(),
+        };
+        let attempts = self.attempts(
+            &view,
+            &rule,
+            retry.as_ref(),
+            &budget,
+            &parts,
+            &mut body,
+            connect,
+            &mut target,
+        );
+        let response = match rule.timeout {
+            Some(limit) => tokio::time::timeout(limit, attempts)
+                .await
+                .unwrap_or_else(|_| plain(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")),
+            None => attempts.await,
+        };
+        let labels = TrafficLabels::new(&downstream.source, &target.workload, &target.service);
+        self.metrics
+            .request(&labels, response.status().as_u16(), start.elapsed());
+        response
+    }
+
+    /// Attempts until a response, a failure no retry may follow, or the budget is
+    /// spent; `target` learns where the last attempt went.
+    #[allow(clippy::too_many_arguments)]
+    async fn attempts(
+        &self,
+        view: &L7View,
+        rule: &Rule,
+        retry: Option<&RetryPolicy>,
+        budget: &RetryBudget,
+        parts: &hyper::http::request::Parts,
+        body: &mut RequestBody,
+        connect: &impl Connect,
+        target: &mut Target,
+    ) -> Response<ProxyBody> {
+        let mut retries_left = retry.map_or(0, |r| r.attempts);
+        loop {
+            let Some((backend, endpoint, pool)) = self.choose(view, rule) else {
+                return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            };
+            *target = Target {
+                workload: endpoint.workload.clone(),
+                service: backend.name.clone(),
+            };
+            let request = upstream_request(parts, body.next());
+            let attempt = forward(connect, endpoint.addr, request);
+            let outcome = match rule.attempt_timeout {
+                Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or(Err(
+                    AttemptError::Timeout {
+                        addr: endpoint.addr,
+                    },
+                )),
+                None => attempt.await,
+            };
+            let failed = outcome
+                .as_ref()
+                .map_or(true, |response| response.status().is_server_error());
+            if self
+                .outliers
+                .record(endpoint.addr, failed, &pool, Instant::now())
+            {
+                debug!(
+                    "ejected {} of {}/{}",
+                    endpoint.addr, backend.namespace, backend.name
+                );
+            }
+            let worth_retrying = retry.is_some_and(|retry| match &outcome {
+                Ok(response) => retry.retries_status(response.status().as_u16()),
+                Err(_) => true,
+            });
+            if worth_retrying && retries_left > 0 && budget.try_retry(Instant::now()) {
+                retries_left -= 1;
+                if let Some(retry) = retry {
+                    tokio::time::sleep(retry.backoff).await;
+                }
+                continue;
+            }
+            return match outcome {
+                Ok(response) => {
+                    let mut response = response.map(|b| b.boxed());
+                    strip_hop_by_hop(response.headers_mut());
+                    response
+                }
+                Err(error) => {
+                    debug!("{error}");
+                    match error {
+                        AttemptError::Connect { .. } => {
+                            plain(StatusCode::SERVICE_UNAVAILABLE, "upstream connect error")
+                        }
+                        AttemptError::Http { .. } => {
+                            plain(StatusCode::BAD_GATEWAY, "upstream reset")
+                        }
+                        AttemptError::Timeout { .. } => {
+                            plain(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout")
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    /// A backend Service by weight and one of its endpoints outlier detection
+    /// has not ejected, with the backend's endpoint addresses.
+    fn choose(
+        &self,
+        view: &L7View,
+        rule: &Rule,
+    ) -> Option<(ServicePort, Endpoint, Vec<SocketAddr>)> {
+        let mut rng = rand::rng();
+        let total = total_weight(&rule.backends);
+        let backend = pick_weighted(&rule.backends, rng.random_range(0..total.max(1)))?;
+        let endpoints = view.endpoints.get(&backend.service)?;
+        let pool: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
+        let available = self.outliers.available(&pool, Instant::now());
+        let candidates = if available.is_empty() {
+            &pool
+        } else {
+            &available
+        };
+        if candidates.is_empty() {
+            return None;
+        }
+        let addr = candidates[rng.random_range(0..candidates.len())];
+        let endpoint = endpoints.iter().find(|e| e.addr == addr)?.clone();
+        Some((backend.service.clone(), endpoint, pool))
+    }
+
+    fn budget(&self, destination: &ServicePort) -> Arc<RetryBudget> {
+        let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
+        budgets
+            .entry(destination.clone())
+            .or_insert_with(|| Arc::new(RetryBudget::new(self.budget_config)))
+            .clone()
+    }
+}
+
+/// Where a request went, for its metrics.
+struct Target {
+    workload: Workload,
+    service: String,
+}
+
+/// A request body: kept to be sent again when the request may be retried,
+/// streamed once otherwise.
+enum RequestBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+impl RequestBody {
+    fn next(&mut self) -> ProxyBody {
+        match self {
+            RequestBody::Buffered(bytes) => full(bytes.clone()),
+            // Only one attempt is made with a streamed body.
+            RequestBody::Streaming(body) => body
+                .take()
+                .map_or_else(|| full(Bytes::new()), |b| b.boxed()),
+        }
+    }
+}
+
+/// Methods a retry cannot repeat the effect of (RFC 9110 idempotent methods).
+fn is_idempotent(method: &Method) -> bool {
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+async fn forward(
+    connect: &impl Connect,
+    addr: SocketAddr,
+    request: Request<ProxyBody>,
+) -> Result<Response<Incoming>, AttemptError> {
+    let stream = connect
+        .connect(addr)
+        .await
+        .map_err(|source| AttemptError::Connect { addr, source })?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| AttemptError::Http { addr, source })?;
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            debug!("connection to {addr}: {e}");
+        }
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|source| AttemptError::Http { addr, source })
+}
+
+/// The request as HTTP/1.1 to a backend: origin-form target, a Host header
+/// (HTTP/2 carries it as :authority), no hop-by-hop headers.
+fn upstream_request(parts: &hyper::http::request::Parts, body: ProxyBody) -> Request<ProxyBody> {
+    let mut request = Request::new(body);
+    *request.method_mut() = parts.method.clone();
+    *request.version_mut() = Version::HTTP_11;
+    *request.uri_mut() = parts
+        .uri
+        .path_and_query()
+        .and_then(|p| p.as_str().parse().ok())
+        .unwrap_or_else(|| Uri::from_static("/"));
+    let headers = request.headers_mut();
+    *headers = parts.headers.clone();
+    strip_hop_by_hop(headers);
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(host) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, host);
+    }
+    request
+}
+
+/// Connection-specific headers (RFC 9110 section 7.6.1), which HTTP/2 forbids.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    for name in [
+        header::CONNECTION,
+        header::TE,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHORIZATION,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+}
+
+fn full(bytes: Bytes) -> ProxyBody {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A response of the proxy's own.
+fn plain(status: StatusCode, text: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(full(Bytes::from(format!("{text}\n"))));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    response
+}
