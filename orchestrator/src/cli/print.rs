@@ -35,6 +35,18 @@ impl Table {
         }
     }
 
+    /// A table of anything, not of a kind's objects.
+    pub fn with_header(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push_row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
     /// Adds a column after the kind's own, filled by [`Table::push_with`].
     pub fn with_column(mut self, name: &str) -> Self {
         self.header.push(name.into());
