@@ -1,7 +1,8 @@
 //! The mesh's L7 proxy on loopback, in front of real HTTP backends over plain
 //! TCP: retries hide a flaky backend, a slow one hits its route's timeout, a
 //! 90/10 split holds, an always-failing endpoint is ejected, HTTP/2 clients are
-//! served, and the golden metrics count exactly what each test sent. Then the
+//! served, AuthorizationPolicies deny by identity, method and path, and the
+//! golden metrics count exactly what each test sent. Then the
 //! AuthorizationPolicy and HTTPRoute kinds through a real agent: bad manifests
 //! are refused naming the field, with nothing stored.
 
@@ -18,13 +19,12 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use serde_json::json;
-use skiff::mesh::MeshMetrics;
-use skiff::mesh::Workload;
 use skiff::mesh::l7::{
     BudgetConfig, Downstream, Endpoint, L7Proxy, L7View, OutlierConfig, Routes, ServicePort,
     TcpConnect,
 };
-use skiff::model::{HTTPRoute, Object};
+use skiff::mesh::{Identity, MeshMetrics, Workload};
+use skiff::model::{AuthorizationPolicy, HTTPRoute, Object};
 use skiff_tests::agent::Agent;
 use skiff_tests::unique_name;
 use tokio::net::{TcpListener, TcpStream};
@@ -128,26 +128,53 @@ impl Drop for Mesh {
     }
 }
 
+/// What a test's proxy serves.
+struct Setup<'a> {
+    /// The Service the client connects to.
+    destination: &'a str,
+    /// Each Service's endpoints (the backends), all labelled app=web.
+    services: &'a [(&'a str, &'a [&'a Backend])],
+    /// HTTPRoute and AuthorizationPolicy specs by name.
+    routes: Vec<(&'a str, serde_json::Value)>,
+    policies: Vec<(&'a str, serde_json::Value)>,
+    /// The ServiceAccount the client runs as.
+    account: &'a str,
+    outliers: OutlierConfig,
+}
+
+impl<'a> Setup<'a> {
+    fn new(destination: &'a str, services: &'a [(&'a str, &'a [&'a Backend])]) -> Self {
+        Self {
+            destination,
+            services,
+            routes: Vec::new(),
+            policies: Vec::new(),
+            account: "client",
+            outliers: OutlierConfig::default(),
+        }
+    }
+}
+
 impl Mesh {
-    /// `services`: each Service's endpoints (the backends); `routes`: HTTPRoute
-    /// specs by name.
-    async fn start(
-        destination: &str,
-        services: &[(&str, &[&Backend])],
-        routes: &[(&str, serde_json::Value)],
-        outliers: OutlierConfig,
-    ) -> Mesh {
+    async fn start(setup: Setup<'_>) -> Mesh {
         let namespace = unique_name("shop");
         let port = |name: &str| ServicePort {
             namespace: namespace.clone(),
             name: name.to_string(),
             port: 80,
         };
-        let routes: Vec<HTTPRoute> = routes
-            .iter()
-            .map(|(name, spec)| http_route(&namespace, name, spec.clone()))
+        let routes: Vec<HTTPRoute> = setup
+            .routes
+            .into_iter()
+            .map(|(name, spec)| decode(&namespace, "HTTPRoute", name, spec))
             .collect();
-        let endpoints: HashMap<ServicePort, Vec<Endpoint>> = services
+        let policies: Vec<AuthorizationPolicy> = setup
+            .policies
+            .into_iter()
+            .map(|(name, spec)| decode(&namespace, "AuthorizationPolicy", name, spec))
+            .collect();
+        let endpoints: HashMap<ServicePort, Vec<Endpoint>> = setup
+            .services
             .iter()
             .map(|(service, backends)| {
                 let endpoints = backends
@@ -155,6 +182,7 @@ impl Mesh {
                     .map(|b| Endpoint {
                         addr: b.addr,
                         workload: workload(&namespace, &b.name),
+                        labels: [("app".to_string(), "web".to_string())].into(),
                     })
                     .collect();
                 (port(service), endpoints)
@@ -163,16 +191,22 @@ impl Mesh {
         let metrics = MeshMetrics::default();
         let mut registry = Registry::default();
         metrics.register(&mut registry);
-        let proxy = Arc::new(L7Proxy::new(metrics, outliers, BudgetConfig::default()));
+        let proxy = Arc::new(L7Proxy::new(
+            metrics,
+            setup.outliers,
+            BudgetConfig::default(),
+        ));
         proxy.update(L7View {
             routes: Routes::new(&routes),
             endpoints,
+            policies,
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let downstream = Downstream {
             source: workload(&namespace, "client"),
-            destination: port(destination),
+            identity: Some(Identity::new("cluster.local", &namespace, setup.account)),
+            destination: port(setup.destination),
         };
         let task = tokio::spawn(async move {
             let connect = Arc::new(TcpConnect);
@@ -213,12 +247,32 @@ impl Mesh {
     /// The requests the metrics counted from `client` to `workload` of
     /// `service`, by status class.
     fn requests(&self, workload: &str, service: &str, class: &str) -> u64 {
+        self.count(
+            "skiff_mesh_requests_total",
+            workload,
+            service,
+            &format!("status_class=\"{class}\""),
+        )
+    }
+
+    /// The requests to `workload` (of the Service of the same name) the
+    /// metrics counted as denied by `policy`.
+    fn denials(&self, workload: &str, policy: &str) -> u64 {
+        self.count(
+            "skiff_mesh_authorization_denials_total",
+            workload,
+            workload,
+            &format!("policy=\"{policy}\""),
+        )
+    }
+
+    fn count(&self, family: &str, workload: &str, service: &str, label: &str) -> u64 {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &self.registry).expect("encode");
         let series = format!(
-            "skiff_mesh_requests_total{{source_namespace=\"{ns}\",source_workload=\"client\",\
+            "{family}{{source_namespace=\"{ns}\",source_workload=\"client\",\
              destination_namespace=\"{ns}\",destination_workload=\"{workload}\",\
-             destination_service=\"{service}\",status_class=\"{class}\"}} ",
+             destination_service=\"{service}\",{label}}} ",
             ns = self.namespace
         );
         text.lines()
@@ -261,17 +315,25 @@ fn workload(namespace: &str, name: &str) -> Workload {
     }
 }
 
-fn http_route(namespace: &str, name: &str, spec: serde_json::Value) -> HTTPRoute {
+/// An object of a mesh kind, validated as the API would.
+fn decode<T: TryFrom<Object, Error = Object>>(
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    spec: serde_json::Value,
+) -> T {
+    let api_version = match kind {
+        "HTTPRoute" => "gateway.networking.k8s.io/v1",
+        _ => "mesh.skiff.io/v1",
+    };
     let value = json!({
-        "apiVersion": "gateway.networking.k8s.io/v1",
-        "kind": "HTTPRoute",
+        "apiVersion": api_version,
+        "kind": kind,
         "metadata": {"name": name, "namespace": namespace},
         "spec": spec,
     });
-    match Object::from_value(value) {
-        Ok(Object::HTTPRoute(route)) => route,
-        other => panic!("HTTPRoute {name}: {other:?}"),
-    }
+    let object = Object::from_value(value).unwrap_or_else(|e| panic!("{kind} {name}: {e}"));
+    T::try_from(object).unwrap_or_else(|other| panic!("{kind} {name}: decoded as {other:?}"))
 }
 
 #[tokio::test]
@@ -284,12 +346,10 @@ async fn retries_hide_a_flaky_backend_from_idempotent_requests() {
             "retry": {"attempts": 1, "codes": [500], "backoff": "1ms"}
         }]
     });
-    let mesh = Mesh::start(
-        "flaky",
-        &[("flaky", &[&flaky])],
-        &[("flaky", route)],
-        OutlierConfig::default(),
-    )
+    let mesh = Mesh::start(Setup {
+        routes: vec![("flaky", route)],
+        ..Setup::new("flaky", &[("flaky", &[&flaky])])
+    })
     .await;
     let mut client = mesh.client().await;
     for i in 0..20 {
@@ -321,12 +381,10 @@ async fn a_slow_backend_hits_the_route_timeout() {
             "timeouts": {"request": "200ms"}
         }]
     });
-    let mesh = Mesh::start(
-        "slow",
-        &[("slow", &[&slow])],
-        &[("slow", route)],
-        OutlierConfig::default(),
-    )
+    let mesh = Mesh::start(Setup {
+        routes: vec![("slow", route)],
+        ..Setup::new("slow", &[("slow", &[&slow])])
+    })
     .await;
     let (status, body) = mesh.client().await.get("/").await;
     assert_eq!(
@@ -348,12 +406,10 @@ async fn a_90_10_split_holds_over_2000_requests() {
             {"name": "web-v2", "port": 80, "weight": 10}
         ]}]
     });
-    let mesh = Mesh::start(
-        "web",
-        &[("web-v1", &[&v1]), ("web-v2", &[&v2])],
-        &[("canary", route)],
-        OutlierConfig::default(),
-    )
+    let mesh = Mesh::start(Setup {
+        routes: vec![("canary", route)],
+        ..Setup::new("web", &[("web-v1", &[&v1]), ("web-v2", &[&v2])])
+    })
     .await;
     let mut client = mesh.client().await;
     let mut to_v2 = 0;
@@ -381,7 +437,11 @@ async fn an_always_failing_endpoint_is_ejected() {
         base_ejection: Duration::from_secs(3600),
         max_ejection: Duration::from_secs(3600),
     };
-    let mesh = Mesh::start("pool", &[("pool", &[&good, &bad])], &[], outliers).await;
+    let mesh = Mesh::start(Setup {
+        outliers,
+        ..Setup::new("pool", &[("pool", &[&good, &bad])])
+    })
+    .await;
     let mut client = mesh.client().await;
     let mut failures = 0;
     for _ in 0..200 {
@@ -399,7 +459,7 @@ async fn an_always_failing_endpoint_is_ejected() {
 #[tokio::test]
 async fn http2_clients_are_served() {
     let web = Backend::start("web", Behaviour::Named).await;
-    let mesh = Mesh::start("web", &[("web", &[&web])], &[], OutlierConfig::default()).await;
+    let mesh = Mesh::start(Setup::new("web", &[("web", &[&web])])).await;
     let stream = TcpStream::connect(mesh.addr)
         .await
         .expect("connect to the proxy");
@@ -421,6 +481,50 @@ async fn http2_clients_are_served() {
         .to_bytes();
     assert_eq!(body, "web");
     assert_eq!(mesh.requests("web", "web", "2xx"), 1);
+}
+
+#[tokio::test]
+async fn authorization_policies_see_method_and_path() {
+    let web = Backend::start("web", Behaviour::Named).await;
+    let policies = || {
+        vec![
+            (
+                "deny-admin",
+                json!({"selector": {"matchLabels": {"app": "web"}}, "action": "DENY",
+                       "rules": [{"to": [{"operation": {"paths": ["/admin/*"]}}]}]}),
+            ),
+            (
+                "allow-clients",
+                json!({"rules": [{"from": [{"source": {"principals": ["*/sa/client"]}}],
+                                  "to": [{"operation": {"methods": ["GET"]}}]}]}),
+            ),
+        ]
+    };
+    let mesh = Mesh::start(Setup {
+        policies: policies(),
+        ..Setup::new("web", &[("web", &[&web])])
+    })
+    .await;
+    let mut client = mesh.client().await;
+    assert_eq!(client.get("/").await, (StatusCode::OK, "web".into()));
+    let denied = (StatusCode::FORBIDDEN, "RBAC: access denied\n".to_string());
+    assert_eq!(client.get("/admin/users").await, denied);
+    assert_eq!(client.send(Method::DELETE, "/").await, denied);
+    let stranger = Mesh::start(Setup {
+        policies: policies(),
+        account: "stranger",
+        ..Setup::new("web", &[("web", &[&web])])
+    })
+    .await;
+    assert_eq!(stranger.client().await.get("/").await, denied);
+    // Only the allowed request reached the backend.
+    assert_eq!(web.hits(), 1);
+    assert_eq!(
+        mesh.denials("web", &format!("{}/deny-admin", mesh.namespace)),
+        1
+    );
+    assert_eq!(mesh.denials("web", ""), 1);
+    assert_eq!(stranger.denials("web", ""), 1);
 }
 
 fn stderr(out: &std::process::Output) -> String {

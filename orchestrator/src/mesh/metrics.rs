@@ -2,7 +2,8 @@
 //! workload (and the destination Service, when the traffic went to one), as
 //! Istio and Linkerd publish them: TCP connections opened and closed and the
 //! bytes they carried each way; HTTP requests by status class and their latency
-//! (to the response's headers). `skiff top services` reads them back.
+//! (to the response's headers); and what AuthorizationPolicies denied.
+//! `skiff top services` reads them back.
 
 use std::time::Duration;
 
@@ -50,6 +51,15 @@ pub struct RequestLabels {
     pub status_class: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    #[prometheus(flatten)]
+    pub traffic: TrafficLabels,
+    /// "namespace/name" of the DENY policy that matched; empty when ALLOW
+    /// policies applied and none matched.
+    pub policy: String,
+}
+
 /// Latency buckets from 1 ms to about 16 s, doubling (Linkerd's range).
 #[derive(Clone)]
 struct LatencyBuckets;
@@ -71,6 +81,7 @@ pub struct MeshMetrics {
     tcp_received_bytes: Family<TrafficLabels, Counter>,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<TrafficLabels, Histogram, LatencyBuckets>,
+    denials: Family<DenialLabels, Counter>,
 }
 
 impl Default for MeshMetrics {
@@ -82,6 +93,7 @@ impl Default for MeshMetrics {
             tcp_received_bytes: Family::default(),
             requests: Family::default(),
             request_duration: Family::new_with_constructor(LatencyBuckets),
+            denials: Family::default(),
         }
     }
 }
@@ -125,6 +137,17 @@ impl MeshMetrics {
             .observe(took.as_secs_f64());
     }
 
+    /// A connection or request AuthorizationPolicies denied (`policy` as in
+    /// [`DenialLabels`]).
+    pub fn denied(&self, labels: &TrafficLabels, policy: &str) {
+        self.denials
+            .get_or_create(&DenialLabels {
+                traffic: labels.clone(),
+                policy: policy.to_string(),
+            })
+            .inc();
+    }
+
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "skiff_mesh_tcp_connections_opened",
@@ -156,6 +179,11 @@ impl MeshMetrics {
             "Time from an HTTP request's arrival at the L7 proxy to its response's headers",
             self.request_duration.clone(),
         );
+        registry.register(
+            "skiff_mesh_authorization_denials",
+            "Connections and requests AuthorizationPolicies denied, by the deciding policy",
+            self.denials.clone(),
+        );
     }
 }
 
@@ -181,6 +209,7 @@ mod tests {
         metrics.tcp_closed(&labels, 100, 2_000);
         metrics.request(&labels, 204, Duration::from_millis(3));
         metrics.request(&labels, 503, Duration::from_millis(30));
+        metrics.denied(&labels, "shop/deny-admin");
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         let series = "source_namespace=\"shop\",source_workload=\"frontend\",\
@@ -195,6 +224,9 @@ mod tests {
             format!("skiff_mesh_requests_total{{{series},status_class=\"5xx\"}} 1"),
             format!("skiff_mesh_request_duration_seconds_count{{{series}}} 2"),
             format!("skiff_mesh_request_duration_seconds_bucket{{le=\"0.004\",{series}}} 1"),
+            format!(
+                "skiff_mesh_authorization_denials_total{{{series},policy=\"shop/deny-admin\"}} 1"
+            ),
         ] {
             assert!(text.contains(&line), "{line} not in\n{text}");
         }

@@ -4,12 +4,14 @@
 //! ready endpoints, forwards the request over HTTP/1.1 through a [`Connect`]
 //! (the node proxy passes its HBONE client; tests pass plain TCP), retries within
 //! the budget, answers 504 past the rule's timeout, feeds outlier detection and
-//! counts the golden metrics.
+//! counts the golden metrics. The chosen pod's AuthorizationPolicies are
+//! checked with the request's method and path (a denial is a 403, counted and
+//! logged), which the L4 tunnel cannot see.
 //!
 //! The caller keeps the [`L7View`] (routes and endpoints) current with
 //! [`L7Proxy::update`]; nothing here watches the API.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -26,7 +28,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
-use log::debug;
+use log::{debug, info};
 use rand::Rng;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -34,7 +36,10 @@ use tokio::net::TcpStream;
 use super::balance::{OutlierConfig, Outliers, pick_weighted, total_weight};
 use super::budget::{BudgetConfig, RetryBudget};
 use super::routes::{RetryPolicy, Routes, Rule, ServicePort};
+use crate::mesh::Identity;
 use crate::mesh::metrics::{MeshMetrics, TrafficLabels, Workload};
+use crate::mesh::policy::{self, HttpRequest, decide, policies_for};
+use crate::model::AuthorizationPolicy;
 
 /// How the proxy reaches a backend endpoint.
 pub trait Connect: Send + Sync + 'static {
@@ -64,20 +69,25 @@ impl Connect for TcpConnect {
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub workload: Workload,
+    /// The pod's labels, which AuthorizationPolicies select by.
+    pub labels: BTreeMap<String, String>,
 }
 
-/// What the proxy routes by; the caller fills it from the API's HTTPRoutes,
-/// Services and EndpointSlices.
+/// What the proxy routes and authorizes by; the caller fills it from the API's
+/// HTTPRoutes, Services, EndpointSlices, Pods and AuthorizationPolicies.
 #[derive(Clone, Debug, Default)]
 pub struct L7View {
     pub routes: Routes,
     pub endpoints: HashMap<ServicePort, Vec<Endpoint>>,
+    pub policies: Vec<AuthorizationPolicy>,
 }
 
 /// One client connection: who it is from and the Service port it was addressed to.
 #[derive(Clone, Debug)]
 pub struct Downstream {
     pub source: Workload,
+    /// The source's identity; None for a plaintext client from outside the mesh.
+    pub identity: Option<Identity>,
     pub destination: ServicePort,
 }
 
@@ -192,16 +202,15 @@ impl L7Proxy {
             workload: Workload::default(),
             service: downstream.destination.name.clone(),
         };
-        let attempts = self.attempts(
-            &view,
-            &rule,
-            retry.as_ref(),
-            &budget,
-            &parts,
-            &mut body,
-            connect,
-            &mut target,
-        );
+        let exchange = Exchange {
+            view: &view,
+            rule: &rule,
+            retry: retry.as_ref(),
+            budget: &budget,
+            downstream,
+            parts: &parts,
+        };
+        let attempts = self.attempts(&exchange, &mut body, connect, &mut target);
         let response = match rule.timeout {
             Some(limit) => tokio::time::timeout(limit, attempts)
                 .await
@@ -214,20 +223,23 @@ impl L7Proxy {
         response
     }
 
-    /// Attempts until a response, a failure no retry may follow, or the budget is
-    /// spent; `target` learns where the last attempt went.
-    #[allow(clippy::too_many_arguments)]
+    /// Attempts until a response, a denial, a failure no retry may follow, or the
+    /// budget is spent; `target` learns where the last attempt went.
     async fn attempts(
         &self,
-        view: &L7View,
-        rule: &Rule,
-        retry: Option<&RetryPolicy>,
-        budget: &RetryBudget,
-        parts: &hyper::http::request::Parts,
+        exchange: &Exchange<'_>,
         body: &mut RequestBody,
         connect: &impl Connect,
         target: &mut Target,
     ) -> Response<ProxyBody> {
+        let Exchange {
+            view,
+            rule,
+            retry,
+            budget,
+            downstream,
+            parts,
+        } = *exchange;
         let mut retries_left = retry.map_or(0, |r| r.attempts);
         loop {
             let Some((backend, endpoint, pool)) = self.choose(view, rule) else {
@@ -237,6 +249,9 @@ impl L7Proxy {
                 workload: endpoint.workload.clone(),
                 service: backend.name.clone(),
             };
+            if let Some(denied) = self.authorize(view, downstream, parts, &endpoint, &backend) {
+                return denied;
+            }
             let request = upstream_request(parts, body.next());
             let attempt = forward(connect, endpoint.addr, request);
             let outcome = match rule.attempt_timeout {
@@ -320,6 +335,55 @@ impl L7Proxy {
         Some((backend.service.clone(), endpoint, pool))
     }
 
+    /// The 403 for a request the destination pod's AuthorizationPolicies deny
+    /// (counted and logged); None when they allow it.
+    fn authorize(
+        &self,
+        view: &L7View,
+        downstream: &Downstream,
+        parts: &hyper::http::request::Parts,
+        endpoint: &Endpoint,
+        backend: &ServicePort,
+    ) -> Option<Response<ProxyBody>> {
+        let policies = policies_for(
+            &view.policies,
+            &endpoint.workload.namespace,
+            &endpoint.labels,
+        );
+        let request = policy::Request {
+            source: downstream.identity.as_ref(),
+            destination_port: endpoint.addr.port(),
+            http: Some(HttpRequest {
+                method: parts.method.as_str(),
+                path: parts.uri.path(),
+            }),
+        };
+        let decision = decide(policies, &request);
+        if decision.allowed {
+            return None;
+        }
+        let policy = decision.policy.unwrap_or_default();
+        let labels = TrafficLabels::new(&downstream.source, &endpoint.workload, &backend.name);
+        self.metrics.denied(&labels, &policy);
+        info!(
+            "denied {} {} from {} to {} ({}): {}",
+            parts.method,
+            parts.uri.path(),
+            downstream
+                .identity
+                .as_ref()
+                .map_or_else(|| "a plaintext client".to_string(), |id| id.to_string()),
+            endpoint.addr,
+            endpoint.workload.name,
+            if policy.is_empty() {
+                "no ALLOW policy matches".to_string()
+            } else {
+                format!("policy {policy}")
+            }
+        );
+        Some(plain(StatusCode::FORBIDDEN, "RBAC: access denied"))
+    }
+
     fn budget(&self, destination: &ServicePort) -> Arc<RetryBudget> {
         let mut budgets = self.budgets.lock().unwrap_or_else(|e| e.into_inner());
         budgets
@@ -327,6 +391,17 @@ impl L7Proxy {
             .or_insert_with(|| Arc::new(RetryBudget::new(self.budget_config)))
             .clone()
     }
+}
+
+/// One request's part of the proxy's state, for its attempts.
+#[derive(Clone, Copy)]
+struct Exchange<'a> {
+    view: &'a L7View,
+    rule: &'a Rule,
+    retry: Option<&'a RetryPolicy>,
+    budget: &'a RetryBudget,
+    downstream: &'a Downstream,
+    parts: &'a hyper::http::request::Parts,
 }
 
 /// Where a request went, for its metrics.
