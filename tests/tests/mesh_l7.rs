@@ -43,11 +43,13 @@ enum Behaviour {
     Slow,
 }
 
-/// An HTTP/1.1 server on 127.0.0.1 counting the requests it saw; stops on drop.
+/// An HTTP/1.1 server on 127.0.0.1 counting the connections and requests it
+/// saw; stops on drop.
 struct Backend {
     name: String,
     addr: SocketAddr,
     hits: Arc<AtomicU64>,
+    connections: Arc<AtomicU64>,
     task: JoinHandle<()>,
 }
 
@@ -64,13 +66,15 @@ impl Backend {
             .expect("bind backend");
         let addr = listener.local_addr().expect("backend address");
         let hits = Arc::new(AtomicU64::new(0));
+        let connections = Arc::new(AtomicU64::new(0));
         let task = {
-            let (hits, name) = (hits.clone(), name.to_string());
+            let (hits, connections, name) = (hits.clone(), connections.clone(), name.to_string());
             tokio::spawn(async move {
                 loop {
                     let Ok((stream, _)) = listener.accept().await else {
                         return;
                     };
+                    connections.fetch_add(1, Ordering::SeqCst);
                     let (hits, name) = (hits.clone(), name.clone());
                     let service = hyper::service::service_fn(move |_request| {
                         let seen = hits.fetch_add(1, Ordering::SeqCst);
@@ -104,12 +108,18 @@ impl Backend {
             name: name.to_string(),
             addr,
             hits,
+            connections,
             task,
         }
     }
 
     fn hits(&self) -> u64 {
         self.hits.load(Ordering::SeqCst)
+    }
+
+    /// The connections it accepted.
+    fn connections(&self) -> u64 {
+        self.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -423,6 +433,9 @@ async fn a_90_10_split_holds_over_2000_requests() {
     // 10% is 200; three percentage points either way is 60.
     assert!((140..=260).contains(&to_v2), "web-v2 got {to_v2} of 2000");
     assert_eq!((v1.hits(), v2.hits()), (2_000 - to_v2, to_v2));
+    // Kept-alive backend connections carry the requests, not one each.
+    let connections = v1.connections() + v2.connections();
+    assert!(connections < 100, "{connections} backend connections");
     assert_eq!(mesh.requests("web-v1", "web-v1", "2xx"), 2_000 - to_v2);
     assert_eq!(mesh.requests("web-v2", "web-v2", "2xx"), to_v2);
 }

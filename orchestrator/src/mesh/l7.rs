@@ -6,11 +6,13 @@
 //! - [`routes`]: the routing table built from HTTPRoutes (plain data).
 //! - [`balance`]: weighted backend choice and outlier ejection.
 //! - [`budget`]: the retry budget.
+//! - [`pool`]: kept-alive backend connections.
 //! - [`proxy`]: [`L7Proxy`], the [`Connect`] seam to backends and the
 //!   [`L7View`] the caller fills.
 
 pub mod balance;
 pub mod budget;
+pub mod pool;
 pub mod proxy;
 pub mod routes;
 

@@ -35,6 +35,7 @@ use tokio::net::TcpStream;
 
 use super::balance::{OutlierConfig, Outliers, pick_weighted, total_weight};
 use super::budget::{BudgetConfig, RetryBudget};
+use super::pool::Pool;
 use super::routes::{RetryPolicy, Routes, Rule, ServicePort};
 use crate::mesh::Identity;
 use crate::mesh::metrics::{MeshMetrics, TrafficLabels, Workload};
@@ -117,12 +118,14 @@ enum AttemptError {
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
 /// The proxy's state shared by all its connections: the view, outlier
-/// detection, a retry budget per destination Service port, and the metrics.
+/// detection, a retry budget per destination Service port, kept backend
+/// connections, and the metrics.
 pub struct L7Proxy {
     view: ArcSwap<L7View>,
     outliers: Outliers,
     budget_config: BudgetConfig,
     budgets: Mutex<HashMap<ServicePort, Arc<RetryBudget>>>,
+    pool: Pool<ProxyBody>,
     metrics: MeshMetrics,
 }
 
@@ -133,6 +136,7 @@ impl L7Proxy {
             outliers: Outliers::new(outliers),
             budget_config: budget,
             budgets: Mutex::default(),
+            pool: Pool::default(),
             metrics,
         }
     }
@@ -253,7 +257,13 @@ impl L7Proxy {
                 return denied;
             }
             let request = upstream_request(parts, body.next());
-            let attempt = forward(connect, endpoint.addr, request);
+            let attempt = forward(
+                &self.pool,
+                connect,
+                downstream.identity.as_ref(),
+                endpoint.addr,
+                request,
+            );
             let outcome = match rule.attempt_timeout {
                 Some(limit) => tokio::time::timeout(limit, attempt).await.unwrap_or(Err(
                     AttemptError::Timeout {
@@ -441,27 +451,45 @@ fn is_idempotent(method: &Method) -> bool {
     .contains(method)
 }
 
+/// Sends `request` to `addr` on a kept connection of `source`'s, else on a new
+/// one, and keeps the connection for the next request.
 async fn forward(
+    pool: &Pool<ProxyBody>,
     connect: &impl Connect,
+    source: Option<&Identity>,
     addr: SocketAddr,
-    request: Request<ProxyBody>,
+    mut request: Request<ProxyBody>,
 ) -> Result<Response<Incoming>, AttemptError> {
+    let key = (source.cloned(), addr);
+    let http = |source| AttemptError::Http { addr, source };
+    if let Some(mut kept) = pool.take(&key) {
+        match kept.try_send_request(request).await {
+            Ok(response) => {
+                pool.put(key, kept);
+                return Ok(response);
+            }
+            // Closed before the request went out: a new connection gets it.
+            Err(mut error) => match error.take_message() {
+                Some(unsent) => request = unsent,
+                None => return Err(http(error.into_error())),
+            },
+        }
+    }
     let stream = connect
         .connect(addr)
         .await
         .map_err(|source| AttemptError::Connect { addr, source })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
-        .map_err(|source| AttemptError::Http { addr, source })?;
+        .map_err(http)?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             debug!("connection to {addr}: {e}");
         }
     });
-    sender
-        .send_request(request)
-        .await
-        .map_err(|source| AttemptError::Http { addr, source })
+    let response = sender.send_request(request).await.map_err(http)?;
+    pool.put(key, sender);
+    Ok(response)
 }
 
 /// The request as HTTP/1.1 to a backend: origin-form target, a Host header
