@@ -115,7 +115,8 @@ enum Command {
         #[arg(short = 'w', long)]
         watch: bool,
     },
-    /// CPU and memory in use by pods or nodes, as last sampled by their nodes
+    /// CPU and memory in use by pods or nodes, as last sampled by their nodes; or
+    /// the mesh's traffic to services, from an agent's /metrics
     Top {
         #[arg(value_enum)]
         resource: TopResource,
@@ -618,9 +619,11 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
         }
         Command::Top {
             resource: TopResource::Services,
+            all_namespaces,
             metrics_url,
             ..
         } => {
+            let namespace = config::namespace(&overrides)?;
             let metrics =
                 top_services::fetch(&metrics_url)
                     .await
@@ -628,7 +631,8 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
                         url: metrics_url,
                         reason,
                     })?;
-            print!("{}", top_services::table(&metrics));
+            let namespace = (!all_namespaces).then_some(namespace.as_str());
+            print!("{}", top_services::table(&metrics, namespace));
             Ok(())
         }
         Command::Top {

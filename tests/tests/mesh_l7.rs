@@ -128,7 +128,7 @@ impl Backend {
 struct Mesh {
     namespace: String,
     addr: SocketAddr,
-    registry: Registry,
+    registry: Arc<Registry>,
     task: JoinHandle<()>,
 }
 
@@ -237,7 +237,7 @@ impl Mesh {
         Mesh {
             namespace,
             addr,
-            registry,
+            registry: Arc::new(registry),
             task,
         }
     }
@@ -538,6 +538,77 @@ async fn authorization_policies_see_method_and_path() {
     );
     assert_eq!(mesh.denials("web", ""), 1);
     assert_eq!(stranger.denials("web", ""), 1);
+}
+
+#[tokio::test]
+async fn top_services_shows_the_traffic_from_metrics() {
+    let web = Backend::start("web", Behaviour::Named).await;
+    let mesh = Mesh::start(Setup::new("web", &[("web", &[&web])])).await;
+    let mut client = mesh.client().await;
+    for _ in 0..10 {
+        assert_eq!(client.get("/").await.0, StatusCode::OK);
+    }
+    // The registry served as the agent serves its own.
+    let endpoint = skiff::metrics::Endpoint::bind("127.0.0.1:0".parse().expect("address"))
+        .await
+        .expect("bind /metrics");
+    let addr = endpoint.local_addr().expect("metrics address");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(endpoint.serve(mesh.registry.clone(), async {
+        let _ = stopped.await;
+    }));
+    let out = tokio::process::Command::new(skiff_tests::workspace_bin("skiff"))
+        .args(["top", "services", "-n", &mesh.namespace, "--metrics-url"])
+        .arg(format!("http://{addr}/metrics"))
+        .output()
+        .await
+        .expect("run skiff top services");
+    let _ = stop.send(());
+    let _ = serving.await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let table = String::from_utf8_lossy(&out.stdout);
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let ns = &mesh.namespace;
+    assert_eq!(lines.len(), 2, "{table}");
+    assert_eq!(
+        lines[0],
+        ["SOURCE", "DESTINATION", "REQUESTS", "SUCCESS", "P50", "P99"]
+    );
+    assert_eq!(
+        lines[1][..4],
+        [
+            format!("{ns}/client").as_str(),
+            format!("{ns}/web").as_str(),
+            "10",
+            "100.00%"
+        ]
+    );
+    assert!(
+        lines[1][4].ends_with("ms") && lines[1][5].ends_with("ms"),
+        "{table}"
+    );
+
+    let out = tokio::process::Command::new(skiff_tests::workspace_bin("skiff"))
+        .args([
+            "top",
+            "services",
+            "--metrics-url",
+            "http://127.0.0.1:1/metrics",
+        ])
+        .output()
+        .await
+        .expect("run skiff top services");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).starts_with(
+            "error: reading the mesh metrics at http://127.0.0.1:1/metrics: connecting to 127.0.0.1:1: "
+        ),
+        "{}",
+        stderr(&out)
+    );
 }
 
 fn stderr(out: &std::process::Output) -> String {

@@ -1,6 +1,7 @@
 //! `skiff top services`: the mesh's golden metrics as a table, read from an
 //! agent's Prometheus endpoint (the mesh counts traffic there, not in the API):
-//! per source workload and destination Service, the requests since the agent
+//! per source workload and destination Service (of the current namespace, or
+//! all with -A), the requests since the agent
 //! started, the share that did not fail (not 5xx) and the p50 and p99 latency
 //! estimated from the histogram as Prometheus' histogram_quantile does.
 
@@ -80,8 +81,9 @@ impl Ord for Bound {
     }
 }
 
-/// The table of the mesh series in `metrics`.
-pub fn table(metrics: &str) -> String {
+/// The table of the mesh series in `metrics`, of the traffic to `namespace`
+/// (None: to every namespace).
+pub fn table(metrics: &str, namespace: Option<&str>) -> String {
     let mut rows: BTreeMap<(String, String), Traffic> = BTreeMap::new();
     for Sample {
         name,
@@ -95,6 +97,9 @@ pub fn table(metrics: &str) -> String {
                 .find(|(k, _)| k == key)
                 .map_or("", |(_, v)| v.as_str())
         };
+        if namespace.is_some_and(|ns| ns != label("destination_namespace")) {
+            continue;
+        }
         let destination = match label("destination_service") {
             "" => label("destination_workload"),
             service => service,
@@ -253,7 +258,11 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode");
         assert_eq!(
-            table(&text),
+            table(&text, Some("default")),
+            "SOURCE   DESTINATION   REQUESTS   SUCCESS   P50   P99\n"
+        );
+        assert_eq!(
+            table(&text, Some("shop")),
             "SOURCE     DESTINATION   REQUESTS   SUCCESS   P50     P99\n\
              shop/web   shop/cart     4          75.00%    3.0ms   4.0ms\n"
         );
