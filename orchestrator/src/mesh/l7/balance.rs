@@ -8,7 +8,7 @@
 //! each re-ejection up to 5 min; ejection never takes a Service's last available
 //! endpoint. Time is passed in, so tests drive it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -123,6 +123,11 @@ impl Outliers {
         true
     }
 
+    /// Forgets the endpoints not in `current` (they left their Services).
+    pub fn keep_only(&self, current: &HashSet<SocketAddr>) {
+        self.lock().retain(|addr, _| current.contains(addr));
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Health>> {
         // The map stays consistent even if a holder panicked: every update is one
         // assignment of plain values.
@@ -226,6 +231,9 @@ mod tests {
             assert!(!outliers.record(addr(2), true, &pool, now));
         }
         assert_eq!(outliers.available(&pool, now), [addr(2)]);
+        // An endpoint that left and came back starts afresh.
+        outliers.keep_only(&HashSet::from([addr(2)]));
+        assert_eq!(outliers.available(&pool, now), pool);
         let alone = [addr(3)];
         for _ in 0..20 {
             assert!(!outliers.record(addr(3), true, &alone, now));

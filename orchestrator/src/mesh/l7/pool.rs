@@ -5,7 +5,7 @@
 //! once its response head arrived; it is taken again only when hyper says it is
 //! ready (the previous response was read to its end) and dropped once closed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Mutex;
 
@@ -50,6 +50,11 @@ impl<B> Pool<B> {
         if list.len() < MAX_PER_ENDPOINT {
             list.push(connection);
         }
+    }
+
+    /// Closes the connections to endpoints not in `current`.
+    pub fn keep_only(&self, current: &HashSet<SocketAddr>) {
+        self.lock().retain(|(_, addr), _| current.contains(addr));
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PoolKey, Vec<SendRequest<B>>>> {

@@ -11,7 +11,7 @@
 //! The caller keeps the [`L7View`] (routes and endpoints) current with
 //! [`L7Proxy::update`]; nothing here watches the API.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
@@ -141,8 +141,17 @@ impl L7Proxy {
         }
     }
 
-    /// Replaces the routes and endpoints; requests in flight keep the old ones.
+    /// Replaces the view; requests in flight keep the old one. What the proxy
+    /// kept about endpoints and Services no longer in it is dropped.
     pub fn update(&self, view: L7View) {
+        let addrs: HashSet<SocketAddr> =
+            view.endpoints.values().flatten().map(|e| e.addr).collect();
+        self.outliers.keep_only(&addrs);
+        self.pool.keep_only(&addrs);
+        self.budgets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|service, _| view.endpoints.contains_key(service));
         self.view.store(Arc::new(view));
     }
 
