@@ -1,8 +1,10 @@
 //! The mesh's L7 proxy on loopback, in front of real HTTP backends over plain
 //! TCP: retries hide a flaky backend, a slow one hits its route's timeout, a
 //! 90/10 split holds, an always-failing endpoint is ejected, HTTP/2 clients are
-//! served, AuthorizationPolicies deny by identity, method and path, and the
-//! golden metrics count exactly what each test sent. Then the
+//! served, AuthorizationPolicies deny by identity, method and path, requests
+//! travel through an HBONE tunnel as the node proxy will send them, and the
+//! golden metrics count exactly what each test sent; `skiff top services`
+//! shows them. Then the
 //! AuthorizationPolicy and HTTPRoute kinds through a real agent: bad manifests
 //! are refused naming the field, with nothing stored.
 
@@ -20,10 +22,13 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::registry::Registry;
 use serde_json::json;
 use skiff::mesh::l7::{
-    BudgetConfig, Downstream, Endpoint, L7Proxy, L7View, OutlierConfig, Routes, ServicePort,
-    TcpConnect,
+    BudgetConfig, Connect, Downstream, Endpoint, L7Proxy, L7View, OutlierConfig, Routes,
+    ServicePort, TcpConnect,
 };
-use skiff::mesh::{Identity, MeshMetrics, Workload};
+use skiff::mesh::{
+    Authorize, Ca, CaMaterial, Certificates, HboneClient, HboneServer, Identity, MeshMetrics,
+    Tunnel, Workload, system_clock,
+};
 use skiff::model::{AuthorizationPolicy, HTTPRoute, Object};
 use skiff_tests::agent::Agent;
 use skiff_tests::unique_name;
@@ -166,7 +171,12 @@ impl<'a> Setup<'a> {
 }
 
 impl Mesh {
+    /// A proxy reaching backends over plain TCP.
     async fn start(setup: Setup<'_>) -> Mesh {
+        Self::start_with(setup, Arc::new(TcpConnect)).await
+    }
+
+    async fn start_with<C: Connect>(setup: Setup<'_>, connect: Arc<C>) -> Mesh {
         let namespace = unique_name("shop");
         let port = |name: &str| ServicePort {
             namespace: namespace.clone(),
@@ -219,7 +229,6 @@ impl Mesh {
             destination: port(setup.destination),
         };
         let task = tokio::spawn(async move {
-            let connect = Arc::new(TcpConnect);
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     return;
@@ -609,6 +618,65 @@ async fn top_services_shows_the_traffic_from_metrics() {
         "{}",
         stderr(&out)
     );
+}
+
+/// The node proxy's seam as it will fill it: each backend reached through an
+/// HBONE tunnel (mutual TLS, HTTP/2 CONNECT) to the proxy in front of it.
+struct HboneConnect {
+    client: HboneClient,
+    source: Identity,
+    peer: SocketAddr,
+    peer_identity: Identity,
+}
+
+impl Connect for HboneConnect {
+    type Stream = Tunnel;
+
+    async fn connect(&self, backend: SocketAddr) -> std::io::Result<Tunnel> {
+        self.client
+            .connect(&self.source, self.peer, &self.peer_identity, backend)
+            .await
+            .map_err(std::io::Error::other)
+    }
+}
+
+#[tokio::test]
+async fn requests_reach_backends_through_an_hbone_tunnel() {
+    let web = Backend::start("web", Behaviour::Named).await;
+    let material = CaMaterial::generate(std::time::SystemTime::now()).expect("CA");
+    let ca = Ca::new(&material).expect("CA from material");
+    let day = Duration::from_secs(24 * 3600);
+    let certificates = Arc::new(Certificates::new(Arc::new(ca), day, system_clock()));
+    let peer_identity = Identity::new("cluster.local", "mesh", "node-proxy");
+    let allow_all: Authorize = Arc::new(|_, _| true);
+    let server = HboneServer::bind(
+        "127.0.0.1:0".parse().expect("address"),
+        certificates.clone(),
+        peer_identity.clone(),
+        allow_all,
+    )
+    .await
+    .expect("HBONE server");
+    let peer = server.local_addr().expect("HBONE address");
+    let stats = server.stats();
+    let serving = tokio::spawn(server.serve());
+    let connect = Arc::new(HboneConnect {
+        client: HboneClient::new(certificates),
+        source: Identity::new("cluster.local", "shop", "client"),
+        peer,
+        peer_identity,
+    });
+    let mesh = Mesh::start_with(Setup::new("web", &[("web", &[&web])]), connect).await;
+    let mut client = mesh.client().await;
+    for _ in 0..5 {
+        assert_eq!(client.get("/").await, (StatusCode::OK, "web".into()));
+    }
+    serving.abort();
+    // One tunnel, one stream in it, carrying the kept-alive backend connection.
+    assert_eq!(stats.connections.load(Ordering::SeqCst), 1);
+    assert_eq!(stats.connected.load(Ordering::SeqCst), 1);
+    assert_eq!((web.connections(), web.hits()), (1, 5));
+    assert_eq!(mesh.requests("web", "web", "2xx"), 5);
 }
 
 fn stderr(out: &std::process::Output) -> String {
