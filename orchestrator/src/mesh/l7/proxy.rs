@@ -23,7 +23,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Body, Incoming};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -117,6 +117,10 @@ enum AttemptError {
 
 type ProxyBody = BoxBody<Bytes, hyper::Error>;
 
+/// The largest request body kept for retries (Linkerd's limit); requests with
+/// larger or unknown-length bodies are streamed and not retried.
+const MAX_RETRYABLE_BODY: u64 = 64 * 1024;
+
 /// The proxy's state shared by all its connections: the view, outlier
 /// detection, a retry budget per destination Service port, kept backend
 /// connections, and the metrics.
@@ -194,10 +198,15 @@ impl L7Proxy {
             .rule(&downstream.destination, request.uri().path());
         let budget = self.budget(&downstream.destination);
         budget.request(start);
-        let retry = rule
-            .retry
-            .clone()
-            .filter(|_| is_idempotent(request.method()));
+        // Linkerd's rule: a retry needs the body kept, so only small ones are.
+        let retry = rule.retry.clone().filter(|_| {
+            is_idempotent(request.method())
+                && request
+                    .body()
+                    .size_hint()
+                    .upper()
+                    .is_some_and(|size| size <= MAX_RETRYABLE_BODY)
+        });
         let (parts, body) = request.into_parts();
         let mut body = match &retry {
             Some(_) => match body.collect().await {
@@ -288,8 +297,8 @@ impl L7Proxy {
                 .outliers
                 .record(endpoint.addr, failed, &pool, Instant::now())
             {
-                debug!(
-                    "ejected {} of {}/{}",
+                info!(
+                    "ejected {} of {}/{} after consecutive failures",
                     endpoint.addr, backend.namespace, backend.name
                 );
             }
