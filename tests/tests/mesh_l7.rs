@@ -501,6 +501,42 @@ async fn an_always_failing_endpoint_is_ejected() {
 }
 
 #[tokio::test]
+async fn requests_with_nowhere_to_go_get_500_or_503() {
+    let web = Backend::start("web", Behaviour::Named).await;
+    let route = json!({
+        "parentRefs": [{"name": "web"}],
+        "rules": [
+            {"matches": [{"path": {"value": "/off"}}],
+             "backendRefs": [{"name": "web", "port": 80, "weight": 0}]},
+            {"matches": [{"path": {"value": "/gone"}}],
+             "backendRefs": [{"name": "gone", "port": 80}]}
+        ]
+    });
+    let mesh = Mesh::start(Setup {
+        routes: vec![("web", route)],
+        ..Setup::new("web", &[("web", &[&web])])
+    })
+    .await;
+    let mut client = mesh.client().await;
+    assert_eq!(
+        client.get("/off").await,
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "no backend to route to\n".into()
+        )
+    );
+    assert_eq!(
+        client.get("/gone").await,
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy upstream\n".into()
+        )
+    );
+    assert_eq!(client.get("/").await, (StatusCode::OK, "web".into()));
+    assert_eq!(web.hits(), 1);
+}
+
+#[tokio::test]
 async fn http2_clients_are_served() {
     let web = Backend::start("web", Behaviour::Named).await;
     let mesh = Mesh::start(Setup::new("web", &[("web", &[&web])])).await;

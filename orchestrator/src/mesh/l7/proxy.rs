@@ -264,8 +264,15 @@ impl L7Proxy {
         } = *exchange;
         let mut retries_left = retry.map_or(0, |r| r.attempts);
         loop {
-            let Some((backend, endpoint, pool)) = self.choose(view, rule) else {
-                return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+            let (backend, endpoint, pool) = match self.choose(view, rule) {
+                Ok(choice) => choice,
+                // The Gateway API's answer to a rule with no weight to send by.
+                Err(NoBackend::NoWeight) => {
+                    return plain(StatusCode::INTERNAL_SERVER_ERROR, "no backend to route to");
+                }
+                Err(NoBackend::NoEndpoints) => {
+                    return plain(StatusCode::SERVICE_UNAVAILABLE, "no healthy upstream");
+                }
             };
             *target = Target {
                 workload: endpoint.workload.clone(),
@@ -343,11 +350,16 @@ impl L7Proxy {
         &self,
         view: &L7View,
         rule: &Rule,
-    ) -> Option<(ServicePort, Endpoint, Vec<SocketAddr>)> {
+    ) -> Result<(ServicePort, Endpoint, Vec<SocketAddr>), NoBackend> {
         let mut rng = rand::rng();
         let total = total_weight(&rule.backends);
-        let backend = pick_weighted(&rule.backends, rng.random_range(0..total.max(1)))?;
-        let endpoints = view.endpoints.get(&backend.service)?;
+        let backend = pick_weighted(&rule.backends, rng.random_range(0..total.max(1)))
+            .ok_or(NoBackend::NoWeight)?;
+        let endpoints = view
+            .endpoints
+            .get(&backend.service)
+            .filter(|endpoints| !endpoints.is_empty())
+            .ok_or(NoBackend::NoEndpoints)?;
         let pool: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
         let available = self.outliers.available(&pool, Instant::now());
         let candidates = if available.is_empty() {
@@ -355,12 +367,13 @@ impl L7Proxy {
         } else {
             &available
         };
-        if candidates.is_empty() {
-            return None;
-        }
         let addr = candidates[rng.random_range(0..candidates.len())];
-        let endpoint = endpoints.iter().find(|e| e.addr == addr)?.clone();
-        Some((backend.service.clone(), endpoint, pool))
+        let endpoint = endpoints
+            .iter()
+            .find(|e| e.addr == addr)
+            .ok_or(NoBackend::NoEndpoints)?
+            .clone();
+        Ok((backend.service.clone(), endpoint, pool))
     }
 
     /// The 403 for a request the destination pod's AuthorizationPolicies deny
@@ -430,6 +443,14 @@ struct Exchange<'a> {
     budget: &'a RetryBudget,
     downstream: &'a Downstream,
     parts: &'a hyper::http::request::Parts,
+}
+
+/// Why a request has nowhere to go.
+enum NoBackend {
+    /// The rule has no backends, or all weigh 0.
+    NoWeight,
+    /// The chosen backend Service has no ready endpoints.
+    NoEndpoints,
 }
 
 /// Where a request went, for its metrics.
