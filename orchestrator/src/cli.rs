@@ -9,6 +9,7 @@
 pub mod config;
 pub mod print;
 pub mod rollout;
+pub mod top_services;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ enum TopResource {
     Pods,
     #[value(alias = "node", alias = "no")]
     Nodes,
+    /// The mesh's traffic, from an agent's /metrics (see --metrics-url)
+    #[value(alias = "service", alias = "svc")]
+    Services,
 }
 
 #[derive(Subcommand, Debug)]
@@ -111,7 +115,8 @@ enum Command {
         #[arg(short = 'w', long)]
         watch: bool,
     },
-    /// CPU and memory in use by pods or nodes, as last sampled by their nodes
+    /// CPU and memory in use by pods or nodes, as last sampled by their nodes; or
+    /// the mesh's traffic to services, from an agent's /metrics
     Top {
         #[arg(value_enum)]
         resource: TopResource,
@@ -121,6 +126,13 @@ enum Command {
         /// Label selector, e.g. app=web
         #[arg(short = 'l', long)]
         selector: Option<String>,
+        /// For `top services`: the agent's Prometheus endpoint
+        #[arg(
+            long,
+            value_name = "URL",
+            default_value = "http://127.0.0.1:9962/metrics"
+        )]
+        metrics_url: String,
     },
     /// Show objects in detail
     Describe {
@@ -529,6 +541,8 @@ pub enum CliError {
     Agent(#[from] agent::Error),
     #[error("error: writing the output: {0}")]
     Output(std::io::Error),
+    #[error("error: reading the mesh metrics at {url}: {reason}")]
+    Metrics { url: String, reason: String },
     /// `exec`'s command failed: its exit code becomes skiff's, as with kubectl.
     #[error("command terminated with exit code {0}")]
     CommandExit(i32),
@@ -604,15 +618,34 @@ pub async fn run(cli: Cli) -> Result<(), CliError> {
             get(&settings, &query, &names, output, watch).await
         }
         Command::Top {
+            resource: TopResource::Services,
+            all_namespaces,
+            metrics_url,
+            ..
+        } => {
+            let namespace = config::namespace(&overrides)?;
+            let metrics =
+                top_services::fetch(&metrics_url)
+                    .await
+                    .map_err(|reason| CliError::Metrics {
+                        url: metrics_url,
+                        reason,
+                    })?;
+            let namespace = (!all_namespaces).then_some(namespace.as_str());
+            print!("{}", top_services::table(&metrics, namespace));
+            Ok(())
+        }
+        Command::Top {
             resource,
             all_namespaces,
             selector,
+            metrics_url: _,
         } => {
             let settings = config::resolve(&overrides)?;
             let query = Query {
                 kind: match resource {
-                    TopResource::Pods => Kind::PodMetrics,
                     TopResource::Nodes => Kind::NodeMetrics,
+                    _ => Kind::PodMetrics,
                 },
                 namespace: (!all_namespaces).then(|| settings.namespace.clone()),
                 labels: selector.unwrap_or_default(),

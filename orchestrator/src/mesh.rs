@@ -10,6 +10,10 @@
 //!   [`Certificates`] cache that issues on demand and renews at half-life.
 //! - [`tls`]: rustls configurations that present a workload's certificate, verify
 //!   the peer's against the CA and learn the peer's identity from it.
+//! - [`policy`]: AuthorizationPolicy evaluation ([`policy::decide`]).
+//! - [`l7`]: the HTTP proxy for appProtocol `http` ports: routes, splits,
+//!   timeouts, retries, outlier detection.
+//! - [`metrics`]: the golden metrics ([`MeshMetrics`]) on the agent's /metrics.
 //! - [`hbone`]: the tunnel: [`HboneServer`] (inbound: authorize, connect, copy) and
 //!   [`HboneClient`] (outbound: one HTTP/2 connection per peer, a stream per
 //!   connection).
@@ -21,8 +25,12 @@
 pub mod ca;
 pub mod hbone;
 pub mod identity;
+pub mod l7;
+pub mod metrics;
+pub mod policy;
 pub mod tls;
 
 pub use ca::{Ca, CaMaterial, Certificates, Clock, WorkloadCert, system_clock};
 pub use hbone::{Authorize, HBONE_PORT, HboneClient, HboneServer, Tunnel};
 pub use identity::Identity;
+pub use metrics::{MeshMetrics, TrafficLabels, Workload};

@@ -14,8 +14,8 @@
 //!   Secret), [`account`] (ServiceAccount), [`apps`]
 //!   (Deployment, ReplicaSet), [`batch`] (Job, CronJob), [`autoscaling`]
 //!   (HorizontalPodAutoscaler), [`discovery`] (EndpointSlice), [`event`] (Event),
-//!   [`metrics`] (PodMetrics, NodeMetrics), [`scheduling`] (PriorityClass):
-//!   the kinds.
+//!   [`metrics`] (PodMetrics, NodeMetrics), [`scheduling`] (PriorityClass),
+//!   [`authorization`] (AuthorizationPolicy), [`gateway`] (HTTPRoute): the kinds.
 //! - [`selector`]: label and field selectors.
 //! - [`quantity`]: quantities, int-or-string and base64 values.
 //! - [`validation`]: field errors and the shared checks.
@@ -23,12 +23,14 @@
 
 pub mod account;
 pub mod apps;
+pub mod authorization;
 pub mod autoscaling;
 pub mod batch;
 pub mod cluster;
 pub mod config;
 pub mod discovery;
 pub mod event;
+pub mod gateway;
 pub mod manifest;
 pub mod meta;
 pub mod metrics;
@@ -45,12 +47,14 @@ mod tests;
 
 pub use account::*;
 pub use apps::*;
+pub use authorization::AuthorizationPolicy;
 pub use autoscaling::*;
 pub use batch::*;
 pub use cluster::*;
 pub use config::*;
 pub use discovery::*;
 pub use event::*;
+pub use gateway::HTTPRoute;
 pub use meta::{Condition, ConditionStatus, ObjectMeta, OwnerReference};
 pub use metrics::*;
 pub use object::{Kind, Object};

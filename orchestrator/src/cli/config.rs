@@ -113,12 +113,23 @@ pub fn resolve(overrides: &Overrides) -> Result<Settings, ConfigError> {
                 .clone()
                 .or(file.certificate_authority),
         },
-        namespace: overrides
-            .namespace
-            .clone()
-            .or(file.namespace)
-            .unwrap_or_else(|| "default".into()),
+        namespace: namespace_of(overrides, file.namespace),
     })
+}
+
+/// The default namespace alone, for commands that do not talk to the API.
+pub fn namespace(overrides: &Overrides) -> Result<String, ConfigError> {
+    let file = read_config(&config_path(overrides))?;
+    Ok(namespace_of(overrides, file.namespace))
+}
+
+/// The flag's namespace, else the config file's, else "default".
+fn namespace_of(overrides: &Overrides, in_file: Option<String>) -> String {
+    overrides
+        .namespace
+        .clone()
+        .or(in_file)
+        .unwrap_or_else(|| "default".into())
 }
 
 fn read_token(path: &Path, config: &Path) -> Result<String, ConfigError> {

@@ -35,6 +35,18 @@ impl Table {
         }
     }
 
+    /// A table of anything, not of a kind's objects.
+    pub fn with_header(header: &[&str]) -> Self {
+        Self {
+            header: header.iter().map(|h| h.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn push_row(&mut self, row: Vec<String>) {
+        self.rows.push(row);
+    }
+
     /// Adds a column after the kind's own, filled by [`Table::push_with`].
     pub fn with_column(mut self, name: &str) -> Self {
         self.header.push(name.into());
@@ -180,6 +192,8 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::ConfigMap => (vec!["NAME", "DATA", "AGE"], vec![]),
         Kind::Secret => (vec!["NAME", "TYPE", "DATA", "AGE"], vec![]),
         Kind::ServiceAccount => (vec!["NAME", "AGE"], vec![]),
+        Kind::AuthorizationPolicy => (vec!["NAME", "ACTION", "AGE"], vec![]),
+        Kind::HTTPRoute => (vec!["NAME", "PARENTS", "AGE"], vec![]),
         Kind::Job => (
             vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
@@ -385,6 +399,13 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
             age,
         ],
         Kind::ServiceAccount => vec![name, age],
+        Kind::AuthorizationPolicy => vec![name, or(&spec["action"], "ALLOW"), age],
+        Kind::HTTPRoute => {
+            let parents: Vec<String> = items(&spec["parentRefs"])
+                .map(|p| text(&p["name"]))
+                .collect();
+            vec![name, parents.join(","), age]
+        }
         Kind::Job => {
             let state = conditions(status)
                 .find(|c| {

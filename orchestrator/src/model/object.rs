@@ -16,9 +16,9 @@ use serde_path_to_error::Segment;
 use super::meta::{validate_meta, validate_meta_update};
 use super::validation::{FieldErrors, Path};
 use super::{
-    ConfigMap, CronJob, Deployment, EndpointSlice, Event, HorizontalPodAutoscaler, Job, Namespace,
-    Node, NodeMetrics, ObjectMeta, Pod, PodMetrics, PriorityClass, ReplicaSet, Secret, Service,
-    ServiceAccount,
+    AuthorizationPolicy, ConfigMap, CronJob, Deployment, EndpointSlice, Event, HTTPRoute,
+    HorizontalPodAutoscaler, Job, Namespace, Node, NodeMetrics, ObjectMeta, Pod, PodMetrics,
+    PriorityClass, ReplicaSet, Secret, Service, ServiceAccount,
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,6 +40,8 @@ pub enum Kind {
     PodMetrics,
     NodeMetrics,
     PriorityClass,
+    AuthorizationPolicy,
+    HTTPRoute,
 }
 
 /// What the API says about a kind.
@@ -52,7 +54,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 17] = [
+    pub const ALL: [Kind; 19] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -70,6 +72,8 @@ impl Kind {
         Kind::PodMetrics,
         Kind::NodeMetrics,
         Kind::PriorityClass,
+        Kind::AuthorizationPolicy,
+        Kind::HTTPRoute,
     ];
 
     fn info(self) -> KindInfo {
@@ -109,6 +113,20 @@ impl Kind {
                 "priorityclasses",
                 &["pc"],
                 false,
+            ),
+            Kind::AuthorizationPolicy => (
+                "AuthorizationPolicy",
+                "mesh.skiff.io/v1",
+                "authorizationpolicies",
+                &["ap"],
+                true,
+            ),
+            Kind::HTTPRoute => (
+                "HTTPRoute",
+                "gateway.networking.k8s.io/v1",
+                "httproutes",
+                &[],
+                true,
             ),
         };
         KindInfo {
@@ -348,6 +366,8 @@ objects!(
     PodMetrics,
     NodeMetrics,
     PriorityClass,
+    AuthorizationPolicy,
+    HTTPRoute,
 );
 
 impl Object {

@@ -279,6 +279,43 @@ metadata:
   name: critical
 value: 1000000
 description: Pods that must run.
+---
+apiVersion: mesh.skiff.io/v1
+kind: AuthorizationPolicy
+metadata:
+  name: web-readers
+  namespace: shop
+spec:
+  selector:
+    matchLabels: {app: web}
+  action: ALLOW
+  rules:
+  - from:
+    - source:
+        principals: [cluster.local/ns/shop/sa/frontend, "*/sa/admin"]
+        namespaces: [shop]
+    to:
+    - operation:
+        ports: ["8080"]
+        methods: [GET, HEAD]
+        paths: [/api/*, /healthz]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata:
+  name: web-canary
+  namespace: shop
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: web, port: 80}
+  rules:
+  - matches:
+    - path: {type: PathPrefix, value: /api}
+    backendRefs:
+    - {name: web-v1, port: 80, weight: 90}
+    - {name: web-v2, port: 80, weight: 10}
+    timeouts: {request: 2s}
+    retry: {attempts: 2, codes: [502, 503], backoff: 100ms}
 "#;
 
 fn parse_ok(source: &str, text: &str) -> Vec<Document> {
@@ -880,6 +917,40 @@ fn service_addresses() {
 }
 
 #[test]
+fn bad_authorization_policies_name_the_field() {
+    let text = "apiVersion: mesh.skiff.io/v1\nkind: AuthorizationPolicy\nmetadata:\n  name: p\n\
+        spec:\n  action: MAYBE\n  rules:\n  - from:\n    - source: {principals: [\"a*b\"]}\n    \
+        to:\n    - operation: {ports: [\"http\"], methods: [get], paths: [api]}\n";
+    assert_eq!(
+        parse_err(text),
+        "app.yaml doc 1: spec.action: \"MAYBE\" is not ALLOW or DENY\n\
+         app.yaml doc 1: spec.rules[0].from[0].source.principals[0]: \"a*b\": '*' may only be the first or the last character\n\
+         app.yaml doc 1: spec.rules[0].to[0].operation.ports[0]: \"http\" is not a port number (1-65535)\n\
+         app.yaml doc 1: spec.rules[0].to[0].operation.methods[0]: \"get\" is not an HTTP method in capitals (\"GET\")\n\
+         app.yaml doc 1: spec.rules[0].to[0].operation.paths[0]: \"api\" must start with '/' or '*'"
+    );
+}
+
+#[test]
+fn bad_http_routes_name_the_field() {
+    let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata:\n  name: r\n\
+        spec:\n  parentRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]\n  \
+        rules:\n  - matches: [{path: {value: api}}]\n    \
+        backendRefs: [{name: web, weight: -1}]\n    timeouts: {request: 2 seconds}\n    \
+        retry: {codes: [200]}\n";
+    assert_eq!(
+        parse_err(text),
+        "app.yaml doc 1: spec.parentRefs[0].group: \"gateway.networking.k8s.io\" is not supported (only \"\", the core group of Service)\n\
+         app.yaml doc 1: spec.parentRefs[0].kind: \"Gateway\" is not supported (only \"Service\")\n\
+         app.yaml doc 1: spec.rules[0].matches[0].path.value: \"api\" must start with '/'\n\
+         app.yaml doc 1: spec.rules[0].backendRefs[0].port: required for a Service backend\n\
+         app.yaml doc 1: spec.rules[0].backendRefs[0].weight: -1 must be between 0 and 1000000\n\
+         app.yaml doc 1: spec.rules[0].timeouts.request: \"2 seconds\" is not a duration (one to four parts of up to 5 digits and a unit h, m, s or ms: \"2s\", \"500ms\", \"1m30s\")\n\
+         app.yaml doc 1: spec.rules[0].retry.codes[0]: 200 must be between 400 and 599"
+    );
+}
+
+#[test]
 fn invalid_base64_in_secret() {
     let text = "apiVersion: v1\nkind: Secret\nmetadata:\n  name: db\ndata:\n  user: YWRtaW4=\n  password: hunter2!\n";
     assert_eq!(
@@ -1077,6 +1148,8 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::PodMetrics(pod_metrics),
         Object::NodeMetrics(node_metrics),
         Object::PriorityClass(class),
+        Object::AuthorizationPolicy(policy),
+        Object::HTTPRoute(route),
     ] = documents.iter().map(|d| &d.object).collect::<Vec<_>>()[..]
     else {
         panic!("unexpected kinds");
@@ -1114,6 +1187,8 @@ fn every_kind_decodes_defaults_and_validates() {
         class.preemption_policy,
         Some(PreemptionPolicy::PreemptLowerPriority)
     );
+    assert_eq!(policy.spec.rules[0].to[0].operation.ports, ["8080"]);
+    assert_eq!(route.spec.rules[0].backend_refs[1].weight, Some(10));
 
     // Pod defaults.
     assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
@@ -1531,7 +1606,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 17);
+    assert_eq!(Kind::ALL.len(), 19);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),
@@ -1565,6 +1640,13 @@ fn kinds() {
         ("NodeMetrics", Kind::NodeMetrics),
         ("pc", Kind::PriorityClass),
         ("priorityclasses.scheduling.k8s.io", Kind::PriorityClass),
+        ("ap", Kind::AuthorizationPolicy),
+        (
+            "authorizationpolicies.mesh.skiff.io",
+            Kind::AuthorizationPolicy,
+        ),
+        ("httproutes", Kind::HTTPRoute),
+        ("httproutes.gateway.networking.k8s.io", Kind::HTTPRoute),
     ] {
         assert_eq!(Kind::from_cli_name(name), Some(kind), "{name}");
     }
