@@ -18,6 +18,7 @@ mod changes;
 mod counters;
 pub mod desired;
 pub mod maglev;
+mod mesh;
 mod metrics;
 pub mod nodeport;
 mod published;
@@ -33,7 +34,7 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use log::{LevelFilter, warn};
@@ -46,6 +47,7 @@ use skiff_ebpf_common::{
 
 pub use addresses::node_addresses;
 pub use counters::{BackendCount, BackendPackets};
+pub use mesh::MeshMaps;
 pub use metrics::{DataplaneMetrics, Stats};
 pub use services::{
     Balancing, Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable,
@@ -69,6 +71,9 @@ const SOCK_LB_PROGRAMS: [&str; 8] = [
     "skiff_getpeername4",
     "skiff_getpeername6",
 ];
+
+/// The mesh's TCP connect callback (see `skiff_ebpf_common::mesh`).
+const MESH_SOCK_OPS_PROGRAM: &str = "skiff_mesh_sockops";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -99,6 +104,8 @@ pub enum Error {
     NodePort(#[from] nodeport::NodePortError),
     #[error("pin directory {}: {source}", path.display())]
     Pin { path: PathBuf, source: io::Error },
+    #[error("eBPF program {name}: taking its bpf link: {reason}")]
+    Link { name: &'static str, reason: String },
     #[error("pinning program {name} at {}: {reason}", path.display())]
     PinLink {
         name: &'static str,
@@ -169,6 +176,8 @@ pub struct Detached {
 enum Attachment {
     /// Owned by this process: detached when it is dropped or the process dies.
     Owned(CgroupSockAddrLinkId),
+    /// A bpf link owned by this process: detached when dropped.
+    Link(FdLink),
     /// Pinned in bpffs: attached until the pin is removed.
     Pinned(PinnedLink),
 }
@@ -188,6 +197,8 @@ pub struct Dataplane {
     destroyer: Option<SocketDestroyer>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     nodeport: nodeport::NodePortLinks,
+    /// Until the node proxy takes them.
+    mesh: Option<MeshMaps>,
 }
 
 impl Dataplane {
@@ -270,6 +281,8 @@ impl Dataplane {
             };
             links.push((AttachedProgram { name, id }, attachment));
         }
+        links.push(attach_mesh_sock_ops(&mut ebpf, &cgroup_dir, config)?);
+        let mesh = Some(MeshMaps::take(&mut ebpf)?);
         let destroyer = match &object.destroy {
             Ok(support) => Some(
                 SocketDestroyer::load(&mut ebpf, &support.btf, config.socket_netns.clone())
@@ -302,7 +315,13 @@ impl Dataplane {
             destroyer,
             logger,
             nodeport,
+            mesh,
         })
+    }
+
+    /// The mesh's maps, for the node proxy (once; None afterwards).
+    pub fn take_mesh_maps(&mut self) -> Option<MeshMaps> {
+        self.mesh.take()
     }
 
     /// Frontends found in pinned maps at load, with their backends (empty for a
@@ -381,6 +400,7 @@ impl Dataplane {
                 Attachment::Owned(link) => typed_program::<CgroupSockAddr>(&mut self.ebpf, name)?
                     .detach(link)
                     .map_err(|source| Error::Program { name, source })?,
+                Attachment::Link(link) => drop(link),
                 // Without its pin, the link goes with the last descriptor, dropped here.
                 Attachment::Pinned(link) => drop(link.unpin().map_err(|source| Error::Pin {
                     path: self.pin_dir.clone().unwrap_or_default(),
@@ -402,6 +422,32 @@ impl Dataplane {
             tc,
         })
     }
+}
+
+/// Loads the mesh's sock_ops program and attaches it to the cgroup, pinned like
+/// the load balancer's when there is a pin directory.
+fn attach_mesh_sock_ops(
+    ebpf: &mut Ebpf,
+    cgroup_dir: &File,
+    config: &Config,
+) -> Result<(AttachedProgram, Attachment), Error> {
+    let name = MESH_SOCK_OPS_PROGRAM;
+    let program_error = |source| Error::Program { name, source };
+    let program = typed_program::<SockOps>(ebpf, name)?;
+    program.load().map_err(program_error)?;
+    let id = program.info().map_err(program_error)?.id();
+    let link = program
+        .attach(cgroup_dir, CgroupAttachMode::Single)
+        .map_err(program_error)?;
+    let owned = program.take_link(link).map_err(program_error)?;
+    let attachment = match &config.pin_dir {
+        Some(dir) => Attachment::Pinned(pin_link(name, name, owned.try_into(), dir)?),
+        None => Attachment::Link(owned.try_into().map_err(|e| Error::Link {
+            name,
+            reason: error_chain(&e),
+        })?),
+    };
+    Ok((AttachedProgram { name, id }, attachment))
 }
 
 /// Maps kept in bpffs across agent restarts: the services, the reverse
