@@ -1,0 +1,233 @@
+//! The mesh in the node, end to end on a real agent: pods of a namespace
+//! labelled `skiff.io/mesh: enabled` have their TCP captured by eBPF at connect()
+//! and carried between node proxies over mutual TLS (HBONE, port 15008).
+//!
+//! A packet capture on the server pod's host-side veth sees the enrolled client's
+//! connections (by pod IP and by service VIP) only as TLS to 15008, never the
+//! server's reply; a client outside the mesh still talks plaintext to the same
+//! server (permissive mode), which the capture does see, so it proves the capture
+//! works. Clients run as processes inside the client pod's network namespace and
+//! the cgroup the test agent's dataplane is attached to (a test agent's pods'
+//! own cgroups are outside it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skiff_tests::agent::{Agent, is_ready};
+use skiff_tests::capture::{Capture, Segment, contains, stream_of};
+use skiff_tests::lab::client_output;
+use skiff_tests::{eventually, unique_name, workspace_bin};
+
+const SERVER_PORT: u16 = 8080;
+const HBONE_PORT: u16 = 15008;
+const READY_WITHIN: Duration = Duration::from_secs(60);
+
+/// A namespace enrolled in the mesh with a server (answering each connection
+/// with its pod name), a Service in front of it and a client; another namespace
+/// outside the mesh with a client. The server has no TCP readiness probe: the
+/// probe's connections from the node would carry its reply in plaintext too.
+fn manifests(mesh: &str, plain: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {mesh}, labels: {{skiff.io/mesh: enabled}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {plain}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: {mesh}, labels: {{app: server}}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [nc, -ll, -p, "{SERVER_PORT}", -e, sh, -c, 'echo $(hostname)-{mesh}']
+    ports: [{{name: http, containerPort: {SERVER_PORT}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: server, namespace: {mesh}}}
+spec:
+  selector: {{app: server}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {mesh}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: main, image: busybox:1.36, command: [sleep, "3600"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {plain}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: main, image: busybox:1.36, command: [sleep, "3600"]}}]
+"#
+    )
+}
+
+/// A pod (its JSON) in `namespace`, once it is Ready.
+fn ready_pod(agent: &Agent, namespace: &str, name: &str) -> serde_json::Value {
+    eventually(
+        format!("pod {namespace}/{name} ready"),
+        READY_WITHIN,
+        || {
+            let out = agent.cli(&["get", "pod", name, "-n", namespace, "-o", "json"]);
+            let pod: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| format!("not found ({e})"))?;
+            match is_ready(&pod) {
+                true => Ok(pod),
+                false => Err(pod["status"].to_string()),
+            }
+        },
+    )
+}
+
+fn uid(pod: &serde_json::Value) -> &str {
+    pod["metadata"]["uid"].as_str().expect("a pod uid")
+}
+
+/// The pod's network namespace, where the agent pins it.
+fn netns_of(pod: &serde_json::Value) -> PathBuf {
+    PathBuf::from(format!("/run/netns/skiff-{}", uid(pod)))
+}
+
+fn pod_ip(pod: &serde_json::Value) -> std::net::IpAddr {
+    pod["status"]["podIP"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .expect("a pod IP")
+}
+
+/// `count` connections to `addr` from inside `pod`'s namespace: each reply.
+fn connect_from(
+    agent: &Agent,
+    pod: &serde_json::Value,
+    addr: SocketAddr,
+    count: usize,
+) -> Vec<String> {
+    let client = agent
+        .cgroup
+        .command_at(&netns_of(pod), workspace_bin("skiff-test-client"));
+    client_output(client, addr, count)
+}
+
+/// Waits until the agent has logged a line holding `needle` (in any order with
+/// other waits).
+fn wait_logged(agent: &mut Agent, needle: &str) {
+    eventually(format!("the agent to log {needle:?}"), READY_WITHIN, || {
+        let logged = agent.logged();
+        match logged.iter().any(|l| l.contains(needle)) {
+            true => Ok(()),
+            false => Err(format!(
+                "not yet; its mesh lines: {:#?}",
+                mesh_lines(logged)
+            )),
+        }
+    });
+}
+
+fn mesh_lines(log: &[String]) -> Vec<&String> {
+    log.iter().filter(|l| l.contains("mesh")).collect()
+}
+
+/// Segments to or from `port` whose payload holds `needle`.
+fn carrying(segments: &[Segment], port: u16, needle: &str) -> usize {
+    segments
+        .iter()
+        .filter(|s| s.port(port) && contains(&s.payload, needle.as_bytes()))
+        .count()
+}
+
+#[test]
+fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
+    let mut agent = Agent::start_node(&[]);
+    let mesh = unique_name("mesh");
+    let plain = unique_name("plain");
+    agent.apply(&manifests(&mesh, &plain));
+    let server = ready_pod(&agent, &mesh, "server");
+    let client = ready_pod(&agent, &mesh, "client");
+    let outsider = ready_pod(&agent, &plain, "client");
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
+    let reply = format!("server-{mesh}");
+    let service = eventually("the service's VIP", READY_WITHIN, || {
+        let out = agent.cli(&["get", "service", "server", "-n", &mesh, "-o", "json"]);
+        let service: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        service["spec"]["clusterIP"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| service.to_string())
+    });
+    let by_pod_ip = SocketAddr::new(pod_ip(&server), SERVER_PORT);
+    let by_vip = SocketAddr::new(service, 80);
+
+    let veth = skiff_cni::wiring::host_veth_name(uid(&server), "eth0");
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    let capture = Capture::start(node.command("tcpdump"), &veth, "tcp");
+
+    // The enrolled client reaches the server by pod IP and through the service.
+    for addr in [by_pod_ip, by_vip] {
+        // The service's backends reach the dataplane shortly after the pod is ready.
+        let replies = eventually(format!("{addr} from the mesh"), READY_WITHIN, || {
+            let replies = connect_from(&agent, &client, addr, 3);
+            match replies.iter().all(|r| *r == reply) {
+                true => Ok(replies),
+                false => Err(format!("{replies:?}")),
+            }
+        });
+        assert_eq!(replies.len(), 3);
+    }
+    // A client outside the mesh still reaches the server, in plaintext
+    // (permissive mode): its reply, last, is the capture's sentinel.
+    assert_eq!(
+        connect_from(&agent, &outsider, by_pod_ip, 1),
+        [reply.as_str()]
+    );
+    let segments = capture.flush_through(reply.as_bytes());
+
+    assert_eq!(
+        carrying(&segments, SERVER_PORT, &reply),
+        1,
+        "only the client outside the mesh may be seen in plaintext"
+    );
+    let tunnel = stream_of(&segments, HBONE_PORT);
+    assert!(
+        !tunnel.is_empty(),
+        "nothing crossed the veth on {HBONE_PORT}"
+    );
+    assert!(
+        !contains(&tunnel, reply.as_bytes()),
+        "the reply crossed the tunnel in plaintext"
+    );
+    // TLS records: a handshake (ClientHello) opens the tunnel.
+    assert!(
+        contains(&tunnel, &[0x16, 0x03, 0x01]) || contains(&tunnel, &[0x16, 0x03, 0x03]),
+        "no TLS handshake on {HBONE_PORT}"
+    );
+    drop(capture);
+
+    // The enrolled pods' traffic keeps working through an agent restart, and so
+    // does the rest.
+    agent = agent.kill_and_restart();
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
+    assert_eq!(
+        connect_from(&agent, &outsider, by_pod_ip, 1),
+        [reply.as_str()]
+    );
+    eventually("the mesh after a restart", READY_WITHIN, || {
+        let replies = connect_from(&agent, &client, by_vip, 2);
+        match replies.iter().all(|r| *r == reply) {
+            true => Ok(()),
+            false => Err(format!("{replies:?}")),
+        }
+    });
+}
