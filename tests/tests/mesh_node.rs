@@ -6,7 +6,8 @@
 //! connections (by pod IP and by service VIP) only as TLS to 15008, never the
 //! server's reply; a client outside the mesh still talks plaintext to the same
 //! server (permissive mode), which the capture does see, so it proves the capture
-//! works. Clients run as processes inside the client pod's network namespace and
+//! works. On two nodes, the same holds for a capture on the LAN between them.
+//! Clients run as processes inside the client pod's network namespace and
 //! the cgroup the test agent's dataplane is attached to (a test agent's pods'
 //! own cgroups are outside it).
 
@@ -14,8 +15,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use skiff_tests::agent::{Agent, is_ready};
+use skiff_tests::agent::{Agent, NODE_NAME, is_ready};
 use skiff_tests::capture::{Capture, Segment, contains, stream_of};
+use skiff_tests::cluster::{Cluster, LAN_BRIDGE, node_name};
 use skiff_tests::lab::client_output;
 use skiff_tests::{eventually, unique_name, workspace_bin};
 
@@ -27,7 +29,7 @@ const READY_WITHIN: Duration = Duration::from_secs(60);
 /// with its pod name), a Service in front of it and a client; another namespace
 /// outside the mesh with a client. The server has no TCP readiness probe: the
 /// probe's connections from the node would carry its reply in plaintext too.
-fn manifests(mesh: &str, plain: &str) -> String {
+fn manifests(mesh: &str, plain: &str, server_node: &str, client_node: &str) -> String {
     format!(
         r#"
 apiVersion: v1
@@ -42,6 +44,7 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: server, namespace: {mesh}, labels: {{app: server}}}}
 spec:
+  nodeName: {server_node}
   terminationGracePeriodSeconds: 1
   containers:
   - name: main
@@ -60,6 +63,7 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: client, namespace: {mesh}}}
 spec:
+  nodeName: {client_node}
   terminationGracePeriodSeconds: 1
   containers: [{{name: main, image: busybox:1.36, command: [sleep, "3600"]}}]
 ---
@@ -67,6 +71,7 @@ apiVersion: v1
 kind: Pod
 metadata: {{name: client, namespace: {plain}}}
 spec:
+  nodeName: {client_node}
   terminationGracePeriodSeconds: 1
   containers: [{{name: main, image: busybox:1.36, command: [sleep, "3600"]}}]
 "#
@@ -146,18 +151,27 @@ fn carrying(segments: &[Segment], port: u16, needle: &str) -> usize {
         .count()
 }
 
-#[test]
-fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
-    let mut agent = Agent::start_node(&[]);
+/// The test's workloads, running.
+struct Scene {
+    mesh: String,
+    /// What the server answers.
+    reply: String,
+    server: serde_json::Value,
+    client: serde_json::Value,
+    outsider: serde_json::Value,
+    by_pod_ip: SocketAddr,
+    by_vip: SocketAddr,
+}
+
+/// Applies [`manifests`] through `agent`, with the server on `server_node` and
+/// both clients on `client_node`, and waits for the pods.
+fn deploy(agent: &Agent, server_node: &str, client_node: &str) -> Scene {
     let mesh = unique_name("mesh");
     let plain = unique_name("plain");
-    agent.apply(&manifests(&mesh, &plain));
-    let server = ready_pod(&agent, &mesh, "server");
-    let client = ready_pod(&agent, &mesh, "client");
-    let outsider = ready_pod(&agent, &plain, "client");
-    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
-    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
-    let reply = format!("server-{mesh}");
+    agent.apply(&manifests(&mesh, &plain, server_node, client_node));
+    let server = ready_pod(agent, &mesh, "server");
+    let client = ready_pod(agent, &mesh, "client");
+    let outsider = ready_pod(agent, &plain, "client");
     let service = eventually("the service's VIP", READY_WITHIN, || {
         let out = agent.cli(&["get", "service", "server", "-n", &mesh, "-o", "json"]);
         let service: serde_json::Value =
@@ -167,43 +181,46 @@ fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
             .and_then(|ip| ip.parse().ok())
             .ok_or_else(|| service.to_string())
     });
-    let by_pod_ip = SocketAddr::new(pod_ip(&server), SERVER_PORT);
-    let by_vip = SocketAddr::new(service, 80);
+    Scene {
+        reply: format!("server-{mesh}"),
+        mesh,
+        by_pod_ip: SocketAddr::new(pod_ip(&server), SERVER_PORT),
+        by_vip: SocketAddr::new(service, 80),
+        server,
+        client,
+        outsider,
+    }
+}
 
-    let veth = skiff_cni::wiring::host_veth_name(uid(&server), "eth0");
-    let node = agent.node_netns.as_ref().expect("a node namespace");
-    let capture = Capture::start(node.command("tcpdump"), &veth, "tcp");
-
-    // The enrolled client reaches the server by pod IP and through the service.
-    for addr in [by_pod_ip, by_vip] {
+/// From `clients`' node: the enrolled client reaches the server by pod IP and
+/// through the service, the outsider by pod IP; `capture` (on the path to the
+/// server) sees the outsider's reply in plaintext and the rest only as TLS.
+fn assert_tunnelled(clients: &Agent, scene: &Scene, capture: Capture) {
+    let reply = scene.reply.as_str();
+    for addr in [scene.by_pod_ip, scene.by_vip] {
         // The service's backends reach the dataplane shortly after the pod is ready.
-        let replies = eventually(format!("{addr} from the mesh"), READY_WITHIN, || {
-            let replies = connect_from(&agent, &client, addr, 3);
-            match replies.iter().all(|r| *r == reply) {
-                true => Ok(replies),
+        eventually(format!("{addr} from the mesh"), READY_WITHIN, || {
+            let replies = connect_from(clients, &scene.client, addr, 3);
+            match replies.iter().all(|r| r == reply) {
+                true => Ok(()),
                 false => Err(format!("{replies:?}")),
             }
         });
-        assert_eq!(replies.len(), 3);
     }
     // A client outside the mesh still reaches the server, in plaintext
     // (permissive mode): its reply, last, is the capture's sentinel.
     assert_eq!(
-        connect_from(&agent, &outsider, by_pod_ip, 1),
-        [reply.as_str()]
+        connect_from(clients, &scene.outsider, scene.by_pod_ip, 1),
+        [reply]
     );
     let segments = capture.flush_through(reply.as_bytes());
-
     assert_eq!(
-        carrying(&segments, SERVER_PORT, &reply),
+        carrying(&segments, SERVER_PORT, reply),
         1,
         "only the client outside the mesh may be seen in plaintext"
     );
     let tunnel = stream_of(&segments, HBONE_PORT);
-    assert!(
-        !tunnel.is_empty(),
-        "nothing crossed the veth on {HBONE_PORT}"
-    );
+    assert!(!tunnel.is_empty(), "nothing crossed on {HBONE_PORT}");
     assert!(
         !contains(&tunnel, reply.as_bytes()),
         "the reply crossed the tunnel in plaintext"
@@ -213,21 +230,54 @@ fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
         contains(&tunnel, &[0x16, 0x03, 0x01]) || contains(&tunnel, &[0x16, 0x03, 0x03]),
         "no TLS handshake on {HBONE_PORT}"
     );
-    drop(capture);
+}
 
-    // The enrolled pods' traffic keeps working through an agent restart, and so
-    // does the rest.
-    agent = agent.kill_and_restart();
+#[test]
+fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
+    let mut agent = Agent::start_node(&[]);
+    let scene = deploy(&agent, NODE_NAME, NODE_NAME);
+    let mesh = &scene.mesh;
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
     wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
-    assert_eq!(
-        connect_from(&agent, &outsider, by_pod_ip, 1),
-        [reply.as_str()]
+    let veth = skiff_cni::wiring::host_veth_name(uid(&scene.server), "eth0");
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    assert_tunnelled(
+        &agent,
+        &scene,
+        Capture::start(node.command("tcpdump"), &veth, "tcp"),
     );
+
+    // Through an agent restart, traffic outside the mesh keeps flowing, and the
+    // mesh's comes back.
+    agent = agent.kill_and_restart();
+    let reply = scene.reply.as_str();
+    assert_eq!(
+        connect_from(&agent, &scene.outsider, scene.by_pod_ip, 1),
+        [reply]
+    );
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
     eventually("the mesh after a restart", READY_WITHIN, || {
-        let replies = connect_from(&agent, &client, by_vip, 2);
-        match replies.iter().all(|r| *r == reply) {
+        let replies = connect_from(&agent, &scene.client, scene.by_vip, 2);
+        match replies.iter().all(|r| r == reply) {
             true => Ok(()),
             false => Err(format!("{replies:?}")),
         }
     });
+}
+
+#[test]
+fn enrolled_pods_on_two_nodes_talk_mtls_across_the_lan() {
+    let mut cluster = Cluster::start(2, &[]);
+    let scene = deploy(cluster.node(1), &node_name(2), &node_name(1));
+    let mesh = &scene.mesh;
+    wait_logged(
+        cluster.node_mut(2),
+        &format!("mesh: serving pod {mesh}/server"),
+    );
+    wait_logged(
+        cluster.node_mut(1),
+        &format!("mesh: serving pod {mesh}/client"),
+    );
+    let capture = Capture::start(cluster.lan().command("tcpdump"), LAN_BRIDGE, "tcp");
+    assert_tunnelled(cluster.node(1), &scene, capture);
 }
