@@ -238,6 +238,9 @@ pub async fn run(config: Config) -> Result<(), Error> {
         })),
     )
     .await?;
+    // What keeps pods NotReady besides their containers: the mesh, for pods it
+    // cannot serve.
+    let holds = Arc::new(crate::runtime::holds::ReadinessHolds::default());
     let (stop_mesh, mesh_stopped) = tokio::sync::oneshot::channel::<()>();
     let mesh = mesh_maps.map(|maps| {
         tokio::spawn(crate::mesh::node::run(
@@ -245,6 +248,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 node_name: node_config.identity.name.clone(),
                 paths: node_config.handle().paths,
                 trust_domain: config.dns.cluster_domain.clone(),
+                holds: holds.clone(),
             },
             registry.clone(),
             certificates.clone(),
@@ -289,7 +293,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         node_config.identity.name.clone(),
     ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
+    let node_context = Arc::new(node_config.context(registry.clone(), images.clone(), holds));
     let usage = tokio::spawn(runtime::usage::run(
         node_context.clone(),
         node_config.usage_interval,

@@ -42,6 +42,7 @@ use crate::api::registry::typed::{decode_as, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, Registry};
 use crate::dataplane::MeshMaps;
 use crate::model::{Kind, Namespace};
+use crate::runtime::holds::{Hold, ReadinessHolds};
 use crate::runtime::paths::Paths;
 
 /// How soon pods whose proxy could not start are tried again.
@@ -78,6 +79,8 @@ pub struct Settings {
     pub paths: Paths,
     /// The identities' trust domain: the cluster domain.
     pub trust_domain: String,
+    /// Where a pod the proxy cannot serve is held NotReady.
+    pub holds: Arc<ReadinessHolds>,
 }
 
 /// What every pod's proxy shares.
@@ -226,6 +229,13 @@ async fn reconcile(
             stop(shared, &uid, pod);
         }
     }
+    // Pods no longer wanted are no longer held (a pod that left the mesh is not
+    // the mesh's to hold).
+    for workload in view.workloads() {
+        if !wanted.contains_key(workload.pod.uid.as_str()) {
+            settings.holds.release(&workload.pod.uid);
+        }
+    }
     for (uid, workload) in wanted {
         if served.contains_key(uid) {
             continue;
@@ -237,12 +247,25 @@ async fn reconcile(
                     "mesh: serving pod {}/{} as {}",
                     workload.pod.namespace, workload.pod.name, workload.identity
                 );
+                settings.holds.release(uid);
                 served.insert(uid.to_string(), pod);
             }
-            Err(error) => warn!(
-                "mesh: pod {}/{}: {error}",
-                workload.pod.namespace, workload.pod.name
-            ),
+            Err(error) => {
+                warn!(
+                    "mesh: pod {}/{}: {error}",
+                    workload.pod.namespace, workload.pod.name
+                );
+                // Traffic to a pod the mesh cannot serve would arrive unprotected.
+                if let ProxyError::Certificate { .. } = error {
+                    settings.holds.hold(
+                        uid,
+                        Hold {
+                            reason: "MeshCertificate".into(),
+                            message: error.to_string(),
+                        },
+                    );
+                }
+            }
         }
     }
 }
