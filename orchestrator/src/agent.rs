@@ -252,7 +252,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
             },
             registry.clone(),
             certificates.clone(),
-            maps,
+            crate::mesh::node::Kernel {
+                maps,
+                dataplane: dataplane.clone(),
+            },
             mesh_pod_feed,
             crate::mesh::node::allow_all(),
             async {

@@ -34,7 +34,11 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError, SockOps};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, SockOps,
+    TcAttachType,
+};
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use log::{LevelFilter, warn};
@@ -74,6 +78,8 @@ const SOCK_LB_PROGRAMS: [&str; 8] = [
 
 /// The mesh's TCP connect callback (see `skiff_ebpf_common::mesh`).
 const MESH_SOCK_OPS_PROGRAM: &str = "skiff_mesh_sockops";
+/// Strict mesh mode's tc program, for strict pods' host-side devices.
+const MESH_STRICT_PROGRAM: &str = "skiff_mesh_strict";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -104,6 +110,12 @@ pub enum Error {
     NodePort(#[from] nodeport::NodePortError),
     #[error("pin directory {}: {source}", path.display())]
     Pin { path: PathBuf, source: io::Error },
+    #[error("eBPF program {name} on device {device}: {source}")]
+    Device {
+        name: &'static str,
+        device: String,
+        source: Box<ProgramError>,
+    },
     #[error("eBPF program {name}: taking its bpf link: {reason}")]
     Link { name: &'static str, reason: String },
     #[error("pinning program {name} at {}: {reason}", path.display())]
@@ -199,6 +211,9 @@ pub struct Dataplane {
     nodeport: nodeport::NodePortLinks,
     /// Until the node proxy takes them.
     mesh: Option<MeshMaps>,
+    /// Strict mode's links, by device; owned by this process, so a strict pod
+    /// is open to plaintext while no agent runs.
+    mesh_strict: std::collections::HashMap<String, SchedClassifierLinkId>,
 }
 
 impl Dataplane {
@@ -283,6 +298,12 @@ impl Dataplane {
         }
         links.push(attach_mesh_sock_ops(&mut ebpf, &cgroup_dir, config)?);
         let mesh = Some(MeshMaps::take(&mut ebpf)?);
+        typed_program::<SchedClassifier>(&mut ebpf, MESH_STRICT_PROGRAM)?
+            .load()
+            .map_err(|source| Error::Program {
+                name: MESH_STRICT_PROGRAM,
+                source,
+            })?;
         let destroyer = match &object.destroy {
             Ok(support) => Some(
                 SocketDestroyer::load(&mut ebpf, &support.btf, config.socket_netns.clone())
@@ -316,7 +337,45 @@ impl Dataplane {
             logger,
             nodeport,
             mesh,
+            mesh_strict: std::collections::HashMap::new(),
         })
+    }
+
+    /// Lets only mesh tunnels (and the node itself) open TCP connections to the
+    /// pod behind `device`, its host-side link (see `skiff_ebpf_common::mesh`).
+    pub fn attach_mesh_strict(&mut self, device: &str) -> Result<(), Error> {
+        if self.mesh_strict.contains_key(device) {
+            return Ok(());
+        }
+        let name = MESH_STRICT_PROGRAM;
+        let link = typed_program::<SchedClassifier>(&mut self.ebpf, name)?
+            .attach_with_options(
+                device,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| Error::Device {
+                name,
+                device: device.to_string(),
+                source: Box::new(source),
+            })?;
+        self.mesh_strict.insert(device.to_string(), link);
+        Ok(())
+    }
+
+    /// Lifts strict mode from `device` (nothing to do when it is not there).
+    pub fn detach_mesh_strict(&mut self, device: &str) -> Result<(), Error> {
+        let Some(link) = self.mesh_strict.remove(device) else {
+            return Ok(());
+        };
+        let name = MESH_STRICT_PROGRAM;
+        typed_program::<SchedClassifier>(&mut self.ebpf, name)?
+            .detach(link)
+            .map_err(|source| Error::Device {
+                name,
+                device: device.to_string(),
+                source: Box::new(source),
+            })
     }
 
     /// The mesh's maps, for the node proxy (once; None afterwards).

@@ -7,6 +7,7 @@
 //! server's reply; a client outside the mesh still talks plaintext to the same
 //! server (permissive mode), which the capture does see, so it proves the capture
 //! works. On two nodes, the same holds for a capture on the LAN between them.
+//! In strict mode, the outside client gets no answer, and the node still does.
 //! Clients run as processes inside the client pod's network namespace and
 //! the cgroup the test agent's dataplane is attached to (a test agent's pods'
 //! own cgroups are outside it).
@@ -18,23 +19,26 @@ use std::time::Duration;
 use skiff_tests::agent::{Agent, NODE_NAME, is_ready};
 use skiff_tests::capture::{Capture, Segment, contains, stream_of};
 use skiff_tests::cluster::{Cluster, LAN_BRIDGE, node_name};
-use skiff_tests::lab::client_output;
+use skiff_tests::lab::{client_output, client_output_within};
 use skiff_tests::{eventually, unique_name, workspace_bin};
 
 const SERVER_PORT: u16 = 8080;
 const HBONE_PORT: u16 = 15008;
 const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How long a client outside a strict namespace waits for an answer that never
+/// comes (its SYNs are dropped).
+const REFUSED_AFTER: Duration = Duration::from_secs(2);
 
 /// A namespace enrolled in the mesh with a server (answering each connection
 /// with its pod name), a Service in front of it and a client; another namespace
 /// outside the mesh with a client. The server has no TCP readiness probe: the
 /// probe's connections from the node would carry its reply in plaintext too.
-fn manifests(mesh: &str, plain: &str, server_node: &str, client_node: &str) -> String {
+fn manifests(mesh: &str, plain: &str, server_node: &str, client_node: &str, mode: &str) -> String {
     format!(
         r#"
 apiVersion: v1
 kind: Namespace
-metadata: {{name: {mesh}, labels: {{skiff.io/mesh: enabled}}}}
+metadata: {{name: {mesh}, labels: {{skiff.io/mesh: enabled, skiff.io/mesh-mode: {mode}}}}}
 ---
 apiVersion: v1
 kind: Namespace
@@ -163,12 +167,13 @@ struct Scene {
     by_vip: SocketAddr,
 }
 
-/// Applies [`manifests`] through `agent`, with the server on `server_node` and
-/// both clients on `client_node`, and waits for the pods.
-fn deploy(agent: &Agent, server_node: &str, client_node: &str) -> Scene {
+/// Applies [`manifests`] through `agent`, with the server on `server_node`, both
+/// clients on `client_node` and the mesh namespace in `mode` (`permissive`, or
+/// `strict`), and waits for the pods.
+fn deploy(agent: &Agent, server_node: &str, client_node: &str, mode: &str) -> Scene {
     let mesh = unique_name("mesh");
     let plain = unique_name("plain");
-    agent.apply(&manifests(&mesh, &plain, server_node, client_node));
+    agent.apply(&manifests(&mesh, &plain, server_node, client_node, mode));
     let server = ready_pod(agent, &mesh, "server");
     let client = ready_pod(agent, &mesh, "client");
     let outsider = ready_pod(agent, &plain, "client");
@@ -235,7 +240,7 @@ fn assert_tunnelled(clients: &Agent, scene: &Scene, capture: Capture) {
 #[test]
 fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
     let mut agent = Agent::start_node(&[]);
-    let scene = deploy(&agent, NODE_NAME, NODE_NAME);
+    let scene = deploy(&agent, NODE_NAME, NODE_NAME, "permissive");
     let mesh = &scene.mesh;
     wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
     wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
@@ -268,7 +273,7 @@ fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
 #[test]
 fn enrolled_pods_on_two_nodes_talk_mtls_across_the_lan() {
     let mut cluster = Cluster::start(2, &[]);
-    let scene = deploy(cluster.node(1), &node_name(2), &node_name(1));
+    let scene = deploy(cluster.node(1), &node_name(2), &node_name(1), "permissive");
     let mesh = &scene.mesh;
     wait_logged(
         cluster.node_mut(2),
@@ -280,4 +285,41 @@ fn enrolled_pods_on_two_nodes_talk_mtls_across_the_lan() {
     );
     let capture = Capture::start(cluster.lan().command("tcpdump"), LAN_BRIDGE, "tcp");
     assert_tunnelled(cluster.node(1), &scene, capture);
+}
+
+#[test]
+fn strict_mode_refuses_plaintext_from_outside_the_mesh() {
+    let mut agent = Agent::start_node(&[]);
+    let scene = deploy(&agent, NODE_NAME, NODE_NAME, "strict");
+    let mesh = &scene.mesh;
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
+    let reply = scene.reply.as_str();
+    // Through the mesh, the server answers.
+    eventually("the server through the mesh", READY_WITHIN, || {
+        let replies = connect_from(&agent, &scene.client, scene.by_pod_ip, 2);
+        match replies.iter().all(|r| r == reply) {
+            true => Ok(()),
+            false => Err(format!("{replies:?}")),
+        }
+    });
+    // From outside the mesh, the connection is never answered.
+    let outsider = agent.cgroup.command_at(
+        &netns_of(&scene.outsider),
+        workspace_bin("skiff-test-client"),
+    );
+    assert_eq!(
+        client_output_within(outsider, scene.by_pod_ip, 1, Some(REFUSED_AFTER)),
+        ["error timeout"]
+    );
+    // The node itself (its probes) still reaches the pod.
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    assert_eq!(
+        client_output(
+            node.command(workspace_bin("skiff-test-client")),
+            scene.by_pod_ip,
+            1
+        ),
+        [reply]
+    );
 }

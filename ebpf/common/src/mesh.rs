@@ -14,6 +14,11 @@
 //! `sock_ops` program copies it under ([`OriginalDstKey`]: namespace cookie, local
 //! port, family) into [`MESH_ORIGINAL_DST_MAP`], which the proxy reads for the peer
 //! port of each connection it accepts, and deletes.
+//!
+//! Strict mode: a tc program on the host side of a strict pod's link (egress,
+//! toward the pod) drops TCP connections opened to any port but the tunnel's,
+//! unless they come from the node itself (probes), which [`strict_refuses`]
+//! decides.
 
 use crate::{AF_INET, IPPROTO_TCP, RawAddr};
 
@@ -139,6 +144,15 @@ pub fn captured_peer(
         .then_some(record)
 }
 
+/// Strict mode's decision for a packet toward a strict pod: refuse a TCP
+/// connection opening (`opens`: SYN without ACK) to any port but the tunnel's
+/// (`port` in network order) unless it comes from the node itself (`local`: the
+/// packet has a socket of this host).
+#[inline(always)]
+pub fn strict_refuses(opens: bool, port: u16, local: bool) -> bool {
+    opens && !local && u16::from_be(port) != MESH_TUNNEL_PORT
+}
+
 #[cfg(feature = "user")]
 mod user {
     // SAFETY: plain #[repr(C)] data with explicit padding, valid for any bytes.
@@ -204,6 +218,19 @@ mod tests {
         assert_eq!(
             mesh_redirect(IPPROTO_TCP, raw, 80u16.to_be(), family, 1, stopped),
             None
+        );
+    }
+
+    #[test]
+    fn strict_mode_lets_only_tunnels_and_the_node_open_connections() {
+        let tunnel = MESH_TUNNEL_PORT.to_be();
+        let app = 8080u16.to_be();
+        assert!(strict_refuses(true, app, false));
+        assert!(!strict_refuses(true, tunnel, false));
+        assert!(!strict_refuses(true, app, true), "the node's probes");
+        assert!(
+            !strict_refuses(false, app, false),
+            "packets of open connections"
         );
     }
 

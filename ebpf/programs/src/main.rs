@@ -8,6 +8,8 @@
 //!   pinned to backends user space removed.
 //! - [`sock_ops`]: the mesh's TCP connect callback, which files a captured
 //!   connection's original destination under its source port for the node proxy.
+//! - [`mesh_strict`]: the tc program that lets only tunnels reach pods of
+//!   namespaces in strict mesh mode.
 //! - [`nodeport`]: tc programs on the node's external devices for NodePort traffic
 //!   that arrives as packets from other hosts.
 //!
@@ -19,6 +21,7 @@
 #![feature(asm_experimental_arch)]
 
 mod maps;
+mod mesh_strict;
 mod nodeport;
 mod sock_addr;
 mod sock_destroy;

@@ -15,8 +15,10 @@
 //!   (the [`Authorize`] callback), must be for this pod's own addresses, and are
 //!   delivered by a connection from inside the pod.
 //!
-//! Then the pod's namespace cookie goes into the capture map. A pod that leaves
-//! the node or the mesh is taken out of the map and its listeners closed.
+//! Then the pod's namespace cookie goes into the capture map, and for a pod of a
+//! strict namespace the strict program goes on its host-side link. A pod that
+//! leaves the node or the mesh is taken out of the map, loses the strict
+//! program and has its listeners closed.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -40,10 +42,12 @@ use super::netns::{NetnsError, PodNetns};
 use super::view::{Enrolment, MeshView, PodEntry, Workload};
 use crate::api::registry::typed::{decode_as, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, Registry};
-use crate::dataplane::MeshMaps;
+use crate::dataplane::{Dataplane, MeshMaps};
 use crate::model::{Kind, Namespace};
+use crate::runtime::cni::host_device;
 use crate::runtime::holds::{Hold, ReadinessHolds};
 use crate::runtime::paths::Paths;
+use crate::runtime::record::PodRecord;
 
 /// How soon pods whose proxy could not start are tried again.
 const RETRY: Duration = Duration::from_secs(5);
@@ -58,6 +62,10 @@ pub enum ProxyError {
     Listen { addr: SocketAddr, source: io::Error },
     #[error("the mesh maps: {0}")]
     Maps(io::Error),
+    #[error("strict mode: the pod's host-side link is not in its network record")]
+    NoDevice,
+    #[error("strict mode: {0}")]
+    Strict(crate::dataplane::Error),
     #[error("a connection from {peer} has no original destination (not captured by skiff)")]
     NoOriginalDestination { peer: SocketAddr },
     #[error(transparent)]
@@ -83,10 +91,19 @@ pub struct Settings {
     pub holds: Arc<ReadinessHolds>,
 }
 
+/// The kernel side the proxy drives: the capture maps, and the dataplane that
+/// attaches strict mode's program.
+pub struct Kernel {
+    pub maps: MeshMaps,
+    pub dataplane: Arc<Mutex<Dataplane>>,
+}
+
 /// What every pod's proxy shares.
 struct Shared {
     view: ArcSwap<MeshView>,
     maps: Mutex<MeshMaps>,
+    /// Where strict mode's program is attached to pods' links.
+    dataplane: Arc<Mutex<Dataplane>>,
     certificates: Arc<Certificates>,
     authorize: Authorize,
 }
@@ -97,6 +114,11 @@ impl Shared {
         // each call is complete on its own.
         self.maps.lock().unwrap_or_else(|e| e.into_inner())
     }
+
+    fn dataplane(&self) -> std::sync::MutexGuard<'_, Dataplane> {
+        // As above: each dataplane call is complete on its own.
+        self.dataplane.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// One pod served: its namespace and the tasks of its listeners (aborted when
@@ -104,6 +126,8 @@ impl Shared {
 struct ServedPod {
     workload: Arc<Workload>,
     netns: Arc<PodNetns>,
+    /// The host-side link strict mode is attached to.
+    strict_device: Option<String>,
     _tasks: JoinSet<()>,
 }
 
@@ -113,17 +137,22 @@ pub async fn run(
     settings: Settings,
     registry: Registry,
     certificates: Arc<Certificates>,
-    mut maps: MeshMaps,
+    kernel: Kernel,
     mut pods: PodFeed,
     authorize: Authorize,
     shutdown: impl Future<Output = ()>,
 ) {
+    let Kernel {
+        mut maps,
+        dataplane,
+    } = kernel;
     if let Err(error) = maps.set_proxy(std::process::id()) {
         return warn!("mesh: the node proxy cannot register itself: {error}");
     }
     let shared = Arc::new(Shared {
         view: ArcSwap::default(),
         maps: Mutex::new(maps),
+        dataplane,
         certificates,
         authorize,
     });
@@ -240,8 +269,7 @@ async fn reconcile(
         if served.contains_key(uid) {
             continue;
         }
-        let netns = settings.paths.netns(uid);
-        match start(shared, workload.clone(), &netns).await {
+        match start(settings, shared, workload.clone()).await {
             Ok(pod) => {
                 info!(
                     "mesh: serving pod {}/{} as {}",
@@ -274,19 +302,26 @@ fn stop(shared: &Shared, uid: &str, pod: ServedPod) {
     if let Err(error) = shared.maps().unenroll(pod.netns.cookie()) {
         warn!("mesh: pod {uid}: releasing its capture: {error}");
     }
+    if let Some(device) = &pod.strict_device
+        && let Err(error) = shared.dataplane().detach_mesh_strict(device)
+    {
+        warn!("mesh: pod {uid}: lifting strict mode: {error}");
+    }
     info!(
         "mesh: no longer serving pod {}/{}",
         pod.workload.pod.namespace, pod.workload.pod.name
     );
 }
 
-/// Opens the pod's listeners inside its namespace, then captures its traffic.
+/// Opens the pod's listeners inside its namespace, then captures its traffic
+/// (and refuses plaintext to it, in strict mode).
 async fn start(
+    settings: &Settings,
     shared: &Arc<Shared>,
     workload: Arc<Workload>,
-    netns_path: &std::path::Path,
 ) -> Result<ServedPod, ProxyError> {
-    let netns = Arc::new(PodNetns::enter(netns_path)?);
+    let uid = workload.pod.uid.as_str();
+    let netns = Arc::new(PodNetns::enter(&settings.paths.netns(uid))?);
     let identity = workload.identity.clone();
     // Issued now, so a pod whose certificate cannot be issued is never captured.
     shared
@@ -341,13 +376,30 @@ async fn start(
     for listener in std::iter::once(outbound4).chain(outbound6) {
         tasks.spawn(outbound.clone().serve(listener));
     }
-    shared
-        .maps()
-        .enroll(netns.cookie())
-        .map_err(ProxyError::Maps)?;
+    let strict_device = match workload.enrolment.strict {
+        true => {
+            let device = PodRecord::load(&settings.paths.record(uid))
+                .and_then(|record| record.cni_result)
+                .and_then(|result| host_device(&result))
+                .ok_or(ProxyError::NoDevice)?;
+            shared
+                .dataplane()
+                .attach_mesh_strict(&device)
+                .map_err(ProxyError::Strict)?;
+            Some(device)
+        }
+        false => None,
+    };
+    if let Err(error) = shared.maps().enroll(netns.cookie()) {
+        if let Some(device) = &strict_device {
+            let _ = shared.dataplane().detach_mesh_strict(device);
+        }
+        return Err(ProxyError::Maps(error));
+    }
     Ok(ServedPod {
         workload,
         netns,
+        strict_device,
         _tasks: tasks,
     })
 }
