@@ -158,6 +158,7 @@ pub async fn run(
     });
     let mut served: HashMap<String, ServedPod> = HashMap::new();
     let mut retry = tokio::time::interval(RETRY);
+    let mut feed_open = true;
     tokio::pin!(shutdown);
     'relist: loop {
         let (listed, version) = match list_all::<Namespace>(&registry, Kind::Namespace).await {
@@ -188,10 +189,9 @@ pub async fn run(
             reconcile(&settings, &shared, &mut served).await;
             tokio::select! {
                 _ = &mut shutdown => break 'relist,
-                changed = pods.changed() => if changed.is_err() {
-                    // The feed's sender went with the cluster DNS: nothing changes any more.
-                    std::future::pending::<()>().await;
-                },
+                // The feed's sender goes with the cluster DNS, at shutdown: then
+                // pods change no more.
+                changed = pods.changed(), if feed_open => feed_open = changed.is_ok(),
                 event = events.next() => match namespace_changed(&mut namespaces, event) {
                     Ok(true) => {}
                     Ok(false) => continue 'relist,
@@ -258,13 +258,8 @@ async fn reconcile(
             stop(shared, &uid, pod);
         }
     }
-    // Pods no longer wanted are no longer held (a pod that left the mesh is not
-    // the mesh's to hold).
-    for workload in view.workloads() {
-        if !wanted.contains_key(workload.pod.uid.as_str()) {
-            settings.holds.release(&workload.pod.uid);
-        }
-    }
+    // Pods no longer wanted (gone, or out of the mesh) are not the mesh's to hold.
+    settings.holds.retain(|uid| wanted.contains_key(uid));
     for (uid, workload) in wanted {
         if served.contains_key(uid) {
             continue;

@@ -128,11 +128,6 @@ impl MeshView {
         self.by_ip.get(&ip)
     }
 
-    /// Every workload.
-    pub fn workloads(&self) -> impl Iterator<Item = &Arc<Workload>> {
-        self.workloads.iter()
-    }
-
     /// The enrolled workloads on `node`.
     pub fn enrolled_on<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Workload>> {
         self.workloads

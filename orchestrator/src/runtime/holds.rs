@@ -35,7 +35,33 @@ impl ReadinessHolds {
         self.held().remove(uid);
     }
 
+    /// Keeps only the holds on pods `keep` names.
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        self.held().retain(|uid, _| keep(uid));
+    }
+
     pub fn get(&self, uid: &str) -> Option<Hold> {
         self.held().get(uid).cloned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn holds_are_kept_released_and_retained_by_pod() {
+        let holds = ReadinessHolds::default();
+        let hold = |reason: &str| Hold {
+            reason: reason.into(),
+            message: format!("{reason} message"),
+        };
+        holds.hold("a", hold("MeshCertificate"));
+        holds.hold("b", hold("MeshCertificate"));
+        assert_eq!(holds.get("a"), Some(hold("MeshCertificate")));
+        holds.release("a");
+        assert_eq!(holds.get("a"), None);
+        holds.retain(|uid| uid != "b");
+        assert_eq!(holds.get("b"), None);
     }
 }
