@@ -2,9 +2,9 @@
 //! labelled `skiff.io/mesh: enabled` have their TCP captured by eBPF at connect()
 //! and carried between node proxies over mutual TLS (HBONE, port 15008).
 //!
-//! A packet capture on the server pod's host-side veth sees the enrolled client's
-//! connections (by pod IP and by service VIP) only as TLS to 15008, never the
-//! server's reply; a client outside the mesh still talks plaintext to the same
+//! A packet capture on the server pod's host-side veth sees the enrolled
+//! client's connections (by IPv4 and IPv6 pod IP and by service VIP) only as
+//! TLS to 15008, never the server's reply; a client outside the mesh still talks plaintext to the same
 //! server (permissive mode), which the capture does see, so it proves the capture
 //! works. On two nodes, the same holds for a capture on the LAN between them.
 //! In strict mode, the outside client gets no answer, and the node still does.
@@ -115,6 +115,17 @@ fn pod_ip(pod: &serde_json::Value) -> std::net::IpAddr {
         .expect("a pod IP")
 }
 
+/// The pod's IPv6 address (pods are dual-stack).
+fn pod_ip6(pod: &serde_json::Value) -> std::net::IpAddr {
+    pod["status"]["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["ip"].as_str()?.parse().ok())
+        .find(std::net::IpAddr::is_ipv6)
+        .expect("an IPv6 pod IP")
+}
+
 /// `count` connections to `addr` from inside `pod`'s namespace: each reply.
 fn connect_from(
     agent: &Agent,
@@ -164,6 +175,7 @@ struct Scene {
     client: serde_json::Value,
     outsider: serde_json::Value,
     by_pod_ip: SocketAddr,
+    by_pod_ip6: SocketAddr,
     by_vip: SocketAddr,
 }
 
@@ -190,6 +202,7 @@ fn deploy(agent: &Agent, server_node: &str, client_node: &str, mode: &str) -> Sc
         reply: format!("server-{mesh}"),
         mesh,
         by_pod_ip: SocketAddr::new(pod_ip(&server), SERVER_PORT),
+        by_pod_ip6: SocketAddr::new(pod_ip6(&server), SERVER_PORT),
         by_vip: SocketAddr::new(service, 80),
         server,
         client,
@@ -197,12 +210,13 @@ fn deploy(agent: &Agent, server_node: &str, client_node: &str, mode: &str) -> Sc
     }
 }
 
-/// From `clients`' node: the enrolled client reaches the server by pod IP and
-/// through the service, the outsider by pod IP; `capture` (on the path to the
-/// server) sees the outsider's reply in plaintext and the rest only as TLS.
+/// From `clients`' node: the enrolled client reaches the server by pod IP (both
+/// families) and through the service, the outsider by pod IP; `capture` (on the
+/// path to the server) sees the outsider's reply in plaintext, the rest only as
+/// TLS.
 fn assert_tunnelled(clients: &Agent, scene: &Scene, capture: Capture) {
     let reply = scene.reply.as_str();
-    for addr in [scene.by_pod_ip, scene.by_vip] {
+    for addr in [scene.by_pod_ip, scene.by_pod_ip6, scene.by_vip] {
         // The service's backends reach the dataplane shortly after the pod is ready.
         eventually(format!("{addr} from the mesh"), READY_WITHIN, || {
             let replies = connect_from(clients, &scene.client, addr, 3);
