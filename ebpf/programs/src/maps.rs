@@ -4,14 +4,14 @@
 use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST};
 use aya_ebpf::macros::map;
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuHashMap};
+use skiff_ebpf_common::mesh::{
+    MAX_MESH_PODS, MAX_MESH_REDIRECTS, MeshConfig, MeshDestination, OriginalDstKey,
+};
 use skiff_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, MAX_AFFINITY_BACKENDS,
     MAX_AFFINITY_ENTRIES, MAX_BACKEND_SLOTS, MAX_COUNTERS, MAX_DESTROY_TARGETS,
     MAX_REVERSE_ENTRIES, MAX_SERVICES, ReverseKey, ReverseValue, Service, ServiceBackendKey,
     ServiceKey,
-};
-use skiff_ebpf_common::mesh::{
-    MAX_MESH_PODS, MAX_MESH_REDIRECTS, MeshConfig, MeshDestination, OriginalDstKey,
 };
 
 // Not preallocated: elements are then freed through RCU, so a value a program is
@@ -55,7 +55,8 @@ pub static DESTROY_TARGETS: HashMap<ServiceBackendKey, u8> =
 
 /// Enrolled pods' network namespace cookies, written by the agent.
 #[map(name = "MESH_PODS")]
-pub static MESH_PODS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_MESH_PODS, BPF_F_NO_PREALLOC);
+pub static MESH_PODS: HashMap<u64, u8> =
+    HashMap::with_max_entries(MAX_MESH_PODS, BPF_F_NO_PREALLOC);
 
 /// The node proxy's settings (one entry), written by the agent.
 #[map(name = "MESH_CONFIG")]

@@ -21,12 +21,12 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use aya_log_ebpf::debug;
+use skiff_ebpf_common::mesh::{MeshDestination, captured_peer, mesh_redirect};
 use skiff_ebpf_common::{
     AF_INET, AF_INET6, AffinityKey, AffinityValue, Backend, RawAddr, ServiceBackendKey, ServiceKey,
     Verdict, affine_backend, raw_octets, reverse_entry, reverse_translation, select_backend,
     service_view, socket_view,
 };
-use skiff_ebpf_common::mesh::{MeshDestination, captured_peer, mesh_redirect};
 
 use crate::maps::{
     AFFINITY, AFFINITY_BACKENDS, BACKENDS, MESH_CONFIG, MESH_PODS, MESH_REDIRECTS, REVERSE_SK,
@@ -247,7 +247,14 @@ fn capture(ctx: &SockAddrContext, socket_family: u8) {
         return;
     };
     // SAFETY: as above.
-    unsafe { write_addr(sa, socket_family, socket_view(listener, mapped), listener_port) };
+    unsafe {
+        write_addr(
+            sa,
+            socket_family,
+            socket_view(listener, mapped),
+            listener_port,
+        )
+    };
     // SAFETY: the context is a bpf_sock_addr, which this helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
     let original = MeshDestination {
