@@ -8,6 +8,7 @@
 //! server (permissive mode), which the capture does see, so it proves the capture
 //! works. On two nodes, the same holds for a capture on the LAN between them.
 //! In strict mode, the outside client gets no answer, and the node still does.
+//! A namespace that leaves the mesh is no longer captured.
 //! Clients run as processes inside the client pod's network namespace and
 //! the cgroup the test agent's dataplane is attached to (a test agent's pods'
 //! own cgroups are outside it).
@@ -282,6 +283,25 @@ fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
             false => Err(format!("{replies:?}")),
         }
     });
+
+    // A namespace that leaves the mesh has its pods' traffic left alone: the
+    // client's connection is plaintext on the server's veth again.
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {mesh}}}\n"
+    ));
+    wait_logged(
+        &mut agent,
+        &format!("mesh: no longer serving pod {mesh}/client"),
+    );
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    let capture = Capture::start(node.command("tcpdump"), &veth, "tcp");
+    assert_eq!(
+        connect_from(&agent, &scene.client, scene.by_pod_ip, 1),
+        [reply]
+    );
+    let segments = capture.flush_through(reply.as_bytes());
+    assert_eq!(carrying(&segments, SERVER_PORT, reply), 1);
+    assert!(stream_of(&segments, HBONE_PORT).is_empty());
 }
 
 #[test]
