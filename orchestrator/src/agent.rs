@@ -2,8 +2,11 @@
 //! dataplane, run the scheduler and the controllers while this agent leads, run
 //! until SIGINT or SIGTERM, then stop them and serving (removing the socket) and
 //! detach everything it attached, so nothing it created at run time stays on
-//! the host. The state directory (store, token, encryption key; on etcd the
-//! cluster's join token) persists by design.
+//! the host. The state directory (store, token, encryption key, the mesh CA of
+//! an embedded store; on etcd the cluster's join token) persists by design.
+//!
+//! With the dataplane, the agent runs the mesh's node proxy (see [`crate::mesh`]),
+//! fed by the cluster DNS's pod watch and the cluster's mesh CA.
 
 use std::io;
 use std::os::unix::fs::DirBuilderExt;
@@ -23,6 +26,8 @@ use crate::api::encryption::{self, SecretBox};
 use crate::api::registry::{ApiError, Registry};
 use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
 use crate::image::ImageStore;
+use crate::mesh::ca::{Ca, CaError, CaMaterial, Certificates, DEFAULT_TTL, system_clock};
+use crate::mesh::view::PodEntry;
 use crate::runtime::{self, node::NodeConfig};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::{EtcdConfig, EtcdStore};
@@ -30,6 +35,8 @@ use crate::store::{Store, StoreError};
 use crate::{cgroup, dataplane};
 
 const STORE_FILE: &str = "store.redb";
+/// The mesh CA of an embedded store, in the state directory.
+const MESH_CA_DIR: &str = "mesh-ca";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -63,6 +70,10 @@ pub enum Error {
     Dns(#[from] crate::dns::Error),
     #[error(transparent)]
     Metrics(#[from] crate::metrics::MetricsError),
+    #[error("the mesh CA: {0}")]
+    MeshCa(#[from] CaError),
+    #[error("the cluster's shared secrets hold no mesh CA")]
+    NoMeshCa,
     #[error("installing the {signal} handler: {source}")]
     Signal {
         signal: &'static str,
@@ -128,7 +139,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let mut terminate = handler(SignalKind::terminate(), "SIGTERM")?;
     // The store before the dataplane: a store that cannot be opened (an etcd that does
     // not answer) fails the start before anything is attached.
-    let (registry, store, api_token) = open_registry(&config).await?;
+    let (registry, store, api_token, mesh_ca) = open_registry(&config).await?;
+    let certificates = Arc::new(Certificates::new(
+        Arc::new(Ca::new(&mesh_ca)?),
+        DEFAULT_TTL,
+        system_clock(),
+    ));
     let mut node_config = config.node.clone();
     node_config.identity.pod_cidrs = registry
         .reserve_pod_cidrs(&node_config.identity.name, &config.pod_cidrs)
@@ -174,6 +190,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let log_reader = dataplane
         .take_logger()
         .map(|l| tokio::spawn(read_ebpf_logs(l)));
+    let mesh_maps = dataplane.take_mesh_maps();
     let dataplane = Arc::new(std::sync::Mutex::new(dataplane));
 
     let images =
@@ -201,14 +218,51 @@ pub async fn run(config: Config) -> Result<(), Error> {
         warn!("listing the node's addresses for NodePort services: {e}");
         Vec::new()
     });
+    // The mesh's workloads come from the cluster DNS's pod watch.
+    let (mesh_pods, mesh_pod_feed) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let cluster_dns = crate::dns::start(
         &config.dns,
         registry.clone(),
         &node_addresses,
         &node_config.identity.pod_cidrs,
         &mut metrics,
+        Some(Box::new(move |pods| {
+            let entries: Vec<PodEntry> = pods.values().filter_map(PodEntry::from_pod).collect();
+            mesh_pods.send_if_modified(move |current| {
+                if **current == entries {
+                    return false;
+                }
+                *current = Arc::new(entries);
+                true
+            });
+        })),
     )
     .await?;
+    // What keeps pods NotReady besides their containers: the mesh, for pods it
+    // cannot serve.
+    let holds = Arc::new(crate::runtime::holds::ReadinessHolds::default());
+    let (stop_mesh, mesh_stopped) = tokio::sync::oneshot::channel::<()>();
+    let mesh = mesh_maps.map(|maps| {
+        tokio::spawn(crate::mesh::node::run(
+            crate::mesh::node::Settings {
+                node_name: node_config.identity.name.clone(),
+                paths: node_config.handle().paths,
+                trust_domain: config.dns.cluster_domain.clone(),
+                holds: holds.clone(),
+            },
+            registry.clone(),
+            certificates.clone(),
+            crate::mesh::node::Kernel {
+                maps,
+                dataplane: dataplane.clone(),
+            },
+            mesh_pod_feed,
+            crate::mesh::node::allow_all(),
+            async {
+                let _ = mesh_stopped.await;
+            },
+        ))
+    });
     let metrics_endpoint = crate::metrics::Endpoint::bind(config.metrics_addr).await?;
     let metrics_addr = metrics_endpoint.local_addr();
     let (stop_metrics, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -242,7 +296,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
         node_config.identity.name.clone(),
     ));
     let (stop_node, node_stopped) = tokio::sync::oneshot::channel::<()>();
-    let node_context = Arc::new(node_config.context(registry.clone(), images.clone()));
+    let node_context = Arc::new(node_config.context(registry.clone(), images.clone(), holds));
     let usage = tokio::spawn(runtime::usage::run(
         node_context.clone(),
         node_config.usage_interval,
@@ -305,6 +359,10 @@ pub async fn run(config: Config) -> Result<(), Error> {
     let _ = stop_metrics.send(());
     if let Ok(Err(e)) = metrics_server.await {
         warn!("metrics endpoint: {e}");
+    }
+    let _ = stop_mesh.send(());
+    if let Some(mesh) = mesh {
+        let _ = mesh.await;
     }
     drop(cluster_dns);
     let _ = stop_sync.send(());
@@ -392,9 +450,12 @@ async fn lead(
 }
 
 /// Opens the state directory and store, and the registry over them; returns the
-/// API token too. On etcd, the cluster's shared secrets come from its bootstrap
-/// data (created by the cluster's first agent) before anything is written locally.
-async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>, String), Error> {
+/// API token and the mesh CA too. On etcd, the cluster's shared secrets (the mesh
+/// CA among them) come from its bootstrap data (created by the cluster's first
+/// agent) before anything is written locally.
+async fn open_registry(
+    config: &Config,
+) -> Result<(Registry, Arc<dyn Store>, String, CaMaterial), Error> {
     let dir = &config.state_dir;
     let create_dir = || {
         std::fs::DirBuilder::new()
@@ -427,16 +488,23 @@ async fn open_registry(config: &Config) -> Result<(Registry, Arc<dyn Store>, Str
         None => {
             create_dir()?;
             let store = EmbeddedStore::open(&dir.join(STORE_FILE))?;
-            (Arc::new(store), cluster_secrets::load_or_create_local(dir)?)
+            let mut secrets = cluster_secrets::load_or_create_local(dir)?;
+            secrets.mesh_ca = Some(CaMaterial::load_or_create(
+                &dir.join(MESH_CA_DIR),
+                std::time::SystemTime::now(),
+            )?);
+            (Arc::new(store), secrets)
         }
     };
+    // obtain() adds one to bootstrap data without it.
+    let mesh_ca = secrets.mesh_ca.ok_or(Error::NoMeshCa)?;
     let registry = Registry::new(
         store.clone(),
         SecretBox::new(&secrets.encryption_key)?,
         config.networks.clone(),
     );
     registry.bootstrap().await?;
-    Ok((registry, store, secrets.api_token))
+    Ok((registry, store, secrets.api_token, mesh_ca))
 }
 
 /// Every `interval`, drops the history older than the revision seen one interval

@@ -18,6 +18,7 @@ mod changes;
 mod counters;
 pub mod desired;
 pub mod maglev;
+mod mesh;
 mod metrics;
 pub mod nodeport;
 mod published;
@@ -33,7 +34,11 @@ use std::path::{Path, PathBuf};
 use aya::maps::{HashMap, MapData, MapError, PerCpuHashMap};
 use aya::programs::cgroup_sock_addr::CgroupSockAddrLinkId;
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, ProgramError};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions};
+use aya::programs::{
+    CgroupAttachMode, CgroupSockAddr, LinkOrder, ProgramError, SchedClassifier, SockOps,
+    TcAttachType,
+};
 use aya::{Ebpf, EbpfLoader};
 use aya_log::EbpfLogger;
 use log::{LevelFilter, warn};
@@ -46,6 +51,7 @@ use skiff_ebpf_common::{
 
 pub use addresses::node_addresses;
 pub use counters::{BackendCount, BackendPackets};
+pub use mesh::MeshMaps;
 pub use metrics::{DataplaneMetrics, Stats};
 pub use services::{
     Balancing, Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable,
@@ -69,6 +75,11 @@ const SOCK_LB_PROGRAMS: [&str; 8] = [
     "skiff_getpeername4",
     "skiff_getpeername6",
 ];
+
+/// The mesh's TCP connect callback (see `skiff_ebpf_common::mesh`).
+const MESH_SOCK_OPS_PROGRAM: &str = "skiff_mesh_sockops";
+/// Strict mesh mode's tc program, for strict pods' host-side devices.
+const MESH_STRICT_PROGRAM: &str = "skiff_mesh_strict";
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -99,6 +110,14 @@ pub enum Error {
     NodePort(#[from] nodeport::NodePortError),
     #[error("pin directory {}: {source}", path.display())]
     Pin { path: PathBuf, source: io::Error },
+    #[error("eBPF program {name} on device {device}: {source}")]
+    Device {
+        name: &'static str,
+        device: String,
+        source: Box<ProgramError>,
+    },
+    #[error("eBPF program {name}: taking its bpf link: {reason}")]
+    Link { name: &'static str, reason: String },
     #[error("pinning program {name} at {}: {reason}", path.display())]
     PinLink {
         name: &'static str,
@@ -169,6 +188,8 @@ pub struct Detached {
 enum Attachment {
     /// Owned by this process: detached when it is dropped or the process dies.
     Owned(CgroupSockAddrLinkId),
+    /// A bpf link owned by this process: detached when dropped.
+    Link(FdLink),
     /// Pinned in bpffs: attached until the pin is removed.
     Pinned(PinnedLink),
 }
@@ -188,6 +209,11 @@ pub struct Dataplane {
     destroyer: Option<SocketDestroyer>,
     logger: Option<EbpfLogger<&'static dyn log::Log>>,
     nodeport: nodeport::NodePortLinks,
+    /// Until the node proxy takes them.
+    mesh: Option<MeshMaps>,
+    /// Strict mode's links, by device; owned by this process, so a strict pod
+    /// is open to plaintext while no agent runs.
+    mesh_strict: std::collections::HashMap<String, SchedClassifierLinkId>,
 }
 
 impl Dataplane {
@@ -270,6 +296,14 @@ impl Dataplane {
             };
             links.push((AttachedProgram { name, id }, attachment));
         }
+        links.push(attach_mesh_sock_ops(&mut ebpf, &cgroup_dir, config)?);
+        let mesh = Some(MeshMaps::take(&mut ebpf)?);
+        typed_program::<SchedClassifier>(&mut ebpf, MESH_STRICT_PROGRAM)?
+            .load()
+            .map_err(|source| Error::Program {
+                name: MESH_STRICT_PROGRAM,
+                source,
+            })?;
         let destroyer = match &object.destroy {
             Ok(support) => Some(
                 SocketDestroyer::load(&mut ebpf, &support.btf, config.socket_netns.clone())
@@ -302,7 +336,51 @@ impl Dataplane {
             destroyer,
             logger,
             nodeport,
+            mesh,
+            mesh_strict: std::collections::HashMap::new(),
         })
+    }
+
+    /// Lets only mesh tunnels (and the node itself) open TCP connections to the
+    /// pod behind `device`, its host-side link (see `skiff_ebpf_common::mesh`).
+    pub fn attach_mesh_strict(&mut self, device: &str) -> Result<(), Error> {
+        if self.mesh_strict.contains_key(device) {
+            return Ok(());
+        }
+        let name = MESH_STRICT_PROGRAM;
+        let link = typed_program::<SchedClassifier>(&mut self.ebpf, name)?
+            .attach_with_options(
+                device,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(|source| Error::Device {
+                name,
+                device: device.to_string(),
+                source: Box::new(source),
+            })?;
+        self.mesh_strict.insert(device.to_string(), link);
+        Ok(())
+    }
+
+    /// Lifts strict mode from `device` (nothing to do when it is not there).
+    pub fn detach_mesh_strict(&mut self, device: &str) -> Result<(), Error> {
+        let Some(link) = self.mesh_strict.remove(device) else {
+            return Ok(());
+        };
+        let name = MESH_STRICT_PROGRAM;
+        typed_program::<SchedClassifier>(&mut self.ebpf, name)?
+            .detach(link)
+            .map_err(|source| Error::Device {
+                name,
+                device: device.to_string(),
+                source: Box::new(source),
+            })
+    }
+
+    /// The mesh's maps, for the node proxy (once; None afterwards).
+    pub fn take_mesh_maps(&mut self) -> Option<MeshMaps> {
+        self.mesh.take()
     }
 
     /// Frontends found in pinned maps at load, with their backends (empty for a
@@ -381,6 +459,7 @@ impl Dataplane {
                 Attachment::Owned(link) => typed_program::<CgroupSockAddr>(&mut self.ebpf, name)?
                     .detach(link)
                     .map_err(|source| Error::Program { name, source })?,
+                Attachment::Link(link) => drop(link),
                 // Without its pin, the link goes with the last descriptor, dropped here.
                 Attachment::Pinned(link) => drop(link.unpin().map_err(|source| Error::Pin {
                     path: self.pin_dir.clone().unwrap_or_default(),
@@ -402,6 +481,32 @@ impl Dataplane {
             tc,
         })
     }
+}
+
+/// Loads the mesh's sock_ops program and attaches it to the cgroup, pinned like
+/// the load balancer's when there is a pin directory.
+fn attach_mesh_sock_ops(
+    ebpf: &mut Ebpf,
+    cgroup_dir: &File,
+    config: &Config,
+) -> Result<(AttachedProgram, Attachment), Error> {
+    let name = MESH_SOCK_OPS_PROGRAM;
+    let program_error = |source| Error::Program { name, source };
+    let program = typed_program::<SockOps>(ebpf, name)?;
+    program.load().map_err(program_error)?;
+    let id = program.info().map_err(program_error)?.id();
+    let link = program
+        .attach(cgroup_dir, CgroupAttachMode::Single)
+        .map_err(program_error)?;
+    let owned = program.take_link(link).map_err(program_error)?;
+    let attachment = match &config.pin_dir {
+        Some(dir) => Attachment::Pinned(pin_link(name, name, owned.try_into(), dir)?),
+        None => Attachment::Link(owned.try_into().map_err(|e| Error::Link {
+            name,
+            reason: error_chain(&e),
+        })?),
+    };
+    Ok((AttachedProgram { name, id }, attachment))
 }
 
 /// Maps kept in bpffs across agent restarts: the services, the reverse

@@ -17,6 +17,11 @@
 //! - [`hbone`]: the tunnel: [`HboneServer`] (inbound: authorize, connect, copy) and
 //!   [`HboneClient`] (outbound: one HTTP/2 connection per peer, a stream per
 //!   connection).
+//! - [`view`]: the workloads by address, with their identities and whether their
+//!   namespace is enrolled (plain data).
+//! - [`netns`]: sockets made inside a pod's network namespace.
+//! - [`node`]: the node proxy that serves this node's enrolled pods from inside
+//!   their namespaces, fed by the eBPF capture (see `skiff_ebpf_common::mesh`).
 //!
 //! Everything here is plain data plus small async services with no globals; the
 //! agent decides where the CA comes from, which identities a node serves and what
@@ -27,10 +32,13 @@ pub mod hbone;
 pub mod identity;
 pub mod l7;
 pub mod metrics;
+pub mod netns;
+pub mod node;
 pub mod policy;
 pub mod tls;
+pub mod view;
 
 pub use ca::{Ca, CaMaterial, Certificates, Clock, WorkloadCert, system_clock};
-pub use hbone::{Authorize, HBONE_PORT, HboneClient, HboneServer, Tunnel};
+pub use hbone::{Authorize, Dialer, HBONE_PORT, HboneClient, HboneServer, Tunnel, host_dialer};
 pub use identity::Identity;
 pub use metrics::{MeshMetrics, TrafficLabels, Workload};

@@ -5,7 +5,8 @@
 //! - [`node`]: registering the node and following the pods bound to it.
 //! - [`worker`]: one reconcile loop per pod.
 //! - [`record`]: what the node knows of each pod, persisted for adoption.
-//! - [`status`]: the pod status computed from that record.
+//! - [`status`]: the pod status computed from that record, and [`holds`]: what
+//!   else keeps a pod NotReady (the mesh).
 //! - [`container`], [`bundle`], [`rootfs`], [`oci`]: one container attempt, from
 //!   image layers to a running process.
 //! - [`probes`]: startup, liveness and readiness probes; [`events`]: what
@@ -20,6 +21,7 @@ pub mod bundle;
 pub mod cni;
 pub mod container;
 pub mod events;
+pub mod holds;
 pub mod logs;
 pub mod netns;
 pub mod node;

@@ -13,7 +13,8 @@ use crate::netns::{NetNs, veth};
 /// The fabric's bridge and etcd's address on it; node `i` (from 1) is `.1i`.
 const LAN_V4: &str = "192.168.90";
 const LAN_V6: &str = "fd00:90:";
-const BRIDGE: &str = "br-lan";
+/// The LAN's bridge, in [`Cluster::lan`]'s namespace (to capture on).
+pub const LAN_BRIDGE: &str = "br-lan";
 
 pub struct Cluster {
     // Fields drop in order: agents (and their pods) first, then etcd, then the LAN.
@@ -29,17 +30,17 @@ impl Cluster {
     /// order (so node-1 campaigns first), each with `extra_args`.
     pub fn start(count: usize, extra_args: &[&str]) -> Cluster {
         let fabric = NetNs::new();
-        fabric.ip(&["link", "add", BRIDGE, "type", "bridge"]);
-        fabric.ip(&["addr", "add", &format!("{LAN_V4}.1/24"), "dev", BRIDGE]);
+        fabric.ip(&["link", "add", LAN_BRIDGE, "type", "bridge"]);
+        fabric.ip(&["addr", "add", &format!("{LAN_V4}.1/24"), "dev", LAN_BRIDGE]);
         fabric.ip(&[
             "addr",
             "add",
             &format!("{LAN_V6}:1/64"),
             "dev",
-            BRIDGE,
+            LAN_BRIDGE,
             "nodad",
         ]);
-        fabric.ip(&["link", "set", BRIDGE, "up"]);
+        fabric.ip(&["link", "set", LAN_BRIDGE, "up"]);
         let etcd = EtcdServer::start_in(&fabric, &format!("{LAN_V4}.1"));
         let mut cluster = Cluster {
             nodes: Vec::new(),
@@ -78,13 +79,19 @@ impl Cluster {
                 &port,
                 &[],
             );
-            self.fabric.ip(&["link", "set", &port, "master", BRIDGE]);
+            self.fabric
+                .ip(&["link", "set", &port, "master", LAN_BRIDGE]);
         })
     }
 
     /// Node `index` (from 1).
     pub fn node(&self, index: usize) -> &Agent {
         &self.nodes[index - 1]
+    }
+
+    /// Node `index` (from 1), to read its log as it comes.
+    pub fn node_mut(&mut self, index: usize) -> &mut Agent {
+        &mut self.nodes[index - 1]
     }
 
     /// The LAN's own namespace, where etcd runs: a host outside every node, for

@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod capture;
 pub mod cgroup;
 pub mod cluster;
 pub mod cni;

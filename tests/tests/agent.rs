@@ -8,11 +8,13 @@ use skiff_tests::agent::{Agent, failed_start};
 use skiff_tests::kernel::{assert_unloaded, cgroup_programs};
 
 /// The socket load balancer's hooks as bpftool names their attach types, sorted.
-const HOOKS: [&str; 8] = [
+const HOOKS: [&str; 9] = [
     "cgroup_inet4_connect",
     "cgroup_inet4_getpeername",
     "cgroup_inet6_connect",
     "cgroup_inet6_getpeername",
+    // The mesh's TCP connect callback.
+    "cgroup_sock_ops",
     "cgroup_udp4_recvmsg",
     "cgroup_udp4_sendmsg",
     "cgroup_udp6_recvmsg",

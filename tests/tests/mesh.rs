@@ -5,13 +5,13 @@
 //! a client of another CA and a denied identity get nowhere.
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use skiff::mesh::{
     Authorize, Ca, CaMaterial, Certificates, HboneClient, HboneServer, Identity, system_clock,
 };
+use skiff_tests::capture::{Capture, contains, stream_of};
 use skiff_tests::unique_name;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -155,144 +155,11 @@ async fn exchange(
     back
 }
 
-/// tcpdump on `lo` for some TCP ports, writing to a file; stopped on drop.
-struct Capture {
-    child: Child,
-    file: tempfile::NamedTempFile,
-}
-
-impl Capture {
-    fn start(ports: &[u16]) -> Self {
-        let file = tempfile::Builder::new()
-            .prefix(&unique_name("skiff-mesh-capture"))
-            .suffix(".pcap")
-            .tempfile()
-            .expect("capture file");
-        let filter = ports
-            .iter()
-            .map(|p| format!("tcp port {p}"))
-            .collect::<Vec<_>>()
-            .join(" or ");
-        let mut child = Command::new("tcpdump")
-            .args(["-i", "lo", "-n", "-U", "-s", "0", "-w"])
-            .arg(file.path())
-            .arg(&filter)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("tcpdump (Debian package tcpdump; `cargo xtask setup` installs it)");
-        // tcpdump says "listening on lo" once its filter is attached.
-        let stderr = child.stderr.take().expect("tcpdump stderr");
-        let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
-        let listening = lines.next().and_then(Result::ok).unwrap_or_default();
-        assert!(
-            listening.contains("listening on lo"),
-            "tcpdump did not start: {listening:?}"
-        );
-        // Keep draining stderr so tcpdump never blocks on it.
-        std::thread::spawn(move || lines.for_each(drop));
-        Self { child, file }
-    }
-
-    /// The TCP payloads captured so far, each with its ports.
-    fn segments(&self) -> Vec<Segment> {
-        parse_pcap(&std::fs::read(self.file.path()).expect("read the capture"))
-    }
-
-    /// Waits until a segment carrying `sentinel` is in the file: everything sent
-    /// before it is then there too (one capture, in order).
-    fn flush_through(&self, sentinel: &[u8]) -> Vec<Segment> {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let segments = self.segments();
-            if segments.iter().any(|s| contains(&s.payload, sentinel)) {
-                return segments;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the capture never showed the sentinel"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Capture {
-    fn drop(&mut self) {
-        // SAFETY: signalling our own child process.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let _ = self.child.wait();
-    }
-}
-
-struct Segment {
-    source_port: u16,
-    destination_port: u16,
-    payload: Vec<u8>,
-}
-
-impl Segment {
-    fn port(&self, port: u16) -> bool {
-        self.source_port == port || self.destination_port == port
-    }
-}
-
-/// The TCP segments of a pcap file of Ethernet frames carrying IPv4 (what
-/// tcpdump writes for `lo` and 127.0.0.1).
-fn parse_pcap(data: &[u8]) -> Vec<Segment> {
-    let u16_be = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
-    let u32_le = |b: &[u8], at: usize| u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]]);
-    let mut segments = Vec::new();
-    if data.len() < 24 {
-        return segments;
-    }
-    assert_eq!(
-        u32_le(data, 0),
-        0xa1b2_c3d4,
-        "not a little-endian pcap file"
-    );
-    assert_eq!(u32_le(data, 20), 1, "not Ethernet frames");
-    let mut at = 24;
-    while at + 16 <= data.len() {
-        let captured = u32_le(data, at + 8) as usize;
-        let Some(frame) = data.get(at + 16..at + 16 + captured) else {
-            break; // written half-way
-        };
-        at += 16 + captured;
-        if frame.len() < 34 || u16_be(frame, 12) != 0x0800 || frame[23] != 6 {
-            continue;
-        }
-        let ip = &frame[14..];
-        let ip_header = usize::from(ip[0] & 0x0f) * 4;
-        let ip_total = usize::from(u16_be(ip, 2)).min(ip.len());
-        let tcp = &ip[ip_header..ip_total];
-        let tcp_header = usize::from(tcp[12] >> 4) * 4;
-        segments.push(Segment {
-            source_port: u16_be(tcp, 0),
-            destination_port: u16_be(tcp, 2),
-            payload: tcp[tcp_header..].to_vec(),
-        });
-    }
-    segments
-}
-
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
-}
-
-fn stream_of(segments: &[Segment], port: u16) -> Vec<u8> {
-    segments
-        .iter()
-        .filter(|s| s.port(port))
-        .flat_map(|s| s.payload.iter().copied())
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tunnelled_bytes_are_echoed_and_never_plaintext_on_the_wire() {
     let proxy = Proxy::start().await;
     let echo = Echo::start().await;
-    let capture = Capture::start(&[proxy.addr.port(), echo.addr.port()]);
+    let capture = Capture::on_loopback(&[proxy.addr.port(), echo.addr.port()]);
     let marker = format!("{}-payload-marker", unique_name("skiff-mesh")).repeat(8);
     let client = HboneClient::new(proxy.certificates.clone());
 

@@ -34,6 +34,7 @@
 //! connected UDP sockets skiff pinned to them ([`should_destroy`]).
 #![no_std]
 
+pub mod mesh;
 pub mod nodeport;
 
 use core::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,4 +1,4 @@
-//! skiff's eBPF programs: socket-level service load balancing.
+//! skiff's eBPF programs: socket-level service load balancing and mesh capture.
 //!
 //! - [`sock_addr`]: the cgroup `sock_addr` hooks. connect4/6 and sendmsg4/6 look up
 //!   the destination in the service map and rewrite a service's virtual IP and port
@@ -6,6 +6,10 @@
 //!   to the service the application asked for.
 //! - [`sock_destroy`]: a UDP socket iterator that aborts connected UDP sockets
 //!   pinned to backends user space removed.
+//! - [`sock_ops`]: the mesh's TCP connect callback, which files a captured
+//!   connection's original destination under its source port for the node proxy.
+//! - [`mesh_strict`]: the tc program that lets only tunnels reach pods of
+//!   namespaces in strict mesh mode.
 //! - [`nodeport`]: tc programs on the node's external devices for NodePort traffic
 //!   that arrives as packets from other hosts.
 //!
@@ -17,9 +21,11 @@
 #![feature(asm_experimental_arch)]
 
 mod maps;
+mod mesh_strict;
 mod nodeport;
 mod sock_addr;
 mod sock_destroy;
+mod sock_ops;
 
 #[cfg(not(test))]
 #[panic_handler]

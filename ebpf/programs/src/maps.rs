@@ -3,7 +3,10 @@
 
 use aya_ebpf::bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST};
 use aya_ebpf::macros::map;
-use aya_ebpf::maps::{HashMap, LruHashMap, PerCpuHashMap};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuHashMap};
+use skiff_ebpf_common::mesh::{
+    MAX_MESH_PODS, MAX_MESH_REDIRECTS, MeshConfig, MeshDestination, OriginalDstKey,
+};
 use skiff_ebpf_common::{
     AffinityKey, AffinityValue, Backend, BackendSlotKey, MAX_AFFINITY_BACKENDS,
     MAX_AFFINITY_ENTRIES, MAX_BACKEND_SLOTS, MAX_COUNTERS, MAX_DESTROY_TARGETS,
@@ -49,6 +52,26 @@ pub static LB_COUNTERS: PerCpuHashMap<ServiceBackendKey, u64> =
 #[map(name = "DESTROY_TARGETS")]
 pub static DESTROY_TARGETS: HashMap<ServiceBackendKey, u8> =
     HashMap::with_max_entries(MAX_DESTROY_TARGETS, 0);
+
+/// Enrolled pods' network namespace cookies, written by the agent.
+#[map(name = "MESH_PODS")]
+pub static MESH_PODS: HashMap<u64, u8> =
+    HashMap::with_max_entries(MAX_MESH_PODS, BPF_F_NO_PREALLOC);
+
+/// The node proxy's settings (one entry), written by the agent.
+#[map(name = "MESH_CONFIG")]
+pub static MESH_CONFIG: Array<MeshConfig> = Array::with_max_entries(1, 0);
+
+/// Socket cookie -> where a captured connect() was going.
+#[map(name = "MESH_REDIRECTS")]
+pub static MESH_REDIRECTS: LruHashMap<u64, MeshDestination> =
+    LruHashMap::with_max_entries(MAX_MESH_REDIRECTS, 0);
+
+/// (namespace, client port, family) -> where a captured connection was going, for
+/// the proxy that accepts it.
+#[map(name = "MESH_ORIGINAL_DST")]
+pub static MESH_ORIGINAL_DST: LruHashMap<OriginalDstKey, MeshDestination> =
+    LruHashMap::with_max_entries(MAX_MESH_REDIRECTS, 0);
 
 /// Adds one connection to the counter of `key` on this CPU.
 #[inline(always)]

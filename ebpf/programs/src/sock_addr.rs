@@ -5,25 +5,33 @@
 //! `REVERSE_SK` under the socket's cookie and count it. recvmsg4/6 (the source of a
 //! datagram) and getpeername4/6 (the peer) translate such a backend back to the
 //! frontend, so the application only ever sees the address it asked for.
+//!
+//! connect4/6 then capture TCP from pods enrolled in the mesh into the node proxy
+//! (see `skiff_ebpf_common::mesh`), and getpeername4/6 show a captured socket its
+//! original destination rather than the proxy's listener.
 
 use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
 
 use aya_ebpf::bindings::bpf_sock_addr;
 use aya_ebpf::helpers::{
-    bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie, bpf_ktime_get_ns,
-    bpf_set_retval,
+    bpf_get_current_pid_tgid, bpf_get_netns_cookie, bpf_get_prandom_u32, bpf_get_socket_cookie,
+    bpf_ktime_get_ns, bpf_set_retval,
 };
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use aya_log_ebpf::debug;
+use skiff_ebpf_common::mesh::{MeshDestination, captured_peer, mesh_redirect};
 use skiff_ebpf_common::{
     AF_INET, AF_INET6, AffinityKey, AffinityValue, Backend, RawAddr, ServiceBackendKey, ServiceKey,
     Verdict, affine_backend, raw_octets, reverse_entry, reverse_translation, select_backend,
     service_view, socket_view,
 };
 
-use crate::maps::{AFFINITY, AFFINITY_BACKENDS, BACKENDS, REVERSE_SK, SERVICES, count};
+use crate::maps::{
+    AFFINITY, AFFINITY_BACKENDS, BACKENDS, MESH_CONFIG, MESH_PODS, MESH_REDIRECTS, REVERSE_SK,
+    SERVICES, count,
+};
 
 /// cgroup sock_addr return values: 1 lets the call proceed, 0 fails it.
 const PROCEED: i32 = 1;
@@ -67,6 +75,9 @@ macro_rules! log_rewrite6 {
 pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
     let (ret, rewrite) = forward(&ctx, AF_INET);
     log_rewrite4!(ctx, rewrite, "connect4 {:i}:{} -> {:i}:{}");
+    if ret == PROCEED {
+        capture(&ctx, AF_INET);
+    }
     ret
 }
 
@@ -74,6 +85,9 @@ pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
 pub fn skiff_connect6(ctx: SockAddrContext) -> i32 {
     let (ret, rewrite) = forward(&ctx, AF_INET6);
     log_rewrite6!(ctx, rewrite, "connect6 [{:i}]:{} -> [{:i}]:{}");
+    if ret == PROCEED {
+        capture(&ctx, AF_INET6);
+    }
     ret
 }
 
@@ -203,6 +217,57 @@ fn forward(ctx: &SockAddrContext, socket_family: u8) -> (i32, Option<Rewrite>) {
     (PROCEED, Some(rewrite))
 }
 
+/// connect, after `forward`: TCP from a pod enrolled in the mesh goes to the node
+/// proxy's listener in the pod, and the destination it had is recorded under the
+/// socket's cookie for the proxy (through the sock_ops program) and getpeername.
+#[inline(always)]
+fn capture(ctx: &SockAddrContext, socket_family: u8) {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context is a bpf_sock_addr, which this helper takes.
+    let netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
+    // SAFETY: the value is only tested for presence.
+    if unsafe { MESH_PODS.get(&netns) }.is_none() {
+        return;
+    }
+    let Some(config) = MESH_CONFIG.get(0).copied() else {
+        return;
+    };
+    // SAFETY: the kernel hands a valid bpf_sock_addr; the helper has no preconditions.
+    let (asked, port, protocol, caller) = unsafe {
+        (
+            read_addr(sa, socket_family),
+            read_port(sa),
+            read_protocol(sa),
+            (bpf_get_current_pid_tgid() >> 32) as u32,
+        )
+    };
+    let (ip, family, mapped) = service_view(asked, socket_family);
+    let Some((listener, listener_port)) = mesh_redirect(protocol, ip, port, family, caller, config)
+    else {
+        return;
+    };
+    // SAFETY: as above.
+    unsafe {
+        write_addr(
+            sa,
+            socket_family,
+            socket_view(listener, mapped),
+            listener_port,
+        )
+    };
+    // SAFETY: the context is a bpf_sock_addr, which this helper takes.
+    let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    let original = MeshDestination {
+        addr: ip,
+        port,
+        family,
+        _pad: 0,
+    };
+    // A full LRU map evicts its oldest entry; a failed update leaves the proxy
+    // without the destination, and it closes the connection.
+    let _ = MESH_REDIRECTS.insert(&cookie, &original, 0);
+}
+
 /// recvmsg and getpeername: a backend the socket was balanced to becomes the frontend.
 /// These hooks cannot fail the call; they always proceed.
 #[inline(always)]
@@ -214,10 +279,20 @@ fn reverse(ctx: &SockAddrContext, socket_family: u8) -> i32 {
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
     // An IPv6 socket balanced to an IPv4 backend sees it IPv4-mapped (see forward).
     let (ip, family, mapped) = service_view(ip, socket_family);
+    // A socket captured by the mesh is connected to the proxy: its peer is the
+    // destination it had, translated further if that was a service's backend.
+    // SAFETY: the value is copied out at once.
+    let record = unsafe { MESH_REDIRECTS.get(&cookie) }.copied();
+    let captured = captured_peer(ip, port, family, record);
+    let (ip, port) = match captured {
+        Some(original) => (original.addr, original.port),
+        None => (ip, port),
+    };
     let translated = reverse_translation(cookie, ip, port, family, |k| {
         // SAFETY: the value is copied out at once.
         unsafe { REVERSE_SK.get(k) }.copied()
-    });
+    })
+    .or(captured.map(|_| (ip, port)));
     if let Some((addr, port)) = translated {
         let addr = socket_view(addr, mapped);
         // SAFETY: as above.

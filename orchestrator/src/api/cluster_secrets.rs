@@ -16,8 +16,10 @@
 //! An agent on the embedded store is a cluster of one: its secrets are files in its
 //! state directory ([`load_or_create_local`]).
 //!
-//! Fields added later (a mesh CA key) are optional in [`ClusterSecrets`], so agents
-//! that do not know them still open the data.
+//! Fields added later (the mesh CA) are optional in [`ClusterSecrets`], so agents
+//! that do not know them still open the data. An agent that finds bootstrap data
+//! without a mesh CA adds one by compare-and-swap (or takes the one another agent
+//! added first), so every node of a cluster issues certificates from one CA.
 
 use std::path::{Path, PathBuf};
 
@@ -27,6 +29,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::api::credentials::{self, CredentialError};
 use crate::api::encryption::{self, SecretBox};
+use crate::mesh::ca::{CaError, CaMaterial};
 use crate::store::{Store, StoreError, Txn};
 
 /// The store key that holds the sealed bootstrap data.
@@ -88,6 +91,8 @@ pub enum ClusterSecretsError {
     Seal(String),
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    #[error("the mesh CA: {0}")]
+    MeshCa(#[from] CaError),
 }
 
 /// What every agent of one cluster must hold the same.
@@ -99,6 +104,10 @@ pub struct ClusterSecrets {
     pub encryption_key: Vec<u8>,
     /// The bearer token the API accepts.
     pub api_token: String,
+    /// The mesh's certificate authority (None only in data written before the mesh
+    /// existed, until an agent adds one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh_ca: Option<CaMaterial>,
 }
 
 impl std::fmt::Debug for ClusterSecrets {
@@ -174,6 +183,8 @@ pub fn load_or_create_local(state_dir: &Path) -> Result<ClusterSecrets, Credenti
             encryption::KEY_LEN,
         )?,
         api_token: credentials::load_or_create_token(&state_dir.join(TOKEN_FILE))?,
+        // The embedded store's CA is files in the state directory (see the agent).
+        mesh_ca: None,
     })
 }
 
@@ -200,7 +211,10 @@ pub async fn obtain(
         let token = token.ok_or_else(|| ClusterSecretsError::AlreadyExists {
             cluster: cluster.to_owned(),
         })?;
-        let secrets = open(&existing.value, &token, cluster)?;
+        let mut secrets = open(&existing.value, &token, cluster)?;
+        if secrets.mesh_ca.is_none() {
+            secrets = add_mesh_ca(store, cluster, &token, secrets, existing.mod_revision).await?;
+        }
         return Ok(Obtained {
             secrets,
             token,
@@ -273,7 +287,54 @@ fn first_secrets(state_dir: &Path) -> Result<ClusterSecrets, ClusterSecretsError
     Ok(ClusterSecrets {
         encryption_key,
         api_token,
+        mesh_ca: Some(CaMaterial::generate(std::time::SystemTime::now())?),
     })
+}
+
+/// Adds a new mesh CA to bootstrap data written before the mesh existed, if the
+/// data is still at `revision`; when another agent changed it first (adding its
+/// own CA), that agent's is used.
+async fn add_mesh_ca(
+    store: &dyn Store,
+    cluster: &str,
+    token: &JoinToken,
+    secrets: ClusterSecrets,
+    revision: crate::store::Revision,
+) -> Result<ClusterSecrets, ClusterSecretsError> {
+    let store_error = |source| ClusterSecretsError::Store {
+        cluster: cluster.to_owned(),
+        source,
+    };
+    let with_ca = ClusterSecrets {
+        mesh_ca: Some(CaMaterial::generate(std::time::SystemTime::now())?),
+        ..secrets
+    };
+    let sealed = seal(&with_ca, token, KDF_ITERATIONS)?;
+    let swapped = store
+        .txn(
+            Txn::new()
+                .when(BOOTSTRAP_KEY, revision)
+                .put(BOOTSTRAP_KEY, sealed),
+        )
+        .await;
+    match swapped {
+        Ok(_) => Ok(with_ca),
+        Err(StoreError::Conflict { .. }) => {
+            let (current, _) = store.get(BOOTSTRAP_KEY).await.map_err(store_error)?;
+            let gone = || ClusterSecretsError::NoCluster {
+                cluster: cluster.to_owned(),
+            };
+            let current = open(&current.ok_or_else(gone)?.value, token, cluster)?;
+            match current.mesh_ca {
+                Some(_) => Ok(current),
+                None => Err(ClusterSecretsError::Unreadable {
+                    cluster: cluster.to_owned(),
+                    reason: "it changed while the mesh CA was being added, and has none".into(),
+                }),
+            }
+        }
+        Err(source) => Err(store_error(source)),
+    }
 }
 
 /// The join token kept in `path`, if any.

@@ -86,7 +86,8 @@ pub enum CaError {
 
 /// The CA's key and certificate, PEM-encoded: what a node needs to issue
 /// certificates, wherever it was kept.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct CaMaterial {
     pub key_pem: String,
     pub cert_pem: String,

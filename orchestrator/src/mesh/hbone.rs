@@ -21,7 +21,9 @@
 //! verified in the handshake; no header can claim another.
 //!
 //! [`HboneServer`] accepts tunnels, asks an [`Authorize`] callback about each
-//! (identity, destination) and connects to the destination. [`HboneClient`] opens
+//! (identity, destination) and connects to the destination. Both sides open
+//! their TCP connections through a [`Dialer`], so the node proxy can make them
+//! inside a pod's network namespace. [`HboneClient`] opens
 //! streams, keeping one HTTP/2 connection per (source identity, peer, peer
 //! identity): a connection authenticates one source to one peer, so only streams of
 //! that pair can share it.
@@ -33,6 +35,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
+use futures::future::BoxFuture;
 use http_body_util::Empty;
 use hyper::client::conn::http2::SendRequest;
 use hyper::upgrade::Upgraded;
@@ -57,6 +60,16 @@ pub type Authorize = Arc<dyn Fn(&Identity, SocketAddr) -> bool + Send + Sync>;
 
 /// A tunnelled connection: bytes in and out, as a tokio stream.
 pub type Tunnel = TokioIo<Upgraded>;
+
+/// Opens a TCP connection to an address; where its socket lives (the host's
+/// network namespace, a pod's) is the dialer's choice.
+pub type Dialer =
+    Arc<dyn Fn(SocketAddr) -> BoxFuture<'static, std::io::Result<TcpStream>> + Send + Sync>;
+
+/// Connects from the caller's own network namespace.
+pub fn host_dialer() -> Dialer {
+    Arc::new(|addr| Box::pin(TcpStream::connect(addr)))
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum HboneError {
@@ -121,25 +134,40 @@ pub struct HboneServer {
     listener: TcpListener,
     acceptor: TlsAcceptor,
     authorize: Authorize,
+    dialer: Dialer,
     stats: Arc<ServerStats>,
 }
 
 impl HboneServer {
-    /// Listens on `addr`, presenting `identity`'s certificate.
+    /// Listens on `addr`, presenting `identity`'s certificate, and connects to
+    /// destinations from the host's network namespace.
     pub async fn bind(
         addr: SocketAddr,
         certificates: Arc<Certificates>,
         identity: Identity,
         authorize: Authorize,
     ) -> Result<Self, HboneError> {
-        let config = tls::server_config(certificates, identity)?;
         let listener = TcpListener::bind(addr)
             .await
             .map_err(|source| HboneError::Bind { addr, source })?;
+        Self::new(listener, certificates, identity, authorize, host_dialer())
+    }
+
+    /// Serves tunnels on `listener`, presenting `identity`'s certificate, and
+    /// connects to destinations through `dialer`.
+    pub fn new(
+        listener: TcpListener,
+        certificates: Arc<Certificates>,
+        identity: Identity,
+        authorize: Authorize,
+        dialer: Dialer,
+    ) -> Result<Self, HboneError> {
+        let config = tls::server_config(certificates, identity)?;
         Ok(Self {
             listener,
             acceptor: TlsAcceptor::from(config),
             authorize,
+            dialer,
             stats: Arc::default(),
         })
     }
@@ -162,8 +190,9 @@ impl HboneServer {
                     Ok((tcp, from)) => {
                         let acceptor = self.acceptor.clone();
                         let authorize = self.authorize.clone();
+                        let dialer = self.dialer.clone();
                         let stats = self.stats.clone();
-                        connections.spawn(serve_connection(tcp, from, acceptor, authorize, stats));
+                        connections.spawn(serve_connection(tcp, from, acceptor, authorize, dialer, stats));
                     }
                     Err(error) => warn!("mesh: accepting an HBONE connection: {error}"),
                 },
@@ -180,6 +209,7 @@ async fn serve_connection(
     from: SocketAddr,
     acceptor: TlsAcceptor,
     authorize: Authorize,
+    dialer: Dialer,
     stats: Arc<ServerStats>,
 ) {
     // Small writes (handshakes, interactive traffic) go out at once.
@@ -202,8 +232,11 @@ async fn serve_connection(
     let service = hyper::service::service_fn(move |request| {
         let source = source.clone();
         let authorize = authorize.clone();
+        let dialer = dialer.clone();
         let stats = stats.clone();
-        async move { Ok::<_, Infallible>(open_stream(request, &source, &authorize, &stats).await) }
+        async move {
+            Ok::<_, Infallible>(open_stream(request, &source, &authorize, &dialer, &stats).await)
+        }
     });
     if let Err(error) = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
         .serve_connection(TokioIo::new(tls), service)
@@ -219,6 +252,7 @@ async fn open_stream(
     request: Request<hyper::body::Incoming>,
     source: &Identity,
     authorize: &Authorize,
+    dialer: &Dialer,
     stats: &ServerStats,
 ) -> Response<Empty<Bytes>> {
     if request.method() != Method::CONNECT {
@@ -236,7 +270,7 @@ async fn open_stream(
         warn!("mesh: denied {source} -> {destination}");
         return status(StatusCode::FORBIDDEN);
     }
-    let mut upstream = match TcpStream::connect(destination).await {
+    let mut upstream = match dialer(destination).await {
         Ok(upstream) => upstream,
         Err(error) => {
             debug!("mesh: {source} -> {destination}: {error}");
@@ -276,13 +310,21 @@ struct PoolKey {
 /// The outbound side: opens tunnels to other node proxies.
 pub struct HboneClient {
     certificates: Arc<Certificates>,
+    dialer: Dialer,
     connections: Mutex<HashMap<PoolKey, SendRequest<Empty<Bytes>>>>,
 }
 
 impl HboneClient {
+    /// A client that dials peers from the host's network namespace.
     pub fn new(certificates: Arc<Certificates>) -> Self {
+        Self::with_dialer(certificates, host_dialer())
+    }
+
+    /// A client that dials peers through `dialer`.
+    pub fn with_dialer(certificates: Arc<Certificates>, dialer: Dialer) -> Self {
         Self {
             certificates,
+            dialer,
             connections: Mutex::default(),
         }
     }
@@ -341,7 +383,7 @@ impl HboneClient {
             key.source.clone(),
             key.peer_identity.clone(),
         )?;
-        let tcp = TcpStream::connect(peer)
+        let tcp = (self.dialer)(peer)
             .await
             .map_err(|source| HboneError::Connect { peer, source })?;
         let _ = tcp.set_nodelay(true);

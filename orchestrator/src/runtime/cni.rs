@@ -43,6 +43,21 @@ pub struct Attachment {
     pub result: Value,
 }
 
+/// The node-side device of an attachment, from its CNI result: the interface
+/// outside every sandbox (CNI spec 1.1.0, "interfaces").
+pub fn host_device(result: &Value) -> Option<String> {
+    result["interfaces"]
+        .as_array()?
+        .iter()
+        .find(|interface| {
+            interface
+                .get("sandbox")
+                .is_none_or(|s| s.as_str() == Some(""))
+        })
+        .and_then(|interface| interface["name"].as_str())
+        .map(str::to_string)
+}
+
 /// One network (a plugin and its configuration) the agent attaches pods to.
 #[derive(Debug, Clone)]
 pub struct Network {
@@ -174,4 +189,23 @@ pub fn skiff_network(
         config["mtu"] = json!(mtu);
     }
     Network { bin_dirs, config }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_device_is_the_interface_outside_the_sandbox() {
+        let result = serde_json::json!({
+            "cniVersion": "1.1.0",
+            "interfaces": [
+                {"name": "eth0", "sandbox": "/run/netns/skiff-u1"},
+                {"name": "skiff0123abcd", "mac": "02:00:00:00:00:01"},
+            ],
+        });
+        assert_eq!(host_device(&result).as_deref(), Some("skiff0123abcd"));
+        assert_eq!(host_device(&serde_json::json!({"interfaces": []})), None);
+        assert_eq!(host_device(&serde_json::json!({})), None);
+    }
 }

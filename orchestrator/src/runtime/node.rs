@@ -91,8 +91,13 @@ impl NodeConfig {
         }
     }
 
-    /// The context the pod workers share.
-    pub fn context(&self, registry: Registry, images: Arc<crate::image::ImageStore>) -> Context {
+    /// The context the pod workers share; `holds` keep pods NotReady.
+    pub fn context(
+        &self,
+        registry: Registry,
+        images: Arc<crate::image::ImageStore>,
+        holds: Arc<super::holds::ReadinessHolds>,
+    ) -> Context {
         let NodeHandle {
             name,
             paths,
@@ -117,6 +122,7 @@ impl NodeConfig {
             dns: self.dns.clone(),
             pids_limit: self.pids_limit,
             log_max_bytes: self.log_max_bytes,
+            holds,
         }
     }
 }

@@ -8,6 +8,7 @@ use crate::model::{
     PodStatus, QosClass, RestartPolicy,
 };
 
+use super::holds::Hold;
 use super::record::{ContainerRecord, PodRecord, Terminated};
 
 /// Whether a container that ended with `exit_code` is started again.
@@ -19,9 +20,15 @@ pub fn will_restart(policy: RestartPolicy, exit_code: i32) -> bool {
     }
 }
 
-/// The status to report for `pod`, given what the node did. `now` stamps the
-/// conditions that change.
-pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: Option<&str>, now: &str) -> PodStatus {
+/// The status to report for `pod`, given what the node did and what holds it
+/// NotReady besides its containers. `now` stamps the conditions that change.
+pub fn pod_status(
+    pod: &Pod,
+    record: &PodRecord,
+    host_ip: Option<&str>,
+    hold: Option<&Hold>,
+    now: &str,
+) -> PodStatus {
     let policy = pod.spec.restart_policy.unwrap_or(RestartPolicy::Always);
     let init_statuses: Vec<ContainerStatus> = pod
         .spec
@@ -45,11 +52,16 @@ pub fn pod_status(pod: &Pod, record: &PodRecord, host_ip: Option<&str>, now: &st
     let containers_ready = !statuses.is_empty() && statuses.iter().all(|s| s.ready);
     let initialized = record.initialized || pod.spec.init_containers.is_empty();
     let previous = &pod.status.conditions;
+    let mut ready = condition(previous, "Ready", containers_ready && hold.is_none(), now);
+    if let Some(hold) = hold.filter(|_| containers_ready) {
+        ready.reason = Some(hold.reason.clone());
+        ready.message = Some(hold.message.clone());
+    }
     let conditions = vec![
         condition(previous, "PodScheduled", true, now),
         condition(previous, "Initialized", initialized, now),
         condition(previous, "ContainersReady", containers_ready, now),
-        condition(previous, "Ready", containers_ready, now),
+        ready,
     ];
     let ips: Vec<IpAddress> = record
         .ips
@@ -238,5 +250,71 @@ fn qos_class(pod: &Pod) -> QosClass {
         QosClass::Guaranteed
     } else {
         QosClass::Burstable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::runtime::record::Running;
+
+    /// A pod with one container, and a record of it running and ready.
+    fn running_pod() -> (Pod, PodRecord) {
+        let value = serde_json::json!({
+            "metadata": {"name": "web", "namespace": "shop", "uid": "u1"},
+            "spec": {"containers": [{"name": "main", "image": "busybox"}]},
+        });
+        let pod: Pod = serde_json::from_value(value).expect("pod");
+        let mut record = PodRecord {
+            uid: "u1".into(),
+            initialized: true,
+            ips: vec!["10.244.0.7".parse().expect("ip")],
+            ..Default::default()
+        };
+        record.containers.insert(
+            "main".into(),
+            ContainerRecord {
+                running: Some(Running {
+                    id: "c1".into(),
+                    started_at: "2026-01-01T00:00:00Z".into(),
+                    started_unix: 0,
+                }),
+                ready: true,
+                started: true,
+                ..Default::default()
+            },
+        );
+        (pod, record)
+    }
+
+    fn ready_condition(status: &PodStatus) -> &Condition {
+        status
+            .conditions
+            .iter()
+            .find(|c| c.r#type == "Ready")
+            .expect("a Ready condition")
+    }
+
+    #[test]
+    fn a_hold_keeps_a_pod_with_ready_containers_not_ready_and_says_why() {
+        let (pod, record) = running_pod();
+        let now = "2026-01-01T00:00:01Z";
+        let free = pod_status(&pod, &record, None, None, now);
+        assert_eq!(ready_condition(&free).status, ConditionStatus::True);
+        let hold = Hold {
+            reason: "MeshCertificate".into(),
+            message: "no certificate for spiffe://cluster.local/ns/shop/sa/web".into(),
+        };
+        let held = pod_status(&pod, &record, None, Some(&hold), now);
+        let ready = ready_condition(&held);
+        assert_eq!(ready.status, ConditionStatus::False);
+        assert_eq!(ready.reason.as_deref(), Some("MeshCertificate"));
+        assert_eq!(ready.message.as_deref(), Some(hold.message.as_str()));
+        let containers_ready = held
+            .conditions
+            .iter()
+            .find(|c| c.r#type == "ContainersReady")
+            .expect("ContainersReady");
+        assert_eq!(containers_ready.status, ConditionStatus::True);
     }
 }

@@ -17,6 +17,7 @@ use crate::model::{Container, ImagePullPolicy, Kind, Object, Pod, Probe, Restart
 
 use super::cni::Network;
 use super::container::{self, Launch};
+use super::holds::ReadinessHolds;
 use super::oci::{Exit, Oci};
 use super::paths::Paths;
 use super::probes::{self, Tracker, Verdict};
@@ -53,6 +54,8 @@ pub struct Context {
     pub log_max_bytes: u64,
     /// How often a running pod's network is checked with the CNI plugin.
     pub network_check: Duration,
+    /// What keeps pods NotReady besides their containers (the mesh).
+    pub holds: Arc<ReadinessHolds>,
 }
 
 /// What a reconcile pass asks for next.
@@ -1092,10 +1095,12 @@ async fn terminate(ctx: &Context, record: &mut PodRecord, pod: Option<&Pod>) -> 
 /// Writes the pod's status when it changed.
 async fn report(ctx: &Context, pod: &Pod, record: &PodRecord) {
     let host_ip = ctx.host_ip.map(|ip| ip.to_string());
+    let hold = ctx.holds.get(&record.uid);
     let status = pod_status(
         pod,
         record,
         host_ip.as_deref(),
+        hold.as_ref(),
         &crate::api::registry::now(),
     );
     if status == pod.status {

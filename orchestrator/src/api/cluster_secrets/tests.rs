@@ -207,7 +207,53 @@ async fn an_agent_that_ran_before_bootstrap_data_keeps_its_key_and_token() {
     let first = obtain(&f.store, CLUSTER, &Membership::default(), &f.first)
         .await
         .unwrap();
-    assert_eq!(first.secrets, local);
+    assert_eq!(first.secrets.encryption_key, local.encryption_key);
+    assert_eq!(first.secrets.api_token, local.api_token);
+}
+
+#[tokio::test]
+async fn every_agent_of_a_cluster_shares_one_mesh_ca() {
+    let f = fixture();
+    let first = obtain(&f.store, CLUSTER, &Membership::default(), &f.first)
+        .await
+        .unwrap();
+    let ca = first
+        .secrets
+        .mesh_ca
+        .clone()
+        .expect("the first agent creates a mesh CA");
+    let (stored, _) = f.store.get(BOOTSTRAP_KEY).await.unwrap();
+    let stored = String::from_utf8(stored.unwrap().value).unwrap();
+    assert!(!stored.contains("PRIVATE KEY"), "the CA key is sealed");
+    let second = obtain(&f.store, CLUSTER, &joining(&first.token), &f.second)
+        .await
+        .unwrap();
+    assert_eq!(second.secrets.mesh_ca, Some(ca));
+}
+
+#[tokio::test]
+async fn bootstrap_data_from_before_the_mesh_gets_a_ca_once() {
+    let f = fixture();
+    let token = JoinToken::generate();
+    let old = ClusterSecrets {
+        encryption_key: vec![1; encryption::KEY_LEN],
+        api_token: "t".into(),
+        mesh_ca: None,
+    };
+    let sealed = seal(&old, &token, 1).unwrap();
+    f.store
+        .txn(Txn::new().when(BOOTSTRAP_KEY, 0).put(BOOTSTRAP_KEY, sealed))
+        .await
+        .unwrap();
+    let first = obtain(&f.store, CLUSTER, &joining(&token), &f.first)
+        .await
+        .unwrap();
+    let ca = first.secrets.mesh_ca.clone().expect("a CA was added");
+    assert_eq!(first.secrets.api_token, old.api_token);
+    let second = obtain(&f.store, CLUSTER, &joining(&token), &f.second)
+        .await
+        .unwrap();
+    assert_eq!(second.secrets.mesh_ca, Some(ca), "the added CA was stored");
 }
 
 #[test]
@@ -221,6 +267,7 @@ fn tokens_are_long_enough_and_hidden_from_debug_output() {
     let secrets = ClusterSecrets {
         encryption_key: vec![1; encryption::KEY_LEN],
         api_token: "visible?".into(),
+        mesh_ca: None,
     };
     assert!(!format!("{secrets:?}").contains("visible"));
 }
@@ -231,6 +278,7 @@ fn tampered_bootstrap_data_is_refused() {
     let secrets = ClusterSecrets {
         encryption_key: vec![1; encryption::KEY_LEN],
         api_token: "t".into(),
+        mesh_ca: None,
     };
     let sealed = seal(&secrets, &token, 1).unwrap();
     assert_eq!(open(&sealed, &token, CLUSTER).unwrap(), secrets);

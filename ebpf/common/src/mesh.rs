@@ -1,0 +1,261 @@
+//! Connect-time capture for the service mesh: the maps and the decision shared by
+//! the `connect4/6` hooks, the `sock_ops` program and the agent's node proxy.
+//!
+//! A pod is enrolled when its network namespace cookie is in [`MESH_PODS_MAP`]
+//! (written by the agent). A TCP connect() from an enrolled pod to anything but
+//! loopback and the tunnel port is sent to the node proxy's listener inside the
+//! pod, `127.0.0.1:15001` (`[::1]:15001` for IPv6), after the service load balancer
+//! chose a backend ([`mesh_redirect`]). The proxy's own sockets, which live in
+//! pods' namespaces too, are told apart by the process: its id is in
+//! [`MESH_CONFIG_MAP`].
+//!
+//! The original destination is recorded under the socket cookie in
+//! [`MESH_REDIRECTS_MAP`]. Once the kernel has picked the source port, the
+//! `sock_ops` program copies it under ([`OriginalDstKey`]: namespace cookie, local
+//! port, family) into [`MESH_ORIGINAL_DST_MAP`], which the proxy reads for the peer
+//! port of each connection it accepts, and deletes.
+//!
+//! Strict mode: a tc program on the host side of a strict pod's link (egress,
+//! toward the pod) drops TCP connections opened to any port but the tunnel's,
+//! unless they come from the node itself (probes), which [`strict_refuses`]
+//! decides.
+
+use crate::{AF_INET, IPPROTO_TCP, RawAddr};
+
+/// Name of the map of enrolled pods' network namespace cookies.
+pub const MESH_PODS_MAP: &str = "MESH_PODS";
+/// Name of the one-entry array holding [`MeshConfig`].
+pub const MESH_CONFIG_MAP: &str = "MESH_CONFIG";
+/// Name of the LRU map socket cookie -> [`MeshDestination`].
+pub const MESH_REDIRECTS_MAP: &str = "MESH_REDIRECTS";
+/// Name of the LRU map [`OriginalDstKey`] -> [`MeshDestination`].
+pub const MESH_ORIGINAL_DST_MAP: &str = "MESH_ORIGINAL_DST";
+
+/// Capacity of [`MESH_PODS_MAP`]: enrolled pods on one node.
+pub const MAX_MESH_PODS: u32 = 4_096;
+/// Capacity of the two LRU maps of original destinations: connections being set
+/// up at once (entries of connections long accepted are evicted first).
+pub const MAX_MESH_REDIRECTS: u32 = 65_536;
+
+/// The node proxy's outbound listener port, inside every enrolled pod (Istio's).
+pub const MESH_OUTBOUND_PORT: u16 = 15001;
+/// The tunnel port, which is never captured (Istio's HBONE port).
+pub const MESH_TUNNEL_PORT: u16 = 15008;
+
+/// The node proxy's settings for the kernel side.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MeshConfig {
+    /// The proxy's process id (`bpf_get_current_pid_tgid() >> 32`); 0 while no
+    /// proxy runs, which captures nothing.
+    pub proxy_tgid: u32,
+    pub _pad: u32,
+}
+
+/// Where a captured connection was going.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MeshDestination {
+    pub addr: RawAddr,
+    /// Port in network byte order.
+    pub port: u16,
+    /// The destination's family; an IPv6 socket's IPv4-mapped destination is
+    /// IPv4, and reaches the proxy's IPv4 listener.
+    pub family: u8,
+    pub _pad: u8,
+}
+
+/// Key of [`MESH_ORIGINAL_DST_MAP`]: the client socket's end of a connection to the
+/// proxy's listener, as the proxy sees its peer.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct OriginalDstKey {
+    pub netns: u64,
+    /// The client's local port, host byte order.
+    pub port: u16,
+    pub family: u8,
+    pub _pad: [u8; 5],
+}
+
+impl OriginalDstKey {
+    pub const fn new(netns: u64, port: u16, family: u8) -> Self {
+        Self {
+            netns,
+            port,
+            family,
+            _pad: [0; 5],
+        }
+    }
+}
+
+/// 127.0.0.1 in the kernel's form.
+const LOOPBACK4: RawAddr = [u32::from_ne_bytes([127, 0, 0, 1]), 0, 0, 0];
+/// ::1 in the kernel's form.
+const LOOPBACK6: RawAddr = [0, 0, 0, u32::from_ne_bytes([0, 0, 0, 1])];
+
+/// Whether `addr` of `family` is a loopback address (127/8, ::1).
+#[inline(always)]
+pub fn is_loopback(addr: RawAddr, family: u8) -> bool {
+    if family == AF_INET {
+        addr[0].to_ne_bytes()[0] == 127
+    } else {
+        addr == LOOPBACK6
+    }
+}
+
+/// Where a connect() from an enrolled pod goes: the proxy's listener address for
+/// `family` (port in network order), or None to leave it alone. `destination` is
+/// as services hold it (see `service_view`), after the load balancer's rewrite.
+#[inline(always)]
+pub fn mesh_redirect(
+    protocol: u8,
+    destination: RawAddr,
+    port: u16,
+    family: u8,
+    caller_tgid: u32,
+    config: MeshConfig,
+) -> Option<(RawAddr, u16)> {
+    let captured = protocol == IPPROTO_TCP
+        && config.proxy_tgid != 0
+        && caller_tgid != config.proxy_tgid
+        && !is_loopback(destination, family)
+        && u16::from_be(port) != MESH_TUNNEL_PORT;
+    let listener = if family == AF_INET {
+        LOOPBACK4
+    } else {
+        LOOPBACK6
+    };
+    captured.then_some((listener, MESH_OUTBOUND_PORT.to_be()))
+}
+
+/// The destination a socket's peer name shows when the socket was captured: the
+/// original one when the peer is the proxy's listener.
+#[inline(always)]
+pub fn captured_peer(
+    peer: RawAddr,
+    port: u16,
+    family: u8,
+    record: Option<MeshDestination>,
+) -> Option<MeshDestination> {
+    let record = record?;
+    (u16::from_be(port) == MESH_OUTBOUND_PORT
+        && is_loopback(peer, family)
+        && record.family == family)
+        .then_some(record)
+}
+
+/// Strict mode's decision for a packet toward a strict pod: refuse a TCP
+/// connection opening (`opens`: SYN without ACK) to any port but the tunnel's
+/// (`port` in network order) unless it comes from the node itself (`local`: the
+/// packet has a socket of this host).
+#[inline(always)]
+pub fn strict_refuses(opens: bool, port: u16, local: bool) -> bool {
+    opens && !local && u16::from_be(port) != MESH_TUNNEL_PORT
+}
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: plain #[repr(C)] data with explicit padding, valid for any bytes.
+    unsafe impl aya::Pod for super::MeshConfig {}
+    unsafe impl aya::Pod for super::MeshDestination {}
+    unsafe impl aya::Pod for super::OriginalDstKey {}
+}
+
+#[cfg(test)]
+mod tests {
+    use core::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+    use super::*;
+    use crate::{AF_INET6, IPPROTO_UDP, raw_addr};
+
+    const PROXY: u32 = 4242;
+    const CONFIG: MeshConfig = MeshConfig {
+        proxy_tgid: PROXY,
+        _pad: 0,
+    };
+
+    fn redirect(protocol: u8, ip: IpAddr, port: u16, caller: u32) -> Option<(IpAddr, u16)> {
+        let (raw, family) = raw_addr(ip);
+        mesh_redirect(protocol, raw, port.to_be(), family, caller, CONFIG).map(|(addr, port)| {
+            let backend = crate::Backend {
+                addr,
+                port,
+                family,
+                _pad: 0,
+            };
+            (backend.socket_addr().ip(), backend.socket_addr().port())
+        })
+    }
+
+    #[test]
+    fn captures_tcp_to_other_hosts_into_the_listener_of_its_family() {
+        let pod = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 7));
+        assert_eq!(
+            redirect(IPPROTO_TCP, pod, 8080, 1),
+            Some((Ipv4Addr::LOCALHOST.into(), MESH_OUTBOUND_PORT))
+        );
+        let pod6: IpAddr = "fd00:10:244::7".parse::<Ipv6Addr>().unwrap().into();
+        assert_eq!(
+            redirect(IPPROTO_TCP, pod6, 80, 1),
+            Some((Ipv6Addr::LOCALHOST.into(), MESH_OUTBOUND_PORT))
+        );
+    }
+
+    #[test]
+    fn leaves_udp_loopback_the_tunnel_and_the_proxy_alone() {
+        let pod = IpAddr::V4(Ipv4Addr::new(10, 244, 0, 7));
+        assert_eq!(redirect(IPPROTO_UDP, pod, 53, 1), None);
+        assert_eq!(redirect(IPPROTO_TCP, pod, MESH_TUNNEL_PORT, 1), None);
+        assert_eq!(redirect(IPPROTO_TCP, pod, 8080, PROXY), None);
+        let local = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 53));
+        assert_eq!(redirect(IPPROTO_TCP, local, 8080, 1), None);
+        assert_eq!(
+            redirect(IPPROTO_TCP, Ipv6Addr::LOCALHOST.into(), 8080, 1),
+            None
+        );
+        let stopped = MeshConfig::default();
+        let (raw, family) = raw_addr(pod);
+        assert_eq!(
+            mesh_redirect(IPPROTO_TCP, raw, 80u16.to_be(), family, 1, stopped),
+            None
+        );
+    }
+
+    #[test]
+    fn strict_mode_lets_only_tunnels_and_the_node_open_connections() {
+        let tunnel = MESH_TUNNEL_PORT.to_be();
+        let app = 8080u16.to_be();
+        assert!(strict_refuses(true, app, false));
+        assert!(!strict_refuses(true, tunnel, false));
+        assert!(!strict_refuses(true, app, true), "the node's probes");
+        assert!(
+            !strict_refuses(false, app, false),
+            "packets of open connections"
+        );
+    }
+
+    #[test]
+    fn the_peer_name_of_a_captured_socket_is_its_original_destination() {
+        let original = MeshDestination {
+            addr: raw_addr(Ipv4Addr::new(10, 244, 0, 7).into()).0,
+            port: 8080u16.to_be(),
+            family: AF_INET,
+            _pad: 0,
+        };
+        let listener = raw_addr(Ipv4Addr::LOCALHOST.into()).0;
+        let port = MESH_OUTBOUND_PORT.to_be();
+        assert_eq!(
+            captured_peer(listener, port, AF_INET, Some(original)),
+            Some(original)
+        );
+        assert_eq!(captured_peer(listener, port, AF_INET, None), None);
+        assert_eq!(
+            captured_peer(listener, 80u16.to_be(), AF_INET, Some(original)),
+            None
+        );
+        assert_eq!(
+            captured_peer(LOOPBACK6, port, AF_INET6, Some(original)),
+            None
+        );
+    }
+}

@@ -1,0 +1,478 @@
+//! The node proxy: serves every enrolled pod on this node from inside the pod's
+//! network namespace (Istio ambient's in-pod mode), kept in step with the mesh
+//! view level-triggered, as a reconcile loop.
+//!
+//! For each such pod it opens, in the pod's namespace:
+//! - the outbound listeners `127.0.0.1:15001` and `[::1]:15001`, where the
+//!   kernel's connect hooks send the pod's TCP connections. Each accepted
+//!   connection's original destination comes from the eBPF maps; an enrolled pod
+//!   there is reached through HBONE (mutual TLS to `<its IP>:15008`, presenting
+//!   this pod's certificate, expecting that pod's identity), anything else by a
+//!   plain connection (passthrough). Either way the socket is made in the source
+//!   pod's namespace, so what leaves the pod's link is the tunnel or the
+//!   connection it would have made itself.
+//! - the inbound HBONE listener `[::]:15008`: the tunnel's streams are authorized
+//!   (the [`Authorize`] callback), must be for this pod's own addresses, and are
+//!   delivered by a connection from inside the pod.
+//!
+//! Then the pod's namespace cookie goes into the capture map, and for a pod of a
+//! strict namespace the strict program goes on its host-side link. A pod that
+//! leaves the node or the mesh is taken out of the map, loses the strict
+//! program and has its listeners closed.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use log::{debug, info, warn};
+use skiff_ebpf_common::mesh::MESH_OUTBOUND_PORT;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use super::ca::{CaError, Certificates};
+use super::hbone::{Authorize, Dialer, HBONE_PORT, HboneClient, HboneError, HboneServer};
+use super::identity::Identity;
+use super::netns::{NetnsError, PodNetns};
+use super::view::{Enrolment, MeshView, PodEntry, Workload};
+use crate::api::registry::typed::{cast, list_all, watch_all};
+use crate::api::registry::{ApiError, EventType, Registry};
+use crate::dataplane::{Dataplane, MeshMaps};
+use crate::model::{Kind, Namespace};
+use crate::runtime::cni::host_device;
+use crate::runtime::holds::{Hold, ReadinessHolds};
+use crate::runtime::paths::Paths;
+use crate::runtime::record::PodRecord;
+
+/// How soon pods whose proxy could not start are tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    #[error("the certificate of {identity}: {source}")]
+    Certificate { identity: String, source: CaError },
+    #[error("listening on {addr} in the pod: {source}")]
+    Listen { addr: SocketAddr, source: io::Error },
+    #[error("the mesh maps: {0}")]
+    Maps(io::Error),
+    #[error("strict mode: the pod's host-side link is not in its network record")]
+    NoDevice,
+    #[error("strict mode: {0}")]
+    Strict(crate::dataplane::Error),
+    #[error("a connection from {peer} has no original destination (not captured by skiff)")]
+    NoOriginalDestination { peer: SocketAddr },
+    #[error(transparent)]
+    Hbone(#[from] HboneError),
+    #[error("connecting to {destination}: {source}")]
+    Passthrough {
+        destination: SocketAddr,
+        source: io::Error,
+    },
+}
+
+/// The pods' workload entries, as the cluster DNS's pod watch publishes them.
+pub type PodFeed = watch::Receiver<Arc<Vec<PodEntry>>>;
+
+/// What the node proxy needs to know of its node.
+pub struct Settings {
+    pub node_name: String,
+    /// Where the pods' network namespaces are.
+    pub paths: Paths,
+    /// The identities' trust domain: the cluster domain.
+    pub trust_domain: String,
+    /// Where a pod the proxy cannot serve is held NotReady.
+    pub holds: Arc<ReadinessHolds>,
+}
+
+/// The kernel side the proxy drives: the capture maps, and the dataplane that
+/// attaches strict mode's program.
+pub struct Kernel {
+    pub maps: MeshMaps,
+    pub dataplane: Arc<Mutex<Dataplane>>,
+}
+
+/// What every pod's proxy shares.
+struct Shared {
+    view: ArcSwap<MeshView>,
+    maps: Mutex<MeshMaps>,
+    /// Where strict mode's program is attached to pods' links.
+    dataplane: Arc<Mutex<Dataplane>>,
+    certificates: Arc<Certificates>,
+    authorize: Authorize,
+}
+
+impl Shared {
+    fn maps(&self) -> std::sync::MutexGuard<'_, MeshMaps> {
+        // A poisoned lock only means a thread panicked between two map calls;
+        // each call is complete on its own.
+        self.maps.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dataplane(&self) -> std::sync::MutexGuard<'_, Dataplane> {
+        // As above: each dataplane call is complete on its own.
+        self.dataplane.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// One pod served: its namespace and the tasks of its listeners (aborted when
+/// this is dropped).
+struct ServedPod {
+    workload: Arc<Workload>,
+    netns: Arc<PodNetns>,
+    /// The host-side link strict mode is attached to.
+    strict_device: Option<String>,
+    _tasks: JoinSet<()>,
+}
+
+/// Runs the node proxy until `shutdown` resolves, then stops capturing and
+/// closes every listener.
+pub async fn run(
+    settings: Settings,
+    registry: Registry,
+    certificates: Arc<Certificates>,
+    kernel: Kernel,
+    mut pods: PodFeed,
+    authorize: Authorize,
+    shutdown: impl Future<Output = ()>,
+) {
+    let Kernel {
+        mut maps,
+        dataplane,
+    } = kernel;
+    if let Err(error) = maps.set_proxy(std::process::id()) {
+        return warn!("mesh: the node proxy cannot register itself: {error}");
+    }
+    let shared = Arc::new(Shared {
+        view: ArcSwap::default(),
+        maps: Mutex::new(maps),
+        dataplane,
+        certificates,
+        authorize,
+    });
+    let mut served: HashMap<String, ServedPod> = HashMap::new();
+    let mut retry = tokio::time::interval(RETRY);
+    let mut feed_open = true;
+    tokio::pin!(shutdown);
+    'relist: loop {
+        let (listed, version) = match list_all::<Namespace>(&registry, Kind::Namespace).await {
+            Ok(listed) => listed,
+            Err(error) => {
+                warn!("mesh: listing namespaces: {error}; trying again");
+                tokio::select! {
+                    _ = &mut shutdown => break 'relist,
+                    _ = tokio::time::sleep(RETRY) => continue 'relist,
+                }
+            }
+        };
+        let mut namespaces: BTreeMap<String, Enrolment> = listed
+            .iter()
+            .map(|ns| (ns.metadata.name.clone(), Enrolment::of(ns)))
+            .collect();
+        let mut events = match watch_all(&registry, Kind::Namespace, &version).await {
+            Ok(events) => events,
+            Err(error) => {
+                warn!("mesh: watching namespaces: {error}; listing again");
+                continue 'relist;
+            }
+        };
+        loop {
+            let pod_entries = pods.borrow_and_update().clone();
+            let view = MeshView::build(&settings.trust_domain, &namespaces, &pod_entries);
+            shared.view.store(Arc::new(view));
+            reconcile(&settings, &shared, &mut served).await;
+            tokio::select! {
+                _ = &mut shutdown => break 'relist,
+                // The feed's sender goes with the cluster DNS, at shutdown: then
+                // pods change no more.
+                changed = pods.changed(), if feed_open => feed_open = changed.is_ok(),
+                event = events.next() => match namespace_changed(&mut namespaces, event) {
+                    Ok(true) => {}
+                    Ok(false) => continue 'relist,
+                    Err(error) => {
+                        warn!("mesh: namespace watch ended ({error}); listing again");
+                        continue 'relist;
+                    }
+                },
+                _ = retry.tick() => {}
+            }
+        }
+    }
+    for (uid, pod) in served.drain() {
+        stop(&shared, &uid, pod);
+    }
+    if let Err(error) = shared.maps().set_proxy(0) {
+        warn!("mesh: unregistering the node proxy: {error}");
+    }
+}
+
+/// Applies one namespace event; false when the watch ended.
+fn namespace_changed(
+    namespaces: &mut BTreeMap<String, Enrolment>,
+    event: Option<Result<crate::api::registry::WatchEvent, ApiError>>,
+) -> Result<bool, ApiError> {
+    let Some(event) = event.transpose()? else {
+        return Ok(false);
+    };
+    if let Some(namespace) = cast::<Namespace>(&event.object) {
+        let name = namespace.metadata.name.clone();
+        match event.event_type {
+            EventType::Deleted => namespaces.remove(&name),
+            EventType::Added | EventType::Modified => {
+                namespaces.insert(name, Enrolment::of(&namespace))
+            }
+        };
+    }
+    Ok(true)
+}
+
+/// Serves exactly the enrolled pods of this node: stops the others, starts the
+/// missing ones (those that fail are tried again on the next pass).
+async fn reconcile(
+    settings: &Settings,
+    shared: &Arc<Shared>,
+    served: &mut HashMap<String, ServedPod>,
+) {
+    let view = shared.view.load_full();
+    let wanted: HashMap<&str, &Arc<Workload>> = view
+        .enrolled_on(&settings.node_name)
+        .map(|w| (w.pod.uid.as_str(), w))
+        .collect();
+    let stale: Vec<String> = served
+        .iter()
+        .filter(|(uid, pod)| {
+            wanted
+                .get(uid.as_str())
+                .is_none_or(|w| ***w != *pod.workload)
+        })
+        .map(|(uid, _)| uid.clone())
+        .collect();
+    for uid in stale {
+        if let Some(pod) = served.remove(&uid) {
+            stop(shared, &uid, pod);
+        }
+    }
+    // Pods no longer wanted (gone, or out of the mesh) are not the mesh's to hold.
+    settings.holds.retain(|uid| wanted.contains_key(uid));
+    for (uid, workload) in wanted {
+        if served.contains_key(uid) {
+            continue;
+        }
+        match start(settings, shared, workload.clone()).await {
+            Ok(pod) => {
+                info!(
+                    "mesh: serving pod {}/{} as {}",
+                    workload.pod.namespace, workload.pod.name, workload.identity
+                );
+                settings.holds.release(uid);
+                served.insert(uid.to_string(), pod);
+            }
+            Err(error) => {
+                warn!(
+                    "mesh: pod {}/{}: {error}",
+                    workload.pod.namespace, workload.pod.name
+                );
+                // Traffic to a pod the mesh cannot serve would arrive unprotected.
+                if let ProxyError::Certificate { .. } = error {
+                    settings.holds.hold(
+                        uid,
+                        Hold {
+                            reason: "MeshCertificate".into(),
+                            message: error.to_string(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn stop(shared: &Shared, uid: &str, pod: ServedPod) {
+    if let Err(error) = shared.maps().unenroll(pod.netns.cookie()) {
+        warn!("mesh: pod {uid}: releasing its capture: {error}");
+    }
+    if let Some(device) = &pod.strict_device
+        && let Err(error) = shared.dataplane().detach_mesh_strict(device)
+    {
+        warn!("mesh: pod {uid}: lifting strict mode: {error}");
+    }
+    info!(
+        "mesh: no longer serving pod {}/{}",
+        pod.workload.pod.namespace, pod.workload.pod.name
+    );
+}
+
+/// Opens the pod's listeners inside its namespace, then captures its traffic
+/// (and refuses plaintext to it, in strict mode).
+async fn start(
+    settings: &Settings,
+    shared: &Arc<Shared>,
+    workload: Arc<Workload>,
+) -> Result<ServedPod, ProxyError> {
+    let uid = workload.pod.uid.as_str();
+    let netns = Arc::new(PodNetns::enter(&settings.paths.netns(uid))?);
+    let identity = workload.identity.clone();
+    // Issued now, so a pod whose certificate cannot be issued is never captured.
+    shared
+        .certificates
+        .get(&identity)
+        .map_err(|source| ProxyError::Certificate {
+            identity: identity.to_string(),
+            source,
+        })?;
+    let listen = async |addr: SocketAddr| {
+        netns
+            .listen(addr)
+            .await
+            .map_err(|source| ProxyError::Listen { addr, source })
+    };
+    let outbound4 = listen((Ipv4Addr::LOCALHOST, MESH_OUTBOUND_PORT).into()).await?;
+    // A pod without IPv6 loopback has no IPv6 to capture.
+    let outbound6 = listen((Ipv6Addr::LOCALHOST, MESH_OUTBOUND_PORT).into())
+        .await
+        .inspect_err(|e| debug!("mesh: pod {}: {e}", workload.pod.name))
+        .ok();
+    let inbound = listen((Ipv6Addr::UNSPECIFIED, HBONE_PORT).into()).await?;
+
+    let dialer: Dialer = {
+        let netns = netns.clone();
+        Arc::new(move |addr| {
+            let netns = netns.clone();
+            Box::pin(async move { netns.connect(addr).await })
+        })
+    };
+    // Streams may only be for this pod: the tunnel is not a way into its network.
+    let own_ips = workload.pod.ips.clone();
+    let policy = shared.authorize.clone();
+    let authorize: Authorize = Arc::new(move |source: &Identity, destination: SocketAddr| {
+        own_ips.contains(&destination.ip()) && policy(source, destination)
+    });
+    let server = HboneServer::new(
+        inbound,
+        shared.certificates.clone(),
+        identity.clone(),
+        authorize,
+        dialer.clone(),
+    )?;
+    let outbound = Arc::new(Outbound {
+        shared: shared.clone(),
+        netns: netns.clone(),
+        identity,
+        client: HboneClient::with_dialer(shared.certificates.clone(), dialer),
+    });
+    let mut tasks = JoinSet::new();
+    tasks.spawn(server.serve());
+    for listener in std::iter::once(outbound4).chain(outbound6) {
+        tasks.spawn(outbound.clone().serve(listener));
+    }
+    let strict_device = match workload.enrolment.strict {
+        true => {
+            let device = PodRecord::load(&settings.paths.record(uid))
+                .and_then(|record| record.cni_result)
+                .and_then(|result| host_device(&result))
+                .ok_or(ProxyError::NoDevice)?;
+            shared
+                .dataplane()
+                .attach_mesh_strict(&device)
+                .map_err(ProxyError::Strict)?;
+            Some(device)
+        }
+        false => None,
+    };
+    if let Err(error) = shared.maps().enroll(netns.cookie()) {
+        if let Some(device) = &strict_device {
+            let _ = shared.dataplane().detach_mesh_strict(device);
+        }
+        return Err(ProxyError::Maps(error));
+    }
+    Ok(ServedPod {
+        workload,
+        netns,
+        strict_device,
+        _tasks: tasks,
+    })
+}
+
+/// The outbound side of one pod's proxy.
+struct Outbound {
+    shared: Arc<Shared>,
+    netns: Arc<PodNetns>,
+    /// The pod's identity: what it presents to peers.
+    identity: Identity,
+    client: HboneClient,
+}
+
+impl Outbound {
+    async fn serve(self: Arc<Self>, listener: TcpListener) {
+        let mut connections = JoinSet::new();
+        loop {
+            tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, peer)) => {
+                        let outbound = self.clone();
+                        connections.spawn(async move {
+                            if let Err(error) = outbound.forward(stream, peer).await {
+                                debug!("mesh: outbound from {}: {error}", outbound.identity);
+                            }
+                        });
+                    }
+                    Err(error) => warn!("mesh: accepting a captured connection: {error}"),
+                },
+                // Reap finished connections so the set does not grow.
+                Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            }
+        }
+    }
+
+    /// Carries one captured connection to where it was going.
+    async fn forward(&self, mut stream: TcpStream, peer: SocketAddr) -> Result<(), ProxyError> {
+        let _ = stream.set_nodelay(true);
+        let destination = self
+            .shared
+            .maps()
+            .take_original_destination(self.netns.cookie(), peer)
+            .map_err(ProxyError::Maps)?
+            .ok_or(ProxyError::NoOriginalDestination { peer })?;
+        let view = self.shared.view.load();
+        let meshed = view
+            .workload(destination.ip())
+            .filter(|w| w.enrolment.enrolled)
+            .map(|w| w.identity.clone());
+        drop(view);
+        let copied = match meshed {
+            Some(peer_identity) => {
+                let proxy = SocketAddr::new(destination.ip(), HBONE_PORT);
+                let mut tunnel = self
+                    .client
+                    .connect(&self.identity, proxy, &peer_identity, destination)
+                    .await?;
+                tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await
+            }
+            None => {
+                let mut upstream = self.netns.connect(destination).await.map_err(|source| {
+                    ProxyError::Passthrough {
+                        destination,
+                        source,
+                    }
+                })?;
+                tokio::io::copy_bidirectional(&mut stream, &mut upstream).await
+            }
+        };
+        if let Err(error) = copied {
+            debug!("mesh: connection to {destination} ended: {error}");
+        }
+        Ok(())
+    }
+}
+
+/// The authorization until policies exist: every identity the CA vouches for may
+/// reach every enrolled pod.
+pub fn allow_all() -> Authorize {
+    Arc::new(|_: &Identity, _: SocketAddr| true)
+}

@@ -1,0 +1,359 @@
+//! The mesh in the node, end to end on a real agent: pods of a namespace
+//! labelled `skiff.io/mesh: enabled` have their TCP captured by eBPF at connect()
+//! and carried between node proxies over mutual TLS (HBONE, port 15008).
+//!
+//! A packet capture on the server pod's host-side veth sees the enrolled
+//! client's connections (by IPv4 and IPv6 pod IP and by service VIP) only as
+//! TLS to 15008, never the server's reply; a client outside the mesh still talks plaintext to the same
+//! server (permissive mode), which the capture does see, so it proves the capture
+//! works. On two nodes, the same holds for a capture on the LAN between them.
+//! In strict mode, the outside client gets no answer, and the node still does.
+//! A namespace that leaves the mesh is no longer captured.
+//! Clients run as processes inside the client pod's network namespace and
+//! the cgroup the test agent's dataplane is attached to (a test agent's pods'
+//! own cgroups are outside it).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use skiff_tests::agent::{Agent, NODE_NAME, is_ready};
+use skiff_tests::capture::{Capture, Segment, contains, stream_of};
+use skiff_tests::cluster::{Cluster, LAN_BRIDGE, node_name};
+use skiff_tests::lab::{client_output, client_output_within};
+use skiff_tests::{eventually, unique_name, workspace_bin};
+
+const SERVER_PORT: u16 = 8080;
+const HBONE_PORT: u16 = 15008;
+const READY_WITHIN: Duration = Duration::from_secs(60);
+/// How long a client outside a strict namespace waits for an answer that never
+/// comes (its SYNs are dropped).
+const REFUSED_AFTER: Duration = Duration::from_secs(2);
+
+/// A namespace enrolled in the mesh with a server (answering each connection
+/// with its pod name), a Service in front of it and a client; another namespace
+/// outside the mesh with a client. The server has no TCP readiness probe: the
+/// probe's connections from the node would carry its reply in plaintext too.
+fn manifests(mesh: &str, plain: &str, server_node: &str, client_node: &str, mode: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {mesh}, labels: {{skiff.io/mesh: enabled, skiff.io/mesh-mode: {mode}}}}}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {{name: {plain}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: server, namespace: {mesh}, labels: {{app: server}}}}
+spec:
+  nodeName: {server_node}
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: busybox:1.36
+    command: [nc, -ll, -p, "{SERVER_PORT}", -e, sh, -c, 'echo $(hostname)-{mesh}']
+    ports: [{{name: http, containerPort: {SERVER_PORT}}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: server, namespace: {mesh}}}
+spec:
+  selector: {{app: server}}
+  ports: [{{name: http, port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {mesh}}}
+spec:
+  nodeName: {client_node}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: main, image: busybox:1.36, command: [sleep, "3600"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client, namespace: {plain}}}
+spec:
+  nodeName: {client_node}
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: main, image: busybox:1.36, command: [sleep, "3600"]}}]
+"#
+    )
+}
+
+/// A pod (its JSON) in `namespace`, once it is Ready.
+fn ready_pod(agent: &Agent, namespace: &str, name: &str) -> serde_json::Value {
+    eventually(
+        format!("pod {namespace}/{name} ready"),
+        READY_WITHIN,
+        || {
+            let out = agent.cli(&["get", "pod", name, "-n", namespace, "-o", "json"]);
+            let pod: serde_json::Value =
+                serde_json::from_slice(&out.stdout).map_err(|e| format!("not found ({e})"))?;
+            match is_ready(&pod) {
+                true => Ok(pod),
+                false => Err(pod["status"].to_string()),
+            }
+        },
+    )
+}
+
+fn uid(pod: &serde_json::Value) -> &str {
+    pod["metadata"]["uid"].as_str().expect("a pod uid")
+}
+
+/// The pod's network namespace, where the agent pins it.
+fn netns_of(pod: &serde_json::Value) -> PathBuf {
+    PathBuf::from(format!("/run/netns/skiff-{}", uid(pod)))
+}
+
+fn pod_ip(pod: &serde_json::Value) -> std::net::IpAddr {
+    pod["status"]["podIP"]
+        .as_str()
+        .and_then(|ip| ip.parse().ok())
+        .expect("a pod IP")
+}
+
+/// The pod's IPv6 address (pods are dual-stack).
+fn pod_ip6(pod: &serde_json::Value) -> std::net::IpAddr {
+    pod["status"]["podIPs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|ip| ip["ip"].as_str()?.parse().ok())
+        .find(std::net::IpAddr::is_ipv6)
+        .expect("an IPv6 pod IP")
+}
+
+/// `count` connections to `addr` from inside `pod`'s namespace: each reply.
+fn connect_from(
+    agent: &Agent,
+    pod: &serde_json::Value,
+    addr: SocketAddr,
+    count: usize,
+) -> Vec<String> {
+    let client = agent
+        .cgroup
+        .command_at(&netns_of(pod), workspace_bin("skiff-test-client"));
+    client_output(client, addr, count)
+}
+
+/// Waits until the agent has logged a line holding `needle` (in any order with
+/// other waits).
+fn wait_logged(agent: &mut Agent, needle: &str) {
+    eventually(format!("the agent to log {needle:?}"), READY_WITHIN, || {
+        let logged = agent.logged();
+        match logged.iter().any(|l| l.contains(needle)) {
+            true => Ok(()),
+            false => Err(format!(
+                "not yet; its mesh lines: {:#?}",
+                mesh_lines(logged)
+            )),
+        }
+    });
+}
+
+fn mesh_lines(log: &[String]) -> Vec<&String> {
+    log.iter().filter(|l| l.contains("mesh")).collect()
+}
+
+/// Segments to or from `port` whose payload holds `needle`.
+fn carrying(segments: &[Segment], port: u16, needle: &str) -> usize {
+    segments
+        .iter()
+        .filter(|s| s.port(port) && contains(&s.payload, needle.as_bytes()))
+        .count()
+}
+
+/// The test's workloads, running.
+struct Scene {
+    mesh: String,
+    /// What the server answers.
+    reply: String,
+    server: serde_json::Value,
+    client: serde_json::Value,
+    outsider: serde_json::Value,
+    by_pod_ip: SocketAddr,
+    by_pod_ip6: SocketAddr,
+    by_vip: SocketAddr,
+}
+
+/// Applies [`manifests`] through `agent`, with the server on `server_node`, both
+/// clients on `client_node` and the mesh namespace in `mode` (`permissive`, or
+/// `strict`), and waits for the pods.
+fn deploy(agent: &Agent, server_node: &str, client_node: &str, mode: &str) -> Scene {
+    let mesh = unique_name("mesh");
+    let plain = unique_name("plain");
+    agent.apply(&manifests(&mesh, &plain, server_node, client_node, mode));
+    let server = ready_pod(agent, &mesh, "server");
+    let client = ready_pod(agent, &mesh, "client");
+    let outsider = ready_pod(agent, &plain, "client");
+    let service = eventually("the service's VIP", READY_WITHIN, || {
+        let out = agent.cli(&["get", "service", "server", "-n", &mesh, "-o", "json"]);
+        let service: serde_json::Value =
+            serde_json::from_slice(&out.stdout).map_err(|e| e.to_string())?;
+        service["spec"]["clusterIP"]
+            .as_str()
+            .and_then(|ip| ip.parse().ok())
+            .ok_or_else(|| service.to_string())
+    });
+    Scene {
+        reply: format!("server-{mesh}"),
+        mesh,
+        by_pod_ip: SocketAddr::new(pod_ip(&server), SERVER_PORT),
+        by_pod_ip6: SocketAddr::new(pod_ip6(&server), SERVER_PORT),
+        by_vip: SocketAddr::new(service, 80),
+        server,
+        client,
+        outsider,
+    }
+}
+
+/// From `clients`' node: the enrolled client reaches the server by pod IP (both
+/// families) and through the service, the outsider by pod IP; `capture` (on the
+/// path to the server) sees the outsider's reply in plaintext, the rest only as
+/// TLS.
+fn assert_tunnelled(clients: &Agent, scene: &Scene, capture: Capture) {
+    let reply = scene.reply.as_str();
+    for addr in [scene.by_pod_ip, scene.by_pod_ip6, scene.by_vip] {
+        // The service's backends reach the dataplane shortly after the pod is ready.
+        eventually(format!("{addr} from the mesh"), READY_WITHIN, || {
+            let replies = connect_from(clients, &scene.client, addr, 3);
+            match replies.iter().all(|r| r == reply) {
+                true => Ok(()),
+                false => Err(format!("{replies:?}")),
+            }
+        });
+    }
+    // A client outside the mesh still reaches the server, in plaintext
+    // (permissive mode): its reply, last, is the capture's sentinel.
+    assert_eq!(
+        connect_from(clients, &scene.outsider, scene.by_pod_ip, 1),
+        [reply]
+    );
+    let segments = capture.flush_through(reply.as_bytes());
+    assert_eq!(
+        carrying(&segments, SERVER_PORT, reply),
+        1,
+        "only the client outside the mesh may be seen in plaintext"
+    );
+    let tunnel = stream_of(&segments, HBONE_PORT);
+    assert!(!tunnel.is_empty(), "nothing crossed on {HBONE_PORT}");
+    assert!(
+        !contains(&tunnel, reply.as_bytes()),
+        "the reply crossed the tunnel in plaintext"
+    );
+    // TLS records: a handshake (ClientHello) opens the tunnel.
+    assert!(
+        contains(&tunnel, &[0x16, 0x03, 0x01]) || contains(&tunnel, &[0x16, 0x03, 0x03]),
+        "no TLS handshake on {HBONE_PORT}"
+    );
+}
+
+#[test]
+fn enrolled_pods_talk_mtls_and_others_plaintext_on_one_node() {
+    let mut agent = Agent::start_node(&[]);
+    let scene = deploy(&agent, NODE_NAME, NODE_NAME, "permissive");
+    let mesh = &scene.mesh;
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
+    let veth = skiff_cni::wiring::host_veth_name(uid(&scene.server), "eth0");
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    assert_tunnelled(
+        &agent,
+        &scene,
+        Capture::start(node.command("tcpdump"), &veth, "tcp"),
+    );
+
+    // Through an agent restart, traffic outside the mesh keeps flowing, and the
+    // mesh's comes back.
+    agent = agent.kill_and_restart();
+    let reply = scene.reply.as_str();
+    assert_eq!(
+        connect_from(&agent, &scene.outsider, scene.by_pod_ip, 1),
+        [reply]
+    );
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
+    eventually("the mesh after a restart", READY_WITHIN, || {
+        let replies = connect_from(&agent, &scene.client, scene.by_vip, 2);
+        match replies.iter().all(|r| r == reply) {
+            true => Ok(()),
+            false => Err(format!("{replies:?}")),
+        }
+    });
+
+    // A namespace that leaves the mesh has its pods' traffic left alone: the
+    // client's connection is plaintext on the server's veth again.
+    agent.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: {mesh}}}\n"
+    ));
+    wait_logged(
+        &mut agent,
+        &format!("mesh: no longer serving pod {mesh}/client"),
+    );
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    let capture = Capture::start(node.command("tcpdump"), &veth, "tcp");
+    assert_eq!(
+        connect_from(&agent, &scene.client, scene.by_pod_ip, 1),
+        [reply]
+    );
+    let segments = capture.flush_through(reply.as_bytes());
+    assert_eq!(carrying(&segments, SERVER_PORT, reply), 1);
+    assert!(stream_of(&segments, HBONE_PORT).is_empty());
+}
+
+#[test]
+fn enrolled_pods_on_two_nodes_talk_mtls_across_the_lan() {
+    let mut cluster = Cluster::start(2, &[]);
+    let scene = deploy(cluster.node(1), &node_name(2), &node_name(1), "permissive");
+    let mesh = &scene.mesh;
+    wait_logged(
+        cluster.node_mut(2),
+        &format!("mesh: serving pod {mesh}/server"),
+    );
+    wait_logged(
+        cluster.node_mut(1),
+        &format!("mesh: serving pod {mesh}/client"),
+    );
+    let capture = Capture::start(cluster.lan().command("tcpdump"), LAN_BRIDGE, "tcp");
+    assert_tunnelled(cluster.node(1), &scene, capture);
+}
+
+#[test]
+fn strict_mode_refuses_plaintext_from_outside_the_mesh() {
+    let mut agent = Agent::start_node(&[]);
+    let scene = deploy(&agent, NODE_NAME, NODE_NAME, "strict");
+    let mesh = &scene.mesh;
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
+    let reply = scene.reply.as_str();
+    // Through the mesh, the server answers.
+    eventually("the server through the mesh", READY_WITHIN, || {
+        let replies = connect_from(&agent, &scene.client, scene.by_pod_ip, 2);
+        match replies.iter().all(|r| r == reply) {
+            true => Ok(()),
+            false => Err(format!("{replies:?}")),
+        }
+    });
+    // From outside the mesh, the connection is never answered.
+    let outsider = agent.cgroup.command_at(
+        &netns_of(&scene.outsider),
+        workspace_bin("skiff-test-client"),
+    );
+    assert_eq!(
+        client_output_within(outsider, scene.by_pod_ip, 1, Some(REFUSED_AFTER)),
+        ["error timeout"]
+    );
+    // The node itself (its probes) still reaches the pod.
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    assert_eq!(
+        client_output(
+            node.command(workspace_bin("skiff-test-client")),
+            scene.by_pod_ip,
+            1
+        ),
+        [reply]
+    );
+}
