@@ -241,6 +241,8 @@ pub async fn run(config: Config) -> Result<(), Error> {
     // What keeps pods NotReady besides their containers: the mesh, for pods it
     // cannot serve.
     let holds = Arc::new(crate::runtime::holds::ReadinessHolds::default());
+    let mesh_metrics = crate::mesh::MeshMetrics::default();
+    mesh_metrics.register(&mut metrics);
     let (stop_mesh, mesh_stopped) = tokio::sync::oneshot::channel::<()>();
     let mesh = mesh_maps.map(|maps| {
         tokio::spawn(crate::mesh::node::run(
@@ -257,7 +259,7 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 dataplane: dataplane.clone(),
             },
             mesh_pod_feed,
-            crate::mesh::node::allow_all(),
+            mesh_metrics,
             async {
                 let _ = mesh_stopped.await;
             },

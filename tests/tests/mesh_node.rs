@@ -357,3 +357,104 @@ fn strict_mode_refuses_plaintext_from_outside_the_mesh() {
         [reply]
     );
 }
+
+/// The value of the metric `name` whose labels include every one of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| line.starts_with(&format!("{name}{{")))
+        .find(|line| {
+            labels
+                .iter()
+                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
+        })
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[test]
+fn an_authorization_policy_admits_only_the_identities_it_names() {
+    let mut agent = Agent::start_node(&[]);
+    let scene = deploy(&agent, NODE_NAME, NODE_NAME, "permissive");
+    let mesh = &scene.mesh;
+    agent.apply(&format!(
+        r#"
+apiVersion: v1
+kind: ServiceAccount
+metadata: {{name: trusted, namespace: {mesh}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: trusted, namespace: {mesh}}}
+spec:
+  nodeName: {NODE_NAME}
+  serviceAccountName: trusted
+  terminationGracePeriodSeconds: 1
+  containers: [{{name: main, image: busybox:1.36, command: [sleep, "3600"]}}]
+---
+apiVersion: mesh.skiff.io/v1
+kind: AuthorizationPolicy
+metadata: {{name: only-trusted, namespace: {mesh}}}
+spec:
+  selector: {{matchLabels: {{app: server}}}}
+  action: ALLOW
+  rules:
+  - from: [{{source: {{principals: ["spiffe://cluster.local/ns/{mesh}/sa/trusted"]}}}}]
+"#
+    ));
+    let trusted = ready_pod(&agent, mesh, "trusted");
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/server"));
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/trusted"));
+    wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
+    let reply = scene.reply.as_str();
+
+    // The client runs as `default`, which the policy does not name.
+    let refused = connect_from(&agent, &scene.client, scene.by_pod_ip, 1);
+    assert_ne!(refused, [reply], "a denied identity got through");
+    wait_logged(
+        &mut agent,
+        &format!("mesh: denied spiffe://cluster.local/ns/{mesh}/sa/default to {mesh}/server"),
+    );
+    // The named identity gets through, three times.
+    assert_eq!(
+        connect_from(&agent, &trusted, scene.by_pod_ip, 3),
+        [reply, reply, reply]
+    );
+
+    // The metrics count exactly that: one denial of the default account, three
+    // tunnelled connections from `trusted` to `server` with their replies' bytes.
+    let to_server = [
+        ("source_namespace", mesh.as_str()),
+        ("destination_namespace", mesh.as_str()),
+        ("destination_workload", "server"),
+    ];
+    let denials = metric(
+        &agent.metrics(),
+        "skiff_mesh_authorization_denials_total",
+        &[to_server[1], to_server[2]],
+    );
+    assert_eq!(denials, Some(1.0));
+    let from_trusted = [
+        to_server[0],
+        ("source_workload", "trusted"),
+        to_server[1],
+        to_server[2],
+    ];
+    eventually("the tunnelled connections closed", READY_WITHIN, || {
+        let text = agent.metrics();
+        let counts = [
+            "skiff_mesh_tcp_connections_opened_total",
+            "skiff_mesh_tcp_connections_closed_total",
+        ]
+        .map(|name| metric(&text, name, &from_trusted));
+        match counts == [Some(3.0), Some(3.0)] {
+            true => Ok(()),
+            false => Err(format!("opened, closed: {counts:?}")),
+        }
+    });
+    let received = metric(
+        &agent.metrics(),
+        "skiff_mesh_tcp_received_bytes_total",
+        &from_trusted,
+    );
+    // Each reply is the server's line, with its newline.
+    assert_eq!(received, Some(3.0 * (reply.len() + 1) as f64));
+}

@@ -38,12 +38,14 @@ use tokio::task::JoinSet;
 use super::ca::{CaError, Certificates};
 use super::hbone::{Authorize, Dialer, HBONE_PORT, HboneClient, HboneError, HboneServer};
 use super::identity::Identity;
+use super::metrics::{MeshMetrics, TrafficLabels, Workload as MetricsWorkload};
 use super::netns::{NetnsError, PodNetns};
+use super::policy;
 use super::view::{Enrolment, MeshView, PodEntry, Workload};
 use crate::api::registry::typed::{cast, list_all, watch_all};
-use crate::api::registry::{ApiError, EventType, Registry};
+use crate::api::registry::{ApiError, EventType, ObjectRef, Registry, WatchEvent, WatchStream};
 use crate::dataplane::{Dataplane, MeshMaps};
-use crate::model::{Kind, Namespace};
+use crate::model::{AuthorizationPolicy, Kind, Namespace, Object};
 use crate::runtime::cni::host_device;
 use crate::runtime::holds::{Hold, ReadinessHolds};
 use crate::runtime::paths::Paths;
@@ -105,7 +107,9 @@ struct Shared {
     /// Where strict mode's program is attached to pods' links.
     dataplane: Arc<Mutex<Dataplane>>,
     certificates: Arc<Certificates>,
-    authorize: Authorize,
+    /// Every AuthorizationPolicy of the cluster.
+    policies: ArcSwap<Vec<AuthorizationPolicy>>,
+    metrics: MeshMetrics,
 }
 
 impl Shared {
@@ -118,6 +122,40 @@ impl Shared {
     fn dataplane(&self) -> std::sync::MutexGuard<'_, Dataplane> {
         // As above: each dataplane call is complete on its own.
         self.dataplane.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `destination`'s AuthorizationPolicies let `source` reach its `port`;
+    /// a denial is logged and counted.
+    fn allows(&self, destination: &Workload, source: &Identity, port: u16) -> bool {
+        let policies = self.policies.load();
+        let pod = &destination.pod;
+        let decision = policy::decide(
+            policy::policies_for(&policies, &pod.namespace, &pod.labels),
+            &policy::Request {
+                source: Some(source),
+                destination_port: port,
+                http: None,
+            },
+        );
+        if !decision.allowed {
+            let by = decision.policy.unwrap_or_default();
+            info!(
+                "mesh: denied {source} to {}/{} port {port} ({})",
+                pod.namespace,
+                pod.name,
+                match by.as_str() {
+                    "" => "no ALLOW policy matched",
+                    deny => deny,
+                }
+            );
+            let from = MetricsWorkload {
+                namespace: source.namespace.clone(),
+                name: String::new(),
+            };
+            let labels = TrafficLabels::new(&from, &pod.metrics_workload(), "");
+            self.metrics.denied(&labels, &by);
+        }
+        decision.allowed
     }
 }
 
@@ -139,7 +177,7 @@ pub async fn run(
     certificates: Arc<Certificates>,
     kernel: Kernel,
     mut pods: PodFeed,
-    authorize: Authorize,
+    metrics: MeshMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
     let Kernel {
@@ -154,53 +192,56 @@ pub async fn run(
         maps: Mutex::new(maps),
         dataplane,
         certificates,
-        authorize,
+        policies: ArcSwap::default(),
+        metrics,
     });
     let mut served: HashMap<String, ServedPod> = HashMap::new();
     let mut retry = tokio::time::interval(RETRY);
     let mut feed_open = true;
     tokio::pin!(shutdown);
     'relist: loop {
-        let (listed, version) = match list_all::<Namespace>(&registry, Kind::Namespace).await {
-            Ok(listed) => listed,
+        let mut followed = match list_and_watch(&registry).await {
+            Ok(followed) => followed,
             Err(error) => {
-                warn!("mesh: listing namespaces: {error}; trying again");
+                warn!("mesh: following namespaces and policies: {error}; trying again");
                 tokio::select! {
                     _ = &mut shutdown => break 'relist,
                     _ = tokio::time::sleep(RETRY) => continue 'relist,
                 }
             }
         };
-        let mut namespaces: BTreeMap<String, Enrolment> = listed
-            .iter()
-            .map(|ns| (ns.metadata.name.clone(), Enrolment::of(ns)))
-            .collect();
-        let mut events = match watch_all(&registry, Kind::Namespace, &version).await {
-            Ok(events) => events,
-            Err(error) => {
-                warn!("mesh: watching namespaces: {error}; listing again");
-                continue 'relist;
-            }
-        };
         loop {
+            shared
+                .policies
+                .store(Arc::new(followed.policies.values().cloned().collect()));
+            let enrolments: BTreeMap<String, Enrolment> = followed
+                .namespaces
+                .values()
+                .map(|ns| (ns.metadata.name.clone(), Enrolment::of(ns)))
+                .collect();
             let pod_entries = pods.borrow_and_update().clone();
-            let view = MeshView::build(&settings.trust_domain, &namespaces, &pod_entries);
+            let view = MeshView::build(&settings.trust_domain, &enrolments, &pod_entries);
             shared.view.store(Arc::new(view));
             reconcile(&settings, &shared, &mut served).await;
-            tokio::select! {
+            let watched = tokio::select! {
                 _ = &mut shutdown => break 'relist,
                 // The feed's sender goes with the cluster DNS, at shutdown: then
                 // pods change no more.
-                changed = pods.changed(), if feed_open => feed_open = changed.is_ok(),
-                event = events.next() => match namespace_changed(&mut namespaces, event) {
-                    Ok(true) => {}
-                    Ok(false) => continue 'relist,
-                    Err(error) => {
-                        warn!("mesh: namespace watch ended ({error}); listing again");
-                        continue 'relist;
-                    }
-                },
-                _ = retry.tick() => {}
+                changed = pods.changed(), if feed_open => {
+                    feed_open = changed.is_ok();
+                    Ok(true)
+                }
+                event = followed.namespace_events.next() => apply(&mut followed.namespaces, event),
+                event = followed.policy_events.next() => apply(&mut followed.policies, event),
+                _ = retry.tick() => Ok(true),
+            };
+            match watched {
+                Ok(true) => {}
+                Ok(false) => continue 'relist,
+                Err(error) => {
+                    warn!("mesh: a watch ended ({error}); listing again");
+                    continue 'relist;
+                }
             }
         }
     }
@@ -212,22 +253,54 @@ pub async fn run(
     }
 }
 
-/// Applies one namespace event; false when the watch ended.
-fn namespace_changed(
-    namespaces: &mut BTreeMap<String, Enrolment>,
-    event: Option<Result<crate::api::registry::WatchEvent, ApiError>>,
+/// What the proxy follows besides pods, by namespace/name, with their watches.
+struct Followed {
+    namespaces: BTreeMap<String, Namespace>,
+    namespace_events: WatchStream,
+    policies: BTreeMap<String, AuthorizationPolicy>,
+    policy_events: WatchStream,
+}
+
+async fn list_and_watch(registry: &Registry) -> Result<Followed, ApiError> {
+    let (namespaces, namespace_version) = list_all::<Object>(registry, Kind::Namespace).await?;
+    let (policies, policy_version) =
+        list_all::<Object>(registry, Kind::AuthorizationPolicy).await?;
+    Ok(Followed {
+        namespaces: keyed(namespaces),
+        namespace_events: watch_all(registry, Kind::Namespace, &namespace_version).await?,
+        policies: keyed(policies),
+        policy_events: watch_all(registry, Kind::AuthorizationPolicy, &policy_version).await?,
+    })
+}
+
+/// The objects of `T`'s kind among `objects`, by namespace/name.
+fn keyed<T: TryFrom<Object>>(objects: Vec<Object>) -> BTreeMap<String, T> {
+    objects
+        .into_iter()
+        .filter_map(|o| {
+            let key = ObjectRef::of(&o).key();
+            Some((key, T::try_from(o).ok()?))
+        })
+        .collect()
+}
+
+/// Applies one watch event to `objects`; false when the watch ended.
+fn apply<T: TryFrom<Object>>(
+    objects: &mut BTreeMap<String, T>,
+    event: Option<Result<WatchEvent, ApiError>>,
 ) -> Result<bool, ApiError> {
     let Some(event) = event.transpose()? else {
         return Ok(false);
     };
-    if let Some(namespace) = cast::<Namespace>(&event.object) {
-        let name = namespace.metadata.name.clone();
-        match event.event_type {
-            EventType::Deleted => namespaces.remove(&name),
-            EventType::Added | EventType::Modified => {
-                namespaces.insert(name, Enrolment::of(&namespace))
-            }
-        };
+    let key = ObjectRef::of(&event.object).key();
+    match (event.event_type, cast::<T>(&event.object)) {
+        (EventType::Deleted, _) => {
+            objects.remove(&key);
+        }
+        (EventType::Added | EventType::Modified, Some(object)) => {
+            objects.insert(key, object);
+        }
+        (EventType::Added | EventType::Modified, None) => {}
     }
     Ok(true)
 }
@@ -348,11 +421,13 @@ async fn start(
         })
     };
     // Streams may only be for this pod: the tunnel is not a way into its network.
-    let own_ips = workload.pod.ips.clone();
-    let policy = shared.authorize.clone();
-    let authorize: Authorize = Arc::new(move |source: &Identity, destination: SocketAddr| {
-        own_ips.contains(&destination.ip()) && policy(source, destination)
-    });
+    let authorize: Authorize = {
+        let (shared, workload) = (shared.clone(), workload.clone());
+        Arc::new(move |source: &Identity, destination: SocketAddr| {
+            workload.pod.ips.contains(&destination.ip())
+                && shared.allows(&workload, source, destination.port())
+        })
+    };
     let server = HboneServer::new(
         inbound,
         shared.certificates.clone(),
@@ -363,6 +438,7 @@ async fn start(
     let outbound = Arc::new(Outbound {
         shared: shared.clone(),
         netns: netns.clone(),
+        source: workload.pod.metrics_workload(),
         identity,
         client: HboneClient::with_dialer(shared.certificates.clone(), dialer),
     });
@@ -405,6 +481,8 @@ struct Outbound {
     netns: Arc<PodNetns>,
     /// The pod's identity: what it presents to peers.
     identity: Identity,
+    /// The pod's workload, as the metrics name it.
+    source: MetricsWorkload,
     client: HboneClient,
 }
 
@@ -440,19 +518,28 @@ impl Outbound {
             .map_err(ProxyError::Maps)?
             .ok_or(ProxyError::NoOriginalDestination { peer })?;
         let view = self.shared.view.load();
+        // Metrics count the mesh's own traffic: connections it carries in a tunnel.
         let meshed = view
             .workload(destination.ip())
             .filter(|w| w.enrolment.enrolled)
-            .map(|w| w.identity.clone());
+            .map(|w| {
+                let labels = TrafficLabels::new(&self.source, &w.pod.metrics_workload(), "");
+                (w.identity.clone(), labels)
+            });
         drop(view);
         let copied = match meshed {
-            Some(peer_identity) => {
+            Some((peer_identity, labels)) => {
                 let proxy = SocketAddr::new(destination.ip(), HBONE_PORT);
                 let mut tunnel = self
                     .client
                     .connect(&self.identity, proxy, &peer_identity, destination)
                     .await?;
-                tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await
+                let metrics = &self.shared.metrics;
+                metrics.tcp_opened(&labels);
+                let copied = tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await;
+                let (sent, received) = copied.as_ref().map_or((0, 0), |bytes| *bytes);
+                metrics.tcp_closed(&labels, sent, received);
+                copied
             }
             None => {
                 let mut upstream = self.netns.connect(destination).await.map_err(|source| {
@@ -469,10 +556,4 @@ impl Outbound {
         }
         Ok(())
     }
-}
-
-/// The authorization until policies exist: every identity the CA vouches for may
-/// reach every enrolled pod.
-pub fn allow_all() -> Authorize {
-    Arc::new(|_: &Identity, _: SocketAddr| true)
 }

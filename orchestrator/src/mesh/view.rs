@@ -11,6 +11,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use super::identity::Identity;
+use super::metrics::Workload as MetricsWorkload;
+use crate::controllers::rollout::TEMPLATE_HASH_LABEL;
 use crate::model::{DEFAULT_SERVICE_ACCOUNT, Namespace, Pod, PodPhase};
 
 /// The namespace label that enrols its pods in the mesh, and its value.
@@ -29,6 +31,11 @@ pub struct PodEntry {
     pub node: Option<String>,
     pub service_account: String,
     pub ips: Vec<IpAddr>,
+    /// What AuthorizationPolicy selectors match.
+    pub labels: BTreeMap<String, String>,
+    /// The workload the metrics name: the owning controller (a Deployment rather
+    /// than its ReplicaSet), else the pod.
+    pub workload: String,
 }
 
 impl PodEntry {
@@ -62,7 +69,40 @@ impl PodEntry {
                 .clone()
                 .unwrap_or_else(|| DEFAULT_SERVICE_ACCOUNT.into()),
             ips,
+            labels: pod.metadata.labels.clone(),
+            workload: workload_name(pod),
         })
+    }
+
+    /// The pod's workload as the mesh's metrics label it.
+    pub fn metrics_workload(&self) -> MetricsWorkload {
+        MetricsWorkload {
+            namespace: self.namespace.clone(),
+            name: self.workload.clone(),
+        }
+    }
+}
+
+/// The name of what runs `pod`: its controller's, through a ReplicaSet to the
+/// Deployment that made it (whose names add the pod template's hash).
+fn workload_name(pod: &Pod) -> String {
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .find(|o| o.controller == Some(true))
+    else {
+        return pod.metadata.name.clone();
+    };
+    let hash = pod.metadata.labels.get(TEMPLATE_HASH_LABEL);
+    match (owner.kind.as_str(), hash) {
+        ("ReplicaSet", Some(hash)) => owner
+            .name
+            .strip_suffix(hash.as_str())
+            .and_then(|n| n.strip_suffix('-'))
+            .unwrap_or(&owner.name)
+            .to_string(),
+        _ => owner.name.clone(),
     }
 }
 
@@ -154,6 +194,31 @@ mod tests {
     }
 
     #[test]
+    fn a_pods_workload_is_its_deployment_its_controller_or_itself() {
+        let status = "status: {phase: Running, podIPs: [{ip: 10.244.0.7}]}";
+        let workload = |metadata: &str| {
+            let yaml = format!(
+                "metadata: {{name: web-5d8f7-x2k9p, uid: u1, {metadata}}}\nspec: {{containers: []}}\n{status}"
+            );
+            PodEntry::from_pod(&pod(&yaml)).expect("entry").workload
+        };
+        let owned = |kind: &str, name: &str| {
+            format!(
+                "ownerReferences: [{{apiVersion: apps/v1, kind: {kind}, name: {name}, uid: o1, controller: true}}]"
+            )
+        };
+        let from_deployment = format!(
+            "labels: {{pod-template-hash: 5d8f7}}, {}",
+            owned("ReplicaSet", "web-5d8f7")
+        );
+        assert_eq!(workload(&from_deployment), "web");
+        // A ReplicaSet of its own keeps its name.
+        assert_eq!(workload(&owned("ReplicaSet", "web-5d8f7")), "web-5d8f7");
+        assert_eq!(workload(&owned("Job", "nightly")), "nightly");
+        assert_eq!(workload("labels: {app: web}"), "web-5d8f7-x2k9p");
+    }
+
+    #[test]
     fn a_pod_with_addresses_is_an_entry_with_its_service_account() {
         let running = pod(
             "metadata: {name: web, namespace: shop, uid: u1}\nspec: {nodeName: n1, serviceAccountName: front, containers: []}\nstatus: {phase: Running, podIPs: [{ip: 10.244.0.7}, {ip: 'fd00:10:244::7'}]}",
@@ -215,6 +280,8 @@ mod tests {
             node: Some(node.into()),
             service_account: "default".into(),
             ips: vec![ip.parse().expect("ip")],
+            labels: BTreeMap::new(),
+            workload: uid.into(),
         };
         let pods = [
             entry("a", "shop", "n1", "10.244.0.7"),
