@@ -27,7 +27,6 @@ use crate::api::registry::{ApiError, Registry};
 use crate::api::server::{self, ServerConfig, ServerError, TlsListener};
 use crate::image::ImageStore;
 use crate::mesh::ca::{Ca, CaError, CaMaterial, Certificates, DEFAULT_TTL, system_clock};
-use crate::mesh::view::PodEntry;
 use crate::runtime::{self, node::NodeConfig};
 use crate::store::embedded::EmbeddedStore;
 use crate::store::etcd::{EtcdConfig, EtcdStore};
@@ -218,24 +217,12 @@ pub async fn run(config: Config) -> Result<(), Error> {
         warn!("listing the node's addresses for NodePort services: {e}");
         Vec::new()
     });
-    // The mesh's workloads come from the cluster DNS's pod watch.
-    let (mesh_pods, mesh_pod_feed) = tokio::sync::watch::channel(Arc::new(Vec::new()));
     let cluster_dns = crate::dns::start(
         &config.dns,
         registry.clone(),
         &node_addresses,
         &node_config.identity.pod_cidrs,
         &mut metrics,
-        Some(Box::new(move |pods| {
-            let entries: Vec<PodEntry> = pods.values().filter_map(PodEntry::from_pod).collect();
-            mesh_pods.send_if_modified(move |current| {
-                if **current == entries {
-                    return false;
-                }
-                *current = Arc::new(entries);
-                true
-            });
-        })),
     )
     .await?;
     // What keeps pods NotReady besides their containers: the mesh, for pods it
@@ -258,7 +245,6 @@ pub async fn run(config: Config) -> Result<(), Error> {
                 maps,
                 dataplane: dataplane.clone(),
             },
-            mesh_pod_feed,
             mesh_metrics,
             async {
                 let _ = mesh_stopped.await;

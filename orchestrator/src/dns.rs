@@ -95,7 +95,6 @@ pub async fn start(
     node_addresses: &[IpAddr],
     pod_cidrs: &[IpNet],
     metrics: &mut prometheus_client::registry::Registry,
-    pod_observer: Option<sync::PodObserver>,
 ) -> Result<Running, Error> {
     let zone_name = hickory_proto::rr::Name::from_ascii(format!(
         "{}.",
@@ -106,10 +105,7 @@ pub async fn start(
         reason: e.to_string(),
     })?;
     let ttl = u32::try_from(config.ttl.as_secs()).unwrap_or(u32::MAX);
-    let mut zone = sync::Zone::new(zone_name, ttl);
-    if let Some(observer) = pod_observer {
-        zone = zone.observe_pods(observer);
-    }
+    let zone = sync::Zone::new(zone_name, ttl);
     let allowed: Vec<IpNet> = node_addresses
         .iter()
         .map(|ip| IpNet::from(*ip))

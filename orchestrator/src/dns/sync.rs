@@ -3,9 +3,6 @@
 //! then watched (as the dataplane's service sync does), and every burst of changes
 //! rebuilds the zone and swaps it in whole, so a reader sees one build or the next, never
 //! a mix. A watch that ends or fails is followed by a fresh list.
-//!
-//! The pods are shown to a [`PodObserver`] after each burst too (the mesh's view
-//! of workloads), so no other loop decodes every pod again.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,16 +18,12 @@ use crate::api::registry::typed::{cast, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, Registry, WatchEvent};
 use crate::model::{EndpointSlice, Kind, Object, ObjectMeta, Pod, Service};
 
-/// Shown every pod (by namespace and name) after each burst of changes.
-pub type PodObserver = Box<dyn FnMut(&BTreeMap<(String, String), Pod>) + Send>;
-
 /// The zone's parameters and where each build goes.
 pub struct Zone {
     pub name: Name,
     pub ttl: u32,
     pub current: Arc<ArcSwap<Records>>,
     builds: u32,
-    pod_observer: Option<PodObserver>,
 }
 
 impl Zone {
@@ -42,20 +35,10 @@ impl Zone {
             ttl,
             current: Arc::new(ArcSwap::from_pointee(empty)),
             builds: 0,
-            pod_observer: None,
         }
-    }
-
-    /// Shows the pods to `observer` after every build.
-    pub fn observe_pods(mut self, observer: PodObserver) -> Self {
-        self.pod_observer = Some(observer);
-        self
     }
 
     fn rebuild(&mut self, sources: &Sources) {
-        if let Some(observer) = &mut self.pod_observer {
-            observer(&sources.pods);
-        }
         self.builds = self.builds.wrapping_add(1);
         let records = Arc::new(Records::build(&self.name, self.ttl, self.builds, sources));
         debug!("cluster DNS: zone rebuilt with {} names", records.len());

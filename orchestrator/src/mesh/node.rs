@@ -28,11 +28,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use log::{debug, info, warn};
 use skiff_ebpf_common::mesh::MESH_OUTBOUND_PORT;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::ca::{CaError, Certificates};
@@ -45,7 +44,7 @@ use super::view::{Enrolment, MeshView, PodEntry, Workload};
 use crate::api::registry::typed::{cast, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, ObjectRef, Registry, WatchEvent, WatchStream};
 use crate::dataplane::{Dataplane, MeshMaps};
-use crate::model::{AuthorizationPolicy, Kind, Namespace, Object};
+use crate::model::{AuthorizationPolicy, Kind, Namespace, Object, Pod};
 use crate::runtime::cni::host_device;
 use crate::runtime::holds::{Hold, ReadinessHolds};
 use crate::runtime::paths::Paths;
@@ -78,9 +77,6 @@ pub enum ProxyError {
         source: io::Error,
     },
 }
-
-/// The pods' workload entries, as the cluster DNS's pod watch publishes them.
-pub type PodFeed = watch::Receiver<Arc<Vec<PodEntry>>>;
 
 /// What the node proxy needs to know of its node.
 pub struct Settings {
@@ -176,7 +172,6 @@ pub async fn run(
     registry: Registry,
     certificates: Arc<Certificates>,
     kernel: Kernel,
-    mut pods: PodFeed,
     metrics: MeshMetrics,
     shutdown: impl Future<Output = ()>,
 ) {
@@ -197,13 +192,12 @@ pub async fn run(
     });
     let mut served: HashMap<String, ServedPod> = HashMap::new();
     let mut retry = tokio::time::interval(RETRY);
-    let mut feed_open = true;
     tokio::pin!(shutdown);
     'relist: loop {
         let mut followed = match list_and_watch(&registry).await {
             Ok(followed) => followed,
             Err(error) => {
-                warn!("mesh: following namespaces and policies: {error}; trying again");
+                warn!("mesh: following pods, namespaces and policies: {error}; trying again");
                 tokio::select! {
                     _ = &mut shutdown => break 'relist,
                     _ = tokio::time::sleep(RETRY) => continue 'relist,
@@ -219,17 +213,25 @@ pub async fn run(
                 .values()
                 .map(|ns| (ns.metadata.name.clone(), Enrolment::of(ns)))
                 .collect();
-            let pod_entries = pods.borrow_and_update().clone();
+            let pod_entries: Vec<PodEntry> = followed
+                .pods
+                .values()
+                .filter_map(PodEntry::from_pod)
+                .collect();
             let view = MeshView::build(&settings.trust_domain, &enrolments, &pod_entries);
             shared.view.store(Arc::new(view));
             reconcile(&settings, &shared, &mut served).await;
             let watched = tokio::select! {
                 _ = &mut shutdown => break 'relist,
-                // The feed's sender goes with the cluster DNS, at shutdown: then
-                // pods change no more.
-                changed = pods.changed(), if feed_open => {
-                    feed_open = changed.is_ok();
-                    Ok(true)
+                event = followed.pod_events.next() => {
+                    // A burst of pod changes (a rollout, a node lost) makes one view.
+                    let mut applied = apply(&mut followed.pods, event);
+                    while let (Ok(true), Some(event)) =
+                        (&applied, followed.pod_events.next().now_or_never())
+                    {
+                        applied = apply(&mut followed.pods, event);
+                    }
+                    applied
                 }
                 event = followed.namespace_events.next() => apply(&mut followed.namespaces, event),
                 event = followed.policy_events.next() => apply(&mut followed.policies, event),
@@ -253,8 +255,10 @@ pub async fn run(
     }
 }
 
-/// What the proxy follows besides pods, by namespace/name, with their watches.
+/// What the proxy follows, by namespace/name, with their watches.
 struct Followed {
+    pods: BTreeMap<String, Pod>,
+    pod_events: WatchStream,
     namespaces: BTreeMap<String, Namespace>,
     namespace_events: WatchStream,
     policies: BTreeMap<String, AuthorizationPolicy>,
@@ -262,10 +266,13 @@ struct Followed {
 }
 
 async fn list_and_watch(registry: &Registry) -> Result<Followed, ApiError> {
+    let (pods, pod_version) = list_all::<Object>(registry, Kind::Pod).await?;
     let (namespaces, namespace_version) = list_all::<Object>(registry, Kind::Namespace).await?;
     let (policies, policy_version) =
         list_all::<Object>(registry, Kind::AuthorizationPolicy).await?;
     Ok(Followed {
+        pods: keyed(pods),
+        pod_events: watch_all(registry, Kind::Pod, &pod_version).await?,
         namespaces: keyed(namespaces),
         namespace_events: watch_all(registry, Kind::Namespace, &namespace_version).await?,
         policies: keyed(policies),

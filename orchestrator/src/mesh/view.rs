@@ -2,9 +2,9 @@
 //! pod's identity and whether its namespace is enrolled (label
 //! `skiff.io/mesh: enabled`) and strict (`skiff.io/mesh-mode: strict`).
 //!
-//! Pods arrive as [`PodEntry`]s (the few fields the mesh needs, taken from the
-//! cluster DNS's pod watch, so pods are not decoded twice), namespaces from the
-//! node proxy's own watch; [`MeshView::build`] joins them.
+//! Pods become [`PodEntry`]s (the few fields the mesh needs) and namespaces
+//! [`Enrolment`]s, both from the node proxy's watches; [`MeshView::build`] joins
+//! them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
