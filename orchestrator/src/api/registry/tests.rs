@@ -844,6 +844,45 @@ async fn binding_sets_the_node_once_and_clears_the_nomination() {
 }
 
 /// A pod with `spec` fields besides its one container.
+#[tokio::test]
+async fn binding_from_a_stale_watch_cache_still_binds_once() {
+    let f = fixture().await;
+    // A pod watch starts the pods' watch cache, which bindings start from.
+    let now = f.store.revision().await.unwrap().to_string();
+    let _watch = f
+        .registry
+        .watch(
+            Kind::Pod,
+            None,
+            Selector::everything(),
+            FieldSelector::everything(),
+            &now,
+        )
+        .await
+        .unwrap();
+    let mut uids = Vec::new();
+    for name in ["a", "b", "c"] {
+        let created = apply_one(&f.registry, pod(name, None)).await;
+        uids.push(
+            created.object["metadata"]["uid"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    for (name, uid) in ["a", "b", "c"].iter().zip(&uids) {
+        let at = reference(Kind::Pod, name);
+        f.registry.bind(&at, Some(uid), "node-1").await.unwrap();
+        // At once, while the cache may still hold the unbound pod.
+        let again = f.registry.bind(&at, Some(uid), "node-2").await.unwrap_err();
+        assert!(matches!(again, ApiError::AlreadyBound { .. }), "{again}");
+        assert_eq!(
+            f.registry.get(&at).await.unwrap()["spec"]["nodeName"],
+            "node-1"
+        );
+    }
+}
+
 fn pod_with(name: &str, spec: Value) -> Value {
     let mut spec = spec;
     spec["containers"] = json!([{"name": "c", "image": "busybox:1.36"}]);

@@ -107,6 +107,18 @@ impl WatchCache {
         Some(Subscription { missed, live })
     }
 
+    /// The object at store key `key` as the cache last saw it, when the kind's
+    /// cache follows the store. It may be a moment behind: a write based on it
+    /// must compare its revision.
+    pub fn get(&self, kind: Kind, key: &str) -> Option<Arc<Object>> {
+        let cache = lock(&self.kinds).get(&kind)?.clone();
+        if *cache.following.borrow() != Following::Yes {
+            return None;
+        }
+        let state = lock(&cache.state);
+        state.objects.get(key).cloned()
+    }
+
     fn kind(&self, kind: Kind) -> Arc<KindCache> {
         let mut kinds = lock(&self.kinds);
         if let Some(cache) = kinds.get(&kind) {
