@@ -10,6 +10,7 @@
 //! fails is forgotten and the pod waits again.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -20,7 +21,7 @@ use super::decide::{Decision, decide};
 use super::queue::Queue;
 use super::snapshot::{NodeSpecifics, PlacedPod, PodKey, Snapshot, holds_room};
 use super::{Error, Scoring};
-use crate::api::registry::typed::{cast, list_all, watch_all};
+use crate::api::registry::typed::{list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, ObjectRef, Propagation, Registry, now};
 use crate::model::{
     Condition, ConditionStatus, Kind, Node, Object, Pod, PodPhase, PodSpec, PreemptionPolicy,
@@ -72,7 +73,8 @@ struct Scheduler {
     scoring: Scoring,
     snapshot: Snapshot,
     /// Unbound pods, as last seen.
-    pending: HashMap<PodKey, Pod>,
+    // Shared with the decisions' background writes: a decision copies no pod.
+    pending: HashMap<PodKey, Arc<Pod>>,
     queue: Queue,
     writes: JoinSet<Written>,
 }
@@ -98,7 +100,7 @@ async fn follow(registry: &Registry, scoring: Scoring) -> Result<(), Error> {
             .snapshot
             .set_node(&node.metadata.name, NodeSpecifics::of(node));
     }
-    for pod in pods {
+    for pod in &pods {
         scheduler.pod_changed(EventType::Added, pod);
     }
     info!(
@@ -116,22 +118,22 @@ async fn follow(registry: &Registry, scoring: Scoring) -> Result<(), Error> {
         tokio::select! {
             biased;
             event = pod_events.next() => match event {
-                Some(Ok(event)) => if let Some(pod) = cast::<Pod>(&event.object) {
+                Some(Ok(event)) => if let Object::Pod(pod) = &*event.object {
                     scheduler.pod_changed(event.event_type, pod);
                 },
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
             event = node_events.next() => match event {
-                Some(Ok(event)) => if let Some(node) = cast::<Node>(&event.object) {
-                    scheduler.node_changed(event.event_type, &node);
+                Some(Ok(event)) => if let Object::Node(node) = &*event.object {
+                    scheduler.node_changed(event.event_type, node);
                 },
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
             },
             event = class_events.next() => match event {
-                Some(Ok(event)) => if let Some(class) = cast::<PriorityClass>(&event.object) {
-                    scheduler.class_changed(event.event_type, &class);
+                Some(Ok(event)) => if let Object::PriorityClass(class) = &*event.object {
+                    scheduler.class_changed(event.event_type, class);
                 },
                 Some(Err(e)) => return Err(e.into()),
                 None => return Ok(()),
@@ -160,7 +162,7 @@ impl Scheduler {
         ))
     }
 
-    fn pod_changed(&mut self, event: EventType, pod: Pod) {
+    fn pod_changed(&mut self, event: EventType, pod: &Pod) {
         let key = PodKey::of(&pod);
         let (priority, _) = self.priority(&pod.spec);
         if event == EventType::Deleted {
@@ -173,10 +175,10 @@ impl Scheduler {
         if pod.spec.node_name.as_deref().is_some_and(|n| !n.is_empty()) {
             self.pending.remove(&key);
             self.queue.remove(&key);
-            match (holds_room(&pod), pod.spec.node_name.as_deref()) {
+            match (holds_room(pod), pod.spec.node_name.as_deref()) {
                 (true, Some(node)) => {
                     let node = node.to_string();
-                    self.snapshot.place(&node, PlacedPod::new(&pod, priority));
+                    self.snapshot.place(&node, PlacedPod::new(pod, priority));
                 }
                 // Finished: its room is free.
                 _ => self.free(&key),
@@ -190,7 +192,7 @@ impl Scheduler {
         }
         // A nomination from before a restart still holds the room.
         if let Some(node) = &pod.status.nominated_node_name {
-            self.snapshot.nominate(node, PlacedPod::new(&pod, priority));
+            self.snapshot.nominate(node, PlacedPod::new(pod, priority));
         }
         // A status change (our own PodScheduled condition, say) changes nothing a
         // decision reads; only a new pod or a new spec or labels gets a new decision.
@@ -201,7 +203,7 @@ impl Scheduler {
         if relevant {
             self.queue.push(key.clone(), priority);
         }
-        self.pending.insert(key, pod);
+        self.pending.insert(key, Arc::new(pod.clone()));
     }
 
     /// A placed pod went away: the room it held may let waiting pods in.
@@ -260,7 +262,8 @@ impl Scheduler {
                     .nominate(&node, PlacedPod::new(&pod, priority));
                 self.queue.park(key.clone(), priority);
                 let registry = self.registry.clone();
-                self.writes.spawn(preempt(registry, pod, node, victims));
+                self.writes
+                    .spawn(preempt(registry, Pod::clone(&pod), node, victims));
             }
             Decision::Unschedulable { message } => {
                 self.queue.park(key.clone(), priority);
