@@ -163,7 +163,7 @@ impl Scheduler {
     }
 
     fn pod_changed(&mut self, event: EventType, pod: &Pod) {
-        let key = PodKey::of(&pod);
+        let key = PodKey::of(pod);
         let (priority, _) = self.priority(&pod.spec);
         if event == EventType::Deleted {
             self.pending.remove(&key);
