@@ -140,7 +140,14 @@ impl From<EtcdError> for StoreError {
 fn is_connection_failure(error: &etcd_client::Error) -> bool {
     match error {
         etcd_client::Error::TransportError(_) | etcd_client::Error::IoError(_) => true,
-        etcd_client::Error::GRpcStatus(status) => status.code() == tonic::Code::Unavailable,
+        etcd_client::Error::GRpcStatus(status) => match status.code() {
+            tonic::Code::Unavailable => true,
+            // A request on a connection that broke under it ("connection was not
+            // ready") is cancelled by the transport, not by etcd.
+            tonic::Code::Cancelled => std::error::Error::source(status)
+                .is_some_and(|source| source.is::<tonic::transport::Error>()),
+            _ => false,
+        },
         _ => false,
     }
 }
