@@ -111,11 +111,17 @@ pub struct Service {
     pub backend_count: u16,
     /// Which of the service's two tables (0 or 1) is published.
     pub table: u8,
-    pub _pad: u8,
+    /// [`SERVICE_HTTP`], or 0.
+    pub flags: u8,
     /// ClientIP session affinity: seconds a client keeps its backend after its last
     /// connection; 0 for none.
     pub affinity_timeout: u32,
 }
+
+/// [`Service::flags`]: the port declares appProtocol http, so a client enrolled in
+/// the mesh keeps the frontend as its destination and the node proxy's L7 layer
+/// picks the backend per request (see [`mesh::keeps_frontend`]).
+pub const SERVICE_HTTP: u8 = 1;
 
 /// Key of [`AFFINITY_MAP`]: a client of a service with session affinity.
 #[repr(C)]
@@ -607,7 +613,7 @@ mod tests {
             id: 7,
             backend_count: count,
             table,
-            _pad: 0,
+            flags: 0,
             affinity_timeout: 0,
         })
     }

@@ -5,7 +5,8 @@
 //! (written by the agent). A TCP connect() from an enrolled pod to anything but
 //! loopback and the tunnel port is sent to the node proxy's listener inside the
 //! pod, `127.0.0.1:15001` (`[::1]:15001` for IPv6), after the service load balancer
-//! chose a backend ([`mesh_redirect`]). The proxy's own sockets, which live in
+//! chose a backend ([`mesh_redirect`]), or with the service frontend kept for
+//! ports that declare HTTP ([`keeps_frontend`]). The proxy's own sockets, which live in
 //! pods' namespaces too, are told apart by the process: its id is in
 //! [`MESH_CONFIG_MAP`].
 //!
@@ -20,7 +21,7 @@
 //! unless they come from the node itself (probes), which [`strict_refuses`]
 //! decides.
 
-use crate::{AF_INET, IPPROTO_TCP, RawAddr};
+use crate::{AF_INET, IPPROTO_TCP, RawAddr, SERVICE_HTTP};
 
 /// Name of the map of enrolled pods' network namespace cookies.
 pub const MESH_PODS_MAP: &str = "MESH_PODS";
@@ -103,7 +104,24 @@ pub fn is_loopback(addr: RawAddr, family: u8) -> bool {
     }
 }
 
-/// Where a connect() from an enrolled pod goes: the proxy's listener address for
+/// Whether the mesh captures a connect() made in a pod's namespace: the pod is
+/// `enrolled`, a node proxy runs, and the caller is not that proxy (whose own
+/// sockets live in pods' namespaces too).
+#[inline(always)]
+pub fn captures(enrolled: bool, caller_tgid: u32, config: MeshConfig) -> bool {
+    enrolled && config.proxy_tgid != 0 && caller_tgid != config.proxy_tgid
+}
+
+/// Whether a captured TCP connect() to a service frontend keeps the frontend as
+/// its destination rather than a backend chosen here: the service's port declares
+/// HTTP ([`SERVICE_HTTP`] in `service_flags`), so the node proxy's L7 layer picks
+/// a backend for each request.
+#[inline(always)]
+pub fn keeps_frontend(protocol: u8, service_flags: u8, captured: bool) -> bool {
+    captured && protocol == IPPROTO_TCP && service_flags & SERVICE_HTTP != 0
+}
+
+/// Where a connect() the mesh `captured` goes: the proxy's listener address for
 /// `family` (port in network order), or None to leave it alone. `destination` is
 /// as services hold it (see `service_view`), after the load balancer's rewrite.
 #[inline(always)]
@@ -112,12 +130,10 @@ pub fn mesh_redirect(
     destination: RawAddr,
     port: u16,
     family: u8,
-    caller_tgid: u32,
-    config: MeshConfig,
+    captured: bool,
 ) -> Option<(RawAddr, u16)> {
-    let captured = protocol == IPPROTO_TCP
-        && config.proxy_tgid != 0
-        && caller_tgid != config.proxy_tgid
+    let redirected = captured
+        && protocol == IPPROTO_TCP
         && !is_loopback(destination, family)
         && u16::from_be(port) != MESH_TUNNEL_PORT;
     let listener = if family == AF_INET {
@@ -125,7 +141,7 @@ pub fn mesh_redirect(
     } else {
         LOOPBACK6
     };
-    captured.then_some((listener, MESH_OUTBOUND_PORT.to_be()))
+    redirected.then_some((listener, MESH_OUTBOUND_PORT.to_be()))
 }
 
 /// The destination a socket's peer name shows when the socket was captured: the
@@ -176,7 +192,8 @@ mod tests {
 
     fn redirect(protocol: u8, ip: IpAddr, port: u16, caller: u32) -> Option<(IpAddr, u16)> {
         let (raw, family) = raw_addr(ip);
-        mesh_redirect(protocol, raw, port.to_be(), family, caller, CONFIG).map(|(addr, port)| {
+        let captured = captures(true, caller, CONFIG);
+        mesh_redirect(protocol, raw, port.to_be(), family, captured).map(|(addr, port)| {
             let backend = crate::Backend {
                 addr,
                 port,
@@ -213,12 +230,27 @@ mod tests {
             redirect(IPPROTO_TCP, Ipv6Addr::LOCALHOST.into(), 8080, 1),
             None
         );
-        let stopped = MeshConfig::default();
+        assert!(!captures(true, 1, MeshConfig::default()), "no proxy runs");
+        assert!(!captures(false, 1, CONFIG), "not enrolled");
         let (raw, family) = raw_addr(pod);
         assert_eq!(
-            mesh_redirect(IPPROTO_TCP, raw, 80u16.to_be(), family, 1, stopped),
+            mesh_redirect(IPPROTO_TCP, raw, 80u16.to_be(), family, false),
             None
         );
+    }
+
+    #[test]
+    fn only_captured_tcp_to_http_services_keeps_the_frontend() {
+        assert!(keeps_frontend(IPPROTO_TCP, SERVICE_HTTP, true));
+        assert!(
+            !keeps_frontend(IPPROTO_TCP, 0, true),
+            "a port without appProtocol http"
+        );
+        assert!(
+            !keeps_frontend(IPPROTO_TCP, SERVICE_HTTP, false),
+            "a client outside the mesh"
+        );
+        assert!(!keeps_frontend(IPPROTO_UDP, SERVICE_HTTP, true));
     }
 
     #[test]

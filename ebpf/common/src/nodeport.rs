@@ -695,7 +695,7 @@ mod tests {
             id: 3,
             backend_count: count,
             table: 1,
-            _pad: 0,
+            flags: 0,
             affinity_timeout: 0,
         })
     }

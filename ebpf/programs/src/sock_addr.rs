@@ -7,8 +7,9 @@
 //! frontend, so the application only ever sees the address it asked for.
 //!
 //! connect4/6 then capture TCP from pods enrolled in the mesh into the node proxy
-//! (see `skiff_ebpf_common::mesh`), and getpeername4/6 show a captured socket its
-//! original destination rather than the proxy's listener.
+//! (see `skiff_ebpf_common::mesh`), leaving a service frontend whose port declares
+//! HTTP unbalanced for the proxy's L7 layer; getpeername4/6 show a captured socket
+//! its original destination rather than the proxy's listener.
 
 use core::ffi::c_void;
 use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
@@ -21,7 +22,9 @@ use aya_ebpf::helpers::{
 use aya_ebpf::macros::cgroup_sock_addr;
 use aya_ebpf::programs::SockAddrContext;
 use aya_log_ebpf::debug;
-use skiff_ebpf_common::mesh::{MeshDestination, captured_peer, mesh_redirect};
+use skiff_ebpf_common::mesh::{
+    MeshDestination, captured_peer, captures, keeps_frontend, mesh_redirect,
+};
 use skiff_ebpf_common::{
     AF_INET, AF_INET6, AffinityKey, AffinityValue, Backend, RawAddr, ServiceBackendKey, ServiceKey,
     Verdict, affine_backend, raw_octets, reverse_entry, reverse_translation, select_backend,
@@ -73,9 +76,10 @@ macro_rules! log_rewrite6 {
 
 #[cgroup_sock_addr(connect4)]
 pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
-    let (ret, rewrite) = forward(&ctx, AF_INET);
+    let captured = mesh_captured(&ctx);
+    let (ret, rewrite) = forward(&ctx, AF_INET, captured);
     log_rewrite4!(ctx, rewrite, "connect4 {:i}:{} -> {:i}:{}");
-    if ret == PROCEED {
+    if ret == PROCEED && captured {
         capture(&ctx, AF_INET);
     }
     ret
@@ -83,9 +87,10 @@ pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn skiff_connect6(ctx: SockAddrContext) -> i32 {
-    let (ret, rewrite) = forward(&ctx, AF_INET6);
+    let captured = mesh_captured(&ctx);
+    let (ret, rewrite) = forward(&ctx, AF_INET6, captured);
     log_rewrite6!(ctx, rewrite, "connect6 [{:i}]:{} -> [{:i}]:{}");
-    if ret == PROCEED {
+    if ret == PROCEED && captured {
         capture(&ctx, AF_INET6);
     }
     ret
@@ -93,14 +98,14 @@ pub fn skiff_connect6(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn skiff_sendmsg4(ctx: SockAddrContext) -> i32 {
-    let (ret, rewrite) = forward(&ctx, AF_INET);
+    let (ret, rewrite) = forward(&ctx, AF_INET, false);
     log_rewrite4!(ctx, rewrite, "sendmsg4 {:i}:{} -> {:i}:{}");
     ret
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn skiff_sendmsg6(ctx: SockAddrContext) -> i32 {
-    let (ret, rewrite) = forward(&ctx, AF_INET6);
+    let (ret, rewrite) = forward(&ctx, AF_INET6, false);
     log_rewrite6!(ctx, rewrite, "sendmsg6 [{:i}]:{} -> [{:i}]:{}");
     ret
 }
@@ -132,10 +137,11 @@ struct Rewrite {
     backend: Backend,
 }
 
-/// connect and sendmsg: a frontend becomes one of its backends. Returns the hook's
-/// return value and the rewrite made, if any.
+/// connect and sendmsg: a frontend becomes one of its backends, unless the mesh
+/// `captured` the connect() and its L7 layer balances the service. Returns the
+/// hook's return value and the rewrite made, if any.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext, socket_family: u8) -> (i32, Option<Rewrite>) {
+fn forward(ctx: &SockAddrContext, socket_family: u8, captured: bool) -> (i32, Option<Rewrite>) {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands a valid bpf_sock_addr.
     let (asked, port, protocol) = unsafe {
@@ -152,6 +158,9 @@ fn forward(ctx: &SockAddrContext, socket_family: u8) -> (i32, Option<Rewrite>) {
     // SAFETY: the values are copied out at once; BPF_F_NO_PREALLOC keeps them stable
     // for the duration of this program.
     let service = unsafe { SERVICES.get(&key) }.copied();
+    if service.is_some_and(|s| keeps_frontend(protocol, s.flags, captured)) {
+        return (PROCEED, None);
+    }
     let affinity = service.filter(|s| s.affinity_timeout != 0).map(|s| {
         // SAFETY: the context is a bpf_sock_addr, which this helper takes; the
         // clock helper has no preconditions.
@@ -217,33 +226,38 @@ fn forward(ctx: &SockAddrContext, socket_family: u8) -> (i32, Option<Rewrite>) {
     (PROCEED, Some(rewrite))
 }
 
-/// connect, after `forward`: TCP from a pod enrolled in the mesh goes to the node
+/// Whether the mesh captures this connect(): it comes from a pod enrolled in the
+/// mesh, and not from the node proxy.
+#[inline(always)]
+fn mesh_captured(ctx: &SockAddrContext) -> bool {
+    let sa = ctx.sock_addr;
+    // SAFETY: the context is a bpf_sock_addr, which this helper takes.
+    let netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
+    // SAFETY: the value is only tested for presence.
+    let enrolled = unsafe { MESH_PODS.get(&netns) }.is_some();
+    let Some(config) = MESH_CONFIG.get(0).copied() else {
+        return false;
+    };
+    let caller = (bpf_get_current_pid_tgid() >> 32) as u32;
+    captures(enrolled, caller, config)
+}
+
+/// connect, after `forward`, for a socket the mesh captured: TCP goes to the node
 /// proxy's listener in the pod, and the destination it had is recorded under the
 /// socket's cookie for the proxy (through the sock_ops program) and getpeername.
 #[inline(always)]
 fn capture(ctx: &SockAddrContext, socket_family: u8) {
     let sa = ctx.sock_addr;
-    // SAFETY: the context is a bpf_sock_addr, which this helper takes.
-    let netns = unsafe { bpf_get_netns_cookie(sa.cast::<c_void>()) };
-    // SAFETY: the value is only tested for presence.
-    if unsafe { MESH_PODS.get(&netns) }.is_none() {
-        return;
-    }
-    let Some(config) = MESH_CONFIG.get(0).copied() else {
-        return;
-    };
-    // SAFETY: the kernel hands a valid bpf_sock_addr; the helper has no preconditions.
-    let (asked, port, protocol, caller) = unsafe {
+    // SAFETY: the kernel hands a valid bpf_sock_addr.
+    let (asked, port, protocol) = unsafe {
         (
             read_addr(sa, socket_family),
             read_port(sa),
             read_protocol(sa),
-            (bpf_get_current_pid_tgid() >> 32) as u32,
         )
     };
     let (ip, family, mapped) = service_view(asked, socket_family);
-    let Some((listener, listener_port)) = mesh_redirect(protocol, ip, port, family, caller, config)
-    else {
+    let Some((listener, listener_port)) = mesh_redirect(protocol, ip, port, family, true) else {
         return;
     };
     // SAFETY: as above.

@@ -63,6 +63,7 @@ pub fn frontends(
             let balancing = Balancing {
                 backends: backends(slices, port, vip.is_ipv4()),
                 affinity_timeout,
+                http: port.declares_http(),
             };
             if let Ok(number) = u16::try_from(port.port) {
                 let frontend = Frontend::new(SocketAddr::new(*vip, number), protocol);
@@ -78,7 +79,12 @@ pub fn frontends(
                     .filter(|a| a.is_ipv4() == vip.is_ipv4())
                 {
                     let frontend = Frontend::new(SocketAddr::new(*address, node_port), protocol);
-                    out.insert(frontend, balancing.clone());
+                    // The mesh's L7 layer knows Services by their cluster IPs only.
+                    let balancing = Balancing {
+                        http: false,
+                        ..balancing.clone()
+                    };
+                    out.insert(frontend, balancing);
                 }
             }
         }
@@ -412,5 +418,24 @@ endpoints:
         );
         let out = frontends(&svc, &[&s], &["192.168.1.10".parse().unwrap()]);
         assert_eq!(show(&out), ["10.96.0.6:80/tcp -> 10.244.0.4:8080"]);
+    }
+
+    #[test]
+    fn http_ports_are_flagged_on_their_cluster_ips_only() {
+        let svc = service(
+            "spec: {type: NodePort, clusterIP: 10.96.0.6, ports: [
+               {name: web, port: 80, nodePort: 30081, appProtocol: http},
+               {name: h2, port: 81, appProtocol: kubernetes.io/h2c},
+               {name: grpc, port: 90, appProtocol: grpc},
+               {name: dns, port: 53, protocol: UDP, appProtocol: http}]}",
+        );
+        let out = frontends(&svc, &[], &["192.168.1.10".parse().unwrap()]);
+        let http: Vec<String> = out
+            .iter()
+            .filter(|(_, b)| b.http)
+            .map(|(f, _)| f.to_string())
+            .collect();
+        assert_eq!(http, ["10.96.0.6:80/tcp", "10.96.0.6:81/tcp"]);
+        assert_eq!(out.len(), 5, "{out:?}");
     }
 }

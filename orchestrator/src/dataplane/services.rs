@@ -14,7 +14,7 @@ use std::num::NonZeroU32;
 use skiff_ebpf_common::nodeport::MAGLEV_MAP;
 use skiff_ebpf_common::{
     AFFINITY_BACKENDS_MAP, BACKENDS_MAP, Backend, BackendSlotKey, IPPROTO_TCP, IPPROTO_UDP,
-    MAX_BACKEND_SLOTS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICES_MAP, Service,
+    MAX_BACKEND_SLOTS, MAX_BACKENDS_PER_SERVICE, MAX_SERVICES, SERVICE_HTTP, SERVICES_MAP, Service,
     ServiceBackendKey, ServiceKey,
 };
 
@@ -78,6 +78,9 @@ pub struct Balancing {
     /// ClientIP session affinity: seconds a client keeps its backend after its
     /// last connection.
     pub affinity_timeout: Option<NonZeroU32>,
+    /// The port declares HTTP: connections from pods in the mesh keep the
+    /// frontend, and the node proxy balances their requests ([`SERVICE_HTTP`]).
+    pub http: bool,
 }
 
 impl From<Vec<SocketAddr>> for Balancing {
@@ -85,6 +88,7 @@ impl From<Vec<SocketAddr>> for Balancing {
         Self {
             backends,
             affinity_timeout: None,
+            http: false,
         }
     }
 }
@@ -288,6 +292,7 @@ impl ServiceTable {
                 let balancing = Balancing {
                     backends,
                     affinity_timeout: NonZeroU32::new(service.affinity_timeout),
+                    http: service.flags & SERVICE_HTTP != 0,
                 };
                 frontends.insert(Frontend::new(key.socket_addr(), protocol), balancing);
             }
@@ -430,7 +435,7 @@ impl ServiceTable {
             id: entry.id,
             backend_count: count,
             table,
-            _pad: 0,
+            flags: if balancing.http { SERVICE_HTTP } else { 0 },
             affinity_timeout: balancing.affinity_timeout.map_or(0, NonZeroU32::get),
         };
         maps.put_service(&key, &service)
@@ -923,10 +928,11 @@ mod tests {
     }
 
     #[test]
-    fn adoption_keeps_affinity_of_published_services_only() {
+    fn adoption_keeps_affinity_and_flags_of_published_services_only() {
         let (mut table, mut maps) = (ServiceTable::default(), FakeMaps::default());
         let sticky = Balancing {
             affinity_timeout: NonZeroU32::new(60),
+            http: true,
             ..pool(&["10.244.0.2:80"])
         };
         table.upsert(&mut maps, &vip(), &sticky).unwrap();

@@ -103,6 +103,19 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
+impl ServicePort {
+    /// Whether the port declares HTTP (appProtocol `http`, or Kubernetes'
+    /// `kubernetes.io/h2c` for cleartext HTTP/2) over TCP: the mesh's L7 layer
+    /// takes enrolled clients' requests to it.
+    pub fn declares_http(&self) -> bool {
+        self.protocol.unwrap_or(Protocol::Tcp) == Protocol::Tcp
+            && matches!(
+                self.app_protocol.as_deref(),
+                Some("http" | "kubernetes.io/h2c")
+            )
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct SessionAffinityConfig {
