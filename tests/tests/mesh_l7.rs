@@ -220,6 +220,7 @@ impl Mesh {
             routes: Routes::new(&routes),
             endpoints,
             policies,
+            ..L7View::default()
         });
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");

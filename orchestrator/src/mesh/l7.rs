@@ -3,6 +3,8 @@
 //! timeouts, retries of idempotent requests within a budget, and outlier
 //! detection, in an HTTP proxy the node proxy hands captured connections to.
 //!
+//! - [`catalog`]: the [`L7View`] built from Services, EndpointSlices, routes and
+//!   policies.
 //! - [`routes`]: the routing table built from HTTPRoutes (plain data).
 //! - [`balance`]: weighted backend choice and outlier ejection.
 //! - [`budget`]: the retry budget.
@@ -12,11 +14,13 @@
 
 pub mod balance;
 pub mod budget;
+pub mod catalog;
 pub mod pool;
 pub mod proxy;
 pub mod routes;
 
 pub use balance::OutlierConfig;
 pub use budget::BudgetConfig;
+pub use catalog::l7_view;
 pub use proxy::{Connect, Downstream, Endpoint, L7Error, L7Proxy, L7View, TcpConnect};
 pub use routes::{Routes, ServicePort};

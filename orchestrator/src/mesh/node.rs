@@ -10,7 +10,10 @@
 //!   this pod's certificate, expecting that pod's identity), anything else by a
 //!   plain connection (passthrough). Either way the socket is made in the source
 //!   pod's namespace, so what leaves the pod's link is the tunnel or the
-//!   connection it would have made itself.
+//!   connection it would have made itself. A connection to the cluster IP of a
+//!   Service port that declares HTTP (the kernel leaves those unbalanced for
+//!   enrolled pods) goes to the node's [`L7Proxy`], which picks an endpoint for
+//!   each request and reaches it the same way.
 //! - the inbound HBONE listener `[::]:15008`: the tunnel's streams are authorized
 //!   (the [`Authorize`] callback), must be for this pod's own addresses, and are
 //!   delivered by a connection from inside the pod.
@@ -31,12 +34,14 @@ use arc_swap::ArcSwap;
 use futures::{FutureExt, StreamExt};
 use log::{debug, info, warn};
 use skiff_ebpf_common::mesh::MESH_OUTBOUND_PORT;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
 
 use super::ca::{CaError, Certificates};
-use super::hbone::{Authorize, Dialer, HBONE_PORT, HboneClient, HboneError, HboneServer};
+use super::hbone::{Authorize, Dialer, HBONE_PORT, HboneClient, HboneError, HboneServer, Tunnel};
 use super::identity::Identity;
+use super::l7::{BudgetConfig, Connect, Downstream, L7Proxy, OutlierConfig, l7_view};
 use super::metrics::{MeshMetrics, TrafficLabels, Workload as MetricsWorkload};
 use super::netns::{NetnsError, PodNetns};
 use super::policy;
@@ -44,7 +49,9 @@ use super::view::{Enrolment, MeshView, PodEntry, Workload};
 use crate::api::registry::typed::{cast, list_all, watch_all};
 use crate::api::registry::{ApiError, EventType, ObjectRef, Registry, WatchEvent, WatchStream};
 use crate::dataplane::{Dataplane, MeshMaps};
-use crate::model::{AuthorizationPolicy, Kind, Namespace, Object, Pod};
+use crate::model::{
+    AuthorizationPolicy, EndpointSlice, HTTPRoute, Kind, Namespace, Object, Pod, Service,
+};
 use crate::runtime::cni::host_device;
 use crate::runtime::holds::{Hold, ReadinessHolds};
 use crate::runtime::paths::Paths;
@@ -71,6 +78,8 @@ pub enum ProxyError {
     NoOriginalDestination { peer: SocketAddr },
     #[error(transparent)]
     Hbone(#[from] HboneError),
+    #[error(transparent)]
+    L7(#[from] super::l7::L7Error),
     #[error("connecting to {destination}: {source}")]
     Passthrough {
         destination: SocketAddr,
@@ -105,6 +114,8 @@ struct Shared {
     certificates: Arc<Certificates>,
     /// Every AuthorizationPolicy of the cluster.
     policies: ArcSwap<Vec<AuthorizationPolicy>>,
+    /// Takes connections to Service ports that declare HTTP.
+    l7: Arc<L7Proxy>,
     metrics: MeshMetrics,
 }
 
@@ -188,6 +199,11 @@ pub async fn run(
         dataplane,
         certificates,
         policies: ArcSwap::default(),
+        l7: Arc::new(L7Proxy::new(
+            metrics.clone(),
+            OutlierConfig::default(),
+            BudgetConfig::default(),
+        )),
         metrics,
     });
     let mut served: HashMap<String, ServedPod> = HashMap::new();
@@ -219,6 +235,14 @@ pub async fn run(
                 .filter_map(PodEntry::from_pod)
                 .collect();
             let view = MeshView::build(&settings.trust_domain, &enrolments, &pod_entries);
+            let routes: Vec<HTTPRoute> = followed.routes.values().cloned().collect();
+            shared.l7.update(l7_view(
+                followed.services.values(),
+                followed.slices.values(),
+                &routes,
+                followed.policies.values().cloned().collect(),
+                &view,
+            ));
             shared.view.store(Arc::new(view));
             reconcile(&settings, &shared, &mut served).await;
             let watched = tokio::select! {
@@ -235,6 +259,18 @@ pub async fn run(
                 }
                 event = followed.namespace_events.next() => apply(&mut followed.namespaces, event),
                 event = followed.policy_events.next() => apply(&mut followed.policies, event),
+                event = followed.service_events.next() => apply(&mut followed.services, event),
+                event = followed.slice_events.next() => {
+                    // An EndpointSlice changes with every pod that comes or goes.
+                    let mut applied = apply(&mut followed.slices, event);
+                    while let (Ok(true), Some(event)) =
+                        (&applied, followed.slice_events.next().now_or_never())
+                    {
+                        applied = apply(&mut followed.slices, event);
+                    }
+                    applied
+                }
+                event = followed.route_events.next() => apply(&mut followed.routes, event),
                 _ = retry.tick() => Ok(true),
             };
             match watched {
@@ -263,20 +299,38 @@ struct Followed {
     namespace_events: WatchStream,
     policies: BTreeMap<String, AuthorizationPolicy>,
     policy_events: WatchStream,
+    services: BTreeMap<String, Service>,
+    service_events: WatchStream,
+    slices: BTreeMap<String, EndpointSlice>,
+    slice_events: WatchStream,
+    routes: BTreeMap<String, HTTPRoute>,
+    route_events: WatchStream,
 }
 
 async fn list_and_watch(registry: &Registry) -> Result<Followed, ApiError> {
-    let (pods, pod_version) = list_all::<Object>(registry, Kind::Pod).await?;
-    let (namespaces, namespace_version) = list_all::<Object>(registry, Kind::Namespace).await?;
-    let (policies, policy_version) =
-        list_all::<Object>(registry, Kind::AuthorizationPolicy).await?;
+    let follow = async |kind| {
+        let (objects, version) = list_all::<Object>(registry, kind).await?;
+        Ok::<_, ApiError>((objects, watch_all(registry, kind, &version).await?))
+    };
+    let (pods, pod_events) = follow(Kind::Pod).await?;
+    let (namespaces, namespace_events) = follow(Kind::Namespace).await?;
+    let (policies, policy_events) = follow(Kind::AuthorizationPolicy).await?;
+    let (services, service_events) = follow(Kind::Service).await?;
+    let (slices, slice_events) = follow(Kind::EndpointSlice).await?;
+    let (routes, route_events) = follow(Kind::HTTPRoute).await?;
     Ok(Followed {
         pods: keyed(pods),
-        pod_events: watch_all(registry, Kind::Pod, &pod_version).await?,
+        pod_events,
         namespaces: keyed(namespaces),
-        namespace_events: watch_all(registry, Kind::Namespace, &namespace_version).await?,
+        namespace_events,
         policies: keyed(policies),
-        policy_events: watch_all(registry, Kind::AuthorizationPolicy, &policy_version).await?,
+        policy_events,
+        services: keyed(services),
+        service_events,
+        slices: keyed(slices),
+        slice_events,
+        routes: keyed(routes),
+        route_events,
     })
 }
 
@@ -502,7 +556,7 @@ impl Outbound {
                     Ok((stream, peer)) => {
                         let outbound = self.clone();
                         connections.spawn(async move {
-                            if let Err(error) = outbound.forward(stream, peer).await {
+                            if let Err(error) = outbound.clone().forward(stream, peer).await {
                                 debug!("mesh: outbound from {}: {error}", outbound.identity);
                             }
                         });
@@ -515,8 +569,13 @@ impl Outbound {
         }
     }
 
-    /// Carries one captured connection to where it was going.
-    async fn forward(&self, mut stream: TcpStream, peer: SocketAddr) -> Result<(), ProxyError> {
+    /// Carries one captured connection to where it was going: an HTTP Service's
+    /// requests through the L7 proxy, anything else as a stream.
+    async fn forward(
+        self: Arc<Self>,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) -> Result<(), ProxyError> {
         let _ = stream.set_nodelay(true);
         let destination = self
             .shared
@@ -524,6 +583,15 @@ impl Outbound {
             .take_original_destination(self.netns.cookie(), peer)
             .map_err(ProxyError::Maps)?
             .ok_or(ProxyError::NoOriginalDestination { peer })?;
+        if let Some(service) = self.shared.l7.frontend(destination) {
+            let downstream = Downstream {
+                source: self.source.clone(),
+                identity: Some(self.identity.clone()),
+                destination: service,
+            };
+            let l7 = self.shared.l7.clone();
+            return Ok(l7.serve(stream, downstream, self).await?);
+        }
         let view = self.shared.view.load();
         // Metrics count the mesh's own traffic: connections it carries in a tunnel.
         let meshed = view
@@ -536,11 +604,7 @@ impl Outbound {
         drop(view);
         let copied = match meshed {
             Some((peer_identity, labels)) => {
-                let proxy = SocketAddr::new(destination.ip(), HBONE_PORT);
-                let mut tunnel = self
-                    .client
-                    .connect(&self.identity, proxy, &peer_identity, destination)
-                    .await?;
+                let mut tunnel = self.tunnel(destination, &peer_identity).await?;
                 let metrics = &self.shared.metrics;
                 metrics.tcp_opened(&labels);
                 let copied = tokio::io::copy_bidirectional(&mut stream, &mut tunnel).await;
@@ -549,12 +613,7 @@ impl Outbound {
                 copied
             }
             None => {
-                let mut upstream = self.netns.connect(destination).await.map_err(|source| {
-                    ProxyError::Passthrough {
-                        destination,
-                        source,
-                    }
-                })?;
+                let mut upstream = self.passthrough(destination).await?;
                 tokio::io::copy_bidirectional(&mut stream, &mut upstream).await
             }
         };
@@ -562,5 +621,60 @@ impl Outbound {
             debug!("mesh: connection to {destination} ended: {error}");
         }
         Ok(())
+    }
+
+    /// A stream to `destination` through HBONE to its pod's proxy, which must
+    /// present `peer_identity`.
+    async fn tunnel(
+        &self,
+        destination: SocketAddr,
+        peer_identity: &Identity,
+    ) -> Result<Tunnel, ProxyError> {
+        let proxy = SocketAddr::new(destination.ip(), HBONE_PORT);
+        Ok(self
+            .client
+            .connect(&self.identity, proxy, peer_identity, destination)
+            .await?)
+    }
+
+    /// A plain connection to `destination` from the pod.
+    async fn passthrough(&self, destination: SocketAddr) -> Result<TcpStream, ProxyError> {
+        self.netns
+            .connect(destination)
+            .await
+            .map_err(|source| ProxyError::Passthrough {
+                destination,
+                source,
+            })
+    }
+}
+
+/// A stream the L7 proxy forwards requests over: a tunnel or a plain connection.
+pub trait Upstream: AsyncRead + AsyncWrite + Send + Unpin {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Upstream for T {}
+
+/// The L7 proxy reaches an endpoint as the pod's other connections go: through
+/// HBONE when the endpoint's pod is in the mesh, else directly, from the pod.
+impl Connect for Outbound {
+    type Stream = Box<dyn Upstream>;
+
+    async fn connect(&self, backend: SocketAddr) -> io::Result<Box<dyn Upstream>> {
+        let peer_identity = self
+            .shared
+            .view
+            .load()
+            .workload(backend.ip())
+            .filter(|w| w.enrolment.enrolled)
+            .map(|w| w.identity.clone());
+        let stream: Box<dyn Upstream> = match peer_identity {
+            Some(identity) => Box::new(
+                self.tunnel(backend, &identity)
+                    .await
+                    .map_err(io::Error::other)?,
+            ),
+            None => Box::new(self.passthrough(backend).await.map_err(io::Error::other)?),
+        };
+        Ok(stream)
     }
 }

@@ -78,6 +78,8 @@ pub struct Endpoint {
 /// HTTPRoutes, Services, EndpointSlices, Pods and AuthorizationPolicies.
 #[derive(Clone, Debug, Default)]
 pub struct L7View {
+    /// The Service ports the proxy takes connections to, by cluster IP and port.
+    pub frontends: HashMap<SocketAddr, ServicePort>,
     pub routes: Routes,
     pub endpoints: HashMap<ServicePort, Vec<Endpoint>>,
     pub policies: Vec<AuthorizationPolicy>,
@@ -157,6 +159,11 @@ impl L7Proxy {
             .unwrap_or_else(|e| e.into_inner())
             .retain(|service, _| view.endpoints.contains_key(service));
         self.view.store(Arc::new(view));
+    }
+
+    /// The Service port at `frontend`, when the proxy serves it.
+    pub fn frontend(&self, frontend: SocketAddr) -> Option<ServicePort> {
+        self.view.load().frontends.get(&frontend).cloned()
     }
 
     /// Serves one client connection until it closes.
