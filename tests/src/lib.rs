@@ -16,6 +16,7 @@ pub mod cni;
 pub mod etcd;
 pub mod kernel;
 pub mod lab;
+pub mod mesh;
 pub mod netns;
 pub mod registry;
 

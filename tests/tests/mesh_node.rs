@@ -14,18 +14,17 @@
 //! own cgroups are outside it).
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
-use skiff_tests::agent::{Agent, NODE_NAME, is_ready};
+use skiff_tests::agent::{Agent, NODE_NAME};
 use skiff_tests::capture::{Capture, Segment, contains, stream_of};
 use skiff_tests::cluster::{Cluster, LAN_BRIDGE, node_name};
 use skiff_tests::lab::{client_output, client_output_within};
+use skiff_tests::mesh::{READY_WITHIN, metric, netns_of, pod_ip, ready_pod, uid, wait_logged};
 use skiff_tests::{eventually, unique_name, workspace_bin};
 
 const SERVER_PORT: u16 = 8080;
 const HBONE_PORT: u16 = 15008;
-const READY_WITHIN: Duration = Duration::from_secs(60);
 /// How long a client outside a strict namespace waits for an answer that never
 /// comes (its SYNs are dropped).
 const REFUSED_AFTER: Duration = Duration::from_secs(2);
@@ -83,39 +82,6 @@ spec:
     )
 }
 
-/// A pod (its JSON) in `namespace`, once it is Ready.
-fn ready_pod(agent: &Agent, namespace: &str, name: &str) -> serde_json::Value {
-    eventually(
-        format!("pod {namespace}/{name} ready"),
-        READY_WITHIN,
-        || {
-            let out = agent.cli(&["get", "pod", name, "-n", namespace, "-o", "json"]);
-            let pod: serde_json::Value =
-                serde_json::from_slice(&out.stdout).map_err(|e| format!("not found ({e})"))?;
-            match is_ready(&pod) {
-                true => Ok(pod),
-                false => Err(pod["status"].to_string()),
-            }
-        },
-    )
-}
-
-fn uid(pod: &serde_json::Value) -> &str {
-    pod["metadata"]["uid"].as_str().expect("a pod uid")
-}
-
-/// The pod's network namespace, where the agent pins it.
-fn netns_of(pod: &serde_json::Value) -> PathBuf {
-    PathBuf::from(format!("/run/netns/skiff-{}", uid(pod)))
-}
-
-fn pod_ip(pod: &serde_json::Value) -> std::net::IpAddr {
-    pod["status"]["podIP"]
-        .as_str()
-        .and_then(|ip| ip.parse().ok())
-        .expect("a pod IP")
-}
-
 /// The pod's IPv6 address (pods are dual-stack).
 fn pod_ip6(pod: &serde_json::Value) -> std::net::IpAddr {
     pod["status"]["podIPs"]
@@ -138,25 +104,6 @@ fn connect_from(
         .cgroup
         .command_at(&netns_of(pod), workspace_bin("skiff-test-client"));
     client_output(client, addr, count)
-}
-
-/// Waits until the agent has logged a line holding `needle` (in any order with
-/// other waits).
-fn wait_logged(agent: &mut Agent, needle: &str) {
-    eventually(format!("the agent to log {needle:?}"), READY_WITHIN, || {
-        let logged = agent.logged();
-        match logged.iter().any(|l| l.contains(needle)) {
-            true => Ok(()),
-            false => Err(format!(
-                "not yet; its mesh lines: {:#?}",
-                mesh_lines(logged)
-            )),
-        }
-    });
-}
-
-fn mesh_lines(log: &[String]) -> Vec<&String> {
-    log.iter().filter(|l| l.contains("mesh")).collect()
 }
 
 /// Segments to or from `port` whose payload holds `needle`.
@@ -356,18 +303,6 @@ fn strict_mode_refuses_plaintext_from_outside_the_mesh() {
         ),
         [reply]
     );
-}
-
-/// The value of the metric `name` whose labels include every one of `labels`.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|line| line.starts_with(&format!("{name}{{")))
-        .find(|line| {
-            labels
-                .iter()
-                .all(|(key, value)| line.contains(&format!("{key}=\"{value}\"")))
-        })
-        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
 }
 
 #[test]
