@@ -112,8 +112,9 @@ spec:
 /// namespace: each response's body, or wget's error line for a failed one
 /// (e.g. `... HTTP/1.1 500 Internal Server Error`).
 fn get(agent: &Agent, pod: &serde_json::Value, url: &str, count: usize) -> Vec<String> {
-    let script =
-        format!("for i in $(seq {count}); do timeout 10 wget -q -O - {url} 2>&1 || echo failed; done");
+    let script = format!(
+        "for i in $(seq {count}); do timeout 10 wget -q -O - {url} 2>&1 || echo failed; done"
+    );
     let out = agent
         .cgroup
         .command_at(&netns_of(pod), "busybox")

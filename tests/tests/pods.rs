@@ -95,6 +95,17 @@ fn a_pod_serves_http_on_both_families_and_leaves_nothing_when_deleted() {
     for ip in &ips {
         assert_eq!(http_get(&agent, ip, 8080), "hello from web\n", "{ip}");
     }
+    // Inside the pod, loopback is up: containers of a pod talk over localhost.
+    let local = agent.exec(
+        &pod,
+        "web",
+        &["wget", "-q", "-O", "-", "http://127.0.0.1:8080/"],
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&local.stdout),
+        "hello from web\n",
+        "{local:?}"
+    );
     let uid = pod["metadata"]["uid"].as_str().unwrap().to_string();
     let conditions: Vec<(String, String)> = pod["status"]["conditions"]
         .as_array()

@@ -16,6 +16,8 @@ use std::sync::mpsc;
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 
+use crate::runtime::netns::loopback_up;
+
 /// `SO_NETNS_COOKIE` (Linux 5.14): the namespace's cookie, as eBPF programs see it.
 const SO_NETNS_COOKIE: libc::c_int = 71;
 /// Pending connections a proxy listener queues.
@@ -59,6 +61,7 @@ impl PodNetns {
                     return;
                 }
                 drop(file);
+                // The proxy listens on loopback; pods an older agent made have it down.
                 let _ = entered.send(loopback_up().and_then(|()| netns_cookie()));
                 for job in receiver {
                     job();
@@ -132,34 +135,6 @@ impl PodNetns {
         let _ = stream.set_nodelay(true);
         Ok(stream)
     }
-}
-
-/// Brings up `lo` in the calling thread's network namespace: the proxy's
-/// listeners are on loopback, and skiff's CNI plugin wires only the pod's link
-/// (Kubernetes runs the `loopback` plugin for this).
-fn loopback_up() -> io::Result<()> {
-    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
-    // SAFETY: ifreq is plain data; all zeroes is a valid value.
-    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
-        *slot = *byte as libc::c_char;
-    }
-    // SAFETY: the request names an interface and has room for its flags; the fd
-    // is open.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
-    let flags = unsafe { request.ifr_ifru.ifru_flags };
-    if flags & libc::IFF_UP as libc::c_short != 0 {
-        return Ok(());
-    }
-    request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
-    // SAFETY: as above.
-    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// The cookie of the calling thread's network namespace.

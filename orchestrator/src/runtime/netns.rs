@@ -4,7 +4,10 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+
+use socket2::{Domain, Socket, Type};
 
 #[derive(Debug, thiserror::Error)]
 #[error("network namespace {}: {what}: {source}", path.display())]
@@ -40,6 +43,7 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
                 if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
                     return Err(io::Error::last_os_error());
                 }
+                loopback_up()?;
                 // SAFETY: both paths are valid NUL-terminated strings.
                 let rc = unsafe {
                     libc::mount(
@@ -65,6 +69,34 @@ pub fn create(path: &Path) -> Result<(), NetnsError> {
             what: "creating and pinning it",
             source,
         });
+    }
+    Ok(())
+}
+
+/// Brings up `lo` in the calling thread's network namespace: a pod's
+/// containers talk over localhost, and the CNI plugin wires only the pod's link
+/// (Kubernetes runtimes run the `loopback` plugin for this).
+pub fn loopback_up() -> io::Result<()> {
+    let socket = Socket::new(Domain::IPV4, Type::DGRAM, None)?;
+    // SAFETY: ifreq is plain data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (slot, byte) in request.ifr_name.iter_mut().zip(b"lo\0") {
+        *slot = *byte as libc::c_char;
+    }
+    // SAFETY: the request names an interface and has room for its flags; the fd
+    // is open.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCGIFFLAGS, &mut request) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: SIOCGIFFLAGS filled the flags member of the union.
+    let flags = unsafe { request.ifr_ifru.ifru_flags };
+    if flags & libc::IFF_UP as libc::c_short != 0 {
+        return Ok(());
+    }
+    request.ifr_ifru.ifru_flags = flags | libc::IFF_UP as libc::c_short;
+    // SAFETY: as above.
+    if unsafe { libc::ioctl(socket.as_raw_fd(), libc::SIOCSIFFLAGS, &request) } != 0 {
+        return Err(io::Error::last_os_error());
     }
     Ok(())
 }
