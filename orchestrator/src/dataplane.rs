@@ -51,7 +51,7 @@ use skiff_ebpf_common::{
 
 pub use addresses::node_addresses;
 pub use counters::{BackendCount, BackendPackets};
-pub use mesh::MeshMaps;
+pub use mesh::{MeshMaps, OriginalDestination};
 pub use metrics::{DataplaneMetrics, Stats};
 pub use services::{
     Balancing, Capacity, Frontend, Protocol, ServiceError, ServiceMaps, ServiceTable,

@@ -348,14 +348,25 @@ spec:
         &mut agent,
         &format!("mesh: denied spiffe://cluster.local/ns/{mesh}/sa/default to {mesh}/server"),
     );
-    // The named identity gets through, three times.
+    // The named identity gets through, three times by pod IP, and at least
+    // twice through the Service (once its endpoint reached the dataplane).
     assert_eq!(
         connect_from(&agent, &trusted, scene.by_pod_ip, 3),
         [reply, reply, reply]
     );
+    let mut through_service = 0;
+    eventually("connections through the service", READY_WITHIN, || {
+        let replies = connect_from(&agent, &trusted, scene.by_vip, 1);
+        through_service += replies.iter().filter(|r| *r == reply).count();
+        match through_service >= 2 {
+            true => Ok(()),
+            false => Err(format!("{through_service} so far: {replies:?}")),
+        }
+    });
 
     // The metrics count exactly that: one denial of the default account, three
-    // tunnelled connections from `trusted` to `server` with their replies' bytes.
+    // tunnelled connections from `trusted` to `server` with their replies' bytes,
+    // and those through the Service under its name.
     let to_server = [
         ("source_namespace", mesh.as_str()),
         ("destination_namespace", mesh.as_str()),
@@ -372,17 +383,28 @@ spec:
         ("source_workload", "trusted"),
         to_server[1],
         to_server[2],
+        ("destination_service", ""),
     ];
+    let mut through_server = from_trusted;
+    through_server[4] = ("destination_service", "server");
     eventually("the tunnelled connections closed", READY_WITHIN, || {
         let text = agent.metrics();
         let counts = [
             "skiff_mesh_tcp_connections_opened_total",
             "skiff_mesh_tcp_connections_closed_total",
         ]
-        .map(|name| metric(&text, name, &from_trusted));
-        match counts == [Some(3.0), Some(3.0)] {
+        .map(|name| {
+            (
+                metric(&text, name, &from_trusted),
+                metric(&text, name, &through_server),
+            )
+        });
+        let service = Some(through_service as f64);
+        match counts == [(Some(3.0), service), (Some(3.0), service)] {
             true => Ok(()),
-            false => Err(format!("opened, closed: {counts:?}")),
+            false => Err(format!(
+                "opened, closed (by pod IP, by service): {counts:?}"
+            )),
         }
     });
     let received = metric(

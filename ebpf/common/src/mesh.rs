@@ -64,6 +64,12 @@ pub struct MeshDestination {
     /// IPv4, and reaches the proxy's IPv4 listener.
     pub family: u8,
     pub _pad: u8,
+    /// The service frontend the load balancer rewrote to `addr` (same family),
+    /// for the metrics; port 0 when the connection was not to a service.
+    pub frontend: RawAddr,
+    /// Port in network byte order.
+    pub frontend_port: u16,
+    pub _pad_tail: [u8; 2],
 }
 
 /// Key of [`MESH_ORIGINAL_DST_MAP`]: the client socket's end of a connection to the
@@ -273,6 +279,9 @@ mod tests {
             port: 8080u16.to_be(),
             family: AF_INET,
             _pad: 0,
+            frontend: [0; 4],
+            frontend_port: 0,
+            _pad_tail: [0; 2],
         };
         let listener = raw_addr(Ipv4Addr::LOCALHOST.into()).0;
         let port = MESH_OUTBOUND_PORT.to_be();

@@ -78,9 +78,10 @@ macro_rules! log_rewrite6 {
 pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
     let captured = mesh_captured(&ctx);
     let (ret, rewrite) = forward(&ctx, AF_INET, captured);
+    let frontend = rewrite.as_ref().map(|r| (r.frontend, r.frontend_port));
     log_rewrite4!(ctx, rewrite, "connect4 {:i}:{} -> {:i}:{}");
     if ret == PROCEED && captured {
-        capture(&ctx, AF_INET);
+        capture(&ctx, AF_INET, frontend);
     }
     ret
 }
@@ -89,9 +90,10 @@ pub fn skiff_connect4(ctx: SockAddrContext) -> i32 {
 pub fn skiff_connect6(ctx: SockAddrContext) -> i32 {
     let captured = mesh_captured(&ctx);
     let (ret, rewrite) = forward(&ctx, AF_INET6, captured);
+    let frontend = rewrite.as_ref().map(|r| (r.frontend, r.frontend_port));
     log_rewrite6!(ctx, rewrite, "connect6 [{:i}]:{} -> [{:i}]:{}");
     if ret == PROCEED && captured {
-        capture(&ctx, AF_INET6);
+        capture(&ctx, AF_INET6, frontend);
     }
     ret
 }
@@ -243,10 +245,12 @@ fn mesh_captured(ctx: &SockAddrContext) -> bool {
 }
 
 /// connect, after `forward`, for a socket the mesh captured: TCP goes to the node
-/// proxy's listener in the pod, and the destination it had is recorded under the
-/// socket's cookie for the proxy (through the sock_ops program) and getpeername.
+/// proxy's listener in the pod, and the destination it had (and the service
+/// `frontend` that `forward` balanced, as the socket asked for it) is recorded
+/// under the socket's cookie for the proxy (through the sock_ops program) and
+/// getpeername.
 #[inline(always)]
-fn capture(ctx: &SockAddrContext, socket_family: u8) {
+fn capture(ctx: &SockAddrContext, socket_family: u8, frontend: Option<(RawAddr, u16)>) {
     let sa = ctx.sock_addr;
     // SAFETY: the kernel hands a valid bpf_sock_addr.
     let (asked, port, protocol) = unsafe {
@@ -271,11 +275,18 @@ fn capture(ctx: &SockAddrContext, socket_family: u8) {
     };
     // SAFETY: the context is a bpf_sock_addr, which this helper takes.
     let cookie = unsafe { bpf_get_socket_cookie(sa.cast::<c_void>()) };
+    let (frontend, frontend_port) = match frontend {
+        Some((asked, port)) => (service_view(asked, socket_family).0, port),
+        None => ([0; 4], 0),
+    };
     let original = MeshDestination {
         addr: ip,
         port,
         family,
         _pad: 0,
+        frontend,
+        frontend_port,
+        _pad_tail: [0; 2],
     };
     // A full LRU map evicts its oldest entry; a failed update leaves the proxy
     // without the destination, and it closes the connection.

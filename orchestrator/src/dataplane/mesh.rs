@@ -61,7 +61,7 @@ impl MeshMaps {
         &mut self,
         netns_cookie: u64,
         peer: SocketAddr,
-    ) -> io::Result<Option<SocketAddr>> {
+    ) -> io::Result<Option<OriginalDestination>> {
         let family = match peer.ip() {
             IpAddr::V4(_) => AF_INET,
             IpAddr::V6(_) => AF_INET6,
@@ -73,12 +73,27 @@ impl MeshMaps {
             Err(error) => return Err(into_io(error)),
         };
         super::absent_is_ok(self.original_dst.remove(&key))?;
-        let backend = Backend {
-            addr: found.addr,
-            port: found.port,
-            family: found.family,
-            _pad: 0,
+        let address = |addr, port| {
+            Backend {
+                addr,
+                port,
+                family: found.family,
+                _pad: 0,
+            }
+            .socket_addr()
         };
-        Ok(Some(backend.socket_addr()))
+        Ok(Some(OriginalDestination {
+            addr: address(found.addr, found.port),
+            frontend: (found.frontend_port != 0)
+                .then(|| address(found.frontend, found.frontend_port)),
+        }))
     }
+}
+
+/// Where a captured connection was going.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OriginalDestination {
+    pub addr: SocketAddr,
+    /// The service frontend the kernel balanced to `addr`, when it was one.
+    pub frontend: Option<SocketAddr>,
 }

@@ -22,5 +22,5 @@ pub mod routes;
 pub use balance::OutlierConfig;
 pub use budget::BudgetConfig;
 pub use catalog::l7_view;
-pub use proxy::{Connect, Downstream, Endpoint, L7Error, L7Proxy, L7View, TcpConnect};
+pub use proxy::{Connect, Downstream, Endpoint, Frontend, L7Error, L7Proxy, L7View, TcpConnect};
 pub use routes::{Routes, ServicePort};

@@ -41,7 +41,7 @@ use tokio::task::JoinSet;
 use super::ca::{CaError, Certificates};
 use super::hbone::{Authorize, Dialer, HBONE_PORT, HboneClient, HboneError, HboneServer, Tunnel};
 use super::identity::Identity;
-use super::l7::{BudgetConfig, Connect, Downstream, L7Proxy, OutlierConfig, l7_view};
+use super::l7::{BudgetConfig, Connect, Downstream, Frontend, L7Proxy, OutlierConfig, l7_view};
 use super::metrics::{MeshMetrics, TrafficLabels, Workload as MetricsWorkload};
 use super::netns::{NetnsError, PodNetns};
 use super::policy;
@@ -577,13 +577,19 @@ impl Outbound {
         peer: SocketAddr,
     ) -> Result<(), ProxyError> {
         let _ = stream.set_nodelay(true);
-        let destination = self
+        let original = self
             .shared
             .maps()
             .take_original_destination(self.netns.cookie(), peer)
             .map_err(ProxyError::Maps)?
             .ok_or(ProxyError::NoOriginalDestination { peer })?;
-        if let Some(service) = self.shared.l7.frontend(destination) {
+        let destination = original.addr;
+        // The kernel leaves an HTTP Service's cluster IP as the destination.
+        if let Some(Frontend {
+            service,
+            http: true,
+        }) = self.shared.l7.frontend(destination)
+        {
             let downstream = Downstream {
                 source: self.source.clone(),
                 identity: Some(self.identity.clone()),
@@ -592,13 +598,18 @@ impl Outbound {
             let l7 = self.shared.l7.clone();
             return Ok(l7.serve(stream, downstream, self).await?);
         }
+        let service = original
+            .frontend
+            .and_then(|frontend| self.shared.l7.frontend(frontend))
+            .map(|frontend| frontend.service.name)
+            .unwrap_or_default();
         let view = self.shared.view.load();
         // Metrics count the mesh's own traffic: connections it carries in a tunnel.
         let meshed = view
             .workload(destination.ip())
             .filter(|w| w.enrolment.enrolled)
             .map(|w| {
-                let labels = TrafficLabels::new(&self.source, &w.pod.metrics_workload(), "");
+                let labels = TrafficLabels::new(&self.source, &w.pod.metrics_workload(), &service);
                 (w.identity.clone(), labels)
             });
         drop(view);

@@ -1,6 +1,7 @@
 //! The L7 proxy's view built from the API's objects: the cluster-IP frontends of
-//! Service ports that declare HTTP (what the proxy takes captured connections
-//! to), every Service port's ready endpoints as the dataplane balances them
+//! every Service port (those that declare HTTP are what the proxy takes
+//! captured connections to; the others name the Service in metrics), every
+//! Service port's ready endpoints as the dataplane balances them
 //! (the same rules: ready first, terminating ones when none is, ports matched
 //! by name), each named by its pod for metrics and policies, and the routes.
 
@@ -11,7 +12,7 @@ use crate::mesh::metrics::Workload;
 use crate::mesh::view::MeshView;
 use crate::model::{AuthorizationPolicy, EndpointSlice, HTTPRoute, Service};
 
-use super::proxy::{Endpoint, L7View};
+use super::proxy::{Endpoint, Frontend, L7View};
 use super::routes::{Routes, ServicePort};
 
 /// The view of `services` and their `slices`, with `routes` and `policies`;
@@ -58,9 +59,14 @@ pub fn l7_view<'a>(
                 name: name.to_string(),
                 port,
             };
-            if http_ports.contains(&i32::from(port)) {
-                view.frontends.insert(frontend.addr, service_port);
-            }
+            let http = http_ports.contains(&i32::from(port));
+            view.frontends.insert(
+                frontend.addr,
+                Frontend {
+                    service: service_port,
+                    http,
+                },
+            );
             let list = endpoints.entry(port).or_default();
             for addr in balancing.backends {
                 if list.iter().any(|e| e.addr == addr) {
@@ -159,13 +165,23 @@ endpoints:
             name: "web".into(),
             port: 80,
         };
+        let admin = ServicePort {
+            port: 9000,
+            ..http.clone()
+        };
+        let frontend = |service: &ServicePort, http| Frontend {
+            service: service.clone(),
+            http,
+        };
         assert_eq!(
             view.frontends,
             HashMap::from([
-                (addr("10.96.0.5:80"), http.clone()),
-                (addr("[fd00:10:96::5]:80"), http.clone()),
+                (addr("10.96.0.5:80"), frontend(&http, true)),
+                (addr("[fd00:10:96::5]:80"), frontend(&http, true)),
+                (addr("10.96.0.5:9000"), frontend(&admin, false)),
+                (addr("[fd00:10:96::5]:9000"), frontend(&admin, false)),
             ]),
-            "only the port declaring http, on both cluster IPs"
+            "both ports on both cluster IPs; only the one declaring http is taken"
         );
         let endpoints = &view.endpoints[&http];
         let addrs: Vec<SocketAddr> = endpoints.iter().map(|e| e.addr).collect();
@@ -176,7 +192,6 @@ endpoints:
         assert_eq!(endpoints[0].workload.name, "web");
         assert_eq!(endpoints[0].labels["app"], "web");
         assert_eq!(endpoints[1].workload.name, "", "no pod has that address");
-        let admin = ServicePort { port: 9000, ..http };
         let addrs: Vec<SocketAddr> = view.endpoints[&admin].iter().map(|e| e.addr).collect();
         assert_eq!(addrs, [addr("10.244.0.2:9000")], "a route may send there");
     }

@@ -78,11 +78,19 @@ pub struct Endpoint {
 /// HTTPRoutes, Services, EndpointSlices, Pods and AuthorizationPolicies.
 #[derive(Clone, Debug, Default)]
 pub struct L7View {
-    /// The Service ports the proxy takes connections to, by cluster IP and port.
-    pub frontends: HashMap<SocketAddr, ServicePort>,
+    /// Every Service port by cluster IP and port.
+    pub frontends: HashMap<SocketAddr, Frontend>,
     pub routes: Routes,
     pub endpoints: HashMap<ServicePort, Vec<Endpoint>>,
     pub policies: Vec<AuthorizationPolicy>,
+}
+
+/// A Service port at one of its cluster IPs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frontend {
+    pub service: ServicePort,
+    /// The port declares HTTP: the proxy takes connections to it.
+    pub http: bool,
 }
 
 /// One client connection: who it is from and the Service port it was addressed to.
@@ -161,8 +169,8 @@ impl L7Proxy {
         self.view.store(Arc::new(view));
     }
 
-    /// The Service port at `frontend`, when the proxy serves it.
-    pub fn frontend(&self, frontend: SocketAddr) -> Option<ServicePort> {
+    /// The Service port at `frontend` (a cluster IP and port).
+    pub fn frontend(&self, frontend: SocketAddr) -> Option<Frontend> {
         self.view.load().frontends.get(&frontend).cloned()
     }
 
