@@ -169,6 +169,12 @@ async fn reconcile(
 /// Creates the network namespace, attaches it through CNI and writes the pod's
 /// /etc files.
 async fn attach(ctx: &Context, record: &mut PodRecord, pod: &Pod) -> Result<(), String> {
+    // Recorded before the namespace exists: an agent stopped between the two
+    // still finds the pod on the node when it starts again, and removes its
+    // namespace and addresses if the pod went away meanwhile.
+    record
+        .save(&ctx.paths.record(&record.uid))
+        .map_err(|e| format!("saving the pod's record: {e}"))?;
     let uid = record.uid.clone();
     let netns_path = ctx.paths.netns(&uid);
     let network = ctx.network.clone();
