@@ -248,29 +248,23 @@ pub async fn run(
             let watched = tokio::select! {
                 _ = &mut shutdown => break 'relist,
                 event = followed.pod_events.next() => {
-                    // A burst of pod changes (a rollout, a node lost) makes one view.
-                    let mut applied = apply(&mut followed.pods, event);
-                    while let (Ok(true), Some(event)) =
-                        (&applied, followed.pod_events.next().now_or_never())
-                    {
-                        applied = apply(&mut followed.pods, event);
-                    }
-                    applied
+                    apply_burst(&mut followed.pods, &mut followed.pod_events, event)
                 }
-                event = followed.namespace_events.next() => apply(&mut followed.namespaces, event),
-                event = followed.policy_events.next() => apply(&mut followed.policies, event),
-                event = followed.service_events.next() => apply(&mut followed.services, event),
+                event = followed.namespace_events.next() => {
+                    apply_burst(&mut followed.namespaces, &mut followed.namespace_events, event)
+                }
+                event = followed.policy_events.next() => {
+                    apply_burst(&mut followed.policies, &mut followed.policy_events, event)
+                }
+                event = followed.service_events.next() => {
+                    apply_burst(&mut followed.services, &mut followed.service_events, event)
+                }
                 event = followed.slice_events.next() => {
-                    // An EndpointSlice changes with every pod that comes or goes.
-                    let mut applied = apply(&mut followed.slices, event);
-                    while let (Ok(true), Some(event)) =
-                        (&applied, followed.slice_events.next().now_or_never())
-                    {
-                        applied = apply(&mut followed.slices, event);
-                    }
-                    applied
+                    apply_burst(&mut followed.slices, &mut followed.slice_events, event)
                 }
-                event = followed.route_events.next() => apply(&mut followed.routes, event),
+                event = followed.route_events.next() => {
+                    apply_burst(&mut followed.routes, &mut followed.route_events, event)
+                }
                 _ = retry.tick() => Ok(true),
             };
             match watched {
@@ -364,6 +358,20 @@ fn apply<T: TryFrom<Object>>(
         (EventType::Added | EventType::Modified, None) => {}
     }
     Ok(true)
+}
+
+/// Applies `first` and the events of `events` that arrived after it: a burst of
+/// changes (a rollout, a node lost) makes one view.
+fn apply_burst<T: TryFrom<Object>>(
+    objects: &mut BTreeMap<String, T>,
+    events: &mut WatchStream,
+    first: Option<Result<WatchEvent, ApiError>>,
+) -> Result<bool, ApiError> {
+    let mut applied = apply(objects, first);
+    while let (Ok(true), Some(event)) = (&applied, events.next().now_or_never()) {
+        applied = apply(objects, event);
+    }
+    applied
 }
 
 /// Serves exactly the enrolled pods of this node: stops the others, starts the
