@@ -509,14 +509,36 @@ fn a_silent_node_is_marked_unknown_tainted_and_loses_its_pods() {
             .is_none_or(|t| t.is_empty()),
         "{node}"
     );
-    // Its heartbeats move on while the time it became Ready stays.
+    // Its heartbeat is its Lease, renewed every second and owned by the Node
+    // (the Node's status is written once a minute, longer than the grace
+    // period), while the time it became Ready stays.
+    let lease = || {
+        let out = agent.cli(&[
+            "get",
+            "lease",
+            NODE_NAME,
+            "-n",
+            "kube-node-lease",
+            "-o",
+            "json",
+        ]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("the node's lease: {e}: {out:?}"))
+    };
+    let renewed = lease();
+    assert_eq!(renewed["spec"]["holderIdentity"], NODE_NAME);
+    assert_eq!(renewed["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert_eq!(
+        renewed["metadata"]["ownerReferences"][0]["uid"],
+        node["metadata"]["uid"]
+    );
     let ready = condition(&node, "Ready").expect("Ready").clone();
     std::thread::sleep(Duration::from_secs(3));
+    assert_ne!(lease()["spec"]["renewTime"], renewed["spec"]["renewTime"]);
     let later = agent.object("node", NODE_NAME).expect("this node");
     let ready_later = condition(&later, "Ready").expect("still Ready");
     assert_eq!(
         ready_later["lastTransitionTime"],
         ready["lastTransitionTime"]
     );
-    assert_ne!(ready_later["lastHeartbeatTime"], ready["lastHeartbeatTime"]);
 }

@@ -236,7 +236,7 @@ impl Registry {
 
     /// Creates the namespaces every cluster has, when absent.
     pub async fn bootstrap(&self) -> Result<(), ApiError> {
-        for name in ["default", "kube-system"] {
+        for name in ["default", "kube-system", crate::model::NODE_LEASE_NAMESPACE] {
             let namespace = serde_json::json!({
                 "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}
             });

@@ -194,6 +194,8 @@ fn columns(kind: Kind, wide: bool) -> Vec<&'static str> {
         Kind::ServiceAccount => (vec!["NAME", "AGE"], vec![]),
         Kind::AuthorizationPolicy => (vec!["NAME", "ACTION", "AGE"], vec![]),
         Kind::HTTPRoute => (vec!["NAME", "PARENTS", "AGE"], vec![]),
+        // kubectl's columns.
+        Kind::Lease => (vec!["NAME", "HOLDER", "AGE"], vec![]),
         Kind::Job => (
             vec!["NAME", "STATUS", "COMPLETIONS", "DURATION", "AGE"],
             vec!["CONTAINERS", "IMAGES", "SELECTOR"],
@@ -406,6 +408,7 @@ fn cells(kind: Kind, o: &Value, wide: bool, now: i64) -> Vec<String> {
                 .collect();
             vec![name, parents.join(","), age]
         }
+        Kind::Lease => vec![name, or(&spec["holderIdentity"], "<none>"), age],
         Kind::Job => {
             let state = conditions(status)
                 .find(|c| {

@@ -1,6 +1,7 @@
-//! The node lifecycle controller: a Node whose agent has not reported Ready for
-//! the grace period (10 s by default, where Kubernetes waits 40 s and then 5
-//! minutes of toleration) is marked Ready=Unknown and tainted
+//! The node lifecycle controller: a Node whose agent has neither renewed its
+//! Lease (in `kube-node-lease`) nor reported Ready for the grace period (10 s by
+//! default, where Kubernetes waits 40 s and then 5 minutes of toleration) is
+//! marked Ready=Unknown and tainted
 //! `node.kubernetes.io/unreachable:NoExecute`, and its pods that do not tolerate
 //! the taint are removed so their controllers recreate them on other nodes. When
 //! the agent reports again, the taint goes.
@@ -17,11 +18,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::pods::{now_seconds, seconds};
-use super::{Action, Context, Error, Reconciler};
+use super::{Action, Cache, Context, Error, Reconciler};
 use crate::api::registry::{ApiError, ObjectRef, Propagation, now as timestamp};
 use crate::model::{
-    Condition, ConditionStatus, FieldSelector, Kind, Node, Object, Pod, Selector, Taint,
-    TaintEffect, Toleration,
+    Condition, ConditionStatus, FieldSelector, Kind, NODE_LEASE_NAMESPACE, Node, Object, Pod,
+    Selector, Taint, TaintEffect, Toleration,
 };
 use crate::runtime::events::Type;
 
@@ -50,12 +51,20 @@ pub enum Health {
     Lost,
 }
 
-/// The node's health from its Ready condition's last heartbeat; one already stale
-/// at `started` (when the controller began watching) counts from then, unless the
+/// The node's health from its last heartbeat: the later of its Lease's renewal
+/// (`lease_renewed`) and its Ready condition's heartbeat. One already stale at
+/// `started` (when the controller began watching) counts from then, unless the
 /// node is already marked lost.
-pub fn health(node: &Node, grace_seconds: i64, started: i64, now: i64) -> Health {
-    let beat = ready_condition(node)
-        .and_then(|c| seconds(c.last_heartbeat_time.as_deref()))
+pub fn health(
+    node: &Node,
+    lease_renewed: Option<i64>,
+    grace_seconds: i64,
+    started: i64,
+    now: i64,
+) -> Health {
+    let reported = ready_condition(node).and_then(|c| seconds(c.last_heartbeat_time.as_deref()));
+    let beat = reported
+        .max(lease_renewed)
         // A node that never reported counts from its creation.
         .or_else(|| seconds(node.metadata.creation_timestamp.as_deref()))
         .unwrap_or(now);
@@ -102,7 +111,19 @@ pub fn tolerated_for(tolerations: &[Toleration]) -> Option<Option<i64>> {
 impl Reconciler for NodeLifecycleController {
     const NAME: &'static str = "node-lifecycle-controller";
     const KIND: Kind = Kind::Node;
-    const RELATED: &'static [Kind] = &[];
+    const RELATED: &'static [Kind] = &[Kind::Lease];
+
+    /// A node's Lease is the one named after it in `kube-node-lease`.
+    fn owners_of(&self, object: &Object, _cache: &Cache) -> Vec<ObjectRef> {
+        match object {
+            Object::Lease(lease)
+                if lease.metadata.namespace.as_deref() == Some(NODE_LEASE_NAMESPACE) =>
+            {
+                vec![node_ref(&lease.metadata.name)]
+            }
+            _ => Vec::new(),
+        }
+    }
 
     async fn reconcile(&self, object: &Object, ctx: &Context) -> Result<Action, Error> {
         let Object::Node(node) = object else {
@@ -111,7 +132,8 @@ impl Reconciler for NodeLifecycleController {
         let grace = i64::try_from(self.grace.as_secs()).unwrap_or(i64::MAX);
         let now = now_seconds();
         let tainted = node.spec.taints.iter().any(is_unreachable_taint);
-        match health(node, grace, self.started, now) {
+        let lease_renewed = lease_renewed(ctx, &node.metadata.name).await?;
+        match health(node, lease_renewed, grace, self.started, now) {
             Health::Alive { lost_at } => {
                 if tainted {
                     let mut healed = node.clone();
@@ -179,6 +201,27 @@ impl Reconciler for NodeLifecycleController {
                 evict(ctx, node, now - taint_time).await
             }
         }
+    }
+}
+
+/// When the node's Lease was last renewed; None without one.
+async fn lease_renewed(ctx: &Context, node: &str) -> Result<Option<i64>, Error> {
+    let reference = ObjectRef {
+        kind: Kind::Lease,
+        namespace: Some(NODE_LEASE_NAMESPACE.into()),
+        name: node.into(),
+    };
+    match ctx.registry.get(&reference).await {
+        Ok(stored) => Ok(match Object::decode_stored(stored) {
+            Ok(Object::Lease(lease)) => seconds(lease.spec.renew_time.as_deref()),
+            _ => None,
+        }),
+        Err(ApiError::NotFound { .. }) => Ok(None),
+        Err(source) => Err(Error::Read {
+            kind: Kind::Lease,
+            namespace: NODE_LEASE_NAMESPACE.into(),
+            source,
+        }),
     }
 }
 
@@ -298,40 +341,69 @@ mod tests {
     }
 
     #[test]
+    fn the_later_of_the_lease_and_the_ready_heartbeat_counts() {
+        let beat = seconds(Some("2026-01-01T00:01:00Z")).expect("time");
+        let node = node_with_heartbeat(Some("2026-01-01T00:01:00Z"));
+        // The status is written once a minute; the Lease every few seconds.
+        assert_eq!(
+            health(&node, Some(beat + 50), 10, 0, beat + 55),
+            Health::Alive { lost_at: beat + 60 }
+        );
+        assert_eq!(
+            health(&node, Some(beat + 50), 10, 0, beat + 60),
+            Health::Lost
+        );
+        // A Lease older than the status (an agent that reported, then lost its
+        // Lease's write) does not make the node older.
+        assert_eq!(
+            health(&node, Some(beat - 30), 10, 0, beat + 9),
+            Health::Alive { lost_at: beat + 10 }
+        );
+        // A node that only ever renewed its Lease.
+        assert_eq!(
+            health(&node_with_heartbeat(None), Some(beat), 10, 0, beat + 9),
+            Health::Alive { lost_at: beat + 10 }
+        );
+    }
+
+    #[test]
     fn a_node_is_lost_after_the_grace_period_without_a_heartbeat() {
         let beat = seconds(Some("2026-01-01T00:01:00Z")).expect("time");
         let node = node_with_heartbeat(Some("2026-01-01T00:01:00Z"));
         assert_eq!(
-            health(&node, 10, 0, beat + 9),
+            health(&node, None, 10, 0, beat + 9),
             Health::Alive { lost_at: beat + 10 }
         );
-        assert_eq!(health(&node, 10, 0, beat + 10), Health::Lost);
+        assert_eq!(health(&node, None, 10, 0, beat + 10), Health::Lost);
         // Never reported: counted from creation.
         let created = seconds(Some("2026-01-01T00:00:00Z")).expect("time");
         assert_eq!(
-            health(&node_with_heartbeat(None), 10, 0, created + 11),
+            health(&node_with_heartbeat(None), None, 10, 0, created + 11),
             Health::Lost
         );
         // A controller that started when the heartbeat was already stale (the
         // store was unreachable) gives the node the grace period from then...
         let started = beat + 60;
         assert_eq!(
-            health(&node, 10, started, started + 9),
+            health(&node, None, 10, started, started + 9),
             Health::Alive {
                 lost_at: started + 10
             }
         );
-        assert_eq!(health(&node, 10, started, started + 10), Health::Lost);
+        assert_eq!(health(&node, None, 10, started, started + 10), Health::Lost);
         // ... but not to a node already marked lost,
         let mut marked = node.clone();
         marked.status.conditions[0].status = ConditionStatus::Unknown;
-        assert_eq!(health(&marked, 10, started, started + 1), Health::Lost);
+        assert_eq!(
+            health(&marked, None, 10, started, started + 1),
+            Health::Lost
+        );
         // nor to one that went quiet just before it started (a leader that died).
         assert_eq!(
-            health(&node, 10, beat + 3, beat + 9),
+            health(&node, None, 10, beat + 3, beat + 9),
             Health::Alive { lost_at: beat + 10 }
         );
-        assert_eq!(health(&node, 10, beat + 3, beat + 10), Health::Lost);
+        assert_eq!(health(&node, None, 10, beat + 3, beat + 10), Health::Lost);
     }
 
     fn toleration(

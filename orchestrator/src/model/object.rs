@@ -17,7 +17,7 @@ use super::meta::{validate_meta, validate_meta_update};
 use super::validation::{FieldErrors, Path};
 use super::{
     AuthorizationPolicy, ConfigMap, CronJob, Deployment, EndpointSlice, Event, HTTPRoute,
-    HorizontalPodAutoscaler, Job, Namespace, Node, NodeMetrics, ObjectMeta, Pod, PodMetrics,
+    HorizontalPodAutoscaler, Job, Lease, Namespace, Node, NodeMetrics, ObjectMeta, Pod, PodMetrics,
     PriorityClass, ReplicaSet, Secret, Service, ServiceAccount,
 };
 
@@ -42,6 +42,7 @@ pub enum Kind {
     PriorityClass,
     AuthorizationPolicy,
     HTTPRoute,
+    Lease,
 }
 
 /// What the API says about a kind.
@@ -54,7 +55,7 @@ struct KindInfo {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 19] = [
+    pub const ALL: [Kind; 20] = [
         Kind::Namespace,
         Kind::Node,
         Kind::Pod,
@@ -74,6 +75,7 @@ impl Kind {
         Kind::PriorityClass,
         Kind::AuthorizationPolicy,
         Kind::HTTPRoute,
+        Kind::Lease,
     ];
 
     fn info(self) -> KindInfo {
@@ -128,6 +130,7 @@ impl Kind {
                 &[],
                 true,
             ),
+            Kind::Lease => ("Lease", "coordination.k8s.io/v1", "leases", &[], true),
         };
         KindInfo {
             name,
@@ -368,6 +371,7 @@ objects!(
     PriorityClass,
     AuthorizationPolicy,
     HTTPRoute,
+    Lease,
 );
 
 impl Object {

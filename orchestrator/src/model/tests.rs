@@ -316,6 +316,14 @@ spec:
     - {name: web-v2, port: 80, weight: 10}
     timeouts: {request: 2s}
     retry: {attempts: 2, codes: [502, 503], backoff: 100ms}
+---
+apiVersion: coordination.k8s.io/v1
+kind: Lease
+metadata: {name: node-1, namespace: kube-node-lease}
+spec:
+  holderIdentity: node-1
+  leaseDurationSeconds: 40
+  renewTime: "2026-12-06T19:20:01.123456Z"
 "#;
 
 fn parse_ok(source: &str, text: &str) -> Vec<Document> {
@@ -1025,6 +1033,21 @@ fn bad_node_and_endpoint_slice() {
 }
 
 #[test]
+fn bad_lease() {
+    let text = "apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {name: n1, namespace: kube-node-lease}\n\
+                spec: {leaseDurationSeconds: 0, leaseTransitions: -1, renewTime: yesterday}\n";
+    let errors = parse_err(text);
+    assert!(
+        errors.starts_with(
+            "app.yaml doc 1: spec.leaseDurationSeconds: 0 must be greater than or equal to 1\n\
+             app.yaml doc 1: spec.leaseTransitions: -1 must be greater than or equal to 0\n\
+             app.yaml doc 1: spec.renewTime: \"yesterday\" is not an RFC 3339 time: "
+        ),
+        "{errors}"
+    );
+}
+
+#[test]
 fn bad_priority_class() {
     let class = |body: &str| {
         format!("apiVersion: scheduling.k8s.io/v1\nkind: PriorityClass\nmetadata:\n  name: {body}")
@@ -1150,6 +1173,7 @@ fn every_kind_decodes_defaults_and_validates() {
         Object::PriorityClass(class),
         Object::AuthorizationPolicy(policy),
         Object::HTTPRoute(route),
+        Object::Lease(lease),
     ] = documents.iter().map(|d| &d.object).collect::<Vec<_>>()[..]
     else {
         panic!("unexpected kinds");
@@ -1189,6 +1213,7 @@ fn every_kind_decodes_defaults_and_validates() {
     );
     assert_eq!(policy.spec.rules[0].to[0].operation.ports, ["8080"]);
     assert_eq!(route.spec.rules[0].backend_refs[1].weight, Some(10));
+    assert_eq!(lease.spec.holder_identity.as_deref(), Some("node-1"));
 
     // Pod defaults.
     assert_eq!(pod.metadata.namespace.as_deref(), Some("shop"));
@@ -1606,7 +1631,7 @@ fn decode_applies_no_defaults() {
 
 #[test]
 fn kinds() {
-    assert_eq!(Kind::ALL.len(), 19);
+    assert_eq!(Kind::ALL.len(), 20);
     for (name, kind) in [
         ("deploy", Kind::Deployment),
         ("Deployments", Kind::Deployment),

@@ -15,7 +15,7 @@ use tokio::task::JoinSet;
 
 use crate::api::registry::{ApiError, EventType, Registry};
 use crate::image::PullOptions;
-use crate::model::{FieldSelector, Kind, Object, Pod, Selector};
+use crate::model::{FieldSelector, Kind, NODE_LEASE_NAMESPACE, Object, Pod, Selector};
 
 use super::oci::Oci;
 use super::paths::Paths;
@@ -140,7 +140,7 @@ pub async fn run(
     heartbeat_interval: Duration,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ApiError> {
-    register(&ctx.registry, &identity).await?;
+    let node_uid = register(&ctx.registry, &identity).await?;
     let mut heartbeat = tokio::time::interval(heartbeat_interval);
     let mut workers: HashMap<String, watch::Sender<Option<Pod>>> = HashMap::new();
     let mut tasks: JoinSet<String> = JoinSet::new();
@@ -198,7 +198,7 @@ pub async fn run(
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
                 _ = heartbeat.tick() => {
-                    if let Err(e) = beat(&ctx.registry, &identity).await {
+                    if let Err(e) = heartbeat_once(&ctx.registry, &identity, &node_uid).await {
                         warn!("node {}: heartbeat: {e}", identity.name);
                     }
                 }
@@ -319,8 +319,17 @@ fn local_pods(ctx: &Context) -> Vec<String> {
         .collect()
 }
 
-/// Creates or updates this node's Node object and reports it ready.
-async fn register(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiError> {
+/// How long a node's Lease claims to hold (Kubernetes' default); the node
+/// lifecycle controller's own grace period decides when a node is lost.
+const LEASE_DURATION_SECONDS: i32 = 40;
+
+/// How often the Node's status is written when nothing in it changed (its Lease
+/// is the heartbeat in between).
+const NODE_STATUS_REFRESH_SECONDS: i64 = 60;
+
+/// Creates or updates this node's Node object and reports it ready; returns the
+/// Node's uid.
+async fn register(registry: &Registry, identity: &NodeIdentity) -> Result<String, ApiError> {
     let cidrs: Vec<String> = identity.pod_cidrs.iter().map(ToString::to_string).collect();
     let node = json!({
         "apiVersion": "v1",
@@ -332,10 +341,77 @@ async fn register(registry: &Registry, identity: &NodeIdentity) -> Result<(), Ap
         }},
         "spec": {"podCIDR": cidrs.first(), "podCIDRs": cidrs},
     });
-    registry.apply(vec![node]).await?;
+    let applied = registry.apply(vec![node]).await?;
+    let uid = applied
+        .first()
+        .and_then(|a| a.object["metadata"]["uid"].as_str())
+        .unwrap_or_default()
+        .to_string();
     beat(registry, identity).await?;
+    renew_lease(registry, identity, &uid).await?;
     info!("node {} registered", identity.name);
-    Ok(())
+    Ok(uid)
+}
+
+/// One heartbeat: the Lease is renewed; the Node's status is written when it is
+/// not Ready in the store (the node lifecycle controller marked it Unknown), or
+/// was last written a while ago.
+async fn heartbeat_once(
+    registry: &Registry,
+    identity: &NodeIdentity,
+    node_uid: &str,
+) -> Result<(), ApiError> {
+    renew_lease(registry, identity, node_uid).await?;
+    let stored = registry.get(&node_ref(identity)).await?;
+    let ready = stored["status"]["conditions"]
+        .as_array()
+        .and_then(|all| all.iter().find(|c| c["type"] == "Ready"));
+    let last_written = ready
+        .filter(|c| c["status"] == "True")
+        .and_then(|c| c["lastHeartbeatTime"].as_str())
+        .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+        .map(|t| t.as_second());
+    let now = jiff::Timestamp::now().as_second();
+    match last_written {
+        Some(at) if now - at < NODE_STATUS_REFRESH_SECONDS => Ok(()),
+        _ => beat(registry, identity).await,
+    }
+}
+
+/// Renews the node's Lease in `kube-node-lease`, owned by its Node.
+async fn renew_lease(
+    registry: &Registry,
+    identity: &NodeIdentity,
+    node_uid: &str,
+) -> Result<(), ApiError> {
+    let renewed = jiff::Timestamp::now()
+        .round(jiff::Unit::Microsecond)
+        .unwrap_or_else(|_| jiff::Timestamp::now());
+    let lease = json!({
+        "apiVersion": "coordination.k8s.io/v1",
+        "kind": "Lease",
+        "metadata": {
+            "name": identity.name,
+            "namespace": NODE_LEASE_NAMESPACE,
+            "ownerReferences": [{
+                "apiVersion": "v1", "kind": "Node", "name": identity.name, "uid": node_uid,
+            }],
+        },
+        "spec": {
+            "holderIdentity": identity.name,
+            "leaseDurationSeconds": LEASE_DURATION_SECONDS,
+            "renewTime": renewed.to_string(),
+        },
+    });
+    registry.apply(vec![lease]).await.map(drop)
+}
+
+fn node_ref(identity: &NodeIdentity) -> crate::api::registry::ObjectRef {
+    crate::api::registry::ObjectRef {
+        kind: Kind::Node,
+        namespace: None,
+        name: identity.name.clone(),
+    }
 }
 
 /// Reports the node Ready, with its capacity and addresses.
@@ -354,12 +430,7 @@ async fn beat(registry: &Registry, identity: &NodeIdentity) -> Result<(), ApiErr
         .collect();
     addresses.push(json!({"type": "Hostname", "address": identity.name}));
     // Ready since when: unchanged while the node stays Ready.
-    let reference = crate::api::registry::ObjectRef {
-        kind: crate::model::Kind::Node,
-        namespace: None,
-        name: identity.name.clone(),
-    };
-    let stored = registry.get(&reference).await?;
+    let stored = registry.get(&node_ref(identity)).await?;
     let ready_since = stored["status"]["conditions"]
         .as_array()
         .and_then(|all| {
