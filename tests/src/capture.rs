@@ -148,6 +148,14 @@ pub fn parse_pcap(data: &[u8]) -> Vec<Segment> {
     segments
 }
 
+/// Segments to or from `port` whose payload holds `needle`.
+pub fn carrying(segments: &[Segment], port: u16, needle: &str) -> usize {
+    segments
+        .iter()
+        .filter(|s| s.port(port) && contains(&s.payload, needle.as_bytes()))
+        .count()
+}
+
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }

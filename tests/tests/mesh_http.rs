@@ -6,17 +6,20 @@
 //! hide a backend failing every other request, a timeout, and outlier detection
 //! that ejects an always-failing endpoint. The agent's metrics count the
 //! requests. A client outside the mesh reaching the same cluster IP is balanced
-//! by the kernel as before, so the routes do not apply to it.
+//! by the kernel as before, so the routes do not apply to it. A capture on a
+//! backend's link sees the mesh client's requests only inside the tunnel.
 //!
 //! The servers are busybox httpd with small CGI scripts; the clients are busybox
 //! wget loops run inside the client pods' network namespaces and the cgroup the
 //! test agent's dataplane is attached to.
 
 use skiff_tests::agent::{Agent, NODE_NAME};
-use skiff_tests::mesh::{READY_WITHIN, metric, netns_of, ready_pod, wait_logged};
+use skiff_tests::capture::{Capture, carrying, contains, stream_of};
+use skiff_tests::mesh::{READY_WITHIN, metric, netns_of, ready_pod, uid, wait_logged};
 use skiff_tests::{eventually, unique_name};
 
 const SERVER_PORT: u16 = 8080;
+const HBONE_PORT: u16 = 15008;
 /// The canary's share of requests the route gives it, in percent.
 const CANARY_PERCENT: f64 = 10.0;
 const SPLIT_REQUESTS: usize = 2_000;
@@ -189,9 +192,10 @@ spec:
     }
     manifests += &format!("---{}---{}", sleeper(&mesh), sleeper(&plain));
     agent.apply(&manifests);
-    for pod in ["stable", "canary", "good", "broken"] {
+    for pod in ["stable", "good", "broken"] {
         ready_pod(&agent, &mesh, pod);
     }
+    let canary_pod = ready_pod(&agent, &mesh, "canary");
     let client = ready_pod(&agent, &mesh, "client");
     let outsider = ready_pod(&agent, &plain, "client");
     wait_logged(&mut agent, &format!("mesh: serving pod {mesh}/client"));
@@ -272,6 +276,23 @@ spec:
     // endpoint: no route applies.
     let outside = get(&agent, &outsider, &front, 20);
     assert_eq!(count(&outside, "stable"), 20, "{outside:?}");
+
+    // On the canary's link, requests through the L7 proxy arrive inside the
+    // tunnel (TLS to 15008); only the outsider's, last, is plaintext HTTP.
+    let veth = skiff_cni::wiring::host_veth_name(uid(&canary_pod), "eth0");
+    let node = agent.node_netns.as_ref().expect("a node namespace");
+    let capture = Capture::start(node.command("tcpdump"), &veth, "tcp");
+    let to_canary = format!("http://{}/", vip(&agent, &mesh, "canary"));
+    assert_eq!(get(&agent, &client, &to_canary, 3), ["canary"; 3]);
+    assert_eq!(get(&agent, &outsider, &to_canary, 1), ["canary"]);
+    let segments = capture.flush_through(b"canary");
+    assert_eq!(carrying(&segments, SERVER_PORT, "canary"), 1);
+    let tunnel = stream_of(&segments, HBONE_PORT);
+    assert!(!tunnel.is_empty(), "nothing crossed on {HBONE_PORT}");
+    assert!(
+        !contains(&tunnel, b"canary"),
+        "the tunnel carried plaintext"
+    );
 }
 
 /// The cluster IP of Service `name` in `namespace`.

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use skiff_tests::agent::{Agent, NODE_NAME};
-use skiff_tests::capture::{Capture, Segment, contains, stream_of};
+use skiff_tests::capture::{Capture, carrying, contains, stream_of};
 use skiff_tests::cluster::{Cluster, LAN_BRIDGE, node_name};
 use skiff_tests::lab::{client_output, client_output_within};
 use skiff_tests::mesh::{READY_WITHIN, metric, netns_of, pod_ip, ready_pod, uid, wait_logged};
@@ -104,14 +104,6 @@ fn connect_from(
         .cgroup
         .command_at(&netns_of(pod), workspace_bin("skiff-test-client"));
     client_output(client, addr, count)
-}
-
-/// Segments to or from `port` whose payload holds `needle`.
-fn carrying(segments: &[Segment], port: u16, needle: &str) -> usize {
-    segments
-        .iter()
-        .filter(|s| s.port(port) && contains(&s.payload, needle.as_bytes()))
-        .count()
 }
 
 /// The test's workloads, running.
