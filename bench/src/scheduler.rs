@@ -13,10 +13,14 @@
 //!   are applied without a node, and the time runs from the first apply until a
 //!   watch has seen every pod bound), and pods pending (the same with the nodes
 //!   cordoned until every pod waits, then opened in one Apply, the time running
-//!   from that Apply); with the agent's resident memory before and after.
+//!   from that Apply); with the agent's resident memory before and after. Each
+//!   runs `--e2e-rounds` times, a fresh agent each time, and the median is
+//!   reported with every round's value; `--against` measures other skiff
+//!   binaries (builds before a change) in the same rounds, alternating with the
+//!   first, so that all see the same machine.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
@@ -25,7 +29,7 @@ use serde_json::{Value, json};
 use skiff::api::proto;
 use skiff::model::{Node, Object, Pod};
 use skiff::scheduler::snapshot::{NodeSpecifics, PlacedPod, Resources, Snapshot, pod_requests};
-use skiff::scheduler::{Decision, Scoring, decide};
+use skiff::scheduler::{Decision, NextNode, Scoring, decide};
 
 use crate::agent::Agent;
 use crate::stats::{allocated_bytes, median, rss_mib};
@@ -49,6 +53,13 @@ pub struct Options {
     /// Pods per Apply call in the end-to-end run.
     #[arg(long, default_value_t = 1_000)]
     batch: usize,
+    /// Rounds of the end-to-end measurement, each with fresh agents.
+    #[arg(long, default_value_t = 3)]
+    e2e_rounds: usize,
+    /// Other skiff binaries measured end to end in the same rounds, alternating
+    /// with `--skiff` (builds from before a change, say); repeatable.
+    #[arg(long)]
+    against: Vec<PathBuf>,
 }
 
 /// A simulated node: 32 cpu, 128Gi, 110 pods, Ready; cordoned or open.
@@ -109,8 +120,19 @@ pub async fn run(options: Options) -> Result<()> {
         skiff_rounds.push(skiff);
         naive_rounds.push(naive);
     }
-    let arriving = end_to_end(&options, Arrival::WhileApplied).await?;
-    let pending = end_to_end(&options, Arrival::Pending).await?;
+    let binaries: Vec<&Path> = std::iter::once(options.skiff.as_path())
+        .chain(options.against.iter().map(PathBuf::as_path))
+        .collect();
+    // Per binary: each round's run with pods arriving and with pods pending.
+    let mut runs: Vec<Vec<(EndToEnd, EndToEnd)>> = binaries.iter().map(|_| Vec::new()).collect();
+    for round in 1..=options.e2e_rounds {
+        for (binary, rounds) in binaries.iter().zip(&mut runs) {
+            eprintln!("end-to-end round {round}: {}", binary.display());
+            let arriving = end_to_end(&options, binary, Arrival::WhileApplied).await?;
+            let pending = end_to_end(&options, binary, Arrival::Pending).await?;
+            rounds.push((arriving, pending));
+        }
+    }
 
     let seconds = median(skiff_rounds.iter().map(|r| r.seconds));
     let naive_seconds = median(naive_rounds.iter().map(|r| r.seconds));
@@ -133,36 +155,68 @@ pub async fn run(options: Options) -> Result<()> {
         "| core: snapshot memory, all pods placed (MiB) | {:.1} | | |",
         median(skiff_rounds.iter().map(|r| r.memory_mib))
     );
+
     println!(
-        "| end to end, pods arriving: first apply to last pod bound (s) | {:.2} | | |",
-        arriving.seconds
+        "\nend to end: median of {} rounds (every round in brackets)\n",
+        options.e2e_rounds
     );
-    println!(
-        "| end to end, pods arriving: of which applying the pods (s) | {:.2} | | |",
-        arriving.apply_seconds
+    let columns: Vec<String> = binaries.iter().map(|b| b.display().to_string()).collect();
+    println!("| measure | {} |", columns.join(" | "));
+    println!("|---|{}", "---|".repeat(columns.len()));
+    let row = |measure: &str, figure: &dyn Fn(&(EndToEnd, EndToEnd)) -> f64, precision: usize| {
+        let cells: Vec<String> = runs
+            .iter()
+            .map(|rounds| spread(rounds.iter().map(figure), precision))
+            .collect();
+        println!("| {measure} | {} |", cells.join(" | "));
+    };
+    row(
+        "pods arriving: first apply to last pod bound (s)",
+        &|(arriving, _)| arriving.seconds,
+        2,
     );
-    println!(
-        "| end to end, pods pending: nodes opened to last pod bound (s) | {:.2} | | |",
-        pending.seconds
+    row(
+        "pods arriving: of which applying the pods (s)",
+        &|(arriving, _)| arriving.apply_seconds,
+        2,
     );
-    println!(
-        "| end to end, pods pending: pods bound/s | {:.0} | | |",
-        options.pods as f64 / pending.seconds
+    row(
+        "pods pending: nodes opened to last pod bound (s)",
+        &|(_, pending)| pending.seconds,
+        2,
     );
-    println!(
-        "| end to end: agent RSS, nodes only -> all pods bound (MiB) | {:.1} -> {:.1} | | |",
-        arriving.rss_before_mib, arriving.rss_after_mib
+    row(
+        "pods pending: pods bound/s",
+        &|(_, pending)| options.pods as f64 / pending.seconds,
+        0,
+    );
+    row(
+        "agent RSS, nodes only (MiB)",
+        &|(arriving, _)| arriving.rss_before_mib,
+        1,
+    );
+    row(
+        "agent RSS, all pods bound (MiB)",
+        &|(arriving, _)| arriving.rss_after_mib,
+        1,
     );
     let verdict = |seconds: f64| if seconds < 2.0 { "met" } else { "NOT met" };
+    let skiff_runs = &runs[0];
     println!(
-        "\nfloor: {} pods in under 2 s: core {}, pending pods bound through the agent {}, \
-         arriving through the API {}",
+        "\nfloor: {} pods in under 2 s: core {}, pending pods bound through the agent {} \
+         (median), arriving through the API {} (median)",
         options.pods,
         verdict(seconds),
-        verdict(pending.seconds),
-        verdict(arriving.seconds),
+        verdict(median(skiff_runs.iter().map(|(_, p)| p.seconds))),
+        verdict(median(skiff_runs.iter().map(|(a, _)| a.seconds))),
     );
     Ok(())
+}
+
+/// The median of `values`, then every value in brackets: "1.95 (2.01, 1.87, 1.95)".
+fn spread(values: impl Iterator<Item = f64> + Clone, precision: usize) -> String {
+    let every: Vec<String> = values.clone().map(|v| format!("{v:.precision$}")).collect();
+    format!("{:.precision$} ({})", median(values), every.join(", "))
 }
 
 struct CoreFigures {
@@ -179,8 +233,9 @@ fn core_skiff(nodes: &[Node], pods: &[Pod]) -> Result<CoreFigures> {
     for node in nodes {
         snapshot.set_node(&node.metadata.name, NodeSpecifics::of(node));
     }
+    let mut next_node = NextNode::default();
     for pod in pods {
-        match decide(pod, &snapshot, Scoring::MostAllocated) {
+        match decide(pod, &snapshot, Scoring::MostAllocated, &mut next_node) {
             Decision::Bind { node } => snapshot.place(&node, PlacedPod::new(pod, 0)),
             other => bail!("pod {} was not bound: {other:?}", pod.metadata.name),
         }
@@ -267,11 +322,11 @@ enum Arrival {
     Pending,
 }
 
-async fn end_to_end(options: &Options, arrival: Arrival) -> Result<EndToEnd> {
+async fn end_to_end(options: &Options, skiff: &Path, arrival: Arrival) -> Result<EndToEnd> {
     // Simulated nodes have no agent to send heartbeats: without a long grace the
     // node lifecycle controller would find them lost after 10 s and evict their pods.
     let mut agent = Agent::start(
-        &options.skiff,
+        skiff,
         "warn,skiff::agent=info",
         &["--node-monitor-grace-period", "1h"],
     )

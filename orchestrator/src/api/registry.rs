@@ -497,10 +497,7 @@ impl Registry {
     /// The stored form: JSON without the resourceVersion (the store's revision is
     /// authoritative), sealed for Secrets.
     fn encode(&self, object: &Object) -> Result<Vec<u8>, ApiError> {
-        let json = serde_json::to_vec(&plain_value(object)).map_err(|e| ApiError::Corrupt {
-            key: ObjectRef::of(object).key(),
-            reason: e.to_string(),
-        })?;
+        let json = object.to_stored_bytes();
         if object.kind() == Kind::Secret {
             self.secrets.seal(&json).map_err(|e| ApiError::Corrupt {
                 key: ObjectRef::of(object).key(),

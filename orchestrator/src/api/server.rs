@@ -376,7 +376,7 @@ impl api_server::Api for ApiService {
                     EventType::Modified => proto::EventType::Modified,
                     EventType::Deleted => proto::EventType::Deleted,
                 } as i32,
-                object: json_bytes(&event.object.to_value()),
+                object: event.object.to_json_bytes(),
             })
         });
         Ok(Response::new(Box::pin(events)))

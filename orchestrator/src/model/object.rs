@@ -6,6 +6,8 @@
 //! Optional fields are `Option`s; they serialize as null, and [`Object::to_value`]
 //! drops nulls so output looks like kubectl's. On input a null means "unset" too.
 
+mod compact;
+
 use std::fmt;
 
 use serde::Serialize;
@@ -326,6 +328,18 @@ macro_rules! objects {
                 }
             }
 
+            /// Appends the object's fields to `out` as a JSON object (without
+            /// apiVersion and kind), leaving out nulls and the field at `omit`.
+            fn write_fields(
+                &self,
+                out: &mut Vec<u8>,
+                omit: &'static [&'static str],
+            ) -> Result<(), serde_json::Error> {
+                match self {
+                    $(Object::$kind(o) => compact::write(out, o, omit),)+
+                }
+            }
+
             /// Decodes the fields of a `kind` (apiVersion and kind removed).
             fn decode_kind(kind: Kind, fields: Value) -> Result<Object, FieldErrors> {
                 match kind {
@@ -422,6 +436,42 @@ impl Object {
             fields.insert("kind".into(), kind.name().into());
         }
         value
+    }
+
+    /// The JSON of [`Object::to_value`] written straight to bytes, apiVersion and
+    /// kind first, then the fields in the order of their declaration.
+    pub fn to_json_bytes(&self) -> Vec<u8> {
+        self.json_bytes_omitting(&[])
+    }
+
+    /// [`Object::to_json_bytes`] without `metadata.resourceVersion`: what the store
+    /// keeps (a key's revision is its object's version).
+    pub fn to_stored_bytes(&self) -> Vec<u8> {
+        self.json_bytes_omitting(&["metadata", "resourceVersion"])
+    }
+
+    fn json_bytes_omitting(&self, omit: &'static [&'static str]) -> Vec<u8> {
+        let kind = self.kind();
+        let mut out = Vec::with_capacity(1024);
+        out.extend_from_slice(b"{\"apiVersion\":\"");
+        // Both are fixed names without characters JSON escapes.
+        out.extend_from_slice(kind.api_version().as_bytes());
+        out.extend_from_slice(b"\",\"kind\":\"");
+        out.extend_from_slice(kind.name().as_bytes());
+        out.push(b'"');
+        let fields = out.len();
+        // Model types have string keys and no floats, so serializing them cannot fail.
+        self.write_fields(&mut out, omit)
+            .expect("model types serialize to JSON");
+        // The fields' object joins the one begun above: its `{` becomes a comma,
+        // or, when it is empty, goes with its `}`.
+        if out[fields..] == *b"{}" {
+            out.truncate(fields);
+            out.push(b'}');
+        } else {
+            out[fields] = b',';
+        }
+        out
     }
 
     /// What the Kubernetes API server defaults (the namespace excepted: the server

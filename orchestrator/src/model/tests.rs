@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::manifest::{Document, ManifestError, load, parse, to_yaml};
 use super::*;
@@ -1379,6 +1379,29 @@ fn round_trips_through_yaml() {
     assert_eq!(again.len(), 2);
     assert_eq!(again[1].object, object);
     assert_eq!(again[1].index, 2);
+}
+
+#[test]
+fn json_bytes_hold_the_json_of_to_value() {
+    for document in parse_ok("all.yaml", ALL_KINDS) {
+        let mut object = document.object;
+        let kind = object.kind();
+        object.metadata_mut().resource_version = Some("42".into());
+        let value = object.to_value();
+        let written: Value = serde_json::from_slice(&object.to_json_bytes()).unwrap();
+        assert_eq!(written, value, "{kind}");
+        // The store's copy: the same without the version, and it reads back whole.
+        let stored: Value = serde_json::from_slice(&object.to_stored_bytes()).unwrap();
+        let mut unversioned = value;
+        unversioned["metadata"]
+            .as_object_mut()
+            .unwrap()
+            .remove("resourceVersion");
+        assert_eq!(stored, unversioned, "{kind}");
+        let mut read = Object::decode_stored(stored).unwrap();
+        read.metadata_mut().resource_version = Some("42".into());
+        assert_eq!(read, object, "{kind}");
+    }
 }
 
 #[test]

@@ -7,6 +7,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::ops::Bound;
 
 use super::Scoring;
 use super::snapshot::{
@@ -89,36 +90,84 @@ struct Candidate<'a> {
     avoided_by: HashSet<(&'a str, &'a str)>,
 }
 
-/// Decides where `pod` goes.
-pub fn decide(pod: &Pod, snapshot: &Snapshot, scoring: Scoring) -> Decision {
+/// Where the next decision starts looking at nodes: the name of the first node
+/// the last decision did not examine (kube-scheduler's nextStartNodeIndex, by
+/// name, so that nodes coming and going do not shift it). Empty: the first node.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NextNode(String);
+
+/// Kubernetes' adaptive percentageOfNodesToScore: the filters stop once this many
+/// nodes fit. Every node in clusters of up to 100; beyond, 50% less 1% per 125
+/// nodes, at least 5% and at least 100 nodes.
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    const MIN_NODES: usize = 100;
+    const MIN_PERCENT: usize = 5;
+    if nodes < MIN_NODES {
+        return nodes;
+    }
+    let percent = 50usize.saturating_sub(nodes / 125).max(MIN_PERCENT);
+    (nodes * percent / 100).max(MIN_NODES)
+}
+
+/// Decides where `pod` goes. As kube-scheduler does in large clusters, it
+/// examines nodes from `next` on (wrapping around) only until
+/// [`feasible_nodes_to_find`] of them fit, scores those, and moves `next` past
+/// the nodes it examined, so the next decision looks at others first.
+pub fn decide(pod: &Pod, snapshot: &Snapshot, scoring: Scoring, next: &mut NextNode) -> Decision {
     let (priority, policy) = match snapshot.priority_of(&pod.spec) {
         Ok(resolved) => resolved,
         Err(message) => return Decision::Unschedulable { message },
     };
     let candidate = Candidate::new(pod, priority, snapshot);
-    let nodes = snapshot.nodes.values().filter(|n| n.registered);
-    let mut feasible = Vec::new();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    let mut resource_only: Vec<&NodeInfo> = Vec::new();
-    let mut total = 0;
-    for node in nodes {
-        total += 1;
-        let failed = candidate.filter(node, node.requested);
-        if failed.is_empty() {
+    let wanted = feasible_nodes_to_find(snapshot.registered_nodes());
+    let from = next.0.as_str();
+    let rotated = snapshot
+        .nodes
+        .range::<str, _>((Bound::Included(from), Bound::Unbounded))
+        .chain(
+            snapshot
+                .nodes
+                .range::<str, _>((Bound::Unbounded, Bound::Excluded(from))),
+        )
+        .map(|(_, node)| node)
+        .filter(|n| n.registered);
+    // One buffer for every node's reasons: most nodes fit, and the others need no
+    // allocation of their own.
+    let mut failed = Vec::new();
+    let mut feasible: Vec<&NodeInfo> = Vec::with_capacity(wanted);
+    let mut stopped_before = None;
+    for node in rotated {
+        if feasible.len() == wanted {
+            stopped_before = Some(node.name.clone());
+            break;
+        }
+        if candidate.filter(node, node.requested, &mut failed) {
             feasible.push(node);
-            continue;
         }
-        if failed.iter().all(Reason::is_resource) {
-            resource_only.push(node);
-        }
-        for reason in failed {
-            *reasons.entry(reason.to_string()).or_default() += 1;
-        }
+    }
+    // Having examined every node, the next decision starts where this one did.
+    if let Some(name) = stopped_before {
+        next.0 = name;
     }
     if let Some(node) = best(&candidate, &feasible, scoring) {
         return Decision::Bind {
             node: node.name.clone(),
         };
+    }
+    // No node fits (so every node was examined): a second pass, in name order,
+    // says why per node, worded only now (a pod that fits never formats a reason).
+    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+    let mut resource_only: Vec<&NodeInfo> = Vec::new();
+    let mut total = 0;
+    for node in snapshot.nodes.values().filter(|n| n.registered) {
+        total += 1;
+        candidate.filter(node, node.requested, &mut failed);
+        if failed.iter().all(Reason::is_resource) {
+            resource_only.push(node);
+        }
+        for reason in failed.drain(..) {
+            *reasons.entry(reason.to_string()).or_default() += 1;
+        }
     }
     let message = if total == 0 {
         "no nodes available to schedule pods".to_string()
@@ -179,12 +228,15 @@ impl<'a> Candidate<'a> {
         }
     }
 
-    /// Why `node`, with `requested` in use, cannot take the pod (empty: it can).
-    fn filter(&self, node: &NodeInfo, requested: Resources) -> Vec<Reason> {
+    /// Whether `node`, with `requested` in use, can take the pod; `why` is
+    /// cleared, then holds the reasons it cannot.
+    fn filter(&self, node: &NodeInfo, requested: Resources, why: &mut Vec<Reason>) -> bool {
+        why.clear();
         let specifics = &node.specifics;
         let tolerations = &self.pod.spec.tolerations;
         if !specifics.ready {
-            return vec![Reason::NotReady];
+            why.push(Reason::NotReady);
+            return false;
         }
         if specifics.unschedulable {
             let cordon = Taint {
@@ -193,7 +245,8 @@ impl<'a> Candidate<'a> {
                 ..Taint::default()
             };
             if !tolerated(tolerations, &cordon) {
-                return vec![Reason::Unschedulable];
+                why.push(Reason::Unschedulable);
+                return false;
             }
         }
         if let Some(taint) = specifics.taints.iter().find(|t| {
@@ -202,26 +255,28 @@ impl<'a> Candidate<'a> {
                 Some(TaintEffect::NoSchedule | TaintEffect::NoExecute)
             ) && !tolerated(tolerations, t)
         }) {
-            return vec![Reason::UntoleratedTaint {
+            why.push(Reason::UntoleratedTaint {
                 key: taint.key.clone(),
                 value: taint.value.clone().unwrap_or_default(),
-            }];
+            });
+            return false;
         }
         if !self.matches_node(node) {
-            return vec![Reason::NodeAffinity];
+            why.push(Reason::NodeAffinity);
+            return false;
         }
-        let mut reasons = self.resource_reasons(node, requested);
+        self.resource_reasons(node, requested, why);
         let on = |pairs: &HashSet<(&str, &str)>| {
             pairs
                 .iter()
                 .any(|(key, value)| specifics.labels.get(*key).map(String::as_str) == Some(value))
         };
         if !self.avoids.is_empty() && on(&self.avoids) {
-            reasons.push(Reason::AntiAffinity);
+            why.push(Reason::AntiAffinity);
         } else if !self.avoided_by.is_empty() && on(&self.avoided_by) {
-            reasons.push(Reason::ExistingAntiAffinity);
+            why.push(Reason::ExistingAntiAffinity);
         }
-        reasons
+        why.is_empty()
     }
 
     /// The node selector and required node affinity.
@@ -251,30 +306,28 @@ impl<'a> Candidate<'a> {
         })
     }
 
-    /// Resources short on `node` with `requested` in use, counting the room held
-    /// for nominated pods that go first (at least this pod's priority).
-    fn resource_reasons(&self, node: &NodeInfo, requested: Resources) -> Vec<Reason> {
+    /// Adds the resources short on `node` with `requested` in use to `why`, counting
+    /// the room held for nominated pods that go first (at least this pod's priority).
+    fn resource_reasons(&self, node: &NodeInfo, requested: Resources, why: &mut Vec<Reason>) {
         let used = node
             .nominated
             .values()
             .filter(|n| n.priority >= self.priority && n.key != self.key)
             .fold(requested, |sum, n| sum.plus(n.requests));
         let allocatable = node.specifics.allocatable;
-        let mut reasons = Vec::new();
         if used.pods + self.requests.pods > allocatable.pods {
-            reasons.push(Reason::TooManyPods);
+            why.push(Reason::TooManyPods);
         }
         if self.requests.cpu_millis > 0
             && used.cpu_millis + self.requests.cpu_millis > allocatable.cpu_millis
         {
-            reasons.push(Reason::Insufficient("cpu"));
+            why.push(Reason::Insufficient("cpu"));
         }
         if self.requests.memory_bytes > 0
             && used.memory_bytes + self.requests.memory_bytes > allocatable.memory_bytes
         {
-            reasons.push(Reason::Insufficient("memory"));
+            why.push(Reason::Insufficient("memory"));
         }
-        reasons
     }
 
     /// The sum of the weights of the preferred node affinity terms `node` matches.
@@ -308,7 +361,8 @@ impl<'a> Candidate<'a> {
     }
 }
 
-/// The best of the feasible nodes, the first by name among equals.
+/// The best of the feasible nodes, the first by name among equals (whatever
+/// order they were examined in).
 fn best<'a>(
     candidate: &Candidate,
     feasible: &[&'a NodeInfo],
@@ -331,7 +385,9 @@ fn best<'a>(
         let affinity = normalized(affinity, max_affinity);
         let taints = 100 - normalized(intolerable, max_intolerable);
         let score = resources + AFFINITY_WEIGHT * affinity + TAINT_WEIGHT * taints;
-        if best.is_none_or(|(_, top)| score > top) {
+        if best.is_none_or(|(top_node, top)| {
+            score > top || (score == top && node.name < top_node.name)
+        }) {
             best = Some((node, score));
         }
     }
@@ -352,8 +408,12 @@ fn resource_score(candidate: &Candidate, node: &NodeInfo, scoring: Scoring) -> i
         if allocatable <= 0 {
             return 0;
         }
-        let used = i128::from(used.clamp(0, allocatable));
-        let full = (used * 100 / i128::from(allocatable)) as i64;
+        let used = used.clamp(0, allocatable);
+        // i128 only for allocatable amounts near i64::MAX: its division is slow.
+        let full = match used.checked_mul(100) {
+            Some(hundredfold) => hundredfold / allocatable,
+            None => (i128::from(used) * 100 / i128::from(allocatable)) as i64,
+        };
         match scoring {
             Scoring::MostAllocated => full,
             Scoring::LeastAllocated => 100 - full,
@@ -373,6 +433,7 @@ type Harm = (i32, usize, i64);
 /// their room is on the way.
 fn preemption(candidate: &Candidate, nodes: &[&NodeInfo]) -> Option<(String, Vec<PodKey>)> {
     let mut best: Option<(Harm, String, Vec<PodKey>)> = None;
+    let mut why = Vec::new();
     for node in nodes {
         let mut evictable: Vec<_> = node
             .pods
@@ -388,13 +449,13 @@ fn preemption(candidate: &Candidate, nodes: &[&NodeInfo]) -> Option<(String, Vec
             .chain(evictable.iter().copied())
             .fold(Resources::default(), |sum, p| sum.plus(p.requests));
         let mut requested = node.requested.minus(freed);
-        if !candidate.filter(node, requested).is_empty() {
+        if !candidate.filter(node, requested, &mut why) {
             continue;
         }
         let mut victims = Vec::new();
         for pod in evictable {
             let kept = requested.plus(pod.requests);
-            if candidate.filter(node, kept).is_empty() {
+            if candidate.filter(node, kept, &mut why) {
                 requested = kept;
             } else {
                 victims.push(pod);

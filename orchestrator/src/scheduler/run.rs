@@ -17,7 +17,7 @@ use futures::StreamExt;
 use log::{debug, info, warn};
 use tokio::task::JoinSet;
 
-use super::decide::{Decision, decide};
+use super::decide::{Decision, NextNode, decide};
 use super::queue::Queue;
 use super::snapshot::{NodeSpecifics, PlacedPod, PodKey, Snapshot, holds_room};
 use super::{Error, Scoring};
@@ -76,6 +76,8 @@ struct Scheduler {
     // Shared with the decisions' background writes: a decision copies no pod.
     pending: HashMap<PodKey, Arc<Pod>>,
     queue: Queue,
+    /// Where the next decision starts looking at nodes.
+    next_node: NextNode,
     writes: JoinSet<Written>,
 }
 
@@ -90,6 +92,7 @@ async fn follow(registry: &Registry, scoring: Scoring) -> Result<(), Error> {
         snapshot: Snapshot::default(),
         pending: HashMap::new(),
         queue: Queue::default(),
+        next_node: NextNode::default(),
         writes: JoinSet::new(),
     };
     for class in &classes {
@@ -243,7 +246,7 @@ impl Scheduler {
             return;
         };
         let (priority, _) = self.priority(&pod.spec);
-        match decide(&pod, &self.snapshot, self.scoring) {
+        match decide(&pod, &self.snapshot, self.scoring, &mut self.next_node) {
             Decision::Bind { node } => {
                 debug!("scheduler: binding {key} to {node}");
                 self.snapshot.place(&node, PlacedPod::new(&pod, priority));

@@ -250,6 +250,8 @@ pub struct Snapshot {
     /// How many placed pods have required anti-affinity terms (usually none, and
     /// then the symmetric check is skipped).
     anti_affinity_pods: usize,
+    /// How many nodes have their Node object.
+    registered_nodes: usize,
 }
 
 impl Snapshot {
@@ -264,6 +266,7 @@ impl Snapshot {
                 ..NodeInfo::default()
             });
         let changed = !node.registered || node.specifics != specifics;
+        self.registered_nodes += usize::from(!node.registered);
         node.registered = true;
         node.specifics = specifics;
         changed
@@ -272,6 +275,7 @@ impl Snapshot {
     /// Removes a node. Its pods stay accounted for, should it come back.
     pub fn remove_node(&mut self, name: &str) {
         if let Some(node) = self.nodes.get_mut(name) {
+            self.registered_nodes -= usize::from(node.registered);
             node.registered = false;
             node.specifics = NodeSpecifics::default();
             if node.pods.is_empty() && node.nominated.is_empty() {
@@ -332,6 +336,11 @@ impl Snapshot {
     /// The node a pod is placed on, if any.
     pub fn placed_on(&self, key: &PodKey) -> Option<&str> {
         self.placed_on.get(key).map(String::as_str)
+    }
+
+    /// How many nodes have their Node object (placed pods can name others).
+    pub fn registered_nodes(&self) -> usize {
+        self.registered_nodes
     }
 
     /// Whether any placed pod has required anti-affinity terms.

@@ -1,8 +1,9 @@
 //! The decision function on constructed clusters: every filter's reason, both
 //! scoring strategies, preferred affinity and taints, priorities and preemption.
 
+use super::decide::{NextNode, feasible_nodes_to_find};
 use super::snapshot::{NodeSpecifics, PlacedPod, PodKey, Resources, Snapshot, pod_requests};
-use super::{Decision, Scoring, decide};
+use super::{Decision, Scoring};
 use crate::model::{Node, Pod, PriorityClass};
 
 /// A Ready node with `cpu` and `memory` allocatable, 110 pods, the hostname label,
@@ -45,6 +46,11 @@ fn class(name: &str, value: i32, extra: &str) -> PriorityClass {
         "metadata: {{name: {name}}}\nvalue: {value}\n{extra}"
     ))
     .unwrap()
+}
+
+/// A decision looking from the first node, as the first one of a scheduler does.
+fn decide(pod: &Pod, snapshot: &Snapshot, scoring: Scoring) -> Decision {
+    super::decide(pod, snapshot, scoring, &mut NextNode::default())
 }
 
 fn bind(node: &str) -> Decision {
@@ -535,4 +541,49 @@ fn heartbeats_are_not_changes() {
     assert!(!snapshot.set_node("a", NodeSpecifics::of(&beat)));
     let labelled = node("a", "4", "8Gi", ", disk: ssd", "");
     assert!(snapshot.set_node("a", NodeSpecifics::of(&labelled)));
+}
+
+#[test]
+fn nodes_to_find_follow_kubernetes_percentage() {
+    // Small clusters: every node; then 50% less 1% per 125 nodes, at least 100
+    // nodes and at least 5%.
+    assert_eq!(feasible_nodes_to_find(0), 0);
+    assert_eq!(feasible_nodes_to_find(99), 99);
+    assert_eq!(feasible_nodes_to_find(150), 100);
+    assert_eq!(feasible_nodes_to_find(250), 120);
+    assert_eq!(feasible_nodes_to_find(1_000), 420);
+    assert_eq!(feasible_nodes_to_find(5_000), 500);
+    assert_eq!(feasible_nodes_to_find(100_000), 5_000);
+}
+
+/// 250 equal nodes: a decision stops after the 120 that fit first, and the next
+/// one goes on from there, wrapping around; the first by name wins a tie among
+/// the nodes a decision examined.
+#[test]
+fn large_clusters_examine_part_of_the_nodes_in_turn() {
+    let nodes: Vec<Node> = (0..250)
+        .map(|i| node(&format!("n{i:03}"), "4", "8Gi", "", ""))
+        .collect();
+    let mut snapshot = cluster(&nodes);
+    let p = pod("p", "1", "1Gi", "", "");
+    let mut next = NextNode::default();
+    let mut decide_next =
+        |snapshot: &Snapshot| super::decide(&p, snapshot, Scoring::LeastAllocated, &mut next);
+    assert_eq!(decide_next(&snapshot), bind("n000"));
+    assert_eq!(decide_next(&snapshot), bind("n120"));
+    // n240-n249, then n000-n109: n000 first by name.
+    assert_eq!(decide_next(&snapshot), bind("n000"));
+    // A node that no longer fits is passed over and not counted: n110-n229 fit.
+    let big = pod("big", "4", "1Gi", "", "");
+    place(&mut snapshot, "n110", &big);
+    assert_eq!(decide_next(&snapshot), bind("n111"));
+    assert_eq!(decide_next(&snapshot), bind("n000"));
+    // A pod that fits nowhere is told about every node, whatever the turn.
+    let huge = pod("huge", "5", "1Gi", "", "");
+    assert_eq!(
+        super::decide(&huge, &snapshot, Scoring::LeastAllocated, &mut next),
+        unschedulable(&format!(
+            "0/250 nodes are available: 250 Insufficient cpu.{NOT_HELPFUL}"
+        ))
+    );
 }
