@@ -41,7 +41,9 @@ use tokio::task::JoinSet;
 use super::ca::{CaError, Certificates};
 use super::hbone::{Authorize, Dialer, HBONE_PORT, HboneClient, HboneError, HboneServer, Tunnel};
 use super::identity::Identity;
-use super::l7::{BudgetConfig, Connect, Downstream, Frontend, L7Proxy, OutlierConfig, l7_view};
+use super::l7::{
+    BudgetConfig, Connect, Downstream, Frontend, L7Proxy, L7View, OutlierConfig, l7_view,
+};
 use super::metrics::{MeshMetrics, TrafficLabels, Workload as MetricsWorkload};
 use super::netns::{NetnsError, PodNetns};
 use super::policy;
@@ -229,20 +231,29 @@ pub async fn run(
                 .values()
                 .map(|ns| (ns.metadata.name.clone(), Enrolment::of(ns)))
                 .collect();
-            let pod_entries: Vec<PodEntry> = followed
-                .pods
-                .values()
-                .filter_map(PodEntry::from_pod)
-                .collect();
-            let view = MeshView::build(&settings.trust_domain, &enrolments, &pod_entries);
-            let routes: Vec<HTTPRoute> = followed.routes.values().cloned().collect();
-            shared.l7.update(l7_view(
-                followed.services.values(),
-                followed.slices.values(),
-                &routes,
-                followed.policies.values().cloned().collect(),
-                &view,
-            ));
+            // Without an enrolled namespace nothing is captured: the views stay
+            // empty rather than being rebuilt from every pod on each change.
+            let (view, l7) = match enrolments.values().any(|e| e.enrolled) {
+                true => {
+                    let pod_entries: Vec<PodEntry> = followed
+                        .pods
+                        .values()
+                        .filter_map(PodEntry::from_pod)
+                        .collect();
+                    let view = MeshView::build(&settings.trust_domain, &enrolments, &pod_entries);
+                    let routes: Vec<HTTPRoute> = followed.routes.values().cloned().collect();
+                    let l7 = l7_view(
+                        followed.services.values(),
+                        followed.slices.values(),
+                        &routes,
+                        followed.policies.values().cloned().collect(),
+                        &view,
+                    );
+                    (view, l7)
+                }
+                false => (MeshView::default(), L7View::default()),
+            };
+            shared.l7.update(l7);
             shared.view.store(Arc::new(view));
             reconcile(&settings, &shared, &mut served).await;
             let watched = tokio::select! {
