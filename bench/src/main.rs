@@ -83,8 +83,13 @@ async fn main() -> anyhow::Result<()> {
         Bench::Dataplane(options) => dataplane::run(options).await,
         Bench::Dns(options) => dns::run(options).await,
         Bench::Mesh(options) => mesh::run(options).await,
-        Bench::MeshServer(options) => mesh::traffic::serve(options).await,
-        Bench::MeshClient(options) => mesh::traffic::load(options).await,
+        // Each on a runtime of its own, off this one's threads.
+        Bench::MeshServer(options) => {
+            tokio::task::spawn_blocking(|| mesh::traffic::serve(options)).await?
+        }
+        Bench::MeshClient(options) => {
+            tokio::task::spawn_blocking(|| mesh::traffic::load(options)).await?
+        }
         Bench::Pods(options) => pods::run(options).await,
         Bench::Scheduler(options) => scheduler::run(options).await,
     }

@@ -9,6 +9,10 @@
 //!   from the scheduled send time to the whole response read, so a request that
 //!   waits for a free connection counts its wait (no coordinated omission).
 //!
+//! Each runs on a single-threaded runtime (the client's schedule on a thread of
+//! its own): no hand-offs between worker threads in the measured path, on a
+//! machine of 2 cores that also runs the agent.
+//!
 //! The client tells its parent on stdout when the measured window begins
 //! ([`MEASURING`]) and ends ([`MEASURED`]), then prints its [`ClientReport`] as one
 //! JSON line.
@@ -80,7 +84,22 @@ pub struct ClientReport {
 }
 
 /// Serves until killed.
-pub async fn serve(options: ServerOptions) -> Result<()> {
+pub fn serve(options: ServerOptions) -> Result<()> {
+    single_threaded()?.block_on(serve_on(options))
+}
+
+/// Runs the load, prints [`MEASURING`], [`MEASURED`] and the report.
+pub fn load(options: ClientOptions) -> Result<()> {
+    single_threaded()?.block_on(load_on(options))
+}
+
+fn single_threaded() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?)
+}
+
+async fn serve_on(options: ServerOptions) -> Result<()> {
     let addr = SocketAddr::from((Ipv6Addr::UNSPECIFIED, options.port));
     // A dual-stack socket: IPv4 clients arrive as IPv4-mapped addresses.
     let listener = TcpListener::bind(addr)
@@ -110,8 +129,7 @@ struct Due {
     measured: bool,
 }
 
-/// Runs the load, prints [`MEASURING`], [`MEASURED`] and the report.
-pub async fn load(options: ClientOptions) -> Result<()> {
+async fn load_on(options: ClientOptions) -> Result<()> {
     ensure!(options.rate > 0, "--rate must be above 0");
     ensure!(options.connections > 0, "--connections must be above 0");
     ensure!(
