@@ -451,3 +451,19 @@ fn verdict(met: bool) -> &'static str {
         false => "NOT met",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mode_takes_its_path_only_when_every_connection_did() {
+        let proxy: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+        let pod: SocketAddr = "10.244.0.7:40001".parse().unwrap();
+        assert!(check_path(Mode::Mesh, &[proxy, proxy]).is_ok());
+        assert!(check_path(Mode::MeshService, &[proxy]).is_ok());
+        assert!(check_path(Mode::Plain, &[pod, pod]).is_ok());
+        assert!(check_path(Mode::Mesh, &[proxy, pod]).is_err());
+        assert!(check_path(Mode::Plain, &[pod, proxy]).is_err());
+    }
+}
