@@ -165,6 +165,17 @@ impl Agent {
         self.process.state.path()
     }
 
+    /// The cgroup its dataplane is attached to: only processes in it have their
+    /// connections balanced (and, in enrolled pods, captured for the mesh).
+    pub fn cgroup(&self) -> &Path {
+        &self.process.cgroup
+    }
+
+    /// Where a node agent pins the network namespace of its pod `uid`.
+    pub fn pod_netns(&self, uid: &str) -> PathBuf {
+        node_paths(self.state_dir()).netns(uid)
+    }
+
     /// Stops the agent as an operator would (SIGTERM). A node's pods keep running:
     /// delete them first.
     pub fn stop(mut self) -> Result<()> {
@@ -197,12 +208,7 @@ fn remove_pods(state: &Path) {
     for container in oci.list().unwrap_or_default() {
         let _ = oci.delete(&container.id, true);
     }
-    let paths = skiff::runtime::paths::Paths {
-        pods: state.join("pods"),
-        netns: PathBuf::from("/run/netns"),
-        logs: state.join("logs"),
-        cgroup_parent: "/skiff".into(),
-    };
+    let paths = node_paths(state);
     let pods = std::fs::read_dir(&paths.pods)
         .into_iter()
         .flatten()
@@ -219,5 +225,15 @@ fn remove_pods(state: &Path) {
         let _ = skiff::runtime::volumes::teardown(&paths, &uid);
         let _ = skiff::runtime::netns::remove(&paths.netns(&uid));
         skiff::cgroup::remove_everywhere(&paths.pod_cgroup(&uid));
+    }
+}
+
+/// Where a node agent with state directory `state` keeps its pods' things.
+fn node_paths(state: &Path) -> skiff::runtime::paths::Paths {
+    skiff::runtime::paths::Paths {
+        pods: state.join("pods"),
+        netns: PathBuf::from("/run/netns"),
+        logs: state.join("logs"),
+        cgroup_parent: "/skiff".into(),
     }
 }

@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use skiff::dataplane::{self, Balancing, Dataplane, Frontend};
 
-use crate::stats::median;
+use crate::stats::{load_average, median};
 use lab::{Cgroup, Netns};
 use rules::{BACKEND_PORT, ServiceSet};
 use store_latency::StoreLatency;
@@ -765,12 +765,4 @@ fn print_report(
             l.after_apply_p99_ms,
         );
     }
-}
-
-/// The 1, 5 and 15 minute load averages, for the report: other work on the machine
-/// shows in the rates.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".into())
 }

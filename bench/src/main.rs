@@ -20,6 +20,10 @@
 //! node to its replicas Ready elsewhere and the survivors' service maps updated,
 //! against Kubernetes' default of about 5 minutes 40 seconds.
 //!
+//! `skiff-bench mesh`: added latency (p50/p90/p99), proxy CPU per 1,000
+//! requests/s and proxy memory of pod-to-pod HTTP through skiff's node proxy
+//! (mTLS, HBONE), against the same pods outside the mesh.
+//!
 //! `skiff-bench scheduler`: pods scheduled per second, 10,000 pods on 1,000
 //! simulated nodes: the decision core on its snapshot against a naive scheduler
 //! without a cache, and end to end through a real agent; with the memory each takes.
@@ -30,6 +34,7 @@ mod cluster;
 mod cni;
 mod dataplane;
 mod dns;
+mod mesh;
 mod netns;
 mod pods;
 mod scheduler;
@@ -55,6 +60,14 @@ enum Bench {
     Dataplane(dataplane::Options),
     /// skiff's cluster DNS against dnsmasq and Knot DNS.
     Dns(dns::Options),
+    /// Pod-to-pod HTTP through the mesh's node proxy against the same pods outside it.
+    Mesh(mesh::Options),
+    /// The mesh benchmark's HTTP server, inside a pod's network namespace.
+    #[command(hide = true)]
+    MeshServer(mesh::traffic::ServerOptions),
+    /// The mesh benchmark's load generator, inside a pod's network namespace.
+    #[command(hide = true)]
+    MeshClient(mesh::traffic::ClientOptions),
     /// Pod start latency against bare runc.
     Pods(pods::Options),
     /// Pods scheduled per second: skiff's scheduler against a naive one.
@@ -69,6 +82,14 @@ async fn main() -> anyhow::Result<()> {
         Bench::Cni(options) => cni::run(options),
         Bench::Dataplane(options) => dataplane::run(options).await,
         Bench::Dns(options) => dns::run(options).await,
+        Bench::Mesh(options) => mesh::run(options).await,
+        // Each on a runtime of its own, off this one's threads.
+        Bench::MeshServer(options) => {
+            tokio::task::spawn_blocking(|| mesh::traffic::serve(options)).await?
+        }
+        Bench::MeshClient(options) => {
+            tokio::task::spawn_blocking(|| mesh::traffic::load(options)).await?
+        }
         Bench::Pods(options) => pods::run(options).await,
         Bench::Scheduler(options) => scheduler::run(options).await,
     }

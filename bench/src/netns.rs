@@ -1,7 +1,8 @@
 //! Network namespaces made for a benchmark with iproute2 (`ip netns add`, so
-//! `ip netns` shows them while it runs), and processes started inside them.
+//! `ip netns` shows them while it runs), and processes started inside them (or
+//! inside a pod's namespace, and a cgroup).
 
-use std::fs::File;
+use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -56,18 +57,53 @@ impl Netns {
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Result<Command> {
         // The closure owns its own handle, so the Command may outlive self.
         let netns = self.file.try_clone().context("duplicating a netns fd")?;
-        let mut cmd = Command::new(program);
-        // SAFETY: only an async-signal-safe system call on an fd opened before fork.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+        command_in(netns, None, program)
+    }
+}
+
+/// `program`, set up to start inside the network namespace at `netns` (a pod's,
+/// where its agent pinned it) and, when given, the cgroup v2 directory `cgroup`.
+pub fn command_at(
+    netns: &Path,
+    cgroup: Option<&Path>,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Result<Command> {
+    let file = File::open(netns).with_context(|| format!("opening {}", netns.display()))?;
+    command_in(file, cgroup, program)
+}
+
+fn command_in(
+    netns: File,
+    cgroup: Option<&Path>,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Result<Command> {
+    let procs = cgroup
+        .map(|cgroup| {
+            let path = cgroup.join("cgroup.procs");
+            OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .with_context(|| format!("opening {}", path.display()))
+        })
+        .transpose()?;
+    let mut cmd = Command::new(program);
+    // SAFETY: only async-signal-safe system calls, on fds opened before fork and
+    // moved into the closure (so open until exec).
+    unsafe {
+        cmd.pre_exec(move || {
+            if let Some(procs) = &procs {
+                // "0" moves the writing process itself.
+                if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
                     return Err(std::io::Error::last_os_error());
                 }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+            }
+            if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
+    Ok(cmd)
 }
 
 impl Drop for Netns {

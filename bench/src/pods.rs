@@ -52,7 +52,7 @@ pub struct Options {
     rounds: usize,
 }
 
-const IMAGE: &str = "busybox:1.36";
+pub(crate) const IMAGE: &str = "busybox:1.36";
 /// How long one pod may take to become Ready, and every pod to go away.
 const POD_TIMEOUT: Duration = Duration::from_secs(30);
 const DELETE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -158,7 +158,7 @@ pub async fn run(options: Options) -> Result<()> {
 }
 
 /// Imports the image archive through the API, as `skiff image import` does.
-async fn import(client: &ApiClient, archive: &Path) -> Result<()> {
+pub(crate) async fn import(client: &ApiClient, archive: &Path) -> Result<()> {
     let bytes = std::fs::read(archive)?;
     // Chunks well under gRPC's default 4 MiB message limit.
     let chunks: Vec<proto::ImageChunk> = bytes

@@ -1,6 +1,7 @@
 //! The figures every benchmark reports: percentiles of one round's samples, the
-//! median of the rounds, processes' memory, and the bytes this process has
-//! allocated (for what runs in it, like the scheduler's snapshot).
+//! median of the rounds, processes' memory and CPU time, the bytes this process
+//! has allocated (for what runs in it, like the scheduler's snapshot), and the
+//! machine's load.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -67,6 +68,38 @@ pub fn rss_mib(pid: u32) -> Result<f64> {
 /// together is the sum of their PSS, where RSS would count shared pages each time.
 pub fn pss_mib(pid: u32) -> Result<f64> {
     kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:").map(|kib| kib / 1024.0)
+}
+
+/// A process's user + system CPU time (all its threads), in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The fields after the command (in parentheses, which may hold spaces) start
+    // at field 3 (state); utime is field 14 and stime 15, in clock ticks.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks = |field: usize| -> Result<f64> {
+        fields
+            .get(field - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .with_context(|| format!("{path} has no field {field}"))
+    };
+    // SAFETY: sysconf only reads a system setting.
+    let per_second = match unsafe { libc::sysconf(libc::_SC_CLK_TCK) } {
+        ticks if ticks > 0 => ticks as f64,
+        _ => 100.0,
+    };
+    Ok((ticks(14)? + ticks(15)?) / per_second)
+}
+
+/// The 1, 5 and 15 minute load averages, for the report: other work on the machine
+/// shows in the figures.
+pub fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".into())
 }
 
 fn kib_field(path: &str, field: &str) -> Result<f64> {

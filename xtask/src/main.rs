@@ -51,10 +51,10 @@ enum Cmd {
         reference: String,
     },
     /// Run a benchmark side by side with the alternative (root): `api`, `cluster`, `cni`,
-    /// `dataplane`, `dns`, `pods`, `scheduler`.
+    /// `dataplane`, `dns`, `mesh`, `pods`, `scheduler`.
     Bench {
         /// Which benchmark.
-        #[arg(value_parser = ["api", "cluster", "cni", "dataplane", "dns", "pods", "scheduler"])]
+        #[arg(value_parser = ["api", "cluster", "cni", "dataplane", "dns", "mesh", "pods", "scheduler"])]
         name: String,
         /// Arguments passed on to the benchmark (see `skiff-bench <name> --help`).
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
