@@ -16,7 +16,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Agent {
     // Fields drop in order: the agent, then what its pods left, then the rest.
     child: KillOnDrop,
-    _leftovers: Option<PodLeftovers>,
+    _leftovers: PodLeftovers,
     /// The dataplane's bpffs pins (they outlive a killed agent).
     pins: Option<PinDir>,
     /// The node namespace the agent runs in, for agents that run pods (their
@@ -161,9 +161,11 @@ impl Agent {
                 }
             }
         });
-        let leftovers = node_netns.as_ref().map(|_| PodLeftovers {
+        // Agents outside a node namespace run pods too (their links then end in
+        // the root namespace): every agent's are removed.
+        let leftovers = PodLeftovers {
             state: Some(state.path().to_path_buf()),
-        });
+        };
         let mut agent = Agent {
             child: KillOnDrop(child),
             _leftovers: leftovers,
@@ -209,14 +211,12 @@ impl Agent {
             extra_args,
             in_test_cgroup,
             node_netns,
-            _leftovers: leftovers,
+            _leftovers: mut leftovers,
             mut pins,
             ..
         } = self;
         // The pods stay for the new agent to adopt; its own guard takes over.
-        if let Some(mut leftovers) = leftovers {
-            leftovers.state = None;
-        }
+        leftovers.state = None;
         let pins = pins.take().expect("an agent holds its pin directory");
         Self::start_in(state, cgroup, extra_args, in_test_cgroup, node_netns, pins)
     }
