@@ -143,10 +143,10 @@ fn is_connection_failure(error: &etcd_client::Error) -> bool {
         etcd_client::Error::GRpcStatus(status) => match status.code() {
             tonic::Code::Unavailable => true,
             // A request on a connection that broke under it ("connection was not
-            // ready") is cancelled by the transport, not by etcd.
-            tonic::Code::Cancelled => std::error::Error::source(status)
+            // ready", a broken pipe) is failed by the transport, as Cancelled or
+            // Unknown, not by etcd.
+            _ => std::error::Error::source(status)
                 .is_some_and(|source| source.is::<tonic::transport::Error>()),
-            _ => false,
         },
         _ => false,
     }
