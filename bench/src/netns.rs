@@ -72,7 +72,7 @@ pub fn command_at(
     command_in(file, cgroup, program)
 }
 
-fn command_in(
+pub(crate) fn command_in(
     netns: File,
     cgroup: Option<&Path>,
     program: impl AsRef<std::ffi::OsStr>,

@@ -5,10 +5,9 @@
 //! are never touched.
 
 use std::ffi::OsStr;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsRawFd;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -57,33 +56,7 @@ impl Netns {
     /// `program`, set up to start inside this namespace and, when given, `cgroup`.
     pub fn command(&self, program: impl AsRef<OsStr>, cgroup: Option<&Cgroup>) -> Result<Command> {
         let netns = self.file.try_clone().context("duplicating the netns fd")?;
-        let procs = cgroup
-            .map(|c| {
-                let path = c.path().join("cgroup.procs");
-                OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .with_context(|| format!("opening {}", path.display()))
-            })
-            .transpose()?;
-        let mut cmd = Command::new(program);
-        // SAFETY: only async-signal-safe system calls, on fds opened before the fork
-        // and moved into the closure (so open until exec).
-        unsafe {
-            cmd.pre_exec(move || {
-                if let Some(procs) = &procs {
-                    // "0" moves the writing process itself.
-                    if libc::write(procs.as_raw_fd(), b"0".as_ptr().cast(), 1) != 1 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                if libc::setns(netns.as_raw_fd(), libc::CLONE_NEWNET) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        Ok(cmd)
+        crate::netns::command_in(netns, cgroup.map(Cgroup::path), program)
     }
 
     /// Runs `f` on a thread that has entered this namespace. Sockets made there stay
