@@ -291,6 +291,15 @@ impl Agent {
             .then(|| serde_json::from_slice(&out.stdout).expect("JSON output"))
     }
 
+    /// The Lease of node `node` in `kube-node-lease`, its heartbeat (None when
+    /// it does not exist).
+    pub fn node_lease(&self, node: &str) -> Option<serde_json::Value> {
+        let out = self.cli(&["get", "lease", node, "-n", "kube-node-lease", "-o", "json"]);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).expect("JSON output"))
+    }
+
     /// The objects of `kind` whose labels match `selector` (e.g. `app=web`).
     pub fn list(&self, kind: &str, selector: &str) -> Vec<serde_json::Value> {
         let out = self.ok(&["get", kind, "-l", selector, "-o", "json"]);

@@ -81,17 +81,7 @@ fn ready(agent: &Agent) -> Option<Value> {
 
 /// When the node's Lease (its heartbeat) was last renewed.
 fn lease_renewed(agent: &Agent) -> Option<Value> {
-    let out = agent.cli(&[
-        "get",
-        "lease",
-        NODE_NAME,
-        "-n",
-        "kube-node-lease",
-        "-o",
-        "json",
-    ]);
-    let lease: Value = serde_json::from_slice(&out.stdout).ok()?;
-    Some(lease["spec"]["renewTime"].clone())
+    Some(agent.node_lease(NODE_NAME)?["spec"]["renewTime"].clone())
 }
 
 #[test]

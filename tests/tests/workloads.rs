@@ -512,19 +512,7 @@ fn a_silent_node_is_marked_unknown_tainted_and_loses_its_pods() {
     // Its heartbeat is its Lease, renewed every second and owned by the Node
     // (the Node's status is written once a minute, longer than the grace
     // period), while the time it became Ready stays.
-    let lease = || {
-        let out = agent.cli(&[
-            "get",
-            "lease",
-            NODE_NAME,
-            "-n",
-            "kube-node-lease",
-            "-o",
-            "json",
-        ]);
-        serde_json::from_slice::<serde_json::Value>(&out.stdout)
-            .unwrap_or_else(|e| panic!("the node's lease: {e}: {out:?}"))
-    };
+    let lease = || agent.node_lease(NODE_NAME).expect("the node's lease");
     let renewed = lease();
     assert_eq!(renewed["spec"]["holderIdentity"], NODE_NAME);
     assert_eq!(renewed["metadata"]["ownerReferences"][0]["kind"], "Node");
